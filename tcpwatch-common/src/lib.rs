@@ -1,0 +1,309 @@
+//! The ABI shared by tcpwatch's eBPF programs and its userspace.
+//!
+//! Everything here crosses the kernel/user boundary, so every type is
+//! `#[repr(C)]`, has no implicit padding and has its size pinned by a
+//! `const` assertion. Enumerations travel as plain integers and are decoded
+//! in userspace.
+#![no_std]
+
+/// Name of the ring buffer map that carries [`Event`]s to userspace.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the per-CPU array of [`counter`] values.
+pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the map from socket address to [`SockOwner`].
+pub const MAP_SOCKS: &str = "SOCKS";
+/// Name of the map from [`ListenerKey`] to the listener's [`SockOwner`].
+pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Name of the global holding the [`Layout`] discovered at start-up.
+pub const GLOBAL_LAYOUT: &str = "LAYOUT";
+
+/// Default ring buffer size in bytes (a power of two and a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
+/// Default number of sockets whose owner the kernel side remembers.
+pub const DEFAULT_MAX_SOCKS: u32 = 1 << 16;
+/// Default number of listening ports whose owner the kernel side remembers.
+pub const DEFAULT_MAX_LISTENERS: u32 = 1 << 12;
+
+/// Indexes into the per-CPU counters map.
+pub mod counter {
+    /// Events dropped because the ring buffer had no room.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// `tcp_retransmit_skb` hits that the kernel reported as not sent (`err != 0`).
+    pub const RETRANSMIT_NOT_SENT: u32 = 1;
+    /// Reads of tracepoint records or kernel memory that failed.
+    pub const READ_FAILED: u32 = 2;
+    /// Events emitted into the ring buffer.
+    pub const EMITTED: u32 = 3;
+    /// Number of counters.
+    pub const COUNT: u32 = 4;
+}
+
+/// What an [`Event`] reports; carried as `Event::kind`.
+pub mod kind {
+    /// A `sock:inet_sock_set_state` transition.
+    pub const STATE: u8 = 1;
+    /// A retransmitted segment (`tcp:tcp_retransmit_skb`, sent).
+    pub const RETRANSMIT: u8 = 2;
+    /// A retransmitted SYN-ACK (`tcp:tcp_retransmit_synack`).
+    pub const SYNACK_RETRANSMIT: u8 = 3;
+    /// A reset sent (`tcp:tcp_send_reset`).
+    pub const RESET_SENT: u8 = 4;
+    /// A reset received (`tcp:tcp_receive_reset`).
+    pub const RESET_RECEIVED: u8 = 5;
+}
+
+/// How the owner in an [`Event`] was learnt; carried in `Event::owner_source`.
+pub mod owner_source {
+    /// No owner known (a reset for no socket, or a socket born before tracing).
+    pub const NONE: u8 = 0;
+    /// Bound in `connect()` (`CLOSE -> SYN_SENT`).
+    pub const CONNECT: u8 = 1;
+    /// Bound in `listen()` (`CLOSE -> LISTEN`).
+    pub const LISTEN: u8 = 2;
+    /// Inherited from the listener that accepted the connection.
+    pub const LISTENER: u8 = 3;
+    /// Bound in `close()` or `shutdown()` by the process that closed it.
+    pub const CLOSE: u8 = 4;
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+/// Address families as the kernel numbers them.
+pub const AF_INET6: u16 = 10;
+/// TCP's protocol number, as `inet_sock_set_state` reports it.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// Kernel TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+
+/// Marks a duration as unknown (the socket's previous transition was not seen).
+pub const DURATION_UNKNOWN: u64 = u64::MAX;
+
+/// One event sent from the kernel to userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC in nanoseconds.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock` (0 when there is none).
+    pub skaddr: u64,
+    /// Nanoseconds since the socket's previous transition, or [`DURATION_UNKNOWN`].
+    pub old_state_ns: u64,
+    /// Network namespace inode number (0 when unknown).
+    pub netns: u32,
+    /// Owning process (thread group id), 0 when unknown.
+    pub pid: u32,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// One of [`owner_source`].
+    pub owner_source: u8,
+    /// State before a transition; the socket's state for retransmits and resets.
+    pub old_state: u8,
+    /// State after a transition (equal to `old_state` for other kinds).
+    pub new_state: u8,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    /// Reset reason (`enum sk_rst_reason`) for sent resets, else 0.
+    pub reason: u16,
+    /// Local address: IPv4 in the first four bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address: IPv4 in the first four bytes, or IPv6.
+    pub daddr: [u8; 16],
+    /// Owning task's command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
+
+impl Event {
+    /// An all-zero event.
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            skaddr: 0,
+            old_state_ns: DURATION_UNKNOWN,
+            netns: 0,
+            pid: 0,
+            kind: 0,
+            owner_source: 0,
+            old_state: 0,
+            new_state: 0,
+            family: 0,
+            sport: 0,
+            dport: 0,
+            reason: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            comm: [0; COMM_LEN],
+            _pad: 0,
+        }
+    }
+}
+
+/// What the kernel side remembers about a socket's owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOwner {
+    /// Time of the socket's last transition (`bpf_ktime_get_ns`), 0 when unknown.
+    pub last_change_ns: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Thread group id of the owner.
+    pub pid: u32,
+    /// One of [`owner_source`].
+    pub source: u8,
+    /// The socket's state after its last transition.
+    pub state: u8,
+    pub _pad: [u8; 6],
+    /// Owner's command name.
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+
+/// Key of the listener map: a listening port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+
+/// Byte offset of a field in a tracepoint record; [`FIELD_ABSENT`] when the
+/// running kernel's tracepoint has no such field.
+pub type FieldOffset = u16;
+/// Marks an optional field the running kernel does not have.
+pub const FIELD_ABSENT: FieldOffset = u16::MAX;
+
+/// Where the fields the programs read sit in a tracepoint record.
+///
+/// Address fields point at the 4-byte IPv4 array and the 16-byte IPv6 array,
+/// or, for tracepoints that carry `struct sockaddr_in6`-sized arrays
+/// (`sockaddr` set), at the start of the sockaddr.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    pub skaddr: FieldOffset,
+    pub state: FieldOffset,
+    pub new_state: FieldOffset,
+    pub sport: FieldOffset,
+    pub dport: FieldOffset,
+    pub family: FieldOffset,
+    pub protocol: FieldOffset,
+    pub saddr: FieldOffset,
+    pub daddr: FieldOffset,
+    pub saddr_v6: FieldOffset,
+    pub daddr_v6: FieldOffset,
+    pub err: FieldOffset,
+    pub reason: FieldOffset,
+    /// 1 when `saddr`/`daddr` are sockaddrs holding family and port.
+    pub sockaddr: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<TpLayout>() == 28);
+
+impl TpLayout {
+    /// A layout with every field absent.
+    pub const fn absent() -> Self {
+        Self {
+            skaddr: FIELD_ABSENT,
+            state: FIELD_ABSENT,
+            new_state: FIELD_ABSENT,
+            sport: FIELD_ABSENT,
+            dport: FIELD_ABSENT,
+            family: FIELD_ABSENT,
+            protocol: FIELD_ABSENT,
+            saddr: FIELD_ABSENT,
+            daddr: FIELD_ABSENT,
+            saddr_v6: FIELD_ABSENT,
+            daddr_v6: FIELD_ABSENT,
+            err: FIELD_ABSENT,
+            reason: FIELD_ABSENT,
+            sockaddr: 0,
+        }
+    }
+}
+
+/// Offsets into kernel structures, read from BTF at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock` -> `__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct net` -> `ns.inum`.
+    pub net_inum: u32,
+    /// 1 when the offsets are valid; netns ids are reported as 0 otherwise.
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16);
+
+/// Everything the programs learn from userspace at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub set_state: TpLayout,
+    pub retransmit_skb: TpLayout,
+    pub retransmit_synack: TpLayout,
+    pub send_reset: TpLayout,
+    pub receive_reset: TpLayout,
+    pub destroy_sock: TpLayout,
+    pub kernel: KernelOffsets,
+}
+
+const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 28 + 16);
+
+impl Layout {
+    /// A layout that makes every program a no-op until userspace fills it.
+    pub const fn absent() -> Self {
+        Self {
+            set_state: TpLayout::absent(),
+            retransmit_skb: TpLayout::absent(),
+            retransmit_synack: TpLayout::absent(),
+            send_reset: TpLayout::absent(),
+            receive_reset: TpLayout::absent(),
+            destroy_sock: TpLayout::absent(),
+            kernel: KernelOffsets {
+                sock_net: 0,
+                net_inum: 0,
+                valid: 0,
+                _pad: 0,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is repr(C), made of integers and byte arrays, with no
+    // padding (sizes pinned above), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::Layout {}
+}

@@ -1,0 +1,204 @@
+//! The connection lifecycle: `sock:inet_sock_set_state` and
+//! `tcp:tcp_destroy_sock`, and the owner of every socket.
+//!
+//! `inet_sock_set_state` often runs in softirq, where the on-CPU task is not
+//! the socket's owner. The owner is therefore bound only at transitions that
+//! the kernel makes in the owner's own syscall (connect, listen, close,
+//! shutdown), inherited by accepted sockets from their listener, and carried
+//! forward in `SOCKS` for every later event.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
+use tcpwatch_common::{
+    kind, owner_source, tcp_state::*, Event, ListenerKey, SockOwner, COMM_LEN, DEFAULT_MAX_LISTENERS,
+    DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
+};
+
+use crate::emit::{emit, field, layout_of, now_ns, read_endpoints, sock_netns, Res};
+
+/// Socket address -> owner and time of its last transition. Entries go at
+/// `tcp_destroy_sock`; the LRU bounds sockets whose destruction was missed.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS, 0);
+
+/// (netns, port) of a listening socket -> its owner, for accepted children.
+#[map]
+pub static LISTENERS: LruHashMap<ListenerKey, SockOwner> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// `sock:inet_sock_set_state` (include/trace/events/sock.h), fired by
+/// `inet_sk_state_store()`/`tcp_set_state()` in net/ipv4/tcp.c for every
+/// TCP state change except into TIME_WAIT, which `tcp_time_wait()` in
+/// net/ipv4/tcp_minisocks.c hands to a separate timewait socket.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_inet_sock_set_state(&ctx);
+    0
+}
+
+/// Transitions the kernel only makes inside the owner's syscall.
+#[inline(always)]
+fn bound_in_process_context(old: u8, new: u8) -> Option<u8> {
+    match (old, new) {
+        (CLOSE, SYN_SENT) => Some(owner_source::CONNECT),
+        (CLOSE, LISTEN) => Some(owner_source::LISTEN),
+        // tcp_close_state(), called from tcp_close() and tcp_shutdown() only.
+        (ESTABLISHED, FIN_WAIT1) | (SYN_RECV, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => {
+            Some(owner_source::CLOSE)
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn current_owner(netns: u32, now: u64, source: u8) -> SockOwner {
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    SockOwner {
+        last_change_ns: now,
+        netns,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        source,
+        state: 0,
+        _pad: [0; 6],
+        comm,
+    }
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
+    let tp = layout_of(|l| &l.set_state);
+    let protocol: u16 = field(ctx, tp.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, tp.skaddr)?;
+    let old = field::<i32>(ctx, tp.state)? as u8;
+    let new = field::<i32>(ctx, tp.new_state)? as u8;
+    let now = now_ns();
+
+    let known = SOCKS.get_ptr_mut(&sk);
+    let (mut owner, old_state_ns) = match known {
+        // SAFETY: a pointer to a live map value, read once.
+        Some(ptr) => {
+            let prev = unsafe { *ptr };
+            let since = if prev.last_change_ns != 0 && now >= prev.last_change_ns {
+                now - prev.last_change_ns
+            } else {
+                DURATION_UNKNOWN
+            };
+            (prev, since)
+        }
+        None => {
+            let netns = sock_netns(sk);
+            let mut fresh = SockOwner {
+                last_change_ns: 0,
+                netns,
+                pid: 0,
+                source: owner_source::NONE,
+                state: 0,
+        _pad: [0; 6],
+                comm: [0; COMM_LEN],
+            };
+            if old == LISTEN && new == SYN_RECV {
+                // A child of a listener: created in softirq, owned by whoever
+                // listens on its local port until a close() says otherwise.
+                let sport: u16 = field(ctx, tp.sport)?;
+                let key = ListenerKey { netns, port: sport, _pad: 0 };
+                // SAFETY: read once from a live map value.
+                if let Some(listener) = unsafe { LISTENERS.get(&key) } {
+                    fresh = *listener;
+                    fresh.netns = netns;
+                    fresh.source = owner_source::LISTENER;
+                }
+            }
+            (fresh, DURATION_UNKNOWN)
+        }
+    };
+
+    if let Some(source) = bound_in_process_context(old, new) {
+        let netns = owner.netns;
+        owner = current_owner(netns, now, source);
+    }
+    owner.last_change_ns = now;
+    owner.state = new;
+
+    if new == LISTEN || old == LISTEN && new == CLOSE {
+        let sport: u16 = field(ctx, tp.sport)?;
+        let key = ListenerKey { netns: owner.netns, port: sport, _pad: 0 };
+        if new == LISTEN {
+            let _ = LISTENERS.insert(&key, &owner, 0);
+        } else {
+            let _ = LISTENERS.remove(&key);
+        }
+    }
+    let _ = SOCKS.insert(&sk, &owner, 0);
+
+    emit(|ev| {
+        ev.ts_ns = now;
+        ev.skaddr = sk;
+        ev.kind = kind::STATE;
+        ev.old_state = old;
+        ev.new_state = new;
+        ev.old_state_ns = old_state_ns;
+        ev.netns = owner.netns;
+        ev.pid = owner.pid;
+        ev.owner_source = owner.source;
+        ev.comm = owner.comm;
+        read_endpoints(ctx, &tp, ev)
+    })
+}
+
+/// `tcp:tcp_destroy_sock` (include/trace/events/tcp.h), fired by
+/// `tcp_v4_destroy_sock()` in net/ipv4/tcp_ipv4.c when the full socket is
+/// freed: the socket address may be reused from here on.
+#[tracepoint(category = "tcp", name = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_destroy_sock(&ctx);
+    0
+}
+
+fn try_tcp_destroy_sock(ctx: &TracePointContext) -> Res<()> {
+    let tp = layout_of(|l| &l.destroy_sock);
+    let sk: u64 = field(ctx, tp.skaddr)?;
+    let _ = SOCKS.remove(&sk);
+    Ok(())
+}
+
+/// Emits an event about `sk` carrying its remembered owner, for events that
+/// run in softirq; `state` of `None` takes the socket's remembered state.
+#[inline(always)]
+pub fn emit_for_socket(
+    sk: u64,
+    event_kind: u8,
+    state: Option<u8>,
+    reason: u16,
+    endpoints: impl FnOnce(&mut Event) -> Res<()>,
+) -> Res<()> {
+    let now = now_ns();
+    // SAFETY: read once from a live map value.
+    let owner = if sk == 0 { None } else { unsafe { SOCKS.get(&sk) }.copied() };
+    emit(|ev| {
+        ev.ts_ns = now;
+        ev.skaddr = sk;
+        ev.kind = event_kind;
+        ev.reason = reason;
+        let state = match owner {
+            Some(o) => {
+                ev.netns = o.netns;
+                ev.pid = o.pid;
+                ev.owner_source = o.source;
+                ev.comm = o.comm;
+                state.unwrap_or(o.state)
+            }
+            None => {
+                ev.netns = sock_netns(sk);
+                state.unwrap_or(0)
+            }
+        };
+        ev.old_state = state;
+        ev.new_state = state;
+        endpoints(ev)
+    })
+}

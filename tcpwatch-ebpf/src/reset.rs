@@ -1,0 +1,45 @@
+//! Resets: `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tcpwatch_common::{kind, FIELD_ABSENT};
+
+use crate::{
+    emit::{field, layout_of, read_endpoints, Res},
+    lifecycle::emit_for_socket,
+};
+
+/// `tcp:tcp_send_reset` (include/trace/events/tcp.h), fired by
+/// `tcp_v4_send_reset()`/`tcp_v6_send_reset()` for resets answering a
+/// segment and by `tcp_send_active_reset()` for aborts. `skaddr` is NULL when
+/// no socket matched; the addresses are then the segment's, reversed so the
+/// local side comes first. Since 6.10 it carries an `enum sk_rst_reason`.
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_send_reset(&ctx);
+    0
+}
+
+fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
+    let tp = layout_of(|l| &l.send_reset);
+    let sk: u64 = field(ctx, tp.skaddr)?;
+    let state = if tp.state != FIELD_ABSENT { Some(field::<i32>(ctx, tp.state)? as u8) } else { None };
+    let reason = if tp.reason != FIELD_ABSENT { field::<u32>(ctx, tp.reason)? as u16 } else { 0 };
+    emit_for_socket(sk, kind::RESET_SENT, state, reason, |ev| {
+        read_endpoints(ctx, &tp, ev)
+    })
+}
+
+/// `tcp:tcp_receive_reset` (include/trace/events/tcp.h), fired by
+/// `tcp_reset()` in net/ipv4/tcp_input.c before the socket is closed.
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_receive_reset(&ctx);
+    0
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
+    let tp = layout_of(|l| &l.receive_reset);
+    let sk: u64 = field(ctx, tp.skaddr)?;
+    emit_for_socket(sk, kind::RESET_RECEIVED, None, 0, |ev| {
+        read_endpoints(ctx, &tp, ev)
+    })
+}

@@ -1,0 +1,29 @@
+//! The command line: one module per subcommand.
+use clap::{Parser, Subcommand};
+
+pub mod trace;
+
+/// Observe the Linux kernel's TCP connection lifecycle with eBPF.
+#[derive(Debug, Parser)]
+#[command(name = "tcpwatch", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every TCP state change, retransmit and reset as it happens.
+    Trace(trace::TraceArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Trace(args) => trace::run(args),
+    }
+}

@@ -1,0 +1,373 @@
+//! Decoding of the raw events the kernel programs send.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use tcpwatch_common::{kind, owner_source, Event, AF_INET, AF_INET6, DURATION_UNKNOWN};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event")]
+    Truncated(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown TCP state {0}")]
+    UnknownState(u8),
+    #[error("unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("unknown owner source {0}")]
+    UnknownOwnerSource(u8),
+}
+
+/// Kernel TCP states, named as the kernel names them without `TCP_`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::NewSynRecv,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::FinWait1 => "FIN_WAIT1",
+            TcpState::FinWait2 => "FIN_WAIT2",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::NewSynRecv => "NEW_SYN_RECV",
+        }
+    }
+}
+
+impl TryFrom<u8> for TcpState {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        // The kernel numbers states from 1 in this order (include/net/tcp_states.h).
+        match v {
+            1..=12 => Ok(TcpState::ALL[usize::from(v - 1)]),
+            _ => Err(DecodeError::UnknownState(v)),
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TcpState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let wanted = s.trim().to_ascii_uppercase().replace(['-', ' '], "_");
+        let wanted = wanted.strip_prefix("TCP_").unwrap_or(&wanted);
+        TcpState::ALL.into_iter().find(|st| st.name() == wanted).ok_or_else(|| {
+            let names: Vec<_> = TcpState::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown TCP state `{s}` (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// What an event reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    State,
+    Retransmit,
+    SynackRetransmit,
+    ResetSent,
+    ResetReceived,
+}
+
+impl EventKind {
+    /// The stable name used in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Retransmit => "retransmit",
+            EventKind::SynackRetransmit => "synack_retransmit",
+            EventKind::ResetSent => "reset_sent",
+            EventKind::ResetReceived => "reset_received",
+        }
+    }
+}
+
+impl TryFrom<u8> for EventKind {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            kind::STATE => EventKind::State,
+            kind::RETRANSMIT => EventKind::Retransmit,
+            kind::SYNACK_RETRANSMIT => EventKind::SynackRetransmit,
+            kind::RESET_SENT => EventKind::ResetSent,
+            kind::RESET_RECEIVED => EventKind::ResetReceived,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+/// How the event's owner was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    Unknown,
+    Connect,
+    Listen,
+    Listener,
+    Close,
+}
+
+impl OwnerSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            OwnerSource::Unknown => "unknown",
+            OwnerSource::Connect => "connect",
+            OwnerSource::Listen => "listen",
+            OwnerSource::Listener => "listener",
+            OwnerSource::Close => "close",
+        }
+    }
+}
+
+impl TryFrom<u8> for OwnerSource {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            owner_source::NONE => OwnerSource::Unknown,
+            owner_source::CONNECT => OwnerSource::Connect,
+            owner_source::LISTEN => OwnerSource::Listen,
+            owner_source::LISTENER => OwnerSource::Listener,
+            owner_source::CLOSE => OwnerSource::Close,
+            other => return Err(DecodeError::UnknownOwnerSource(other)),
+        })
+    }
+}
+
+/// A decoded event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub skaddr: u64,
+    pub kind: EventKind,
+    pub pid: u32,
+    pub comm: String,
+    pub owner: OwnerSource,
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// State before a transition, or the socket's state for other kinds
+    /// (`None` when the kernel did not say).
+    pub old_state: Option<TcpState>,
+    pub new_state: Option<TcpState>,
+    /// Nanoseconds spent in `old_state`, when the previous transition was seen.
+    pub old_state_ns: Option<u64>,
+    /// `enum sk_rst_reason` of a sent reset.
+    pub reason: u16,
+}
+
+impl TcpEvent {
+    /// 4 or 6.
+    pub fn family(&self) -> u8 {
+        if self.saddr.is_ipv4() {
+            4
+        } else {
+            6
+        }
+    }
+}
+
+fn state_or_none(v: u8) -> Result<Option<TcpState>, DecodeError> {
+    if v == 0 {
+        Ok(None)
+    } else {
+        TcpState::try_from(v).map(Some)
+    }
+}
+
+fn comm_string(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    // SAFETY: the length was checked, Event is plain old data (any bit
+    // pattern is valid) and read_unaligned has no alignment requirement.
+    let raw: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    let kind = EventKind::try_from(raw.kind)?;
+    let (saddr, daddr) = match raw.family {
+        AF_INET => {
+            let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
+            (v4(&raw.saddr), v4(&raw.daddr))
+        }
+        AF_INET6 => (IpAddr::V6(Ipv6Addr::from(raw.saddr)), IpAddr::V6(Ipv6Addr::from(raw.daddr))),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(TcpEvent {
+        ts_ns: raw.ts_ns,
+        skaddr: raw.skaddr,
+        kind,
+        pid: raw.pid,
+        comm: comm_string(&raw.comm),
+        owner: OwnerSource::try_from(raw.owner_source)?,
+        netns: raw.netns,
+        saddr,
+        sport: raw.sport,
+        daddr,
+        dport: raw.dport,
+        old_state: state_or_none(raw.old_state)?,
+        new_state: state_or_none(raw.new_state)?,
+        old_state_ns: (raw.old_state_ns != DURATION_UNKNOWN).then_some(raw.old_state_ns),
+        reason: raw.reason,
+    })
+}
+
+/// Names of `enum sk_rst_reason`, read from the running kernel's
+/// `tcp_send_reset` format where it has them.
+#[derive(Clone, Debug, Default)]
+pub struct ResetReasons(BTreeMap<u32, String>);
+
+impl ResetReasons {
+    pub fn new(names: BTreeMap<u32, String>) -> Self {
+        Self(names)
+    }
+
+    /// The reason's kernel name, or its number when the kernel did not name it.
+    pub fn name(&self, reason: u16) -> String {
+        self.0.get(&u32::from(reason)).cloned().unwrap_or_else(|| reason.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tcpwatch_common::tcp_state;
+
+    fn raw(kind: u8, family: u16) -> Event {
+        let mut e = Event::zeroed();
+        e.ts_ns = 42;
+        e.kind = kind;
+        e.family = family;
+        e.old_state = tcp_state::SYN_SENT;
+        e.new_state = tcp_state::ESTABLISHED;
+        e.old_state_ns = 1_500_000;
+        e.pid = 7;
+        e.owner_source = owner_source::CONNECT;
+        e.sport = 40000;
+        e.dport = 80;
+        e.comm[..4].copy_from_slice(b"curl");
+        e
+    }
+
+    fn bytes(e: &Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain old data without padding.
+        unsafe {
+            std::slice::from_raw_parts((e as *const Event).cast::<u8>(), std::mem::size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_ipv4_state_event() {
+        let mut e = raw(kind::STATE, AF_INET);
+        e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.kind, EventKind::State);
+        assert_eq!(ev.saddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.daddr, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.sport, ev.dport, ev.pid), (40000, 80, 7));
+        assert_eq!(ev.comm, "curl");
+        assert_eq!(ev.family(), 4);
+        assert_eq!(ev.old_state, Some(TcpState::SynSent));
+        assert_eq!(ev.new_state, Some(TcpState::Established));
+        assert_eq!(ev.old_state_ns, Some(1_500_000));
+        assert_eq!(ev.owner, OwnerSource::Connect);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_unknown_durations() {
+        let mut e = raw(kind::RESET_RECEIVED, AF_INET6);
+        e.saddr = Ipv6Addr::LOCALHOST.octets();
+        e.old_state_ns = DURATION_UNKNOWN;
+        e.old_state = 0;
+        e.new_state = 0;
+        let ev = decode(&bytes(&e)).unwrap();
+        assert_eq!(ev.saddr, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!(ev.family(), 6);
+        assert_eq!(ev.old_state_ns, None);
+        assert_eq!(ev.old_state, None);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        let e = raw(kind::STATE, AF_INET);
+        assert_eq!(decode(&bytes(&e)[..95]), Err(DecodeError::Truncated(95)));
+        assert_eq!(decode(&[]), Err(DecodeError::Truncated(0)));
+        assert_eq!(decode(&bytes(&raw(99, AF_INET))), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(decode(&bytes(&raw(kind::STATE, 1))), Err(DecodeError::UnknownFamily(1)));
+        let mut bad_state = raw(kind::STATE, AF_INET);
+        bad_state.new_state = 13;
+        assert_eq!(decode(&bytes(&bad_state)), Err(DecodeError::UnknownState(13)));
+        let mut bad_owner = raw(kind::STATE, AF_INET);
+        bad_owner.owner_source = 9;
+        assert_eq!(decode(&bytes(&bad_owner)), Err(DecodeError::UnknownOwnerSource(9)));
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for (i, st) in TcpState::ALL.iter().enumerate() {
+            assert_eq!(TcpState::try_from(i as u8 + 1), Ok(*st));
+            assert_eq!(st.name().parse::<TcpState>(), Ok(*st));
+        }
+        assert_eq!("time-wait".parse::<TcpState>(), Ok(TcpState::TimeWait));
+        assert_eq!("TCP_CLOSE_WAIT".parse::<TcpState>(), Ok(TcpState::CloseWait));
+        assert!("bogus".parse::<TcpState>().is_err());
+        assert_eq!(TcpState::try_from(0), Err(DecodeError::UnknownState(0)));
+    }
+
+    #[test]
+    fn reset_reasons_fall_back_to_numbers() {
+        let reasons = ResetReasons::new([(9, "TCP_TIMEWAIT_SOCKET".to_owned())].into());
+        assert_eq!(reasons.name(9), "TCP_TIMEWAIT_SOCKET");
+        assert_eq!(reasons.name(77), "77");
+    }
+}

@@ -1,0 +1,90 @@
+//! Which events `tcpwatch trace` shows.
+use crate::event::{TcpEvent, TcpState};
+
+/// An event passes when it matches every criterion that is set; within one
+/// criterion any listed value will do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    pub local_ports: Vec<u16>,
+    pub remote_ports: Vec<u16>,
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub netns: Vec<u32>,
+    /// Matches a transition's old or new state, or the state a retransmit or reset was seen in.
+    pub states: Vec<TcpState>,
+    /// 4 or 6.
+    pub family: Option<u8>,
+}
+
+fn any_or<T: PartialEq>(wanted: &[T], found: &[T]) -> bool {
+    wanted.is_empty() || found.iter().any(|f| wanted.contains(f))
+}
+
+impl Filter {
+    pub fn matches(&self, ev: &TcpEvent) -> bool {
+        let states: Vec<TcpState> = [ev.old_state, ev.new_state].into_iter().flatten().collect();
+        any_or(&self.ports, &[ev.sport, ev.dport])
+            && any_or(&self.local_ports, &[ev.sport])
+            && any_or(&self.remote_ports, &[ev.dport])
+            && any_or(&self.pids, &[ev.pid])
+            && (self.comms.is_empty() || self.comms.iter().any(|c| *c == ev.comm))
+            && any_or(&self.netns, &[ev.netns])
+            && any_or(&self.states, &states)
+            && self.family.is_none_or(|f| f == ev.family())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventKind, OwnerSource};
+
+    fn ev() -> TcpEvent {
+        TcpEvent {
+            ts_ns: 1,
+            skaddr: 0xffff_0000,
+            kind: EventKind::State,
+            pid: 100,
+            comm: "nginx".into(),
+            owner: OwnerSource::Listener,
+            netns: 4026531840,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 80,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 51000,
+            old_state: Some(TcpState::SynRecv),
+            new_state: Some(TcpState::Established),
+            old_state_ns: Some(10),
+            reason: 0,
+        }
+    }
+
+    #[test]
+    fn empty_filter_passes_everything() {
+        assert!(Filter::default().matches(&ev()));
+    }
+
+    #[test]
+    fn each_criterion_narrows() {
+        let e = ev();
+        let f = |f: Filter| f.matches(&e);
+        assert!(f(Filter { ports: vec![80], ..Default::default() }));
+        assert!(f(Filter { ports: vec![51000], ..Default::default() }));
+        assert!(!f(Filter { ports: vec![443], ..Default::default() }));
+        assert!(f(Filter { local_ports: vec![80], ..Default::default() }));
+        assert!(!f(Filter { local_ports: vec![51000], ..Default::default() }));
+        assert!(f(Filter { remote_ports: vec![443, 51000], ..Default::default() }));
+        assert!(!f(Filter { pids: vec![101], ..Default::default() }));
+        assert!(f(Filter { comms: vec!["nginx".into()], ..Default::default() }));
+        assert!(!f(Filter { comms: vec!["ngin".into()], ..Default::default() }));
+        assert!(!f(Filter { netns: vec![1], ..Default::default() }));
+        assert!(f(Filter { states: vec![TcpState::SynRecv], ..Default::default() }));
+        assert!(f(Filter { states: vec![TcpState::Established], ..Default::default() }));
+        assert!(!f(Filter { states: vec![TcpState::CloseWait], ..Default::default() }));
+        assert!(f(Filter { family: Some(4), ..Default::default() }));
+        assert!(!f(Filter { family: Some(6), ..Default::default() }));
+        assert!(!f(Filter { ports: vec![80], pids: vec![1], ..Default::default() }));
+    }
+}

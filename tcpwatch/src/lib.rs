@@ -1,0 +1,13 @@
+//! tcpwatch: an eBPF observer of the Linux TCP connection lifecycle.
+//!
+//! The library holds everything below the command line so tests and later
+//! subcommands can use the decoding, filtering and rendering without a kernel.
+pub mod btf;
+pub mod cli;
+pub mod clock;
+pub mod event;
+pub mod filter;
+pub mod layout;
+pub mod loader;
+pub mod output;
+pub mod logging;

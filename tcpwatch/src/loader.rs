@@ -1,0 +1,284 @@
+//! Loading and attaching the kernel programs.
+use std::{
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use log::{debug, warn};
+use tcpwatch_common::{counter, Layout, GLOBAL_LAYOUT, MAP_COUNTERS, MAP_EVENTS, MAP_SOCKS};
+
+use crate::{
+    btf::{self, Btf},
+    event::ResetReasons,
+    layout::{self, Format, LayoutError},
+};
+
+/// The eBPF object built by build.rs; empty when the eBPF toolchain was missing.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcpwatch"));
+
+/// Failures a user can act on, each worded as one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this tcpwatch binary was built without its eBPF programs; run `cargo xtask setup` and rebuild"
+    )]
+    NoObject,
+    #[error(
+        "tcpwatch needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, to load its eBPF programs"
+    )]
+    NotPrivileged,
+    #[error("tracefs is not mounted and mounting it on {path} failed: {source}")]
+    Tracefs { path: PathBuf, source: std::io::Error },
+    #[error("this kernel has no tracepoint {0}, which tcpwatch needs")]
+    MissingTracepoint(&'static str),
+    #[error("cannot read the format of tracepoint {name}: {source}")]
+    ReadFormat { name: &'static str, source: std::io::Error },
+    #[error("unexpected layout of tracepoint {name}: {source}")]
+    Layout { name: &'static str, source: LayoutError },
+    #[error("this kernel does not support BPF (the bpf() system call is missing or disabled)")]
+    NoBpf,
+    #[error("the kernel refused tcpwatch's eBPF programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("could not attach to tracepoint {name}: {source}")]
+    Attach { name: &'static str, source: aya::programs::ProgramError },
+    #[error("eBPF object lacks {0}")]
+    Missing(&'static str),
+    #[error("eBPF map error: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+/// A tracepoint tcpwatch attaches to.
+struct Hook {
+    category: &'static str,
+    name: &'static str,
+    /// Program name in the object (the Rust function name).
+    program: &'static str,
+    required: bool,
+}
+
+const HOOKS: [Hook; 6] = [
+    Hook { category: "sock", name: "inet_sock_set_state", program: "inet_sock_set_state", required: true },
+    Hook { category: "tcp", name: "tcp_destroy_sock", program: "tcp_destroy_sock", required: false },
+    Hook { category: "tcp", name: "tcp_retransmit_skb", program: "tcp_retransmit_skb", required: false },
+    Hook { category: "tcp", name: "tcp_retransmit_synack", program: "tcp_retransmit_synack", required: false },
+    Hook { category: "tcp", name: "tcp_send_reset", program: "tcp_send_reset", required: false },
+    Hook { category: "tcp", name: "tcp_receive_reset", program: "tcp_receive_reset", required: false },
+];
+
+/// Sizes of the kernel-side maps.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (rounded up to a power of two pages).
+    pub ring_bytes: u32,
+    /// Sockets whose owner the kernel remembers.
+    pub max_socks: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: tcpwatch_common::DEFAULT_RING_BYTES,
+            max_socks: tcpwatch_common::DEFAULT_MAX_SOCKS,
+        }
+    }
+}
+
+/// The loaded and attached programs with their maps.
+pub struct Probe {
+    /// Dropping it detaches the programs.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub counters: CounterReader,
+    pub reasons: ResetReasons,
+    pub attached: Vec<&'static str>,
+}
+
+/// Reads the kernel-side counters.
+pub struct CounterReader(PerCpuArray<MapData, u64>);
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_full: u64,
+    pub retransmit_not_sent: u64,
+    pub read_failed: u64,
+    pub emitted: u64,
+}
+
+impl CounterReader {
+    pub fn read(&self) -> Result<Counters, aya::maps::MapError> {
+        let sum = |index: u32| -> Result<u64, aya::maps::MapError> {
+            Ok(self.0.get(&index, 0)?.iter().sum())
+        };
+        Ok(Counters {
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            retransmit_not_sent: sum(counter::RETRANSMIT_NOT_SENT)?,
+            read_failed: sum(counter::READ_FAILED)?,
+            emitted: sum(counter::EMITTED)?,
+        })
+    }
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn check_privileges() -> Result<(), LoadError> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let caps = effective_caps();
+    if caps & CAP_SYS_ADMIN != 0 || caps & (CAP_BPF | CAP_PERFMON) == CAP_BPF | CAP_PERFMON {
+        Ok(())
+    } else {
+        Err(LoadError::NotPrivileged)
+    }
+}
+
+/// Finds the tracefs `events` directory, mounting tracefs where it is missing.
+pub fn tracefs_events() -> Result<PathBuf, LoadError> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let events = Path::new(dir).join("events");
+        if events.join("sock").is_dir() || events.join("tcp").is_dir() {
+            return Ok(events);
+        }
+    }
+    let target = PathBuf::from("/sys/kernel/tracing");
+    let c_target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), c_target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(LoadError::Tracefs { path: target, source: std::io::Error::last_os_error() });
+    }
+    warn!("mounted tracefs on {}", target.display());
+    Ok(target.join("events"))
+}
+
+fn read_format(events: &Path, hook: &Hook) -> Result<Option<Format>, LoadError> {
+    let path = events.join(hook.category).join(hook.name).join("format");
+    match fs::read_to_string(&path) {
+        Ok(text) => Format::parse(&text)
+            .map(Some)
+            .map_err(|source| LoadError::Layout { name: hook.name, source }),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if hook.required {
+                Err(LoadError::MissingTracepoint(hook.name))
+            } else {
+                warn!("this kernel has no tracepoint {}:{}; skipping it", hook.category, hook.name);
+                Ok(None)
+            }
+        }
+        Err(source) => Err(LoadError::ReadFormat { name: hook.name, source }),
+    }
+}
+
+/// Reads every hook's format and fills the layout the programs get.
+fn discover(events: &Path) -> Result<(Layout, ResetReasons, Vec<&'static Hook>), LoadError> {
+    let mut layout = Layout::absent();
+    let mut reasons = ResetReasons::default();
+    let mut present = Vec::new();
+    for hook in &HOOKS {
+        let Some(format) = read_format(events, hook)? else { continue };
+        let wrap = |source| LoadError::Layout { name: hook.name, source };
+        match hook.name {
+            "inet_sock_set_state" => layout.set_state = layout::set_state(&format).map_err(wrap)?,
+            "tcp_destroy_sock" => layout.destroy_sock = layout::event_sk(&format).map_err(wrap)?,
+            "tcp_retransmit_skb" => {
+                layout.retransmit_skb = layout::retransmit_skb(&format).map_err(wrap)?
+            }
+            "tcp_retransmit_synack" => {
+                layout.retransmit_synack = layout::retransmit_synack(&format).map_err(wrap)?
+            }
+            "tcp_send_reset" => {
+                layout.send_reset = layout::send_reset(&format).map_err(wrap)?;
+                reasons = ResetReasons::new(format.symbols("reason"));
+            }
+            "tcp_receive_reset" => layout.receive_reset = layout::event_sk(&format).map_err(wrap)?,
+            _ => continue,
+        }
+        present.push(hook);
+    }
+    match fs::read("/sys/kernel/btf/vmlinux")
+        .map_err(|e| e.to_string())
+        .and_then(|data| Btf::parse(&data).map_err(|e| e.to_string()))
+        .and_then(|btf| btf::kernel_offsets(&btf).map_err(|e| e.to_string()))
+    {
+        Ok(offsets) => layout.kernel = offsets,
+        Err(e) => warn!("network namespace ids unavailable (kernel BTF: {e}); reporting netns 0"),
+    }
+    Ok((layout, reasons, present))
+}
+
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        // Kernels from 5.11 account BPF memory to the cgroup instead.
+        debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Loads the programs, hands them the discovered layout and attaches them.
+pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    check_privileges()?;
+    raise_memlock();
+    let events = tracefs_events()?;
+    let (layout, reasons, hooks) = discover(&events)?;
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_LAYOUT, &layout, true)
+        .map_max_entries(MAP_EVENTS, options.ring_bytes)
+        .map_max_entries(MAP_SOCKS, options.max_socks)
+        .load(OBJECT)
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::ENOSYS) =>
+            {
+                LoadError::NoBpf
+            }
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.kind() == ErrorKind::PermissionDenied =>
+            {
+                LoadError::NotPrivileged
+            }
+            _ => LoadError::Load(e),
+        })?;
+
+    let mut attached = Vec::new();
+    for hook in hooks {
+        let program: &mut TracePoint = ebpf
+            .program_mut(hook.program)
+            .ok_or(LoadError::Missing(hook.program))?
+            .try_into()
+            .map_err(|source| LoadError::Attach { name: hook.name, source })?;
+        program.load().map_err(|source| LoadError::Attach { name: hook.name, source })?;
+        program
+            .attach(hook.category, hook.name)
+            .map_err(|source| LoadError::Attach { name: hook.name, source })?;
+        attached.push(hook.name);
+    }
+
+    let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or(LoadError::Missing(MAP_EVENTS))?)?;
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).ok_or(LoadError::Missing(MAP_COUNTERS))?)?;
+    Ok(Probe { ebpf, events, counters: CounterReader(counters), reasons, attached })
+}

@@ -1,0 +1,279 @@
+//! Rendering events for people (aligned columns, colour on terminals) and
+//! for programs (one JSON object per line).
+use std::{
+    fmt::Write as _,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    clock::WallClock,
+    event::{EventKind, ResetReasons, TcpEvent, TcpState},
+};
+
+/// `127.0.0.1:80` or `[::1]:80`.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn millis(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// One JSON line. Field names are a stable interface: scripts read them.
+#[derive(Serialize)]
+struct JsonEvent<'a> {
+    time: String,
+    ts_ns: u64,
+    kind: &'static str,
+    pid: u32,
+    comm: &'a str,
+    owner: &'static str,
+    netns: u32,
+    family: u8,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_state: Option<&'static str>,
+    /// Present on state events; null when the previous transition was not seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms: Option<Option<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    skaddr: String,
+}
+
+/// How events are written.
+pub enum Style {
+    Json,
+    Human { color: bool },
+}
+
+/// Writes events in one [`Style`].
+pub struct Renderer {
+    style: Style,
+    clock: WallClock,
+    reasons: ResetReasons,
+}
+
+const HEADER: [(&str, usize); 6] =
+    [("TIME", 12), ("PID", 7), ("COMM", 15), ("LOCAL", 23), ("REMOTE", 23), ("EVENT", 0)];
+
+impl Renderer {
+    pub fn new(style: Style, clock: WallClock, reasons: ResetReasons) -> Self {
+        Self { style, clock, reasons }
+    }
+
+    /// The column header, for human output.
+    pub fn header(&self) -> Option<String> {
+        match self.style {
+            Style::Json => None,
+            Style::Human { .. } => {
+                let mut line = String::new();
+                for (name, width) in HEADER {
+                    let _ = write!(line, "{name:<width$} ");
+                }
+                line.push_str("   MS");
+                Some(line)
+            }
+        }
+    }
+
+    pub fn write(&self, out: &mut impl Write, ev: &TcpEvent) -> io::Result<()> {
+        match self.style {
+            Style::Json => {
+                serde_json::to_writer(&mut *out, &self.json(ev))?;
+                out.write_all(b"\n")
+            }
+            Style::Human { color } => writeln!(out, "{}", self.human(ev, color)),
+        }
+    }
+
+    fn json<'a>(&self, ev: &'a TcpEvent) -> JsonEvent<'a> {
+        let is_state = ev.kind == EventKind::State;
+        JsonEvent {
+            time: self.clock.rfc3339(ev.ts_ns),
+            ts_ns: ev.ts_ns,
+            kind: ev.kind.name(),
+            pid: ev.pid,
+            comm: &ev.comm,
+            owner: ev.owner.name(),
+            netns: ev.netns,
+            family: ev.family(),
+            saddr: ev.saddr.to_string(),
+            sport: ev.sport,
+            daddr: ev.daddr.to_string(),
+            dport: ev.dport,
+            old_state: if is_state { ev.old_state.map(TcpState::name) } else { None },
+            new_state: if is_state { ev.new_state.map(TcpState::name) } else { None },
+            ms: is_state.then(|| ev.old_state_ns.map(millis)),
+            state: if is_state { None } else { ev.new_state.map(TcpState::name) },
+            reason: (ev.kind == EventKind::ResetSent).then(|| self.reasons.name(ev.reason)),
+            skaddr: format!("{:#x}", ev.skaddr),
+        }
+    }
+
+    fn human(&self, ev: &TcpEvent, color: bool) -> String {
+        let paint = |code: &str, text: String| {
+            if color {
+                format!("\x1b[{code}m{text}\x1b[0m")
+            } else {
+                text
+            }
+        };
+        let in_state = ev.new_state.map(|s| format!(" in {s}")).unwrap_or_default();
+        let (what, ms) = match ev.kind {
+            EventKind::State => {
+                let (old, new) = (
+                    ev.old_state.map_or("?", TcpState::name),
+                    ev.new_state.map_or("?", TcpState::name),
+                );
+                let text = format!("{old:>11} -> {new:<11}");
+                let text = match ev.new_state {
+                    Some(TcpState::Established) => paint("32", text),
+                    Some(TcpState::Close) => paint("2", text),
+                    Some(TcpState::CloseWait) => paint("33", text),
+                    _ => text,
+                };
+                let ms = ev.old_state_ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+                (text, ms)
+            }
+            EventKind::Retransmit => (paint("33;1", format!("RETRANSMIT{in_state}")), String::new()),
+            EventKind::SynackRetransmit => {
+                (paint("33;1", "SYNACK RETRANSMIT".to_owned()), String::new())
+            }
+            EventKind::ResetSent => (
+                paint("31;1", format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason))),
+                String::new(),
+            ),
+            EventKind::ResetReceived => {
+                (paint("31;1", format!("RESET RECEIVED{in_state}")), String::new())
+            }
+        };
+        let pid = if ev.pid == 0 { "-".to_owned() } else { ev.pid.to_string() };
+        let comm = if ev.comm.is_empty() { "-" } else { &ev.comm };
+        format!(
+            "{:<12} {:<7} {:<15} {:<23} {:<23} {what} {ms:>8}",
+            self.clock.time_of_day(ev.ts_ns),
+            pid,
+            comm,
+            endpoint(ev.saddr, ev.sport),
+            endpoint(ev.daddr, ev.dport),
+        )
+        .trim_end()
+        .to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::OwnerSource;
+
+    fn ev(kind: EventKind) -> TcpEvent {
+        TcpEvent {
+            ts_ns: 1_795_248_241_123_456_789,
+            skaddr: 0xffff_8880_1234_5678,
+            kind,
+            pid: 4242,
+            comm: "curl".into(),
+            owner: OwnerSource::Connect,
+            netns: 4026531840,
+            saddr: "::1".parse().unwrap(),
+            sport: 40000,
+            daddr: "::1".parse().unwrap(),
+            dport: 8080,
+            old_state: Some(TcpState::SynSent),
+            new_state: Some(TcpState::Established),
+            old_state_ns: Some(1_250_000),
+            reason: 12,
+        }
+    }
+
+    fn renderer(style: Style) -> Renderer {
+        Renderer::new(
+            style,
+            WallClock::with_offset(0),
+            ResetReasons::new([(12, "TCP_ABORT_ON_LINGER".to_owned())].into()),
+        )
+    }
+
+    fn json_line(e: &TcpEvent) -> serde_json::Value {
+        let mut buf = Vec::new();
+        renderer(Style::Json).write(&mut buf, e).unwrap();
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        serde_json::from_slice(&buf).unwrap()
+    }
+
+    #[test]
+    fn json_state_event_has_the_documented_fields() {
+        let v = json_line(&ev(EventKind::State));
+        assert_eq!(v["time"], "2026-11-21T08:04:01.123456Z");
+        assert_eq!(v["kind"], "state");
+        assert_eq!(v["pid"], 4242);
+        assert_eq!(v["comm"], "curl");
+        assert_eq!(v["netns"], 4026531840u64);
+        assert_eq!(v["family"], 6);
+        assert_eq!(v["saddr"], "::1");
+        assert_eq!(v["sport"], 40000);
+        assert_eq!(v["dport"], 8080);
+        assert_eq!(v["old_state"], "SYN_SENT");
+        assert_eq!(v["new_state"], "ESTABLISHED");
+        assert_eq!(v["ms"], 1.25);
+        assert!(v.get("state").is_none());
+        assert!(v.get("reason").is_none());
+    }
+
+    #[test]
+    fn json_unknown_duration_is_null() {
+        let mut e = ev(EventKind::State);
+        e.old_state_ns = None;
+        let v = json_line(&e);
+        assert!(v["ms"].is_null());
+        assert!(v.as_object().unwrap().contains_key("ms"));
+    }
+
+    #[test]
+    fn json_retransmit_and_reset_fields() {
+        let mut e = ev(EventKind::Retransmit);
+        e.old_state = Some(TcpState::SynSent);
+        e.new_state = Some(TcpState::SynSent);
+        let v = json_line(&e);
+        assert_eq!(v["kind"], "retransmit");
+        assert_eq!(v["state"], "SYN_SENT");
+        assert!(v.get("old_state").is_none() && v.get("ms").is_none());
+        let v = json_line(&ev(EventKind::ResetSent));
+        assert_eq!(v["kind"], "reset_sent");
+        assert_eq!(v["reason"], "TCP_ABORT_ON_LINGER");
+        let v = json_line(&ev(EventKind::ResetReceived));
+        assert_eq!(v["kind"], "reset_received");
+        assert!(v.get("reason").is_none());
+    }
+
+    #[test]
+    fn human_lines_align_and_colour_only_when_asked() {
+        let plain = renderer(Style::Human { color: false });
+        let header = plain.header().unwrap();
+        let line = plain.human(&ev(EventKind::State), false);
+        assert!(line.starts_with("08:04:01.123 4242    curl            [::1]:40000"), "{line}");
+        assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
+        assert!(line.ends_with("1.250"), "{line}");
+        assert_eq!(header.find("LOCAL"), line.find("[::1]:40000"));
+        assert!(!line.contains('\x1b'));
+        let coloured = plain.human(&ev(EventKind::State), true);
+        assert!(coloured.contains("\x1b[32m"));
+        let reset = plain.human(&ev(EventKind::ResetSent), false);
+        assert!(reset.contains("RESET SENT in ESTABLISHED (TCP_ABORT_ON_LINGER)"), "{reset}");
+    }
+}

@@ -1,0 +1,65 @@
+//! `cargo xtask`: set-up, build, run and test tasks for tcpwatch.
+//!
+//! Every task installs what it needs first, idempotently: a second run only
+//! checks and is fast.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod setup;
+mod tasks;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "tcpwatch's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing tcpwatch needs: rust-src, a bpf-linker
+    /// built against this toolchain's LLVM, and Debian packages for the tests.
+    Setup {
+        /// Also install the Debian packages the privileged tests use.
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Set up, then build tcpwatch (release) with its eBPF programs.
+    Build,
+    /// Set up, build and run tcpwatch with the given arguments (as root).
+    Run {
+        /// Arguments for tcpwatch, e.g. `trace --json`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up everything and run the whole test suite, privileged tests included.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { tests } => setup::toolchain().and_then(|()| {
+            if tests {
+                setup::test_packages()
+            } else {
+                Ok(())
+            }
+        }),
+        Task::Build => tasks::build().map(|_| ()),
+        Task::Run { args } => tasks::run_tcpwatch(&args),
+        Task::Test { args } => tasks::test(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Idempotent installation of the eBPF toolchain and test dependencies.
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The bpf-linker release known to work with aya 0.14 (see the README).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the privileged tests drive: `ip` for network namespaces,
+/// `nft` to drop packets inside them, `ss` for ground truth.
+const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("nftables", "nft")];
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// rust-src for `-Z build-std=core`, and a bpf-linker linked against the
+/// same LLVM as rustc (the bitcode rustc emits must be read by the same LLVM).
+pub fn toolchain() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .context("rustup is needed to add the rust-src component")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding the rust-src component");
+        run(Command::new("rustup").args(["component", "add", "rust-src"]))?;
+    }
+    let linker = linker_dir()?;
+    if linker.bin.join("bpf-linker").is_file()
+        && Command::new(linker.bin.join("bpf-linker")).arg("--version").output().is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute, once)",
+        linker.llvm_file
+    );
+    let lib = linker.prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
+    let real = linker.sysroot.join("lib").join(&linker.llvm_file);
+    for name in ["libLLVM.so", linker.llvm_file.as_str()] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&real, &link).with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    run(Command::new("cargo")
+        .args(["install", "--root"])
+        .arg(&linker.prefix)
+        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
+        .args(["--no-default-features", "--features"])
+        .arg(format!("llvm-{}", linker.llvm_major))
+        .env("LLVM_PREFIX", &linker.prefix)
+        // Keep the install's own build artifacts out of the repository.
+        .env_remove("CARGO_TARGET_DIR"))
+}
+
+pub struct LinkerDir {
+    pub sysroot: PathBuf,
+    pub llvm_file: String,
+    pub llvm_major: String,
+    pub prefix: PathBuf,
+    pub bin: PathBuf,
+}
+
+/// Where the private bpf-linker for this toolchain lives. The name embeds the
+/// toolchain's libLLVM file, so a toolchain update gets a fresh linker.
+/// tcpwatch/build.rs looks for it under the same name.
+pub fn linker_dir() -> Result<LinkerDir> {
+    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim());
+    let llvm_file = fs::read_dir(sysroot.join("lib"))
+        .with_context(|| format!("cannot list {}/lib", sysroot.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .context("this Rust toolchain ships no libLLVM.so to build bpf-linker against")?;
+    let version = output(Command::new("rustc").arg("-vV"))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc -vV does not name its LLVM version")?
+        .to_owned();
+    let prefix = cache_dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{llvm_file}"));
+    let bin = prefix.join("bin");
+    Ok(LinkerDir { sysroot, llvm_file, llvm_major, prefix, bin })
+}
+
+fn cache_dir() -> Result<PathBuf> {
+    let base = match env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    };
+    Ok(base.join("tcpwatch"))
+}
+
+fn has_program(name: &str) -> bool {
+    env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
+        .unwrap_or(false)
+        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).is_file())
+}
+
+/// Debian packages for the privileged tests, installed only when missing.
+pub fn test_packages() -> Result<()> {
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(_, program)| !has_program(program)).map(|(pkg, _)| *pkg).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !has_program("apt-get") {
+        bail!("the tests need the programs of {missing:?}; install them with your package manager");
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
