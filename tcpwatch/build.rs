@@ -21,6 +21,7 @@ fn main() {
     if let Some(reason) = skip_reason() {
         println!("cargo:warning=building tcpwatch WITHOUT its eBPF programs: {reason}; run `cargo xtask setup` to install the eBPF toolchain");
         fs::write(&object, []).expect("OUT_DIR is writable");
+        println!("cargo:rustc-env=TCPWATCH_EBPF_STATUS=missing: {reason}");
         return;
     }
 
@@ -37,6 +38,7 @@ fn main() {
     if let Err(e) = aya_build::build_ebpf([package], Toolchain::Custom(&toolchain)) {
         panic!("building the eBPF programs failed: {e:#}");
     }
+    println!("cargo:rustc-env=TCPWATCH_EBPF_STATUS=included");
 }
 
 /// Why the eBPF object cannot be built here, if it cannot.

@@ -207,6 +207,7 @@ pub const FIELD_ABSENT: FieldOffset = u16::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpLayout {
+    pub skbaddr: FieldOffset,
     pub skaddr: FieldOffset,
     pub state: FieldOffset,
     pub new_state: FieldOffset,
@@ -224,12 +225,13 @@ pub struct TpLayout {
     pub sockaddr: u16,
 }
 
-const _: () = assert!(core::mem::size_of::<TpLayout>() == 28);
+const _: () = assert!(core::mem::size_of::<TpLayout>() == 30);
 
 impl TpLayout {
     /// A layout with every field absent.
     pub const fn absent() -> Self {
         Self {
+            skbaddr: FIELD_ABSENT,
             skaddr: FIELD_ABSENT,
             state: FIELD_ABSENT,
             new_state: FIELD_ABSENT,
@@ -256,12 +258,22 @@ pub struct KernelOffsets {
     pub sock_net: u32,
     /// `struct net` -> `ns.inum`.
     pub net_inum: u32,
-    /// 1 when the offsets are valid; netns ids are reported as 0 otherwise.
+    /// `struct sk_buff` -> `dev` (a `struct net_device *`).
+    pub skb_dev: u32,
+    /// `struct net_device` -> `nd_net.net` (a `struct net *`).
+    pub netdev_net: u32,
+    /// Bit 0: the sock path is valid; bit 1: the sk_buff path is valid.
+    /// Network namespace ids are reported as 0 where a path is missing.
     pub valid: u32,
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16);
+/// `KernelOffsets::valid` bit for `sock_net` and `net_inum`.
+pub const OFFSETS_SOCK: u32 = 1;
+/// `KernelOffsets::valid` bit for `skb_dev` and `netdev_net`.
+pub const OFFSETS_SKB: u32 = 2;
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -276,7 +288,7 @@ pub struct Layout {
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 28 + 16);
+const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 30 + 24);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.
@@ -291,6 +303,8 @@ impl Layout {
             kernel: KernelOffsets {
                 sock_net: 0,
                 net_inum: 0,
+                skb_dev: 0,
+                netdev_net: 0,
                 valid: 0,
                 _pad: 0,
             },

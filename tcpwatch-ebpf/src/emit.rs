@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     counter, Event, KernelOffsets, Layout, TpLayout, AF_INET, AF_INET6, DEFAULT_RING_BYTES,
-    FIELD_ABSENT,
+    FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK,
 };
 
 /// Events for userspace; its size is set again by the loader.
@@ -118,29 +118,53 @@ pub fn read_endpoints(ctx: &TracePointContext, tp: &TpLayout, ev: &mut Event) ->
     Ok(())
 }
 
+#[inline(always)]
+fn read_kernel<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one fails the read.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(counter::READ_FAILED);
+            None
+        }
+    }
+}
+
+/// `net->ns.inum`, or 0.
+#[inline(always)]
+fn net_inum(net: u64, k: &KernelOffsets) -> u32 {
+    if net == 0 {
+        return 0;
+    }
+    read_kernel::<u32>(net + k.net_inum as u64).unwrap_or(0)
+}
+
 /// The network namespace inode of a `struct sock`, or 0 when the offsets
 /// could not be discovered.
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {
     let k = kernel_offsets();
-    if k.valid == 0 || sk == 0 {
+    if k.valid & OFFSETS_SOCK == 0 || sk == 0 {
         return 0;
     }
-    // SAFETY: both reads go through bpf_probe_read_kernel, which checks the addresses.
-    let net = match unsafe { bpf_probe_read_kernel((sk + k.sock_net as u64) as *const u64) } {
-        Ok(net) if net != 0 => net,
-        _ => {
-            bump(counter::READ_FAILED);
-            return 0;
-        }
-    };
-    match unsafe { bpf_probe_read_kernel((net + k.net_inum as u64) as *const u32) } {
-        Ok(inum) => inum,
-        Err(_) => {
-            bump(counter::READ_FAILED);
-            0
-        }
+    let net = read_kernel::<u64>(sk + k.sock_net as u64).unwrap_or(0);
+    net_inum(net, &k)
+}
+
+/// The network namespace of the device a `struct sk_buff` arrived on, for
+/// events without a socket (a reset answering a segment for no socket).
+#[inline(always)]
+pub fn skb_netns(skb: u64) -> u32 {
+    let k = kernel_offsets();
+    if k.valid & (OFFSETS_SOCK | OFFSETS_SKB) != OFFSETS_SOCK | OFFSETS_SKB || skb == 0 {
+        return 0;
     }
+    let dev = read_kernel::<u64>(skb + k.skb_dev as u64).unwrap_or(0);
+    if dev == 0 {
+        return 0;
+    }
+    let net = read_kernel::<u64>(dev + k.netdev_net as u64).unwrap_or(0);
+    net_inum(net, &k)
 }
 
 /// Reserves an event in the ring buffer and lets `fill` write it; a full

@@ -17,7 +17,7 @@ use tcpwatch_common::{
     DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
 };
 
-use crate::emit::{emit, field, layout_of, now_ns, read_endpoints, sock_netns, Res};
+use crate::emit::{emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Res};
 
 /// Socket address -> owner and time of its last transition. Entries go at
 /// `tcp_destroy_sock`; the LRU bounds sockets whose destruction was missed.
@@ -168,9 +168,11 @@ fn try_tcp_destroy_sock(ctx: &TracePointContext) -> Res<()> {
 
 /// Emits an event about `sk` carrying its remembered owner, for events that
 /// run in softirq; `state` of `None` takes the socket's remembered state.
+/// Without a socket, the namespace comes from the segment `skb`, if any.
 #[inline(always)]
 pub fn emit_for_socket(
     sk: u64,
+    skb: u64,
     event_kind: u8,
     state: Option<u8>,
     reason: u16,
@@ -193,7 +195,7 @@ pub fn emit_for_socket(
                 state.unwrap_or(o.state)
             }
             None => {
-                ev.netns = sock_netns(sk);
+                ev.netns = if sk != 0 { sock_netns(sk) } else { skb_netns(skb) };
                 state.unwrap_or(0)
             }
         };

@@ -21,9 +21,10 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.send_reset);
     let sk: u64 = field(ctx, tp.skaddr)?;
+    let skb: u64 = if sk == 0 { field(ctx, tp.skbaddr).unwrap_or(0) } else { 0 };
     let state = if tp.state != FIELD_ABSENT { Some(field::<i32>(ctx, tp.state)? as u8) } else { None };
     let reason = if tp.reason != FIELD_ABSENT { field::<u32>(ctx, tp.reason)? as u16 } else { 0 };
-    emit_for_socket(sk, kind::RESET_SENT, state, reason, |ev| {
+    emit_for_socket(sk, skb, kind::RESET_SENT, state, reason, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
 }
@@ -39,7 +40,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.receive_reset);
     let sk: u64 = field(ctx, tp.skaddr)?;
-    emit_for_socket(sk, kind::RESET_RECEIVED, None, 0, |ev| {
+    emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
 }

@@ -28,7 +28,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Res<()> {
     }
     let sk: u64 = field(ctx, tp.skaddr)?;
     let state = field::<i32>(ctx, tp.state)? as u8;
-    emit_for_socket(sk, kind::RETRANSMIT, Some(state), 0, |ev| {
+    emit_for_socket(sk, 0, kind::RETRANSMIT, Some(state), 0, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
 }
@@ -45,7 +45,7 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.retransmit_synack);
     let listener: u64 = field(ctx, tp.skaddr)?;
-    emit_for_socket(listener, kind::SYNACK_RETRANSMIT, Some(SYN_RECV), 0, |ev| {
+    emit_for_socket(listener, 0, kind::SYNACK_RETRANSMIT, Some(SYN_RECV), 0, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
 }

@@ -3,7 +3,7 @@
 //! `sock -> net -> ns.inum` on any kernel with `/sys/kernel/btf/vmlinux`.
 use std::collections::HashMap;
 
-use tcpwatch_common::KernelOffsets;
+use tcpwatch_common::{KernelOffsets, OFFSETS_SKB, OFFSETS_SOCK};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
@@ -201,14 +201,27 @@ impl Btf {
     }
 }
 
-/// The offsets the programs need to read a socket's network namespace.
+/// The offsets the programs need to read the network namespace of a socket
+/// (required) and of a segment's device (optional: used for resets sent
+/// for no socket).
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    Ok(KernelOffsets {
+    let mut offsets = KernelOffsets {
         sock_net: btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.member_offset("net", &["ns", "inum"])?,
-        valid: 1,
+        skb_dev: 0,
+        netdev_net: 0,
+        valid: OFFSETS_SOCK,
         _pad: 0,
-    })
+    };
+    if let (Ok(skb_dev), Ok(netdev_net)) = (
+        btf.member_offset("sk_buff", &["dev"]),
+        btf.member_offset("net_device", &["nd_net", "net"]),
+    ) {
+        offsets.skb_dev = skb_dev;
+        offsets.netdev_net = netdev_net;
+        offsets.valid |= OFFSETS_SKB;
+    }
+    Ok(offsets)
 }
 
 #[cfg(test)]
@@ -280,7 +293,8 @@ mod tests {
         let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else { return };
         let btf = Btf::parse(&data).unwrap();
         let offsets = kernel_offsets(&btf).unwrap();
-        assert_eq!(offsets.valid, 1);
+        assert_eq!(offsets.valid, OFFSETS_SOCK | OFFSETS_SKB);
+        assert!(offsets.skb_dev > 0 && offsets.netdev_net > 0, "{offsets:?}");
         assert!(offsets.sock_net > 0 && offsets.sock_net < 256, "{offsets:?}");
     }
 }

@@ -210,6 +210,7 @@ pub fn retransmit_synack(f: &Format) -> Result<TpLayout, LayoutError> {
 /// and addresses before.
 pub fn send_reset(f: &Format) -> Result<TpLayout, LayoutError> {
     let mut l = TpLayout::absent();
+    l.skbaddr = f.optional("skbaddr", 8)?;
     l.skaddr = f.offset("skaddr", 8)?;
     l.state = f.optional("state", 4)?;
     l.reason = f.optional("reason", 4)?;
@@ -269,6 +270,7 @@ mod tests {
         let new = send_reset(&data("formats-6.18/tcp__tcp_send_reset")).unwrap();
         assert_eq!(new.sockaddr, 1);
         assert_eq!((new.saddr, new.daddr, new.reason, new.state), (32, 60, 28, 24));
+        assert_eq!(new.skbaddr, 8);
         assert_eq!(new.sport, FIELD_ABSENT);
         let old = send_reset(&data("formats-6.1/tcp__tcp_send_reset")).unwrap();
         assert_eq!(old.sockaddr, 0);

@@ -67,8 +67,17 @@ pub struct Renderer {
     reasons: ResetReasons,
 }
 
-const HEADER: [(&str, usize); 6] =
-    [("TIME", 12), ("PID", 7), ("COMM", 15), ("LOCAL", 23), ("REMOTE", 23), ("EVENT", 0)];
+/// Width of the EVENT column: `ESTABLISHED -> CLOSE_WAIT` and most resets fit.
+const EVENT_WIDTH: usize = 26;
+
+const HEADER: [(&str, usize); 6] = [
+    ("TIME", 12),
+    ("PID", 7),
+    ("COMM", 15),
+    ("LOCAL", 23),
+    ("REMOTE", 23),
+    ("EVENT", EVENT_WIDTH),
+];
 
 impl Renderer {
     pub fn new(style: Style, clock: WallClock, reasons: ResetReasons) -> Self {
@@ -84,7 +93,7 @@ impl Renderer {
                 for (name, width) in HEADER {
                     let _ = write!(line, "{name:<width$} ");
                 }
-                line.push_str("   MS");
+                line.push_str(&format!("{:>8}", "MS"));
                 Some(line)
             }
         }
@@ -125,42 +134,30 @@ impl Renderer {
     }
 
     fn human(&self, ev: &TcpEvent, color: bool) -> String {
-        let paint = |code: &str, text: String| {
-            if color {
-                format!("\x1b[{code}m{text}\x1b[0m")
-            } else {
-                text
-            }
-        };
         let in_state = ev.new_state.map(|s| format!(" in {s}")).unwrap_or_default();
-        let (what, ms) = match ev.kind {
+        let (what, code, ms) = match ev.kind {
             EventKind::State => {
-                let (old, new) = (
-                    ev.old_state.map_or("?", TcpState::name),
-                    ev.new_state.map_or("?", TcpState::name),
-                );
-                let text = format!("{old:>11} -> {new:<11}");
-                let text = match ev.new_state {
-                    Some(TcpState::Established) => paint("32", text),
-                    Some(TcpState::Close) => paint("2", text),
-                    Some(TcpState::CloseWait) => paint("33", text),
-                    _ => text,
+                let old = ev.old_state.map_or("?", TcpState::name);
+                let new = ev.new_state.map_or("?", TcpState::name);
+                let code = match ev.new_state {
+                    Some(TcpState::Established) => "32",
+                    Some(TcpState::Close) => "2",
+                    Some(TcpState::CloseWait) => "33",
+                    _ => "",
                 };
                 let ms = ev.old_state_ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
-                (text, ms)
+                (format!("{old:>11} -> {new}"), code, ms)
             }
-            EventKind::Retransmit => (paint("33;1", format!("RETRANSMIT{in_state}")), String::new()),
-            EventKind::SynackRetransmit => {
-                (paint("33;1", "SYNACK RETRANSMIT".to_owned()), String::new())
+            EventKind::Retransmit => (format!("RETRANSMIT{in_state}"), "33;1", String::new()),
+            EventKind::SynackRetransmit => ("SYNACK RETRANSMIT".to_owned(), "33;1", String::new()),
+            EventKind::ResetSent => {
+                (format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason)), "31;1", String::new())
             }
-            EventKind::ResetSent => (
-                paint("31;1", format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason))),
-                String::new(),
-            ),
-            EventKind::ResetReceived => {
-                (paint("31;1", format!("RESET RECEIVED{in_state}")), String::new())
-            }
+            EventKind::ResetReceived => (format!("RESET RECEIVED{in_state}"), "31;1", String::new()),
         };
+        // Pad before colouring: escape sequences have no width on screen.
+        let what = format!("{what:<EVENT_WIDTH$}");
+        let what = if color && !code.is_empty() { format!("\x1b[{code}m{what}\x1b[0m") } else { what };
         let pid = if ev.pid == 0 { "-".to_owned() } else { ev.pid.to_string() };
         let comm = if ev.comm.is_empty() { "-" } else { &ev.comm };
         format!(
@@ -269,6 +266,7 @@ mod tests {
         assert!(line.starts_with("08:04:01.123 4242    curl            [::1]:40000"), "{line}");
         assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
         assert!(line.ends_with("1.250"), "{line}");
+        assert_eq!(header.len(), line.len(), "MS column aligned:\n{header}\n{line}");
         assert_eq!(header.find("LOCAL"), line.find("[::1]:40000"));
         assert!(!line.contains('\x1b'));
         let coloured = plain.human(&ev(EventKind::State), true);

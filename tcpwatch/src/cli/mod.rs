@@ -5,7 +5,13 @@ pub mod trace;
 
 /// Observe the Linux kernel's TCP connection lifecycle with eBPF.
 #[derive(Debug, Parser)]
-#[command(name = "tcpwatch", version, about, propagate_version = true)]
+#[command(
+    name = "tcpwatch",
+    version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), " (eBPF programs ", env!("TCPWATCH_EBPF_STATUS"), ")"),
+    about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// More log output on stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

@@ -1,0 +1,401 @@
+//! Harness for the privileged tests: a network namespace per test, peer
+//! processes with their own command names, and `tcpwatch trace --json`.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Env var that turns this test binary into a peer process (see `peer_main`).
+pub const PEER_ENV: &str = "TCPWATCH_TEST_PEER_COMM";
+
+/// Whether the privileged tests can run here. When they cannot and CI (or
+/// `cargo xtask test`) demands them, that is a failure, not a skip.
+pub fn privileged_or_skip(test: &str) -> bool {
+    let reason = if !is_root() {
+        Some("not root")
+    } else if !binary_has_ebpf() {
+        Some("tcpwatch was built without its eBPF programs (run `cargo xtask setup`)")
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("the `ip` tool (iproute2) is missing")
+    } else {
+        None
+    };
+    let Some(reason) = reason else { return true };
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some();
+    if required {
+        panic!("privileged test {test} cannot run: {reason}");
+    }
+    eprintln!("SKIPPED privileged test {test}: {reason}");
+    false
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn binary_has_ebpf() -> bool {
+    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("eBPF programs included"))
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace made for one test and deleted after it.
+pub struct Netns {
+    pub name: String,
+    pub inode: u64,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("tw-{tag}-{}-{n}", std::process::id());
+        run(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
+        let inode = std::fs::metadata(format!("/run/netns/{name}"))
+            .expect("ip netns add made the namespace file")
+            .ino();
+        Netns { name, inode }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> String {
+        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+    }
+
+    /// Sets a sysctl inside the namespace only.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+
+    /// Loads an nftables ruleset inside the namespace only.
+    pub fn nft(&self, ruleset: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        child.stdin.take().expect("piped").write_all(ruleset.as_bytes()).expect("nft reads");
+        assert!(child.wait().expect("nft ends").success(), "nft rejected:\n{ruleset}");
+    }
+
+    pub fn peer(&self, comm: &str) -> Peer {
+        Peer::spawn(self, comm)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A process in the namespace, driven line by line (see `peer_main`).
+pub struct Peer {
+    pub pid: u32,
+    pub comm: String,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    fn spawn(netns: &Netns, comm: &str) -> Peer {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns.name])
+            .arg(exe)
+            .args(["--exact", "peer_main", "--nocapture", "--test-threads=1"])
+            .env(PEER_ENV, comm)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("peer starts");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        // `ip netns exec` execs the test binary: the pid stays the same.
+        let mut peer = Peer { pid: child.id(), comm: comm.to_owned(), child, stdin, stdout };
+        assert_eq!(peer.cmd("hello"), "ok");
+        peer
+    }
+
+    /// Sends one command and returns its reply (without the `@@ ` prefix).
+    pub fn cmd(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").expect("peer reads commands");
+        self.stdin.flush().expect("peer reads commands");
+        let mut reply = String::new();
+        loop {
+            reply.clear();
+            let n = self.stdout.read_line(&mut reply).expect("peer replies");
+            assert!(n > 0, "peer {} exited during `{line}`", self.comm);
+            // libtest may print `test peer_main ... ` before the first reply.
+            if let Some(at) = reply.find("@@ ") {
+                return reply[at + 3..].trim_end().to_owned();
+            }
+        }
+    }
+
+    /// A command that must succeed; returns what follows `ok`.
+    pub fn ok(&mut self, line: &str) -> String {
+        let reply = self.cmd(line);
+        match reply.strip_prefix("ok") {
+            Some(rest) => rest.trim().to_owned(),
+            None => panic!("peer {}: `{line}` answered `{reply}`", self.comm),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.stdin.flush();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The peer side: a command interpreter over stdin, replies on stdout.
+pub fn peer_loop(comm: &str) {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let name = std::ffi::CString::new(comm).expect("comm has no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    let mut listener: Option<Socket> = None;
+    let mut conn: Option<Socket> = None;
+    let reply = |s: String| {
+        println!("@@ {s}");
+        let _ = std::io::stdout().flush();
+    };
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let result: Result<String, String> = match words.as_slice() {
+            ["hello"] => Ok(String::new()),
+            ["listen", addr, backlog] => (|| {
+                let addr: SocketAddr = format!("{}:0", bracket(addr)).parse().map_err(|e| format!("{e}"))?;
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
+                s.set_reuse_address(true).map_err(|e| e.to_string())?;
+                s.bind(&SockAddr::from(addr)).map_err(|e| e.to_string())?;
+                s.listen(backlog.parse().map_err(|_| "bad backlog".to_owned())?).map_err(|e| e.to_string())?;
+                let port = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).unwrap_or(0);
+                listener = Some(s);
+                Ok(port.to_string())
+            })(),
+            ["connect", addr, port] => (|| {
+                let addr: SocketAddr = format!("{}:{port}", bracket(addr)).parse().map_err(|e| format!("{e}"))?;
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
+                s.connect(&SockAddr::from(addr)).map_err(|e| format!("{:?}", e.kind()))?;
+                let port = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).unwrap_or(0);
+                conn = Some(s);
+                Ok(port.to_string())
+            })(),
+            ["accept"] => match listener.as_ref().map(|l| l.accept()) {
+                Some(Ok((s, peer))) => {
+                    let port = peer.as_socket().map(|a| a.port()).unwrap_or(0);
+                    conn = Some(s);
+                    Ok(port.to_string())
+                }
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("no listener".into()),
+            },
+            ["linger0"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| c.set_linger(Some(std::time::Duration::ZERO)).map_err(|e| e.to_string()))
+                .map(|()| String::new()),
+            ["send", text] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| c.send(text.as_bytes()).map_err(|e| e.to_string()))
+                .map(|n| n.to_string()),
+            ["read_eof"] => (|| {
+                let c = conn.as_ref().ok_or("no connection".to_owned())?;
+                let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+                loop {
+                    match c.recv(&mut buf) {
+                        Ok(0) => return Ok(String::new()),
+                        Ok(_) => continue,
+                        Err(e) => return Err(format!("{:?}", e.kind())),
+                    }
+                }
+            })(),
+            ["close"] => {
+                conn = None;
+                Ok(String::new())
+            }
+            ["close_listener"] => {
+                listener = None;
+                Ok(String::new())
+            }
+            ["exit"] => break,
+            other => Err(format!("unknown command {other:?}")),
+        };
+        match result {
+            Ok(s) => reply(format!("ok {s}")),
+            Err(e) => reply(format!("err {e}")),
+        }
+    }
+}
+
+fn bracket(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// `tcpwatch trace --json` restricted to one namespace.
+pub struct Tracer {
+    child: Child,
+    stdout: thread::JoinHandle<Vec<String>>,
+    stderr: thread::JoinHandle<Vec<String>>,
+}
+
+impl Tracer {
+    pub fn start(netns: &Netns, extra: &[&str]) -> Tracer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+            .args(["trace", "--json", "--netns", &netns.inode.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpwatch starts");
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        let stdout = thread::spawn(move || out.lines().map_while(Result::ok).collect());
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        // Wait for the line that says the programs are attached.
+        let mut seen = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = err.read_line(&mut line).expect("tcpwatch stderr");
+            assert!(n > 0, "tcpwatch exited before tracing: {seen:?}");
+            let ready = line.contains("tracing TCP");
+            seen.push(line.trim_end().to_owned());
+            if ready {
+                break;
+            }
+        }
+        let stderr = thread::spawn(move || {
+            let mut lines = seen;
+            lines.extend(err.lines().map_while(Result::ok));
+            lines
+        });
+        Tracer { child, stdout, stderr }
+    }
+
+    /// Stops tracing with SIGINT and returns the events and stderr lines.
+    pub fn stop(mut self) -> (Vec<Value>, Vec<String>) {
+        // Let events still in flight on other CPUs reach the ring buffer.
+        thread::sleep(Duration::from_millis(200));
+        // SAFETY: kill on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("tcpwatch ends");
+        let lines = std::mem::replace(&mut self.stdout, thread::spawn(Vec::new)).join().expect("reader");
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(Vec::new)).join().expect("reader");
+        assert!(status.success(), "tcpwatch trace exited with {status}; stderr: {stderr:?}");
+        let events = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        (events, stderr)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events grouped by kernel socket address, in order.
+pub fn by_socket(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for e in events {
+        out.entry(e["skaddr"].as_str().unwrap_or("").to_owned()).or_default().push(e.clone());
+    }
+    out
+}
+
+/// `OLD->NEW` strings of the state events in `events`.
+pub fn transitions(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "state")
+        .map(|e| format!("{}->{}", e["old_state"].as_str().unwrap_or("?"), e["new_state"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+/// The state events of the one socket whose first transition is `first` and
+/// whose events mention `port` as local or remote port.
+pub fn socket_with(events: &[Value], first: &str, port: u16) -> Vec<Value> {
+    let sockets = by_socket(events);
+    let matching: Vec<_> = sockets
+        .values()
+        .filter(|evs| {
+            transitions(evs).first().map(String::as_str) == Some(first)
+                && evs.iter().any(|e| e["sport"] == port || e["dport"] == port)
+        })
+        .collect();
+    assert_eq!(matching.len(), 1, "expected one socket starting {first} on port {port}, got {matching:#?}\nall: {events:#?}");
+    matching[0].clone()
+}
+
+pub fn assert_owned_by(events: &[Value], peer: &Peer) {
+    for e in events {
+        assert_eq!(e["pid"], peer.pid, "pid of {e}");
+        assert_eq!(e["comm"], peer.comm.as_str(), "comm of {e}");
+    }
+}
+
+pub fn localhost(v6: bool) -> IpAddr {
+    if v6 {
+        "::1".parse().expect("literal")
+    } else {
+        "127.0.0.1".parse().expect("literal")
+    }
+}
+
+/// Waits until `cond` holds or the timeout passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}

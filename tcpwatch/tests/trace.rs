@@ -1,0 +1,350 @@
+//! Privileged end-to-end tests of `tcpwatch trace --json`: real sockets in
+//! peer processes with their own command names, each test in its own
+//! network namespace, checked against what the test did.
+mod common;
+
+use std::{thread, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+/// Not a test: the entry point of peer processes (see `common::Peer`).
+#[test]
+fn peer_main() {
+    if let Ok(comm) = std::env::var(PEER_ENV) {
+        peer_loop(&comm);
+    }
+}
+
+const CLIENT: &str = "tw-client";
+
+/// An nftables table `inet tw` dropping what `rules` match on output.
+fn drop_rules(rules: &[&str]) -> String {
+    let mut text = String::from("table inet tw {\n  chain out {\n    type filter hook output priority 0;\n");
+    for rule in rules {
+        text.push_str(&format!("    {rule}\n"));
+    }
+    text.push_str("  }\n}\n");
+    text
+}
+const SERVER: &str = "tw-server";
+
+fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+/// The client closes first: it passes through FIN_WAIT1/2 (then TIME_WAIT,
+/// which the tracepoint shows as `-> CLOSE`), the server through CLOSE_WAIT
+/// and LAST_ACK.
+fn client_active_close(v6: bool) {
+    let ns = Netns::new(if v6 { "cac6" } else { "cac4" });
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let addr = localhost(v6).to_string();
+    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
+    let client_port: u16 = client.ok(&format!("connect {addr} {port}")).parse().unwrap();
+    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    server.ok("close_listener");
+    let (events, _) = tracer.stop();
+
+    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
+    assert_eq!(
+        transitions(&client_sock),
+        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+    );
+    assert_owned_by(&client_sock, &client);
+
+    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    assert_eq!(
+        transitions(&server_sock),
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+    );
+    assert_owned_by(&server_sock, &server);
+
+    let listener = socket_with(&events, "CLOSE->LISTEN", port);
+    assert_eq!(transitions(&listener), ["CLOSE->LISTEN", "LISTEN->CLOSE"]);
+    assert_owned_by(&listener, &server);
+
+    let family = if v6 { 6 } else { 4 };
+    for e in client_sock.iter().chain(&server_sock) {
+        assert_eq!(e["family"], family, "{e}");
+        assert_eq!(e["netns"], ns.inode, "{e}");
+        assert_eq!(e["saddr"], addr.as_str(), "{e}");
+        assert_eq!(e["daddr"], addr.as_str(), "{e}");
+        assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+    }
+    // The established client socket's endpoints are the real ones.
+    let est = &client_sock[1];
+    assert_eq!((est["sport"].as_u64(), est["dport"].as_u64()), (Some(client_port.into()), Some(port.into())));
+    // Time in the previous state is known from the second transition on.
+    assert!(client_sock[1..].iter().all(|e| e["ms"].as_f64().is_some_and(|ms| ms >= 0.0)), "{client_sock:#?}");
+    assert!(kinds(&events, "reset_sent").is_empty() && kinds(&events, "reset_received").is_empty());
+}
+
+#[test]
+fn client_active_close_v4() {
+    if privileged_or_skip("client_active_close_v4") {
+        client_active_close(false);
+    }
+}
+
+#[test]
+fn client_active_close_v6() {
+    if privileged_or_skip("client_active_close_v6") {
+        client_active_close(true);
+    }
+}
+
+#[test]
+fn server_active_close() {
+    if !privileged_or_skip("server_active_close") {
+        return;
+    }
+    let ns = Netns::new("sac");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    server.ok("accept");
+    server.ok("close");
+    client.ok("read_eof");
+    client.ok("close");
+    let (events, _) = tracer.stop();
+
+    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    assert_eq!(
+        transitions(&server_sock),
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+    );
+    assert_owned_by(&server_sock, &server);
+    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
+    assert_eq!(
+        transitions(&client_sock),
+        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+    );
+    assert_owned_by(&client_sock, &client);
+}
+
+/// Both FINs are dropped, then pure ACKs, so each FIN arrives while its
+/// receiver is still in FIN_WAIT1: both sides pass through CLOSING.
+#[test]
+fn simultaneous_close() {
+    if !privileged_or_skip("simultaneous_close") {
+        return;
+    }
+    let ns = Netns::new("sim");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    server.ok("accept");
+    ns.nft(&drop_rules(&[&format!("tcp sport {port} drop"), &format!("tcp dport {port} drop")]));
+    client.ok("close");
+    server.ok("close");
+    // Let the FINs go, but not the ACKs that would answer them.
+    ns.nft("delete table inet tw");
+    ns.nft(&drop_rules(&[
+        &format!("tcp sport {port} tcp flags & (fin|syn|rst) == 0 drop"),
+        &format!("tcp dport {port} tcp flags & (fin|syn|rst) == 0 drop"),
+    ]));
+    let both_closing = |events: &[Value]| {
+        by_socket(events).values().filter(|s| transitions(s).iter().any(|t| t == "FIN_WAIT1->CLOSING")).count()
+    };
+    // Ground truth from sock_diag: both ends in CLOSING, then both in TIME_WAIT.
+    let count = |state: &str| ns.exec(&["ss", "-tanH", "state", state]).lines().count();
+    assert!(wait_until(Duration::from_secs(8), || count("closing") == 2), "both ends reach CLOSING");
+    ns.nft("delete table inet tw");
+    assert!(wait_until(Duration::from_secs(8), || count("time-wait") == 2), "both ends reach TIME_WAIT");
+    let (events, _) = tracer.stop();
+    assert_eq!(both_closing(&events), 2, "{events:#?}");
+
+    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
+    assert_eq!(
+        transitions(&client_sock),
+        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
+    );
+    assert_owned_by(&client_sock, &client);
+    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    assert_eq!(
+        transitions(&server_sock),
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
+    );
+    assert_owned_by(&server_sock, &server);
+    // The dropped FINs were retransmitted, and attributed to their owners.
+    for (sock, peer) in [(&client_sock, &client), (&server_sock, &server)] {
+        let skaddr = &sock[0]["skaddr"];
+        let rtx: Vec<_> = kinds(&events, "retransmit").into_iter().filter(|e| &e["skaddr"] == skaddr).collect();
+        assert!(!rtx.is_empty(), "no FIN retransmit for {}", peer.comm);
+        for e in rtx {
+            assert!(matches!(e["state"].as_str(), Some("FIN_WAIT1" | "CLOSING")), "{e}");
+            assert_eq!(e["pid"], peer.pid);
+        }
+    }
+}
+
+/// SO_LINGER 0 then close(): a reset instead of a FIN.
+#[test]
+fn abortive_close() {
+    if !privileged_or_skip("abortive_close") {
+        return;
+    }
+    let ns = Netns::new("abo");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    server.ok("accept");
+    client.ok("linger0");
+    client.ok("close");
+    assert!(server.cmd("read_eof").contains("ConnectionReset"));
+    server.ok("close");
+    let (events, _) = tracer.stop();
+
+    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
+    assert_eq!(transitions(&client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    let sent: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "reset_sent").collect();
+    assert_eq!(sent.len(), 1, "{client_sock:#?}");
+    assert_eq!(sent[0]["pid"], client.pid);
+    assert_eq!(sent[0]["comm"], CLIENT);
+    assert_eq!((sent[0]["sport"].as_u64(), sent[0]["dport"].as_u64()), (Some(client_port.into()), Some(port.into())));
+    assert!(sent[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_owned_by(&client_sock, &client);
+
+    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    assert_eq!(transitions(&server_sock), ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE"]);
+    let received: Vec<_> = server_sock.iter().filter(|e| e["kind"] == "reset_received").collect();
+    assert_eq!(received.len(), 1, "{server_sock:#?}");
+    assert_eq!(received[0]["state"], "ESTABLISHED");
+    // The reset arrives before the socket closes.
+    let pos = |k: &str| server_sock.iter().position(|e| e["kind"] == k || e["new_state"] == k);
+    assert!(pos("reset_received") < pos("CLOSE"));
+    assert_owned_by(&server_sock, &server);
+}
+
+/// A connect to a port nobody listens on: SYN answered by a reset.
+#[test]
+fn connect_refused() {
+    if !privileged_or_skip("connect_refused") {
+        return;
+    }
+    let ns = Netns::new("ref");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut client = ns.peer(CLIENT);
+    // Port 9 (discard) has no listener in a fresh namespace.
+    assert_eq!(client.cmd("connect 127.0.0.1 9"), "err ConnectionRefused");
+    let (events, _) = tracer.stop();
+
+    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", 9);
+    assert_eq!(transitions(&client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
+    let received: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "reset_received").collect();
+    assert_eq!(received.len(), 1, "{client_sock:#?}");
+    assert_eq!(received[0]["state"], "SYN_SENT");
+    assert_owned_by(&client_sock, &client);
+    // The kernel's answer on behalf of no socket: sent from port 9, no owner.
+    let sent = kinds(&events, "reset_sent");
+    assert_eq!(sent.len(), 1, "{events:#?}");
+    assert_eq!(sent[0]["sport"], 9);
+    assert_eq!(sent[0]["reason"], "NO_SOCKET");
+    assert_eq!(sent[0]["pid"], 0);
+}
+
+/// A listener with a full accept queue drops SYNs: the client retransmits
+/// them until tcp_syn_retries (lowered in the namespace) runs out.
+#[test]
+fn syn_retransmits_against_full_accept_queue() {
+    if !privileged_or_skip("syn_retransmits_against_full_accept_queue") {
+        return;
+    }
+    let ns = Netns::new("syn");
+    ns.sysctl("net.ipv4.tcp_syn_retries", "1");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut first = ns.peer("tw-first");
+    let mut client = ns.peer(CLIENT);
+    // listen(0) queues one connection; nobody accepts it.
+    let port: u16 = server.ok("listen 127.0.0.1 0").parse().unwrap();
+    first.ok(&format!("connect 127.0.0.1 {port}"));
+    assert_eq!(client.cmd(&format!("connect 127.0.0.1 {port}")), "err TimedOut");
+    let (events, _) = tracer.stop();
+
+    let sockets = by_socket(&events);
+    let client_sock = sockets
+        .values()
+        .find(|s| s.iter().any(|e| e["pid"] == client.pid))
+        .expect("the client's socket was traced");
+    assert_eq!(transitions(client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
+    let rtx: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "retransmit").collect();
+    // 6.x retransmits the first SYNs about 1 s apart (tcp_syn_linear_timeouts)
+    // but gives up after the time exponential backoff would have taken for
+    // tcp_syn_retries: 1 s + 2 s for one retry.
+    assert!(!rtx.is_empty(), "SYNs were retransmitted: {client_sock:#?}");
+    for e in &rtx {
+        assert_eq!(e["state"], "SYN_SENT");
+        assert_eq!(e["dport"], port);
+    }
+    assert_owned_by(client_sock, &client);
+    let close = client_sock.last().expect("events");
+    let syn_sent_ms = close["ms"].as_f64().unwrap_or(0.0);
+    assert!((2500.0..5000.0).contains(&syn_sent_ms), "SYN_SENT lasted about 3 s: {close}");
+}
+
+/// The final ACK of the handshake is dropped: the listener retransmits its
+/// SYN-ACK, attributed to the listening process.
+#[test]
+fn synack_retransmit() {
+    if !privileged_or_skip("synack_retransmit") {
+        return;
+    }
+    let ns = Netns::new("sak");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    ns.nft(&drop_rules(&[&format!("tcp dport {port} tcp flags & (syn|fin|rst|ack) == ack drop")]));
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    thread::sleep(Duration::from_millis(1500));
+    ns.nft("delete table inet tw");
+    let (events, _) = tracer.stop();
+
+    let synacks = kinds(&events, "synack_retransmit");
+    assert!(!synacks.is_empty(), "{events:#?}");
+    for e in synacks {
+        assert_eq!(e["sport"], port);
+        assert_eq!(e["pid"], server.pid);
+        assert_eq!(e["comm"], SERVER);
+    }
+}
+
+/// Filters apply in the tracer: a port filter keeps only matching events.
+#[test]
+fn port_and_state_filters() {
+    if !privileged_or_skip("port_and_state_filters") {
+        return;
+    }
+    let ns = Netns::new("flt");
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port_a: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let tracer = Tracer::start(&ns, &["--rport", &port_a.to_string(), "--state", "FIN_WAIT1"]);
+    let mut server_b = ns.peer("tw-server-b");
+    let port_b: u16 = server_b.ok("listen 127.0.0.1 16").parse().unwrap();
+    for port in [port_a, port_b] {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        client.ok("close");
+    }
+    let (events, stderr) = tracer.stop();
+    assert!(!events.is_empty(), "{stderr:?}");
+    for e in &events {
+        assert_eq!(e["dport"], port_a, "{e}");
+        assert!(e["old_state"] == "FIN_WAIT1" || e["new_state"] == "FIN_WAIT1", "{e}");
+    }
+    assert_eq!(transitions(&events), ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
+    assert!(stderr.iter().any(|l| l.contains("events received")), "{stderr:?}");
+}
