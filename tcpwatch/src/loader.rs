@@ -188,8 +188,18 @@ fn read_format(events: &Path, hook: &Hook) -> Result<Option<Format>, LoadError> 
     }
 }
 
-/// Reads every hook's format and fills the layout the programs get.
-fn discover(events: &Path) -> Result<(Layout, ResetReasons, Vec<&'static Hook>), LoadError> {
+/// What start-up learnt about the running kernel.
+pub struct Discovery {
+    pub layout: Layout,
+    pub reasons: ResetReasons,
+    /// `category:name` of the tracepoints this kernel has.
+    pub tracepoints: Vec<String>,
+    hooks: Vec<&'static Hook>,
+}
+
+/// Reads every hook's format from tracefs `events` and the kernel's BTF, and
+/// fills the layout the programs get.
+pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
     let mut layout = Layout::absent();
     let mut reasons = ResetReasons::default();
     let mut present = Vec::new();
@@ -222,7 +232,8 @@ fn discover(events: &Path) -> Result<(Layout, ResetReasons, Vec<&'static Hook>),
         Ok(offsets) => layout.kernel = offsets,
         Err(e) => warn!("network namespace ids unavailable (kernel BTF: {e}); reporting netns 0"),
     }
-    Ok((layout, reasons, present))
+    let tracepoints = present.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
+    Ok(Discovery { layout, reasons, tracepoints, hooks: present })
 }
 
 fn raise_memlock() {
@@ -242,7 +253,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     check_privileges()?;
     raise_memlock();
     let events = tracefs_events()?;
-    let (layout, reasons, hooks) = discover(&events)?;
+    let Discovery { layout, reasons, hooks, .. } = discover(&events)?;
 
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_LAYOUT, &layout, true)
