@@ -130,8 +130,12 @@ fn server_active_close() {
     assert_owned_by(&client_sock, &client);
 }
 
-/// Both FINs are dropped, then pure ACKs, so each FIN arrives while its
-/// receiver is still in FIN_WAIT1: both sides pass through CLOSING.
+/// Both ends close while nftables drops their FINs; then FINs pass but the
+/// ACKs answering them do not. When the two FIN retransmit timers fire in
+/// the same timer-wheel tick, each FIN reaches a peer still in FIN_WAIT1 and
+/// both ends pass through CLOSING. That timing is the kernel's, so the test
+/// retries until `ss` (sock_diag) shows both ends in CLOSING, then checks
+/// that tcpwatch saw exactly that.
 #[test]
 fn simultaneous_close() {
     if !privileged_or_skip("simultaneous_close") {
@@ -142,45 +146,63 @@ fn simultaneous_close() {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
-    server.ok("accept");
-    ns.nft(&drop_rules(&[&format!("tcp sport {port} drop"), &format!("tcp dport {port} drop")]));
-    client.ok("close");
-    server.ok("close");
-    // Let the FINs go, but not the ACKs that would answer them.
-    ns.nft("delete table inet tw");
-    ns.nft(&drop_rules(&[
-        &format!("tcp sport {port} tcp flags & (fin|syn|rst) == 0 drop"),
-        &format!("tcp dport {port} tcp flags & (fin|syn|rst) == 0 drop"),
-    ]));
-    let both_closing = |events: &[Value]| {
-        by_socket(events).values().filter(|s| transitions(s).iter().any(|t| t == "FIN_WAIT1->CLOSING")).count()
-    };
-    // Ground truth from sock_diag: both ends in CLOSING, then both in TIME_WAIT.
-    let count = |state: &str| ns.exec(&["ss", "-tanH", "state", state]).lines().count();
-    assert!(wait_until(Duration::from_secs(8), || count("closing") == 2), "both ends reach CLOSING");
-    ns.nft("delete table inet tw");
-    assert!(wait_until(Duration::from_secs(8), || count("time-wait") == 2), "both ends reach TIME_WAIT");
+    let count = |state: &str| ns.exec(&["ss", "-tanH", "state", state, "sport", "=", &format!(":{port}")]).lines().count()
+        + ns.exec(&["ss", "-tanH", "state", state, "dport", "=", &format!(":{port}")]).lines().count();
+    let mut client_port = None;
+    for _attempt in 0..8 {
+        let this_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+        server.ok("accept");
+        ns.nft(&drop_rules(&[&format!("tcp sport {port} drop"), &format!("tcp dport {port} drop")]));
+        // Both close as close together in time as two processes can.
+        client.send("close");
+        server.send("close");
+        assert_eq!((client.reply(), server.reply()), ("ok".to_owned(), "ok".to_owned()));
+        ns.nft("delete table inet tw");
+        ns.nft(&drop_rules(&[
+            &format!("tcp sport {port} tcp flags & (fin|syn|rst) == 0 drop"),
+            &format!("tcp dport {port} tcp flags & (fin|syn|rst) == 0 drop"),
+        ]));
+        let crossed = wait_until(Duration::from_secs(3), || count("closing") == 2);
+        ns.nft("delete table inet tw");
+        assert!(
+            wait_until(Duration::from_secs(10), || count("closing") + count("fin-wait-1") == 0),
+            "connections finish closing once nothing is dropped"
+        );
+        if crossed {
+            client_port = Some(this_port);
+            break;
+        }
+    }
+    let client_port = client_port.expect("in 8 attempts, both ends were in CLOSING at least once");
     let (events, _) = tracer.stop();
-    assert_eq!(both_closing(&events), 2, "{events:#?}");
 
-    let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
+    let sockets_of = |local: u16, remote: u16| -> Vec<Value> {
+        let sockets = by_socket(&events);
+        let found: Vec<_> = sockets
+            .into_values()
+            .filter(|evs| evs.iter().any(|e| e["sport"] == local && e["dport"] == remote))
+            .collect();
+        assert_eq!(found.len(), 1, "one socket {local}->{remote}: {found:#?}");
+        found.into_iter().next().unwrap_or_default()
+    };
+    let client_sock = sockets_of(client_port, port);
     assert_eq!(
         transitions(&client_sock),
         ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
     );
     assert_owned_by(&client_sock, &client);
-    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    let server_sock = sockets_of(port, client_port);
     assert_eq!(
         transitions(&server_sock),
         ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
     );
     assert_owned_by(&server_sock, &server);
-    // The dropped FINs were retransmitted, and attributed to their owners.
+    // A FIN whose first transmission nftables refused stays unsent and may
+    // leave later by the probe timer as a fresh send rather than as a
+    // retransmit; the retransmits that do happen belong to their owners.
     for (sock, peer) in [(&client_sock, &client), (&server_sock, &server)] {
         let skaddr = &sock[0]["skaddr"];
         let rtx: Vec<_> = kinds(&events, "retransmit").into_iter().filter(|e| &e["skaddr"] == skaddr).collect();
-        assert!(!rtx.is_empty(), "no FIN retransmit for {}", peer.comm);
         for e in rtx {
             assert!(matches!(e["state"].as_str(), Some("FIN_WAIT1" | "CLOSING")), "{e}");
             assert_eq!(e["pid"], peer.pid);

@@ -145,13 +145,23 @@ impl Peer {
 
     /// Sends one command and returns its reply (without the `@@ ` prefix).
     pub fn cmd(&mut self, line: &str) -> String {
+        self.send(line);
+        self.reply()
+    }
+
+    /// Sends a command without waiting, so two peers can act at once.
+    pub fn send(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").expect("peer reads commands");
         self.stdin.flush().expect("peer reads commands");
+    }
+
+    /// The reply to the last command sent.
+    pub fn reply(&mut self) -> String {
         let mut reply = String::new();
         loop {
             reply.clear();
             let n = self.stdout.read_line(&mut reply).expect("peer replies");
-            assert!(n > 0, "peer {} exited during `{line}`", self.comm);
+            assert!(n > 0, "peer {} exited", self.comm);
             // libtest may print `test peer_main ... ` before the first reply.
             if let Some(at) = reply.find("@@ ") {
                 return reply[at + 3..].trim_end().to_owned();
