@@ -64,6 +64,8 @@ pub mod owner_source {
     pub const LISTENER: u8 = 3;
     /// Bound in `close()` or `shutdown()` by the process that closed it.
     pub const CLOSE: u8 = 4;
+    /// Found by userspace at start-up in `/proc` (sockets older than tcpwatch).
+    pub const STARTUP: u8 = 5;
 }
 
 /// Address families as the kernel numbers them.

@@ -147,6 +147,7 @@ pub enum OwnerSource {
     Listen,
     Listener,
     Close,
+    Startup,
 }
 
 impl OwnerSource {
@@ -157,6 +158,7 @@ impl OwnerSource {
             OwnerSource::Listen => "listen",
             OwnerSource::Listener => "listener",
             OwnerSource::Close => "close",
+            OwnerSource::Startup => "startup",
         }
     }
 }
@@ -170,6 +172,7 @@ impl TryFrom<u8> for OwnerSource {
             owner_source::LISTEN => OwnerSource::Listen,
             owner_source::LISTENER => OwnerSource::Listener,
             owner_source::CLOSE => OwnerSource::Close,
+            owner_source::STARTUP => OwnerSource::Startup,
             other => return Err(DecodeError::UnknownOwnerSource(other)),
         })
     }

@@ -10,4 +10,5 @@ pub mod filter;
 pub mod layout;
 pub mod loader;
 pub mod output;
+pub mod snapshot;
 pub mod logging;

@@ -2,6 +2,7 @@
 use std::{
     fs,
     io::ErrorKind,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -11,12 +12,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use log::{debug, warn};
-use tcpwatch_common::{counter, Layout, GLOBAL_LAYOUT, MAP_COUNTERS, MAP_EVENTS, MAP_SOCKS};
+use tcpwatch_common::{
+    counter, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT, MAP_COUNTERS,
+    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
+};
 
 use crate::{
     btf::{self, Btf},
     event::ResetReasons,
     layout::{self, Format, LayoutError},
+    snapshot::Snapshot,
 };
 
 /// The eBPF object built by build.rs; empty when the eBPF toolchain was missing.
@@ -97,10 +102,16 @@ pub struct Probe {
     pub counters: CounterReader,
     pub reasons: ResetReasons,
     pub attached: Vec<&'static str>,
+    /// Owners of the sockets that existed when tcpwatch started.
+    pub snapshot: Snapshot,
 }
 
 /// Reads the kernel-side counters.
-pub struct CounterReader(PerCpuArray<MapData, u64>);
+pub struct CounterReader {
+    map: PerCpuArray<MapData, u64>,
+    /// The attached programs, for their run statistics.
+    programs: Vec<aya::programs::ProgramFd>,
+}
 
 /// Kernel-side counters, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,20 +120,66 @@ pub struct Counters {
     pub retransmit_not_sent: u64,
     pub read_failed: u64,
     pub emitted: u64,
+    /// Program runs the kernel skipped because another BPF program was
+    /// already running on that CPU (an interrupt nested inside it): events
+    /// that never reached tcpwatch's programs at all.
+    pub recursion_misses: u64,
+}
+
+impl Counters {
+    /// Every event that was lost, whatever the cause.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full + self.recursion_misses
+    }
 }
 
 impl CounterReader {
     pub fn read(&self) -> Result<Counters, aya::maps::MapError> {
         let sum = |index: u32| -> Result<u64, aya::maps::MapError> {
-            Ok(self.0.get(&index, 0)?.iter().sum())
+            Ok(self.map.get(&index, 0)?.iter().sum())
         };
         Ok(Counters {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,
             retransmit_not_sent: sum(counter::RETRANSMIT_NOT_SENT)?,
             read_failed: sum(counter::READ_FAILED)?,
             emitted: sum(counter::EMITTED)?,
+            recursion_misses: self.programs.iter().map(|p| recursion_misses(p.as_fd()).unwrap_or(0)).sum(),
         })
     }
+}
+
+/// `bpf_prog_info.recursion_misses` of a program (Linux 5.12+), which aya
+/// does not expose: read with BPF_OBJ_GET_INFO_BY_FD.
+fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    use aya_obj::generated::{bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
+    // The `info` member of union bpf_attr (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is a plain C struct for which all zeroes is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: &mut info as *mut bpf_prog_info as u64,
+    };
+    // SAFETY: attr points at a live InfoAttr; the kernel writes at most
+    // info_len bytes into `info`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
 }
 
 /// Effective capabilities of this process, from /proc/self/status.
@@ -275,6 +332,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
         })?;
 
     let mut attached = Vec::new();
+    let mut programs = Vec::new();
     for hook in hooks {
         let program: &mut TracePoint = ebpf
             .program_mut(hook.program)
@@ -286,10 +344,44 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             .attach(hook.category, hook.name)
             .map_err(|source| LoadError::Attach { name: hook.name, source })?;
         attached.push(hook.name);
+        if let Ok(fd) = program.fd().and_then(|fd| fd.try_clone().map_err(Into::into)) {
+            programs.push(fd);
+        }
     }
+
+    // After attaching, so no socket falls between the snapshot and the programs.
+    let snapshot = crate::snapshot::take();
+    seed_listeners(&mut ebpf, &snapshot)?;
 
     let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or(LoadError::Missing(MAP_EVENTS))?)?;
     let counters =
         PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).ok_or(LoadError::Missing(MAP_COUNTERS))?)?;
-    Ok(Probe { ebpf, events, counters: CounterReader(counters), reasons, attached })
+    Ok(Probe { ebpf, events, counters: CounterReader { map: counters, programs }, reasons, attached, snapshot })
+}
+
+/// Tells the kernel side who owns the listeners that predate tcpwatch, so
+/// the connections they accept are attributed from their first event. An
+/// owner the programs bound themselves since attaching is kept.
+fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError> {
+    let mut map: aya::maps::HashMap<_, ListenerKey, SockOwner> =
+        aya::maps::HashMap::try_from(ebpf.map_mut(MAP_LISTENERS).ok_or(LoadError::Missing(MAP_LISTENERS))?)?;
+    const BPF_NOEXIST: u64 = 1;
+    for (netns, port, owner) in &snapshot.listeners {
+        let mut comm = [0u8; COMM_LEN];
+        let len = owner.comm.len().min(COMM_LEN - 1);
+        comm[..len].copy_from_slice(&owner.comm.as_bytes()[..len]);
+        let value = SockOwner {
+            last_change_ns: 0,
+            netns: *netns,
+            pid: owner.pid,
+            source: owner_source::STARTUP,
+            state: tcpwatch_common::tcp_state::LISTEN,
+            _pad: [0; 6],
+            comm,
+        };
+        let key = ListenerKey { netns: *netns, port: *port, _pad: 0 };
+        // EEXIST means the programs already know a fresher owner.
+        let _ = map.insert(key, value, BPF_NOEXIST);
+    }
+    Ok(())
 }

@@ -201,9 +201,7 @@ fn simultaneous_close() {
     // leave later by the probe timer as a fresh send rather than as a
     // retransmit; the retransmits that do happen belong to their owners.
     for (sock, peer) in [(&client_sock, &client), (&server_sock, &server)] {
-        let skaddr = &sock[0]["skaddr"];
-        let rtx: Vec<_> = kinds(&events, "retransmit").into_iter().filter(|e| &e["skaddr"] == skaddr).collect();
-        for e in rtx {
+        for e in sock.iter().filter(|e| e["kind"] == "retransmit") {
             assert!(matches!(e["state"].as_str(), Some("FIN_WAIT1" | "CLOSING")), "{e}");
             assert_eq!(e["pid"], peer.pid);
         }
@@ -301,7 +299,7 @@ fn syn_retransmits_against_full_accept_queue() {
         .values()
         .find(|s| s.iter().any(|e| e["pid"] == client.pid))
         .expect("the client's socket was traced");
-    assert_eq!(transitions(client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
+    assert_eq!(transitions(client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"], "{events:#?}");
     let rtx: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "retransmit").collect();
     // 6.x retransmits the first SYNs about 1 s apart (tcp_syn_linear_timeouts)
     // but gives up after the time exponential backoff would have taken for
@@ -367,6 +365,44 @@ fn port_and_state_filters() {
         assert_eq!(e["dport"], port_a, "{e}");
         assert!(e["old_state"] == "FIN_WAIT1" || e["new_state"] == "FIN_WAIT1", "{e}");
     }
-    assert_eq!(transitions(&events), ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"]);
+    assert_eq!(transitions(&events), ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"], "{stderr:?}");
     assert!(stderr.iter().any(|l| l.contains("events received")), "{stderr:?}");
+}
+
+/// Sockets older than tcpwatch: a listener and an established connection
+/// made before tracing starts are attributed from `/proc` at start-up.
+#[test]
+fn sockets_older_than_tcpwatch() {
+    if !privileged_or_skip("sockets_older_than_tcpwatch") {
+        return;
+    }
+    let ns = Netns::new("old");
+    let mut server = ns.peer(SERVER);
+    let mut old_client = ns.peer("tw-old-client");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let old_port: u16 = old_client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    server.ok("accept");
+    let tracer = Tracer::start(&ns, &[]);
+    old_client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    let mut new_client = ns.peer(CLIENT);
+    let new_port: u16 = new_client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    server.ok("accept");
+    let (events, _) = tracer.stop();
+
+    let old_server_side: Vec<Value> = by_socket(&events)
+        .into_values()
+        .find(|evs| evs.iter().any(|e| e["sport"] == port && e["dport"] == old_port))
+        .expect("the old connection's server side was traced");
+    assert_eq!(transitions(&old_server_side), ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]);
+    assert_owned_by(&old_server_side, &server);
+    // Learnt from /proc before the server's close() told the kernel side.
+    assert_eq!(old_server_side[0]["owner"], "startup");
+    assert_eq!(old_server_side[1]["owner"], "close");
+
+    // The listener predates tcpwatch too; its new child inherits its owner.
+    let new_server_side = socket_with(&events, "LISTEN->SYN_RECV", new_port);
+    assert_owned_by(&new_server_side, &server);
+    assert_eq!(new_server_side[0]["owner"], "listener");
 }

@@ -125,7 +125,7 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let loader::Probe { ebpf: _attached_while_in_scope, events, counters: counters_map, reasons, attached } =
+    let loader::Probe { ebpf: _attached_while_in_scope, events, counters: counters_map, reasons, attached, snapshot } =
         loader::load(LoadOptions { ring_bytes: args.ring_kib * 1024, ..Default::default() })?;
     let stdout = io::stdout();
     let color = match args.color {
@@ -151,7 +151,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut tally = Tally::default();
-    let mut reported_lost = 0;
+    let mut reported = counters_map.read().unwrap_or_default();
     // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
     // until the AsyncFd (and the RingBuf inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
@@ -162,7 +162,10 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
         while let Some(item) = ring.next() {
             tally.received += 1;
-            match decode(&item) {
+            match decode(&item).map(|mut ev| {
+                snapshot.attribute(&mut ev);
+                ev
+            }) {
                 Ok(ev) if filter.matches(&ev) => {
                     tally.shown += 1;
                     renderer.write(out, &ev)?;
@@ -188,11 +191,20 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 if let Err(e) = drain(&mut ring, &mut out, &mut tally) { break Err(e) }
             }
             _ = ticker.tick() => {
-                let lost = counters_map.read().map(|c| c.ringbuf_full).unwrap_or(0);
-                if lost > reported_lost {
-                    eprintln!("tcpwatch: {} events lost (ring buffer full); try a larger --ring-kib", lost - reported_lost);
-                    reported_lost = lost;
+                let now = counters_map.read().unwrap_or_default();
+                if now.ringbuf_full > reported.ringbuf_full {
+                    eprintln!(
+                        "tcpwatch: {} events lost (ring buffer full); try a larger --ring-kib",
+                        now.ringbuf_full - reported.ringbuf_full
+                    );
                 }
+                if now.recursion_misses > reported.recursion_misses {
+                    eprintln!(
+                        "tcpwatch: {} events missed (the kernel skipped tcpwatch's programs while another BPF program ran on the same CPU)",
+                        now.recursion_misses - reported.recursion_misses
+                    );
+                }
+                reported = now;
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -217,6 +229,12 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
     );
     if counters.ringbuf_full > 0 {
         line.push_str(&format!("; {} events LOST (ring buffer full)", counters.ringbuf_full));
+    }
+    if counters.recursion_misses > 0 {
+        line.push_str(&format!(
+            "; {} events MISSED (kernel skipped the programs: BPF recursion)",
+            counters.recursion_misses
+        ));
     }
     if tally.malformed > 0 {
         line.push_str(&format!("; {} malformed events skipped", tally.malformed));

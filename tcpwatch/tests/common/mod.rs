@@ -201,6 +201,9 @@ pub fn peer_loop(comm: &str) {
     let name = std::ffi::CString::new(comm).expect("comm has no NUL");
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    // The main thread too (it is what /proc/PID/comm and `ps` show), since
+    // libtest runs this on a thread of its own.
+    std::fs::write("/proc/self/comm", comm).expect("can rename the main thread");
     let mut listener: Option<Socket> = None;
     let mut conn: Option<Socket> = None;
     let reply = |s: String| {
@@ -327,14 +330,17 @@ impl Tracer {
 
     /// Stops tracing with SIGINT and returns the events and stderr lines.
     pub fn stop(mut self) -> (Vec<Value>, Vec<String>) {
-        // Let events still in flight on other CPUs reach the ring buffer.
-        thread::sleep(Duration::from_millis(200));
+        // Let delayed ACKs land and events still in flight on other CPUs
+        // reach the ring buffer.
+        thread::sleep(Duration::from_millis(500));
         // SAFETY: kill on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().expect("tcpwatch ends");
         let lines = std::mem::replace(&mut self.stdout, thread::spawn(Vec::new)).join().expect("reader");
         let stderr = std::mem::replace(&mut self.stderr, thread::spawn(Vec::new)).join().expect("reader");
         assert!(status.success(), "tcpwatch trace exited with {status}; stderr: {stderr:?}");
+        // Shown with a failing test's output: losses explain missing events.
+        eprintln!("tcpwatch stderr: {stderr:?}");
         let events = lines
             .iter()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -350,11 +356,23 @@ impl Drop for Tracer {
     }
 }
 
-/// Events grouped by kernel socket address, in order.
-pub fn by_socket(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+/// Events grouped by socket, in order: by kernel socket address, split where
+/// the address is reused by a new socket (a birth transition after events).
+pub fn by_socket(events: &[Value]) -> BTreeMap<(String, u32), Vec<Value>> {
+    let mut generation: BTreeMap<String, u32> = BTreeMap::new();
+    let mut out: BTreeMap<(String, u32), Vec<Value>> = BTreeMap::new();
     for e in events {
-        out.entry(e["skaddr"].as_str().unwrap_or("").to_owned()).or_default().push(e.clone());
+        let addr = e["skaddr"].as_str().unwrap_or("").to_owned();
+        let birth = e["kind"] == "state"
+            && matches!(
+                (e["old_state"].as_str(), e["new_state"].as_str()),
+                (Some("CLOSE"), Some("SYN_SENT" | "LISTEN")) | (Some("LISTEN"), Some("SYN_RECV"))
+            );
+        let gen = generation.entry(addr.clone()).or_insert(0);
+        if birth && out.contains_key(&(addr.clone(), *gen)) {
+            *gen += 1;
+        }
+        out.entry((addr, *gen)).or_default().push(e.clone());
     }
     out
 }

@@ -1,0 +1,218 @@
+//! Owners of the sockets that existed before tcpwatch started.
+//!
+//! The kernel programs learn a socket's owner when it connects, listens or
+//! closes; sockets older than tcpwatch have none of those moments ahead of
+//! them except the close. At start-up, tcpwatch therefore maps socket inodes
+//! to processes through `/proc/PID/fd` and sockets to endpoints through each
+//! namespace's `/proc/PID/net/tcp{,6}`, as `ss -p` does. Listeners seed the
+//! kernel's listener map (so new connections they accept are attributed);
+//! the other sockets are looked up by endpoint when an event has no owner.
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt,
+};
+
+use crate::event::{OwnerSource, TcpEvent};
+
+/// A process that holds a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpRow {
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    /// Kernel state number (10 is LISTEN).
+    pub state: u8,
+    pub inode: u64,
+}
+
+const LISTEN: u8 = 10;
+
+/// Endpoints of a connection in a namespace: (netns, local, lport, remote, rport).
+pub type Tuple = (u32, IpAddr, u16, IpAddr, u16);
+
+/// Who owned which socket when tcpwatch started.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every socket with an owner, listeners included (remote `0.0.0.0:0` or `[::]:0`).
+    pub connections: HashMap<Tuple, Owner>,
+    /// (netns, port, owner) of every listening socket.
+    pub listeners: Vec<(u32, u16, Owner)>,
+}
+
+impl Snapshot {
+    /// Fills in the owner of an event about a socket the kernel side did not
+    /// know, when the socket existed at start-up.
+    pub fn attribute(&self, ev: &mut TcpEvent) {
+        if ev.pid != 0 || ev.skaddr == 0 {
+            return;
+        }
+        let tuple = (ev.netns, ev.saddr, ev.sport, ev.daddr, ev.dport);
+        if let Some(owner) = self.connections.get(&tuple) {
+            ev.pid = owner.pid;
+            ev.comm.clone_from(&owner.comm);
+            ev.owner = OwnerSource::Startup;
+        }
+    }
+}
+
+fn parse_addr(hex: &str, v6: bool) -> Option<IpAddr> {
+    // The kernel prints each 32-bit word of the address in host byte order.
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    if v6 {
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut octets = [0u8; 16];
+        for i in 0..4 {
+            octets[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        Some(IpAddr::V6(Ipv6Addr::from(octets)))
+    } else {
+        if hex.len() != 8 {
+            return None;
+        }
+        Some(IpAddr::V4(Ipv4Addr::from(word(0)?)))
+    }
+}
+
+fn parse_endpoint(field: &str, v6: bool) -> Option<(IpAddr, u16)> {
+    let (addr, port) = field.split_once(':')?;
+    Some((parse_addr(addr, v6)?, u16::from_str_radix(port, 16).ok()?))
+}
+
+/// Parses the text of `/proc/net/tcp` (`v6` false) or `/proc/net/tcp6`;
+/// malformed rows are skipped.
+pub fn parse_tcp_table(text: &str, v6: bool) -> Vec<TcpRow> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, local_port) = parse_endpoint(f.get(1)?, v6)?;
+            let (remote, remote_port) = parse_endpoint(f.get(2)?, v6)?;
+            Some(TcpRow {
+                local,
+                local_port,
+                remote,
+                remote_port,
+                state: u8::from_str_radix(f.get(3)?, 16).ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// `socket:[12345]` -> 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Takes the snapshot from `/proc`. Processes that vanish or cannot be read
+/// are skipped: the snapshot is best effort, by nature racy.
+pub fn take() -> Snapshot {
+    let mut owners: HashMap<u64, Owner> = HashMap::new();
+    // One process per network namespace, to read that namespace's tables.
+    let mut namespaces: HashMap<u32, u32> = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return Snapshot::default() };
+    let mut pids: Vec<u32> =
+        procs.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    // The lowest pid wins a shared socket: the parent of a pre-fork server.
+    pids.sort_unstable();
+    for pid in pids {
+        let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
+        namespaces.entry(netns.ino() as u32).or_insert(pid);
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_default();
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(link) = fs::read_link(fd.path()) else { continue };
+            if let Some(inode) = link.to_str().and_then(socket_inode) {
+                owners.entry(inode).or_insert_with(|| Owner { pid, comm: comm.clone() });
+            }
+        }
+    }
+    let mut snapshot = Snapshot::default();
+    for (netns, pid) in namespaces {
+        for (file, v6) in [("tcp", false), ("tcp6", true)] {
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+            for row in parse_tcp_table(&text, v6) {
+                let Some(owner) = owners.get(&row.inode) else { continue };
+                if row.state == LISTEN {
+                    snapshot.listeners.push((netns, row.local_port, owner.clone()));
+                }
+                let tuple = (netns, row.local, row.local_port, row.remote, row.remote_port);
+                snapshot.connections.insert(tuple, owner.clone());
+            }
+        }
+    }
+    snapshot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1162 1 00000000ae8823d9 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:9F1E 01 00000000:00000000 00:00000000 00000000  1000        0 4711 1 000000008c1aea40 20 4 30 10 -1
+   2: garbage
+";
+
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2222 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn parses_ipv4_rows() {
+        let rows = parse_tcp_table(TCP, false);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].local, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!((rows[0].local_port, rows[0].state, rows[0].inode), (2024, LISTEN, 1162));
+        assert_eq!(rows[1].local, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!((rows[1].local_port, rows[1].remote_port, rows[1].state), (8080, 40734, 1));
+        assert_eq!(rows[1].inode, 4711);
+    }
+
+    #[test]
+    fn parses_ipv6_rows() {
+        let rows = parse_tcp_table(TCP6, true);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].local, IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert_eq!((rows[0].local_port, rows[0].inode), (22, 2222));
+    }
+
+    #[test]
+    fn rejects_malformed_addresses() {
+        assert_eq!(parse_addr("0100007", false), None);
+        assert_eq!(parse_addr("zz00007F", false), None);
+        assert_eq!(parse_endpoint("0100007F", false), None);
+        assert_eq!(socket_inode("socket:[42]"), Some(42));
+        assert_eq!(socket_inode("pipe:[42]"), None);
+    }
+
+    #[test]
+    fn snapshot_finds_this_process_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let snap = take();
+        let me = std::process::id();
+        assert!(
+            snap.listeners.iter().any(|(_, p, o)| *p == port && o.pid == me),
+            "port {port} of pid {me} in {:?}",
+            snap.listeners
+        );
+    }
+}
