@@ -14,7 +14,9 @@ use aya_build::{Package, Toolchain};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
-    println!("cargo:rerun-if-env-changed=PATH");
+    for var in ["PATH", "HOME", "XDG_CACHE_HOME", "RUSTUP_TOOLCHAIN"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("tcpwatch");
 

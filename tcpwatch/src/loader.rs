@@ -345,7 +345,10 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             .map_err(|source| LoadError::Attach { name: hook.name, source })?;
         attached.push(hook.name);
         if let Ok(fd) = program.fd().and_then(|fd| fd.try_clone().map_err(Into::into)) {
-            programs.push(fd);
+            match recursion_misses(fd.as_fd()) {
+                Ok(_) => programs.push(fd),
+                Err(e) => warn!("cannot read run statistics of {}: {e}; missed events go uncounted", hook.name),
+            }
         }
     }
 

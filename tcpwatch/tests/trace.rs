@@ -29,6 +29,17 @@ fn drop_rules(rules: &[&str]) -> String {
 }
 const SERVER: &str = "tw-server";
 
+/// A server and a client peer in `ns`, connected over `addr`; returns them
+/// with the listening port and the client's port.
+fn connected_pair(ns: &Netns, addr: &str) -> (Peer, Peer, u16, u16) {
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
+    let client_port: u16 = client.ok(&format!("connect {addr} {port}")).parse().unwrap();
+    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
+    (server, client, port, client_port)
+}
+
 fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()
 }
@@ -39,12 +50,8 @@ fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 fn client_active_close(v6: bool) {
     let ns = Netns::new(if v6 { "cac6" } else { "cac4" });
     let tracer = Tracer::start(&ns, &[]);
-    let mut server = ns.peer(SERVER);
-    let mut client = ns.peer(CLIENT);
     let addr = localhost(v6).to_string();
-    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
-    let client_port: u16 = client.ok(&format!("connect {addr} {port}")).parse().unwrap();
-    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, &addr);
     client.ok("close");
     server.ok("read_eof");
     server.ok("close");
@@ -106,11 +113,7 @@ fn server_active_close() {
     }
     let ns = Netns::new("sac");
     let tracer = Tracer::start(&ns, &[]);
-    let mut server = ns.peer(SERVER);
-    let mut client = ns.peer(CLIENT);
-    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
-    server.ok("accept");
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
     server.ok("close");
     client.ok("read_eof");
     client.ok("close");
@@ -216,11 +219,7 @@ fn abortive_close() {
     }
     let ns = Netns::new("abo");
     let tracer = Tracer::start(&ns, &[]);
-    let mut server = ns.peer(SERVER);
-    let mut client = ns.peer(CLIENT);
-    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
-    server.ok("accept");
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
     client.ok("linger0");
     client.ok("close");
     assert!(server.cmd("read_eof").contains("ConnectionReset"));
@@ -359,7 +358,8 @@ fn port_and_state_filters() {
         client.ok(&format!("connect 127.0.0.1 {port}"));
         client.ok("close");
     }
-    let (events, stderr) = tracer.stop();
+    // SIGTERM, as systemd and kill send it, flushes like SIGINT.
+    let (events, stderr) = tracer.stop_with(libc::SIGTERM);
     assert!(!events.is_empty(), "{stderr:?}");
     for e in &events {
         assert_eq!(e["dport"], port_a, "{e}");

@@ -329,12 +329,17 @@ impl Tracer {
     }
 
     /// Stops tracing with SIGINT and returns the events and stderr lines.
-    pub fn stop(mut self) -> (Vec<Value>, Vec<String>) {
+    pub fn stop(self) -> (Vec<Value>, Vec<String>) {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops tracing with `signal`, which must end it cleanly (exit 0).
+    pub fn stop_with(mut self, signal: libc::c_int) -> (Vec<Value>, Vec<String>) {
         // Let delayed ACKs land and events still in flight on other CPUs
         // reach the ring buffer.
         thread::sleep(Duration::from_millis(500));
         // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("tcpwatch ends");
         let lines = std::mem::replace(&mut self.stdout, thread::spawn(Vec::new)).join().expect("reader");
         let stderr = std::mem::replace(&mut self.stderr, thread::spawn(Vec::new)).join().expect("reader");
