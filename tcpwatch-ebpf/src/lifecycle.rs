@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    kind, owner_source, tcp_state::*, Event, ListenerKey, SockOwner, COMM_LEN, DEFAULT_MAX_LISTENERS,
+    kind, owner_source, tcp_state::*, Event, ListenerKey, TpLayout, SockOwner, COMM_LEN, DEFAULT_MAX_LISTENERS,
     DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
 };
 
@@ -78,10 +78,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let new = field::<i32>(ctx, tp.new_state)? as u8;
     let now = now_ns();
 
-    let known = SOCKS.get_ptr_mut(&sk);
+    // A birth starts a new socket even if a stale entry (a freed socket at
+    // the same address whose destruction was missed) is still in the map.
+    let birth = matches!((old, new), (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV));
+    let known = if birth { None } else { SOCKS.get_ptr_mut(&sk) };
     let (mut owner, old_state_ns) = match known {
-        // SAFETY: a pointer to a live map value, read once.
         Some(ptr) => {
+            // SAFETY: a pointer to a live map value, read once.
             let prev = unsafe { *ptr };
             let since = if prev.last_change_ns != 0 && now >= prev.last_change_ns {
                 now - prev.last_change_ns
@@ -90,31 +93,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
             };
             (prev, since)
         }
-        None => {
-            let netns = sock_netns(sk);
-            let mut fresh = SockOwner {
-                last_change_ns: 0,
-                netns,
-                pid: 0,
-                source: owner_source::NONE,
-                state: 0,
-        _pad: [0; 6],
-                comm: [0; COMM_LEN],
-            };
-            if old == LISTEN && new == SYN_RECV {
-                // A child of a listener: created in softirq, owned by whoever
-                // listens on its local port until a close() says otherwise.
-                let sport: u16 = field(ctx, tp.sport)?;
-                let key = ListenerKey { netns, port: sport, _pad: 0 };
-                // SAFETY: read once from a live map value.
-                if let Some(listener) = unsafe { LISTENERS.get(&key) } {
-                    fresh = *listener;
-                    fresh.netns = netns;
-                    fresh.source = owner_source::LISTENER;
-                }
-            }
-            (fresh, DURATION_UNKNOWN)
-        }
+        None => (new_socket_owner(ctx, &tp, sk, old, new)?, DURATION_UNKNOWN),
     };
 
     if let Some(source) = bound_in_process_context(old, new) {
@@ -133,7 +112,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
             let _ = LISTENERS.remove(&key);
         }
     }
-    let _ = SOCKS.insert(&sk, &owner, 0);
+    match known {
+        // SAFETY: the same live map value; updating in place spares a hash insert.
+        Some(ptr) => unsafe { *ptr = owner },
+        None => {
+            let _ = SOCKS.insert(&sk, &owner, 0);
+        }
+    }
 
     emit(|ev| {
         ev.ts_ns = now;
@@ -148,6 +133,35 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         ev.comm = owner.comm;
         read_endpoints(ctx, &tp, ev)
     })
+}
+
+/// The owner of a socket seen for the first time: a listener's child
+/// inherits the listener's owner; anything else starts unknown.
+#[inline(always)]
+fn new_socket_owner(ctx: &TracePointContext, tp: &TpLayout, sk: u64, old: u8, new: u8) -> Res<SockOwner> {
+    let netns = sock_netns(sk);
+    let mut fresh = SockOwner {
+        last_change_ns: 0,
+        netns,
+        pid: 0,
+        source: owner_source::NONE,
+        state: 0,
+        _pad: [0; 6],
+        comm: [0; COMM_LEN],
+    };
+    if old == LISTEN && new == SYN_RECV {
+        // Created in softirq, owned by whoever listens on its local port
+        // until a close() says otherwise.
+        let sport: u16 = field(ctx, tp.sport)?;
+        let key = ListenerKey { netns, port: sport, _pad: 0 };
+        // SAFETY: read once from a live map value.
+        if let Some(listener) = unsafe { LISTENERS.get(&key) } {
+            fresh = *listener;
+            fresh.netns = netns;
+            fresh.source = owner_source::LISTENER;
+        }
+    }
+    Ok(fresh)
 }
 
 /// `tcp:tcp_destroy_sock` (include/trace/events/tcp.h), fired by

@@ -1,0 +1,52 @@
+//! The command line as a user meets it: help, bad values, missing privileges.
+mod common;
+
+use std::process::Command;
+
+fn tcpwatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tcpwatch")).args(args).output().expect("tcpwatch runs")
+}
+
+#[test]
+fn every_trace_flag_is_documented() {
+    let out = tcpwatch(&["trace", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--json", "--port", "--lport", "--rport", "--pid", "--comm", "--netns", "--state", "--ipv4", "--ipv6",
+        "--color", "--ring-kib", "--verbose",
+    ] {
+        let line = help.lines().find(|l| l.contains(flag)).unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
+        let text = line.split_once(flag).map(|(_, rest)| rest.trim()).unwrap_or("");
+        assert!(text.split_whitespace().count() >= 3, "{flag} has no help text: {line}");
+    }
+}
+
+#[test]
+fn bad_values_exit_2_with_one_message() {
+    for args in [&["trace", "--port", "70000"][..], &["trace", "--state", "nope"], &["trace", "--ring-kib", "3"]] {
+        let out = tcpwatch(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: invalid value"), "{args:?}: {err}");
+    }
+}
+
+/// Without privileges: one sentence naming what is missing, no backtrace.
+#[test]
+fn unprivileged_trace_says_what_is_missing() {
+    if !common::privileged_or_skip("unprivileged_trace_says_what_is_missing") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_tcpwatch"))
+        .arg("trace")
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
