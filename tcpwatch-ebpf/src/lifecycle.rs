@@ -97,8 +97,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     };
 
     if let Some(source) = bound_in_process_context(old, new) {
-        let netns = owner.netns;
-        owner = current_owner(netns, now, source);
+        let candidate = current_owner(owner.netns, now, source);
+        // pid 0 is the idle task: the transition ran outside any process
+        // after all, so keep the owner already known.
+        if candidate.pid != 0 {
+            owner = candidate;
+        }
     }
     owner.last_change_ns = now;
     owner.state = new;

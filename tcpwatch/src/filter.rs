@@ -29,7 +29,7 @@ impl Filter {
             && any_or(&self.local_ports, &[ev.sport])
             && any_or(&self.remote_ports, &[ev.dport])
             && any_or(&self.pids, &[ev.pid])
-            && (self.comms.is_empty() || self.comms.iter().any(|c| *c == ev.comm))
+            && (self.comms.is_empty() || self.comms.contains(&ev.comm))
             && any_or(&self.netns, &[ev.netns])
             && any_or(&self.states, &states)
             && self.family.is_none_or(|f| f == ev.family())
