@@ -66,6 +66,8 @@ pub mod owner_source {
     pub const CLOSE: u8 = 4;
     /// Found by userspace at start-up in `/proc` (sockets older than tcpwatch).
     pub const STARTUP: u8 = 5;
+    /// Bound in `accept()` by the process that accepted the connection.
+    pub const ACCEPT: u8 = 6;
 }
 
 /// Address families as the kernel numbers them.
@@ -264,8 +266,20 @@ pub struct KernelOffsets {
     pub skb_dev: u32,
     /// `struct net_device` -> `nd_net.net` (a `struct net *`).
     pub netdev_net: u32,
-    /// Bit 0: the sock path is valid; bit 1: the sk_buff path is valid.
-    /// Network namespace ids are reported as 0 where a path is missing.
+    /// `struct task_struct` -> `files`.
+    pub task_files: u32,
+    /// `struct files_struct` -> `fdt`.
+    pub files_fdt: u32,
+    /// `struct fdtable` -> `fd` (the `struct file **` array).
+    pub fdtable_fd: u32,
+    /// `struct fdtable` -> `max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `struct file` -> `private_data` (the `struct socket *` of a socket).
+    pub file_private_data: u32,
+    /// `struct socket` -> `sk`.
+    pub socket_sk: u32,
+    /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
+    /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
     pub _pad: u32,
 }
@@ -274,8 +288,10 @@ pub struct KernelOffsets {
 pub const OFFSETS_SOCK: u32 = 1;
 /// `KernelOffsets::valid` bit for `skb_dev` and `netdev_net`.
 pub const OFFSETS_SKB: u32 = 2;
+/// `KernelOffsets::valid` bit for the task -> fd -> socket -> sock path.
+pub const OFFSETS_FILES: u32 = 4;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -287,10 +303,13 @@ pub struct Layout {
     pub send_reset: TpLayout,
     pub receive_reset: TpLayout,
     pub destroy_sock: TpLayout,
+    /// Offset of `ret` in `syscalls:sys_exit_accept` and `sys_exit_accept4`.
+    pub accept_ret: FieldOffset,
+    pub _pad: u16,
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 30 + 24);
+const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 30 + 4 + 48);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.
@@ -302,11 +321,19 @@ impl Layout {
             send_reset: TpLayout::absent(),
             receive_reset: TpLayout::absent(),
             destroy_sock: TpLayout::absent(),
+            accept_ret: FIELD_ABSENT,
+            _pad: 0,
             kernel: KernelOffsets {
                 sock_net: 0,
                 net_inum: 0,
                 skb_dev: 0,
                 netdev_net: 0,
+                task_files: 0,
+                files_fdt: 0,
+                fdtable_fd: 0,
+                fdtable_max_fds: 0,
+                file_private_data: 0,
+                socket_sk: 0,
                 valid: 0,
                 _pad: 0,
             },

@@ -119,7 +119,7 @@ pub fn read_endpoints(ctx: &TracePointContext, tp: &TpLayout, ev: &mut Event) ->
 }
 
 #[inline(always)]
-fn read_kernel<T>(addr: u64) -> Option<T> {
+pub fn read_kernel<T>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one fails the read.
     match unsafe { bpf_probe_read_kernel(addr as *const T) } {
         Ok(v) => Some(v),

@@ -3,7 +3,7 @@
 //! `sock -> net -> ns.inum` on any kernel with `/sys/kernel/btf/vmlinux`.
 use std::collections::HashMap;
 
-use tcpwatch_common::{KernelOffsets, OFFSETS_SKB, OFFSETS_SOCK};
+use tcpwatch_common::{KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
@@ -201,15 +201,21 @@ impl Btf {
     }
 }
 
-/// The offsets the programs need to read the network namespace of a socket
-/// (required) and of a segment's device (optional: used for resets sent
-/// for no socket).
+/// The offsets the programs need: the network namespace of a socket
+/// (required), of a segment's device (for resets sent for no socket) and
+/// the path from a task's file descriptor to its socket (for accept()).
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let mut offsets = KernelOffsets {
         sock_net: btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.member_offset("net", &["ns", "inum"])?,
         skb_dev: 0,
         netdev_net: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        fdtable_max_fds: 0,
+        file_private_data: 0,
+        socket_sk: 0,
         valid: OFFSETS_SOCK,
         _pad: 0,
     };
@@ -220,6 +226,25 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.skb_dev = skb_dev;
         offsets.netdev_net = netdev_net;
         offsets.valid |= OFFSETS_SKB;
+    }
+    let files = (|| -> Result<[u32; 6], BtfError> {
+        Ok([
+            btf.member_offset("task_struct", &["files"])?,
+            btf.member_offset("files_struct", &["fdt"])?,
+            btf.member_offset("fdtable", &["fd"])?,
+            btf.member_offset("fdtable", &["max_fds"])?,
+            btf.member_offset("file", &["private_data"])?,
+            btf.member_offset("socket", &["sk"])?,
+        ])
+    })();
+    if let Ok([task_files, files_fdt, fdtable_fd, fdtable_max_fds, file_private_data, socket_sk]) = files {
+        offsets.task_files = task_files;
+        offsets.files_fdt = files_fdt;
+        offsets.fdtable_fd = fdtable_fd;
+        offsets.fdtable_max_fds = fdtable_max_fds;
+        offsets.file_private_data = file_private_data;
+        offsets.socket_sk = socket_sk;
+        offsets.valid |= OFFSETS_FILES;
     }
     Ok(offsets)
 }
@@ -293,7 +318,8 @@ mod tests {
         let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else { return };
         let btf = Btf::parse(&data).unwrap();
         let offsets = kernel_offsets(&btf).unwrap();
-        assert_eq!(offsets.valid, OFFSETS_SOCK | OFFSETS_SKB);
+        assert_eq!(offsets.valid, OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES);
+        assert!(offsets.task_files > 0 && offsets.socket_sk > 0, "{offsets:?}");
         assert!(offsets.skb_dev > 0 && offsets.netdev_net > 0, "{offsets:?}");
         assert!(offsets.sock_net > 0 && offsets.sock_net < 256, "{offsets:?}");
     }

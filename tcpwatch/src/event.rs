@@ -148,6 +148,7 @@ pub enum OwnerSource {
     Listener,
     Close,
     Startup,
+    Accept,
 }
 
 impl OwnerSource {
@@ -159,6 +160,7 @@ impl OwnerSource {
             OwnerSource::Listener => "listener",
             OwnerSource::Close => "close",
             OwnerSource::Startup => "startup",
+            OwnerSource::Accept => "accept",
         }
     }
 }
@@ -173,6 +175,7 @@ impl TryFrom<u8> for OwnerSource {
             owner_source::LISTENER => OwnerSource::Listener,
             owner_source::CLOSE => OwnerSource::Close,
             owner_source::STARTUP => OwnerSource::Startup,
+            owner_source::ACCEPT => OwnerSource::Accept,
             other => return Err(DecodeError::UnknownOwnerSource(other)),
         })
     }

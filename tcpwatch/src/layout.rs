@@ -232,6 +232,11 @@ pub fn event_sk(f: &Format) -> Result<TpLayout, LayoutError> {
     Ok(l)
 }
 
+/// `syscalls:sys_exit_*`: the return value.
+pub fn syscall_ret(f: &Format) -> Result<FieldOffset, LayoutError> {
+    f.offset("ret", 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +291,16 @@ mod tests {
         assert_eq!(ds.skaddr, 8);
         let sa = retransmit_synack(&data("formats-6.18/tcp__tcp_retransmit_synack")).unwrap();
         assert_eq!((sa.skaddr, sa.sport, sa.saddr, sa.daddr_v6), (8, 24, 30, 54));
+    }
+
+    #[test]
+    fn syscall_exit_return_value() {
+        let f = Format::parse(
+            "name: sys_exit_accept4\nID: 2233\nformat:\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n",
+        )
+        .unwrap();
+        assert_eq!(syscall_ret(&f), Ok(16));
+        assert!(f.fields["ret"].signed);
     }
 
     #[test]

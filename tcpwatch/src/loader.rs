@@ -14,7 +14,7 @@ use aya::{
 use log::{debug, warn};
 use tcpwatch_common::{
     counter, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT, MAP_COUNTERS,
-    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
+    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS, OFFSETS_FILES,
 };
 
 use crate::{
@@ -67,13 +67,15 @@ struct Hook {
     required: bool,
 }
 
-const HOOKS: [Hook; 6] = [
+const HOOKS: [Hook; 8] = [
     Hook { category: "sock", name: "inet_sock_set_state", program: "inet_sock_set_state", required: true },
     Hook { category: "tcp", name: "tcp_destroy_sock", program: "tcp_destroy_sock", required: false },
     Hook { category: "tcp", name: "tcp_retransmit_skb", program: "tcp_retransmit_skb", required: false },
     Hook { category: "tcp", name: "tcp_retransmit_synack", program: "tcp_retransmit_synack", required: false },
     Hook { category: "tcp", name: "tcp_send_reset", program: "tcp_send_reset", required: false },
     Hook { category: "tcp", name: "tcp_receive_reset", program: "tcp_receive_reset", required: false },
+    Hook { category: "syscalls", name: "sys_exit_accept4", program: "sys_exit_accept4", required: false },
+    Hook { category: "syscalls", name: "sys_exit_accept", program: "sys_exit_accept", required: false },
 ];
 
 /// Sizes of the kernel-side maps.
@@ -277,6 +279,9 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
                 reasons = ResetReasons::new(format.symbols("reason"));
             }
             "tcp_receive_reset" => layout.receive_reset = layout::event_sk(&format).map_err(wrap)?,
+            "sys_exit_accept4" | "sys_exit_accept" => {
+                layout.accept_ret = layout::syscall_ret(&format).map_err(wrap)?
+            }
             _ => continue,
         }
         present.push(hook);
@@ -288,6 +293,10 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
     {
         Ok(offsets) => layout.kernel = offsets,
         Err(e) => warn!("network namespace ids unavailable (kernel BTF: {e}); reporting netns 0"),
+    }
+    if layout.kernel.valid & OFFSETS_FILES == 0 {
+        // Without the fd -> socket path the accept hooks can do nothing.
+        present.retain(|h| h.category != "syscalls");
     }
     let tracepoints = present.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
     Ok(Discovery { layout, reasons, tracepoints, hooks: present })

@@ -406,3 +406,45 @@ fn sockets_older_than_tcpwatch() {
     assert_owned_by(&new_server_side, &server);
     assert_eq!(new_server_side[0]["owner"], "listener");
 }
+
+/// A pre-fork server: one process listens, a forked worker accepts. The
+/// connection belongs to the listener until accept() returns in the worker.
+#[test]
+fn accepted_by_another_process() {
+    if !privileged_or_skip("accepted_by_another_process") {
+        return;
+    }
+    let ns = Netns::new("acc");
+    let tracer = Tracer::start(&ns, &[]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    server.send("fork_accept tw-worker");
+    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    let worker: u32 = server.reply().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("worker pid");
+    client.ok("close");
+    let open = || ns.exec(&["ss", "-tanH", "state", "close-wait", "state", "last-ack"]).lines().count();
+    assert!(wait_until(Duration::from_secs(5), || open() == 0), "the worker closed its side");
+    let (events, _) = tracer.stop();
+
+    let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
+    assert_eq!(
+        transitions(&server_sock),
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+    );
+    let owners: Vec<(u64, &str, &str)> = server_sock
+        .iter()
+        .map(|e| (e["pid"].as_u64().unwrap_or(0), e["comm"].as_str().unwrap_or(""), e["owner"].as_str().unwrap_or("")))
+        .collect();
+    let listener = (u64::from(server.pid), SERVER, "listener");
+    assert_eq!(
+        owners,
+        [
+            listener,
+            listener,
+            (u64::from(worker), "tw-worker", "accept"),
+            (u64::from(worker), "tw-worker", "close"),
+            (u64::from(worker), "tw-worker", "close"),
+        ]
+    );
+}

@@ -242,6 +242,21 @@ pub fn peer_loop(comm: &str) {
                 Some(Err(e)) => Err(e.to_string()),
                 None => Err("no listener".into()),
             },
+            ["fork_accept", name] => {
+                // A pre-fork server's worker: a child process accepts on the
+                // inherited listener; it replies itself once it has accepted.
+                let Some(fd) = listener.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) else {
+                    reply("err no listener".into());
+                    continue;
+                };
+                let name = std::ffi::CString::new(*name).expect("comm has no NUL");
+                // SAFETY: the child only makes raw system calls before _exit.
+                match unsafe { libc::fork() } {
+                    0 => unsafe { forked_acceptor(fd, &name) },
+                    -1 => Err(std::io::Error::last_os_error().to_string()),
+                    _ => continue,
+                }
+            }
             ["linger0"] => conn
                 .as_ref()
                 .ok_or("no connection".to_owned())
@@ -278,6 +293,24 @@ pub fn peer_loop(comm: &str) {
             Ok(s) => reply(format!("ok {s}")),
             Err(e) => reply(format!("err {e}")),
         }
+    }
+}
+
+/// The child of `fork_accept`: accept, reply with its pid, wait for the
+/// peer to close, close, exit.
+///
+/// # Safety
+/// Must run in a freshly forked child: only system calls, then `_exit`.
+unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+        let conn = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+        let line = if conn < 0 { "@@ err accept\n".to_owned() } else { format!("@@ ok {}\n", libc::getpid()) };
+        libc::write(1, line.as_ptr().cast(), line.len());
+        let mut buf = [0u8; 512];
+        while conn >= 0 && libc::recv(conn, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
+        libc::close(conn);
+        libc::_exit(0)
     }
 }
 
