@@ -284,6 +284,26 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 
+impl KernelOffsets {
+    /// No path known: every field the offsets would lead to is reported unknown.
+    pub const fn unknown() -> Self {
+        Self {
+            sock_net: 0,
+            net_inum: 0,
+            skb_dev: 0,
+            netdev_net: 0,
+            task_files: 0,
+            files_fdt: 0,
+            fdtable_fd: 0,
+            fdtable_max_fds: 0,
+            file_private_data: 0,
+            socket_sk: 0,
+            valid: 0,
+            _pad: 0,
+        }
+    }
+}
+
 /// `KernelOffsets::valid` bit for `sock_net` and `net_inum`.
 pub const OFFSETS_SOCK: u32 = 1;
 /// `KernelOffsets::valid` bit for `skb_dev` and `netdev_net`.
@@ -323,20 +343,7 @@ impl Layout {
             destroy_sock: TpLayout::absent(),
             accept_ret: FIELD_ABSENT,
             _pad: 0,
-            kernel: KernelOffsets {
-                sock_net: 0,
-                net_inum: 0,
-                skb_dev: 0,
-                netdev_net: 0,
-                task_files: 0,
-                files_fdt: 0,
-                fdtable_fd: 0,
-                fdtable_max_fds: 0,
-                file_private_data: 0,
-                socket_sk: 0,
-                valid: 0,
-                _pad: 0,
-            },
+            kernel: KernelOffsets::unknown(),
         }
     }
 }

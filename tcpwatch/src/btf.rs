@@ -208,16 +208,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let mut offsets = KernelOffsets {
         sock_net: btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.member_offset("net", &["ns", "inum"])?,
-        skb_dev: 0,
-        netdev_net: 0,
-        task_files: 0,
-        files_fdt: 0,
-        fdtable_fd: 0,
-        fdtable_max_fds: 0,
-        file_private_data: 0,
-        socket_sk: 0,
         valid: OFFSETS_SOCK,
-        _pad: 0,
+        ..KernelOffsets::unknown()
     };
     if let (Ok(skb_dev), Ok(netdev_net)) = (
         btf.member_offset("sk_buff", &["dev"]),
