@@ -61,7 +61,10 @@ fn skip_reason() -> Option<String> {
             let path = env::var_os("PATH").unwrap_or_default();
             let mut dirs = vec![dir];
             dirs.extend(env::split_paths(&path));
-            env::set_var("PATH", env::join_paths(dirs).expect("PATH entries are valid"));
+            env::set_var(
+                "PATH",
+                env::join_paths(dirs).expect("PATH entries are valid"),
+            );
             None
         }
         None => Some("bpf-linker is not installed".to_owned()),
@@ -70,7 +73,10 @@ fn skip_reason() -> Option<String> {
 
 fn rustc_sysroot() -> Option<PathBuf> {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     Some(PathBuf::from(String::from_utf8(out.stdout).ok()?.trim()))
 }
 
@@ -97,7 +103,10 @@ fn private_linker_dir(sysroot: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{llvm}"))))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&format!("-{llvm}")))
+        })
         .map(|p| p.join("bin"))
         .find(|bin| bin.join("bpf-linker").is_file())
 }

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    kind, owner_source, tcp_state::*, Event, ListenerKey, TpLayout, SockOwner, COMM_LEN, DEFAULT_MAX_LISTENERS,
-    DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
+    kind, owner_source, tcp_state::*, Event, ListenerKey, SockOwner, TpLayout, COMM_LEN,
+    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
 };
 
 use crate::emit::{emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Res};
@@ -80,7 +80,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
 
     // A birth starts a new socket even if a stale entry (a freed socket at
     // the same address whose destruction was missed) is still in the map.
-    let birth = matches!((old, new), (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV));
+    let birth = matches!(
+        (old, new),
+        (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV)
+    );
     let known = if birth { None } else { SOCKS.get_ptr_mut(&sk) };
     let (mut owner, old_state_ns) = match known {
         Some(ptr) => {
@@ -109,7 +112,11 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
 
     if new == LISTEN || old == LISTEN && new == CLOSE {
         let sport: u16 = field(ctx, tp.sport)?;
-        let key = ListenerKey { netns: owner.netns, port: sport, _pad: 0 };
+        let key = ListenerKey {
+            netns: owner.netns,
+            port: sport,
+            _pad: 0,
+        };
         if new == LISTEN {
             let _ = LISTENERS.insert(&key, &owner, 0);
         } else {
@@ -142,7 +149,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
 /// The owner of a socket seen for the first time: a listener's child
 /// inherits the listener's owner; anything else starts unknown.
 #[inline(always)]
-fn new_socket_owner(ctx: &TracePointContext, tp: &TpLayout, sk: u64, old: u8, new: u8) -> Res<SockOwner> {
+fn new_socket_owner(
+    ctx: &TracePointContext,
+    tp: &TpLayout,
+    sk: u64,
+    old: u8,
+    new: u8,
+) -> Res<SockOwner> {
     let netns = sock_netns(sk);
     let mut fresh = SockOwner {
         last_change_ns: 0,
@@ -157,7 +170,11 @@ fn new_socket_owner(ctx: &TracePointContext, tp: &TpLayout, sk: u64, old: u8, ne
         // Created in softirq, owned by whoever listens on its local port
         // until a close() says otherwise.
         let sport: u16 = field(ctx, tp.sport)?;
-        let key = ListenerKey { netns, port: sport, _pad: 0 };
+        let key = ListenerKey {
+            netns,
+            port: sport,
+            _pad: 0,
+        };
         // SAFETY: read once from a live map value.
         if let Some(listener) = unsafe { LISTENERS.get(&key) } {
             fresh = *listener;
@@ -198,7 +215,11 @@ pub fn emit_for_socket(
 ) -> Res<()> {
     let now = now_ns();
     // SAFETY: read once from a live map value.
-    let owner = if sk == 0 { None } else { unsafe { SOCKS.get(&sk) }.copied() };
+    let owner = if sk == 0 {
+        None
+    } else {
+        unsafe { SOCKS.get(&sk) }.copied()
+    };
     emit(|ev| {
         ev.ts_ns = now;
         ev.skaddr = sk;
@@ -213,7 +234,11 @@ pub fn emit_for_socket(
                 state.unwrap_or(o.state)
             }
             None => {
-                ev.netns = if sk != 0 { sock_netns(sk) } else { skb_netns(skb) };
+                ev.netns = if sk != 0 {
+                    sock_netns(sk)
+                } else {
+                    skb_netns(skb)
+                };
                 state.unwrap_or(0)
             }
         };

@@ -21,9 +21,21 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.send_reset);
     let sk: u64 = field(ctx, tp.skaddr)?;
-    let skb: u64 = if sk == 0 { field(ctx, tp.skbaddr).unwrap_or(0) } else { 0 };
-    let state = if tp.state != FIELD_ABSENT { Some(field::<i32>(ctx, tp.state)? as u8) } else { None };
-    let reason = if tp.reason != FIELD_ABSENT { field::<u32>(ctx, tp.reason)? as u16 } else { 0 };
+    let skb: u64 = if sk == 0 {
+        field(ctx, tp.skbaddr).unwrap_or(0)
+    } else {
+        0
+    };
+    let state = if tp.state != FIELD_ABSENT {
+        Some(field::<i32>(ctx, tp.state)? as u8)
+    } else {
+        None
+    };
+    let reason = if tp.reason != FIELD_ABSENT {
+        field::<u32>(ctx, tp.reason)? as u16
+    } else {
+        0
+    };
     emit_for_socket(sk, skb, kind::RESET_SENT, state, reason, |ev| {
         read_endpoints(ctx, &tp, ev)
     })

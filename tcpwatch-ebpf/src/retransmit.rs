@@ -45,8 +45,12 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.retransmit_synack);
     let listener: u64 = field(ctx, tp.skaddr)?;
-    emit_for_socket(listener, 0, kind::SYNACK_RETRANSMIT, Some(SYN_RECV), 0, |ev| {
-        read_endpoints(ctx, &tp, ev)
-    })
+    emit_for_socket(
+        listener,
+        0,
+        kind::SYNACK_RETRANSMIT,
+        Some(SYN_RECV),
+        0,
+        |ev| read_endpoints(ctx, &tp, ev),
+    )
 }
-

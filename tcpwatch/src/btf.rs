@@ -85,7 +85,12 @@ impl Btf {
         let strings = span(str_off, str_len)?.to_vec();
 
         // Type id 0 is `void`.
-        let mut types = vec![Type { name_off: 0, kind: 0, type_ref: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            type_ref: 0,
+            members: Vec::new(),
+        }];
         let mut at = 0;
         while at < type_data.len() {
             let name_off = u32_at(type_data, at)?;
@@ -106,25 +111,38 @@ impl Btf {
                         members.push(Member {
                             name_off: u32_at(type_data, m)?,
                             type_id: u32_at(type_data, m + 4)?,
-                            offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
+                            offset: if kind_flag {
+                                raw_offset & 0x00ff_ffff
+                            } else {
+                                raw_offset
+                            },
                         });
                     }
                     vlen * 12
                 }
                 KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
-                0 | 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12
-                | 16 | KIND_TYPE_TAG => 0,
+                0 | 2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | 12 | 16
+                | KIND_TYPE_TAG => 0,
                 _ => return Err(BtfError::Malformed),
             };
             at += extra;
             if at > type_data.len() {
                 return Err(BtfError::Malformed);
             }
-            types.push(Type { name_off, kind, type_ref: size_or_type, members });
+            types.push(Type {
+                name_off,
+                kind,
+                type_ref: size_or_type,
+                members,
+            });
         }
 
-        let mut btf = Btf { types, strings, structs_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == KIND_STRUCT && ty.name_off != 0 {
                 let name = btf.string(ty.name_off).to_owned();
@@ -190,10 +208,11 @@ impl Btf {
                 return Err(BtfError::NotAggregate(path[i - 1].to_owned()));
             }
             let (off, member_type) =
-                self.find_member(ty, name, 0).ok_or_else(|| BtfError::NoMember {
-                    strukt: strukt.to_owned(),
-                    member: path[..=i].join("."),
-                })?;
+                self.find_member(ty, name, 0)
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.to_owned(),
+                        member: path[..=i].join("."),
+                    })?;
             bits += off;
             ty = self.resolve(member_type)?;
         }
@@ -229,7 +248,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             btf.member_offset("socket", &["sk"])?,
         ])
     })();
-    if let Ok([task_files, files_fdt, fdtable_fd, fdtable_max_fds, file_private_data, socket_sk]) = files {
+    if let Ok([task_files, files_fdt, fdtable_fd, fdtable_max_fds, file_private_data, socket_sk]) =
+        files
+    {
         offsets.task_files = task_files;
         offsets.files_fdt = files_fdt;
         offsets.fdtable_fd = fdtable_fd;
@@ -251,22 +272,57 @@ mod tests {
         let strings = b"\0int\0a\0b\0inner\0inner_t\0outer\0x\0y\0in\0".to_vec();
         let s = |name: &str| {
             let needle = format!("\0{name}\0");
-            strings.windows(needle.len()).position(|w| w == needle.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t = Vec::new();
-        let mut push = |words: &[u32]| words.iter().for_each(|w| t.extend_from_slice(&w.to_le_bytes()));
+        let mut push = |words: &[u32]| {
+            words
+                .iter()
+                .for_each(|w| t.extend_from_slice(&w.to_le_bytes()))
+        };
         // 1: int
         push(&[s("int"), KIND_INT << 24, 4, 32]);
         // 2: struct inner { a @0, b @32 }
-        push(&[s("inner"), KIND_STRUCT << 24 | 2, 8, s("a"), 1, 0, s("b"), 1, 32]);
+        push(&[
+            s("inner"),
+            KIND_STRUCT << 24 | 2,
+            8,
+            s("a"),
+            1,
+            0,
+            s("b"),
+            1,
+            32,
+        ]);
         // 3: typedef inner_t -> 2
         push(&[s("inner_t"), KIND_TYPEDEF << 24, 2]);
         // 4: anonymous union { y @0, in @0 }
         push(&[0, KIND_UNION << 24 | 2, 8, s("y"), 1, 0, s("in"), 3, 0]);
         // 5: struct outer { x @0, <anon> @64 }
-        push(&[s("outer"), KIND_STRUCT << 24 | 2, 16, s("x"), 1, 0, 0, 4, 64]);
+        push(&[
+            s("outer"),
+            KIND_STRUCT << 24 | 2,
+            16,
+            s("x"),
+            1,
+            0,
+            0,
+            4,
+            64,
+        ]);
         let mut blob = Vec::new();
-        for w in [0xeb9f_u32 | 1 << 16, 24, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for w in [
+            0xeb9f_u32 | 1 << 16,
+            24,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
         // The first word packs magic (u16), version (u8) and flags (u8).
@@ -284,9 +340,15 @@ mod tests {
         assert_eq!(btf.member_offset("outer", &["in", "b"]), Ok(12));
         assert_eq!(
             btf.member_offset("outer", &["in", "c"]),
-            Err(BtfError::NoMember { strukt: "outer".into(), member: "in.c".into() })
+            Err(BtfError::NoMember {
+                strukt: "outer".into(),
+                member: "in.c".into()
+            })
         );
-        assert_eq!(btf.member_offset("nope", &["x"]), Err(BtfError::NoStruct("nope".into())));
+        assert_eq!(
+            btf.member_offset("nope", &["x"]),
+            Err(BtfError::NoStruct("nope".into()))
+        );
         assert_eq!(
             btf.member_offset("outer", &["x", "y"]),
             Err(BtfError::NotAggregate("x".into()))
@@ -307,12 +369,20 @@ mod tests {
     #[test]
     fn running_kernel_has_the_netns_path() {
         // Ground truth where the machine has BTF; skipped elsewhere.
-        let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else { return };
+        let Ok(data) = std::fs::read("/sys/kernel/btf/vmlinux") else {
+            return;
+        };
         let btf = Btf::parse(&data).unwrap();
         let offsets = kernel_offsets(&btf).unwrap();
         assert_eq!(offsets.valid, OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES);
-        assert!(offsets.task_files > 0 && offsets.socket_sk > 0, "{offsets:?}");
+        assert!(
+            offsets.task_files > 0 && offsets.socket_sk > 0,
+            "{offsets:?}"
+        );
         assert!(offsets.skb_dev > 0 && offsets.netdev_net > 0, "{offsets:?}");
-        assert!(offsets.sock_net > 0 && offsets.sock_net < 256, "{offsets:?}");
+        assert!(
+            offsets.sock_net > 0 && offsets.sock_net < 256,
+            "{offsets:?}"
+        );
     }
 }

@@ -8,7 +8,10 @@ pub struct WallClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -16,7 +19,9 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 
 impl WallClock {
     pub fn now() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC) }
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        }
     }
 
     pub fn with_offset(offset_ns: i128) -> Self {
@@ -81,7 +86,10 @@ mod tests {
         assert_eq!(c.rfc3339(ns), "2026-11-21T08:04:01.123456Z");
         assert_eq!(c.time_of_day(ns), "08:04:01.123");
         // Leap day.
-        assert_eq!(c.rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            c.rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 
     #[test]

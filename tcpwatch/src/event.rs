@@ -95,10 +95,13 @@ impl FromStr for TcpState {
     fn from_str(s: &str) -> Result<Self, String> {
         let wanted = s.trim().to_ascii_uppercase().replace(['-', ' '], "_");
         let wanted = wanted.strip_prefix("TCP_").unwrap_or(&wanted);
-        TcpState::ALL.into_iter().find(|st| st.name() == wanted).ok_or_else(|| {
-            let names: Vec<_> = TcpState::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown TCP state `{s}` (one of {})", names.join(", "))
-        })
+        TcpState::ALL
+            .into_iter()
+            .find(|st| st.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<_> = TcpState::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown TCP state `{s}` (one of {})", names.join(", "))
+            })
     }
 }
 
@@ -244,7 +247,10 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
             let v4 = |a: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]));
             (v4(&raw.saddr), v4(&raw.daddr))
         }
-        AF_INET6 => (IpAddr::V6(Ipv6Addr::from(raw.saddr)), IpAddr::V6(Ipv6Addr::from(raw.daddr))),
+        AF_INET6 => (
+            IpAddr::V6(Ipv6Addr::from(raw.saddr)),
+            IpAddr::V6(Ipv6Addr::from(raw.daddr)),
+        ),
         other => return Err(DecodeError::UnknownFamily(other)),
     };
     Ok(TcpEvent {
@@ -278,7 +284,10 @@ impl ResetReasons {
 
     /// The reason's kernel name, or its number when the kernel did not name it.
     pub fn name(&self, reason: u16) -> String {
-        self.0.get(&u32::from(reason)).cloned().unwrap_or_else(|| reason.to_string())
+        self.0
+            .get(&u32::from(reason))
+            .cloned()
+            .unwrap_or_else(|| reason.to_string())
     }
 }
 
@@ -306,7 +315,10 @@ mod tests {
     fn bytes(e: &Event) -> Vec<u8> {
         // SAFETY: Event is repr(C) plain old data without padding.
         unsafe {
-            std::slice::from_raw_parts((e as *const Event).cast::<u8>(), std::mem::size_of::<Event>())
+            std::slice::from_raw_parts(
+                (e as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
         }
         .to_vec()
     }
@@ -348,14 +360,26 @@ mod tests {
         let e = raw(kind::STATE, AF_INET);
         assert_eq!(decode(&bytes(&e)[..95]), Err(DecodeError::Truncated(95)));
         assert_eq!(decode(&[]), Err(DecodeError::Truncated(0)));
-        assert_eq!(decode(&bytes(&raw(99, AF_INET))), Err(DecodeError::UnknownKind(99)));
-        assert_eq!(decode(&bytes(&raw(kind::STATE, 1))), Err(DecodeError::UnknownFamily(1)));
+        assert_eq!(
+            decode(&bytes(&raw(99, AF_INET))),
+            Err(DecodeError::UnknownKind(99))
+        );
+        assert_eq!(
+            decode(&bytes(&raw(kind::STATE, 1))),
+            Err(DecodeError::UnknownFamily(1))
+        );
         let mut bad_state = raw(kind::STATE, AF_INET);
         bad_state.new_state = 13;
-        assert_eq!(decode(&bytes(&bad_state)), Err(DecodeError::UnknownState(13)));
+        assert_eq!(
+            decode(&bytes(&bad_state)),
+            Err(DecodeError::UnknownState(13))
+        );
         let mut bad_owner = raw(kind::STATE, AF_INET);
         bad_owner.owner_source = 9;
-        assert_eq!(decode(&bytes(&bad_owner)), Err(DecodeError::UnknownOwnerSource(9)));
+        assert_eq!(
+            decode(&bytes(&bad_owner)),
+            Err(DecodeError::UnknownOwnerSource(9))
+        );
     }
 
     #[test]
@@ -365,7 +389,10 @@ mod tests {
             assert_eq!(st.name().parse::<TcpState>(), Ok(*st));
         }
         assert_eq!("time-wait".parse::<TcpState>(), Ok(TcpState::TimeWait));
-        assert_eq!("TCP_CLOSE_WAIT".parse::<TcpState>(), Ok(TcpState::CloseWait));
+        assert_eq!(
+            "TCP_CLOSE_WAIT".parse::<TcpState>(),
+            Ok(TcpState::CloseWait)
+        );
         assert!("bogus".parse::<TcpState>().is_err());
         assert_eq!(TcpState::try_from(0), Err(DecodeError::UnknownState(0)));
     }

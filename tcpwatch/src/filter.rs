@@ -70,21 +70,70 @@ mod tests {
     fn each_criterion_narrows() {
         let e = ev();
         let f = |f: Filter| f.matches(&e);
-        assert!(f(Filter { ports: vec![80], ..Default::default() }));
-        assert!(f(Filter { ports: vec![51000], ..Default::default() }));
-        assert!(!f(Filter { ports: vec![443], ..Default::default() }));
-        assert!(f(Filter { local_ports: vec![80], ..Default::default() }));
-        assert!(!f(Filter { local_ports: vec![51000], ..Default::default() }));
-        assert!(f(Filter { remote_ports: vec![443, 51000], ..Default::default() }));
-        assert!(!f(Filter { pids: vec![101], ..Default::default() }));
-        assert!(f(Filter { comms: vec!["nginx".into()], ..Default::default() }));
-        assert!(!f(Filter { comms: vec!["ngin".into()], ..Default::default() }));
-        assert!(!f(Filter { netns: vec![1], ..Default::default() }));
-        assert!(f(Filter { states: vec![TcpState::SynRecv], ..Default::default() }));
-        assert!(f(Filter { states: vec![TcpState::Established], ..Default::default() }));
-        assert!(!f(Filter { states: vec![TcpState::CloseWait], ..Default::default() }));
-        assert!(f(Filter { family: Some(4), ..Default::default() }));
-        assert!(!f(Filter { family: Some(6), ..Default::default() }));
-        assert!(!f(Filter { ports: vec![80], pids: vec![1], ..Default::default() }));
+        assert!(f(Filter {
+            ports: vec![80],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            ports: vec![51000],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            ports: vec![443],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            local_ports: vec![80],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            local_ports: vec![51000],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            remote_ports: vec![443, 51000],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            pids: vec![101],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            comms: vec!["nginx".into()],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            comms: vec!["ngin".into()],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            netns: vec![1],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            states: vec![TcpState::SynRecv],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            states: vec![TcpState::Established],
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            states: vec![TcpState::CloseWait],
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            family: Some(4),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            family: Some(6),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            ports: vec![80],
+            pids: vec![1],
+            ..Default::default()
+        }));
     }
 }

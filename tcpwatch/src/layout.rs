@@ -15,7 +15,10 @@ pub enum LayoutError {
     #[error("malformed field line in tracepoint format: {0:?}")]
     BadField(String),
     #[error("tracepoint {tracepoint} has no field `{field}`")]
-    MissingField { tracepoint: String, field: &'static str },
+    MissingField {
+        tracepoint: String,
+        field: &'static str,
+    },
     #[error("field `{field}` of tracepoint {tracepoint} is {found} bytes, expected {expected}")]
     FieldSize {
         tracepoint: String,
@@ -23,8 +26,13 @@ pub enum LayoutError {
         found: usize,
         expected: usize,
     },
-    #[error("field `{field}` of tracepoint {tracepoint} lies beyond the offsets the programs can read")]
-    FieldOffset { tracepoint: String, field: &'static str },
+    #[error(
+        "field `{field}` of tracepoint {tracepoint} lies beyond the offsets the programs can read"
+    )]
+    FieldOffset {
+        tracepoint: String,
+        field: &'static str,
+    },
 }
 
 /// One `field:` line of a format file.
@@ -57,7 +65,10 @@ impl Format {
                 format.name = name.trim().to_owned();
                 saw_name = true;
             } else if let Some(id) = line.strip_prefix("ID:") {
-                format.id = id.trim().parse().map_err(|_| LayoutError::MissingHeader("ID"))?;
+                format.id = id
+                    .trim()
+                    .parse()
+                    .map_err(|_| LayoutError::MissingHeader("ID"))?;
                 saw_id = true;
             } else if let Some(rest) = line.strip_prefix("field:") {
                 let (name, field) = parse_field(rest)?;
@@ -76,10 +87,13 @@ impl Format {
     }
 
     fn offset(&self, name: &'static str, size: usize) -> Result<FieldOffset, LayoutError> {
-        let field = self.fields.get(name).ok_or_else(|| LayoutError::MissingField {
-            tracepoint: self.name.clone(),
-            field: name,
-        })?;
+        let field = self
+            .fields
+            .get(name)
+            .ok_or_else(|| LayoutError::MissingField {
+                tracepoint: self.name.clone(),
+                field: name,
+            })?;
         if field.size != size {
             return Err(LayoutError::FieldSize {
                 tracepoint: self.name.clone(),
@@ -91,7 +105,10 @@ impl Format {
         // The programs add small constants to some offsets; keep well clear of
         // the sentinel and of u16 overflow.
         if field.offset + field.size > 4096 {
-            return Err(LayoutError::FieldOffset { tracepoint: self.name.clone(), field: name });
+            return Err(LayoutError::FieldOffset {
+                tracepoint: self.name.clone(),
+                field: name,
+            });
         }
         Ok(field.offset as FieldOffset)
     }
@@ -117,7 +134,9 @@ impl Format {
             if rest[..open].contains(')') {
                 break;
             }
-            let Some(close) = rest[open..].find('}') else { break };
+            let Some(close) = rest[open..].find('}') else {
+                break;
+            };
             let pair = &rest[open + 1..open + close];
             if let Some((value, name)) = pair.split_once(',') {
                 if let Ok(value) = value.trim().parse::<u32>() {
@@ -274,7 +293,10 @@ mod tests {
     fn send_reset_layouts_differ_between_6_1_and_6_18() {
         let new = send_reset(&data("formats-6.18/tcp__tcp_send_reset")).unwrap();
         assert_eq!(new.sockaddr, 1);
-        assert_eq!((new.saddr, new.daddr, new.reason, new.state), (32, 60, 28, 24));
+        assert_eq!(
+            (new.saddr, new.daddr, new.reason, new.state),
+            (32, 60, 28, 24)
+        );
         assert_eq!(new.skbaddr, 8);
         assert_eq!(new.sport, FIELD_ABSENT);
         let old = send_reset(&data("formats-6.1/tcp__tcp_send_reset")).unwrap();
@@ -290,7 +312,10 @@ mod tests {
         let ds = event_sk(&data("formats-6.18/tcp__tcp_destroy_sock")).unwrap();
         assert_eq!(ds.skaddr, 8);
         let sa = retransmit_synack(&data("formats-6.18/tcp__tcp_retransmit_synack")).unwrap();
-        assert_eq!((sa.skaddr, sa.sport, sa.saddr, sa.daddr_v6), (8, 24, 30, 54));
+        assert_eq!(
+            (sa.skaddr, sa.sport, sa.saddr, sa.daddr_v6),
+            (8, 24, 30, 54)
+        );
     }
 
     #[test]
@@ -308,8 +333,14 @@ mod tests {
         let f = data("formats-6.18/tcp__tcp_send_reset");
         let reasons = f.symbols("reason");
         assert_eq!(reasons.get(&0).map(String::as_str), Some("NOT_SPECIFIED"));
-        assert_eq!(reasons.get(&9).map(String::as_str), Some("TCP_TIMEWAIT_SOCKET"));
-        assert_eq!(reasons.get(&12).map(String::as_str), Some("TCP_ABORT_ON_LINGER"));
+        assert_eq!(
+            reasons.get(&9).map(String::as_str),
+            Some("TCP_TIMEWAIT_SOCKET")
+        );
+        assert_eq!(
+            reasons.get(&12).map(String::as_str),
+            Some("TCP_ABORT_ON_LINGER")
+        );
         // The state table uses names, not numbers, and must not leak in.
         assert!(f.symbols("state").is_empty());
     }
@@ -327,13 +358,19 @@ mod tests {
         );
         let mut f = data("formats-6.18/sock__inet_sock_set_state");
         f.fields.get_mut("sport").unwrap().size = 4;
-        assert!(matches!(set_state(&f), Err(LayoutError::FieldSize { found: 4, .. })));
+        assert!(matches!(
+            set_state(&f),
+            Err(LayoutError::FieldSize { found: 4, .. })
+        ));
     }
 
     #[test]
     fn malformed_text_is_rejected() {
         assert_eq!(Format::parse(""), Err(LayoutError::MissingHeader("name")));
-        assert_eq!(Format::parse("name: x\n"), Err(LayoutError::MissingHeader("ID")));
+        assert_eq!(
+            Format::parse("name: x\n"),
+            Err(LayoutError::MissingHeader("ID"))
+        );
         assert!(matches!(
             Format::parse("name: x\nID: 1\nfield:int ;\toffset:8;\tsize:4;\n"),
             Err(LayoutError::BadField(_))

@@ -9,6 +9,6 @@ pub mod event;
 pub mod filter;
 pub mod layout;
 pub mod loader;
+pub mod logging;
 pub mod output;
 pub mod snapshot;
-pub mod logging;

@@ -39,19 +39,31 @@ pub enum LoadError {
     )]
     NotPrivileged,
     #[error("tracefs is not mounted and mounting it on {path} failed: {source}")]
-    Tracefs { path: PathBuf, source: std::io::Error },
+    Tracefs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("this kernel has no tracepoint {0}, which tcpwatch needs")]
     MissingTracepoint(&'static str),
     #[error("cannot read the format of tracepoint {name}: {source}")]
-    ReadFormat { name: &'static str, source: std::io::Error },
+    ReadFormat {
+        name: &'static str,
+        source: std::io::Error,
+    },
     #[error("unexpected layout of tracepoint {name}: {source}")]
-    Layout { name: &'static str, source: LayoutError },
+    Layout {
+        name: &'static str,
+        source: LayoutError,
+    },
     #[error("this kernel does not support BPF (the bpf() system call is missing or disabled)")]
     NoBpf,
     #[error("the kernel refused tcpwatch's eBPF programs: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("could not attach to tracepoint {name}: {source}")]
-    Attach { name: &'static str, source: aya::programs::ProgramError },
+    Attach {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF object lacks {0}")]
     Missing(&'static str),
     #[error("eBPF map error: {0}")]
@@ -68,14 +80,54 @@ struct Hook {
 }
 
 const HOOKS: [Hook; 8] = [
-    Hook { category: "sock", name: "inet_sock_set_state", program: "inet_sock_set_state", required: true },
-    Hook { category: "tcp", name: "tcp_destroy_sock", program: "tcp_destroy_sock", required: false },
-    Hook { category: "tcp", name: "tcp_retransmit_skb", program: "tcp_retransmit_skb", required: false },
-    Hook { category: "tcp", name: "tcp_retransmit_synack", program: "tcp_retransmit_synack", required: false },
-    Hook { category: "tcp", name: "tcp_send_reset", program: "tcp_send_reset", required: false },
-    Hook { category: "tcp", name: "tcp_receive_reset", program: "tcp_receive_reset", required: false },
-    Hook { category: "syscalls", name: "sys_exit_accept4", program: "sys_exit_accept4", required: false },
-    Hook { category: "syscalls", name: "sys_exit_accept", program: "sys_exit_accept", required: false },
+    Hook {
+        category: "sock",
+        name: "inet_sock_set_state",
+        program: "inet_sock_set_state",
+        required: true,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_destroy_sock",
+        program: "tcp_destroy_sock",
+        required: false,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_retransmit_skb",
+        program: "tcp_retransmit_skb",
+        required: false,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_retransmit_synack",
+        program: "tcp_retransmit_synack",
+        required: false,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_send_reset",
+        program: "tcp_send_reset",
+        required: false,
+    },
+    Hook {
+        category: "tcp",
+        name: "tcp_receive_reset",
+        program: "tcp_receive_reset",
+        required: false,
+    },
+    Hook {
+        category: "syscalls",
+        name: "sys_exit_accept4",
+        program: "sys_exit_accept4",
+        required: false,
+    },
+    Hook {
+        category: "syscalls",
+        name: "sys_exit_accept",
+        program: "sys_exit_accept",
+        required: false,
+    },
 ];
 
 /// Sizes of the kernel-side maps.
@@ -128,13 +180,6 @@ pub struct Counters {
     pub recursion_misses: u64,
 }
 
-impl Counters {
-    /// Every event that was lost, whatever the cause.
-    pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.recursion_misses
-    }
-}
-
 impl CounterReader {
     pub fn read(&self) -> Result<Counters, aya::maps::MapError> {
         let sum = |index: u32| -> Result<u64, aya::maps::MapError> {
@@ -145,7 +190,11 @@ impl CounterReader {
             retransmit_not_sent: sum(counter::RETRANSMIT_NOT_SENT)?,
             read_failed: sum(counter::READ_FAILED)?,
             emitted: sum(counter::EMITTED)?,
-            recursion_misses: self.programs.iter().map(|p| recursion_misses(p.as_fd()).unwrap_or(0)).sum(),
+            recursion_misses: self
+                .programs
+                .iter()
+                .map(|p| recursion_misses(p.as_fd()).unwrap_or(0))
+                .sum(),
         })
     }
 }
@@ -220,10 +269,19 @@ pub fn tracefs_events() -> Result<PathBuf, LoadError> {
     let c_target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are NUL-terminated strings that outlive the call.
     let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), c_target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"nodev".as_ptr(),
+            c_target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(LoadError::Tracefs { path: target, source: std::io::Error::last_os_error() });
+        return Err(LoadError::Tracefs {
+            path: target,
+            source: std::io::Error::last_os_error(),
+        });
     }
     warn!("mounted tracefs on {}", target.display());
     Ok(target.join("events"))
@@ -234,16 +292,25 @@ fn read_format(events: &Path, hook: &Hook) -> Result<Option<Format>, LoadError> 
     match fs::read_to_string(&path) {
         Ok(text) => Format::parse(&text)
             .map(Some)
-            .map_err(|source| LoadError::Layout { name: hook.name, source }),
+            .map_err(|source| LoadError::Layout {
+                name: hook.name,
+                source,
+            }),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if hook.required {
                 Err(LoadError::MissingTracepoint(hook.name))
             } else {
-                warn!("this kernel has no tracepoint {}:{}; skipping it", hook.category, hook.name);
+                warn!(
+                    "this kernel has no tracepoint {}:{}; skipping it",
+                    hook.category, hook.name
+                );
                 Ok(None)
             }
         }
-        Err(source) => Err(LoadError::ReadFormat { name: hook.name, source }),
+        Err(source) => Err(LoadError::ReadFormat {
+            name: hook.name,
+            source,
+        }),
     }
 }
 
@@ -263,8 +330,13 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
     let mut reasons = ResetReasons::default();
     let mut present = Vec::new();
     for hook in &HOOKS {
-        let Some(format) = read_format(events, hook)? else { continue };
-        let wrap = |source| LoadError::Layout { name: hook.name, source };
+        let Some(format) = read_format(events, hook)? else {
+            continue;
+        };
+        let wrap = |source| LoadError::Layout {
+            name: hook.name,
+            source,
+        };
         match hook.name {
             "inet_sock_set_state" => layout.set_state = layout::set_state(&format).map_err(wrap)?,
             "tcp_destroy_sock" => layout.destroy_sock = layout::event_sk(&format).map_err(wrap)?,
@@ -278,7 +350,9 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
                 layout.send_reset = layout::send_reset(&format).map_err(wrap)?;
                 reasons = ResetReasons::new(format.symbols("reason"));
             }
-            "tcp_receive_reset" => layout.receive_reset = layout::event_sk(&format).map_err(wrap)?,
+            "tcp_receive_reset" => {
+                layout.receive_reset = layout::event_sk(&format).map_err(wrap)?
+            }
             "sys_exit_accept4" | "sys_exit_accept" => {
                 layout.accept_ret = layout::syscall_ret(&format).map_err(wrap)?
             }
@@ -298,16 +372,30 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
         // Without the fd -> socket path the accept hooks can do nothing.
         present.retain(|h| h.category != "syscalls");
     }
-    let tracepoints = present.iter().map(|h| format!("{}:{}", h.category, h.name)).collect();
-    Ok(Discovery { layout, reasons, tracepoints, hooks: present })
+    let tracepoints = present
+        .iter()
+        .map(|h| format!("{}:{}", h.category, h.name))
+        .collect();
+    Ok(Discovery {
+        layout,
+        reasons,
+        tracepoints,
+        hooks: present,
+    })
 }
 
 fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         // Kernels from 5.11 account BPF memory to the cgroup instead.
-        debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -319,7 +407,12 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     check_privileges()?;
     raise_memlock();
     let events = tracefs_events()?;
-    let Discovery { layout, reasons, hooks, .. } = discover(&events)?;
+    let Discovery {
+        layout,
+        reasons,
+        hooks,
+        ..
+    } = discover(&events)?;
 
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_LAYOUT, &layout, true)
@@ -347,16 +440,31 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             .program_mut(hook.program)
             .ok_or(LoadError::Missing(hook.program))?
             .try_into()
-            .map_err(|source| LoadError::Attach { name: hook.name, source })?;
-        program.load().map_err(|source| LoadError::Attach { name: hook.name, source })?;
+            .map_err(|source| LoadError::Attach {
+                name: hook.name,
+                source,
+            })?;
+        program.load().map_err(|source| LoadError::Attach {
+            name: hook.name,
+            source,
+        })?;
         program
             .attach(hook.category, hook.name)
-            .map_err(|source| LoadError::Attach { name: hook.name, source })?;
+            .map_err(|source| LoadError::Attach {
+                name: hook.name,
+                source,
+            })?;
         attached.push(hook.name);
-        if let Ok(fd) = program.fd().and_then(|fd| fd.try_clone().map_err(Into::into)) {
+        if let Ok(fd) = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+        {
             match recursion_misses(fd.as_fd()) {
                 Ok(_) => programs.push(fd),
-                Err(e) => warn!("cannot read run statistics of {}: {e}; missed events go uncounted", hook.name),
+                Err(e) => warn!(
+                    "cannot read run statistics of {}: {e}; missed events go uncounted",
+                    hook.name
+                ),
             }
         }
     }
@@ -365,18 +473,35 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let snapshot = crate::snapshot::take();
     seed_listeners(&mut ebpf, &snapshot)?;
 
-    let events = RingBuf::try_from(ebpf.take_map(MAP_EVENTS).ok_or(LoadError::Missing(MAP_EVENTS))?)?;
-    let counters =
-        PerCpuArray::try_from(ebpf.take_map(MAP_COUNTERS).ok_or(LoadError::Missing(MAP_COUNTERS))?)?;
-    Ok(Probe { ebpf, events, counters: CounterReader { map: counters, programs }, reasons, attached, snapshot })
+    let events = RingBuf::try_from(
+        ebpf.take_map(MAP_EVENTS)
+            .ok_or(LoadError::Missing(MAP_EVENTS))?,
+    )?;
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(MAP_COUNTERS)
+            .ok_or(LoadError::Missing(MAP_COUNTERS))?,
+    )?;
+    Ok(Probe {
+        ebpf,
+        events,
+        counters: CounterReader {
+            map: counters,
+            programs,
+        },
+        reasons,
+        attached,
+        snapshot,
+    })
 }
 
 /// Tells the kernel side who owns the listeners that predate tcpwatch, so
 /// the connections they accept are attributed from their first event. An
 /// owner the programs bound themselves since attaching is kept.
 fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError> {
-    let mut map: aya::maps::HashMap<_, ListenerKey, SockOwner> =
-        aya::maps::HashMap::try_from(ebpf.map_mut(MAP_LISTENERS).ok_or(LoadError::Missing(MAP_LISTENERS))?)?;
+    let mut map: aya::maps::HashMap<_, ListenerKey, SockOwner> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(MAP_LISTENERS)
+            .ok_or(LoadError::Missing(MAP_LISTENERS))?,
+    )?;
     const BPF_NOEXIST: u64 = 1;
     for (netns, port, owner) in &snapshot.listeners {
         let mut comm = [0u8; COMM_LEN];
@@ -391,7 +516,11 @@ fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError>
             _pad: [0; 6],
             comm,
         };
-        let key = ListenerKey { netns: *netns, port: *port, _pad: 0 };
+        let key = ListenerKey {
+            netns: *netns,
+            port: *port,
+            _pad: 0,
+        };
         // EEXIST means the programs already know a fresher owner.
         let _ = map.insert(key, value, BPF_NOEXIST);
     }

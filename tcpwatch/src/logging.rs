@@ -10,7 +10,11 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) && record.target().starts_with("tcpwatch") {
-            eprintln!("tcpwatch: {}: {}", record.level().as_str().to_lowercase(), record.args());
+            eprintln!(
+                "tcpwatch: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
         }
     }
 

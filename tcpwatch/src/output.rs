@@ -81,7 +81,11 @@ const HEADER: [(&str, usize); 6] = [
 
 impl Renderer {
     pub fn new(style: Style, clock: WallClock, reasons: ResetReasons) -> Self {
-        Self { style, clock, reasons }
+        Self {
+            style,
+            clock,
+            reasons,
+        }
     }
 
     /// The column header, for human output.
@@ -124,10 +128,22 @@ impl Renderer {
             sport: ev.sport,
             daddr: ev.daddr.to_string(),
             dport: ev.dport,
-            old_state: if is_state { ev.old_state.map(TcpState::name) } else { None },
-            new_state: if is_state { ev.new_state.map(TcpState::name) } else { None },
+            old_state: if is_state {
+                ev.old_state.map(TcpState::name)
+            } else {
+                None
+            },
+            new_state: if is_state {
+                ev.new_state.map(TcpState::name)
+            } else {
+                None
+            },
             ms: is_state.then(|| ev.old_state_ns.map(millis)),
-            state: if is_state { None } else { ev.new_state.map(TcpState::name) },
+            state: if is_state {
+                None
+            } else {
+                ev.new_state.map(TcpState::name)
+            },
             reason: (ev.kind == EventKind::ResetSent).then(|| self.reasons.name(ev.reason)),
             skaddr: format!("{:#x}", ev.skaddr),
         }
@@ -145,20 +161,34 @@ impl Renderer {
                     Some(TcpState::CloseWait) => "33",
                     _ => "",
                 };
-                let ms = ev.old_state_ns.map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+                let ms = ev
+                    .old_state_ns
+                    .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
                 (format!("{old:>11} -> {new}"), code, ms)
             }
             EventKind::Retransmit => (format!("RETRANSMIT{in_state}"), "33;1", String::new()),
             EventKind::SynackRetransmit => ("SYNACK RETRANSMIT".to_owned(), "33;1", String::new()),
-            EventKind::ResetSent => {
-                (format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason)), "31;1", String::new())
+            EventKind::ResetSent => (
+                format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason)),
+                "31;1",
+                String::new(),
+            ),
+            EventKind::ResetReceived => {
+                (format!("RESET RECEIVED{in_state}"), "31;1", String::new())
             }
-            EventKind::ResetReceived => (format!("RESET RECEIVED{in_state}"), "31;1", String::new()),
         };
         // Pad before colouring: escape sequences have no width on screen.
         let what = format!("{what:<EVENT_WIDTH$}");
-        let what = if color && !code.is_empty() { format!("\x1b[{code}m{what}\x1b[0m") } else { what };
-        let pid = if ev.pid == 0 { "-".to_owned() } else { ev.pid.to_string() };
+        let what = if color && !code.is_empty() {
+            format!("\x1b[{code}m{what}\x1b[0m")
+        } else {
+            what
+        };
+        let pid = if ev.pid == 0 {
+            "-".to_owned()
+        } else {
+            ev.pid.to_string()
+        };
         let comm = if ev.comm.is_empty() { "-" } else { &ev.comm };
         format!(
             "{:<12} {:<7} {:<15} {:<23} {:<23} {what} {ms:>8}",
@@ -263,15 +293,25 @@ mod tests {
         let plain = renderer(Style::Human { color: false });
         let header = plain.header().unwrap();
         let line = plain.human(&ev(EventKind::State), false);
-        assert!(line.starts_with("08:04:01.123 4242    curl            [::1]:40000"), "{line}");
+        assert!(
+            line.starts_with("08:04:01.123 4242    curl            [::1]:40000"),
+            "{line}"
+        );
         assert!(line.contains("SYN_SENT -> ESTABLISHED"), "{line}");
         assert!(line.ends_with("1.250"), "{line}");
-        assert_eq!(header.len(), line.len(), "MS column aligned:\n{header}\n{line}");
+        assert_eq!(
+            header.len(),
+            line.len(),
+            "MS column aligned:\n{header}\n{line}"
+        );
         assert_eq!(header.find("LOCAL"), line.find("[::1]:40000"));
         assert!(!line.contains('\x1b'));
         let coloured = plain.human(&ev(EventKind::State), true);
         assert!(coloured.contains("\x1b[32m"));
         let reset = plain.human(&ev(EventKind::ResetSent), false);
-        assert!(reset.contains("RESET SENT in ESTABLISHED (TCP_ABORT_ON_LINGER)"), "{reset}");
+        assert!(
+            reset.contains("RESET SENT in ESTABLISHED (TCP_ABORT_ON_LINGER)"),
+            "{reset}"
+        );
     }
 }

@@ -116,7 +116,10 @@ pub fn parse_tcp_table(text: &str, v6: bool) -> Vec<TcpRow> {
 
 /// `socket:[12345]` -> 12345.
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// Takes the snapshot from `/proc`. Processes that vanish or cannot be read
@@ -125,35 +128,60 @@ pub fn take() -> Snapshot {
     let mut owners: HashMap<u64, Owner> = HashMap::new();
     // One process per network namespace, to read that namespace's tables.
     let mut namespaces: HashMap<u32, u32> = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return Snapshot::default() };
-    let mut pids: Vec<u32> =
-        procs.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Snapshot::default();
+    };
+    let mut pids: Vec<u32> = procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
     // The lowest pid wins a shared socket: the parent of a pre-fork server.
     pids.sort_unstable();
     for pid in pids {
-        let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
+        let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
         namespaces.entry(netns.ino() as u32).or_insert(pid);
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
         let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
             .map(|c| c.trim_end().to_owned())
             .unwrap_or_default();
         for fd in fds.filter_map(Result::ok) {
-            let Ok(link) = fs::read_link(fd.path()) else { continue };
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
             if let Some(inode) = link.to_str().and_then(socket_inode) {
-                owners.entry(inode).or_insert_with(|| Owner { pid, comm: comm.clone() });
+                owners.entry(inode).or_insert_with(|| Owner {
+                    pid,
+                    comm: comm.clone(),
+                });
             }
         }
     }
     let mut snapshot = Snapshot::default();
     for (netns, pid) in namespaces {
         for (file, v6) in [("tcp", false), ("tcp6", true)] {
-            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else { continue };
+            let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+                continue;
+            };
             for row in parse_tcp_table(&text, v6) {
-                let Some(owner) = owners.get(&row.inode) else { continue };
+                let Some(owner) = owners.get(&row.inode) else {
+                    continue;
+                };
                 if row.state == LISTEN {
-                    snapshot.listeners.push((netns, row.local_port, owner.clone()));
+                    snapshot
+                        .listeners
+                        .push((netns, row.local_port, owner.clone()));
                 }
-                let tuple = (netns, row.local, row.local_port, row.remote, row.remote_port);
+                let tuple = (
+                    netns,
+                    row.local,
+                    row.local_port,
+                    row.remote,
+                    row.remote_port,
+                );
                 snapshot.connections.insert(tuple, owner.clone());
             }
         }
@@ -180,9 +208,15 @@ mod tests {
         let rows = parse_tcp_table(TCP, false);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].local, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!((rows[0].local_port, rows[0].state, rows[0].inode), (2024, LISTEN, 1162));
+        assert_eq!(
+            (rows[0].local_port, rows[0].state, rows[0].inode),
+            (2024, LISTEN, 1162)
+        );
         assert_eq!(rows[1].local, IpAddr::V4(Ipv4Addr::LOCALHOST));
-        assert_eq!((rows[1].local_port, rows[1].remote_port, rows[1].state), (8080, 40734, 1));
+        assert_eq!(
+            (rows[1].local_port, rows[1].remote_port, rows[1].state),
+            (8080, 40734, 1)
+        );
         assert_eq!(rows[1].inode, 4711);
     }
 
@@ -210,7 +244,9 @@ mod tests {
         let snap = take();
         let me = std::process::id();
         assert!(
-            snap.listeners.iter().any(|(_, p, o)| *p == port && o.pid == me),
+            snap.listeners
+                .iter()
+                .any(|(_, p, o)| *p == port && o.pid == me),
             "port {port} of pid {me} in {:?}",
             snap.listeners
         );

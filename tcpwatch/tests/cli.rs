@@ -4,7 +4,10 @@ mod common;
 use std::process::Command;
 
 fn tcpwatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tcpwatch")).args(args).output().expect("tcpwatch runs")
+    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .args(args)
+        .output()
+        .expect("tcpwatch runs")
 }
 
 #[test]
@@ -13,18 +16,42 @@ fn every_trace_flag_is_documented() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--json", "--port", "--lport", "--rport", "--pid", "--comm", "--netns", "--state", "--ipv4", "--ipv6",
-        "--color", "--ring-kib", "--verbose",
+        "--json",
+        "--port",
+        "--lport",
+        "--rport",
+        "--pid",
+        "--comm",
+        "--netns",
+        "--state",
+        "--ipv4",
+        "--ipv6",
+        "--color",
+        "--ring-kib",
+        "--verbose",
     ] {
-        let line = help.lines().find(|l| l.contains(flag)).unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
-        let text = line.split_once(flag).map(|(_, rest)| rest.trim()).unwrap_or("");
-        assert!(text.split_whitespace().count() >= 3, "{flag} has no help text: {line}");
+        let line = help
+            .lines()
+            .find(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
+        let text = line
+            .split_once(flag)
+            .map(|(_, rest)| rest.trim())
+            .unwrap_or("");
+        assert!(
+            text.split_whitespace().count() >= 3,
+            "{flag} has no help text: {line}"
+        );
     }
 }
 
 #[test]
 fn bad_values_exit_2_with_one_message() {
-    for args in [&["trace", "--port", "70000"][..], &["trace", "--state", "nope"], &["trace", "--ring-kib", "3"]] {
+    for args in [
+        &["trace", "--port", "70000"][..],
+        &["trace", "--state", "nope"],
+        &["trace", "--ring-kib", "3"],
+    ] {
         let out = tcpwatch(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -39,7 +66,13 @@ fn unprivileged_trace_says_what_is_missing() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(env!("CARGO_BIN_EXE_tcpwatch"))
         .arg("trace")
         .output()
@@ -47,6 +80,12 @@ fn unprivileged_trace_says_what_is_missing() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"), "{err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert!(
+        err.contains("needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
 }

@@ -8,7 +8,10 @@ use tcpwatch_common::{FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK};
 /// (major, minor) of the running kernel.
 fn kernel_version() -> (u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("procfs");
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
@@ -19,17 +22,35 @@ fn discovers_the_running_kernels_layouts() {
     }
     let events = loader::tracefs_events().expect("tracefs is there or can be mounted");
     let found = loader::discover(&events).expect("this kernel's formats parse");
-    assert!(found.tracepoints.contains(&"sock:inet_sock_set_state".to_owned()));
+    assert!(found
+        .tracepoints
+        .contains(&"sock:inet_sock_set_state".to_owned()));
     let l = found.layout;
     assert_ne!(l.set_state.skaddr, FIELD_ABSENT);
     assert_ne!(l.set_state.new_state, FIELD_ABSENT);
-    assert_eq!(l.kernel.valid & OFFSETS_SOCK, OFFSETS_SOCK, "struct offsets from BTF");
-    assert_eq!(l.kernel.valid & OFFSETS_SKB, OFFSETS_SKB, "struct offsets from BTF");
+    assert_eq!(
+        l.kernel.valid & OFFSETS_SOCK,
+        OFFSETS_SOCK,
+        "struct offsets from BTF"
+    );
+    assert_eq!(
+        l.kernel.valid & OFFSETS_SKB,
+        OFFSETS_SKB,
+        "struct offsets from BTF"
+    );
 
     let version = kernel_version();
     // `err` arrived in tcp_retransmit_skb with 6.17; the reason in tcp_send_reset with 6.10.
-    assert_eq!(l.retransmit_skb.err != FIELD_ABSENT, version >= (6, 17), "kernel {version:?}");
-    assert_eq!(l.send_reset.sockaddr == 1, version >= (6, 10), "kernel {version:?}");
+    assert_eq!(
+        l.retransmit_skb.err != FIELD_ABSENT,
+        version >= (6, 17),
+        "kernel {version:?}"
+    );
+    assert_eq!(
+        l.send_reset.sockaddr == 1,
+        version >= (6, 10),
+        "kernel {version:?}"
+    );
     if version >= (6, 10) {
         assert_eq!(found.reasons.name(1), "NO_SOCKET");
     }
@@ -40,8 +61,14 @@ fn discovers_the_running_kernels_layouts() {
             "/tests/data/formats-6.18/tcp__tcp_retransmit_skb"
         ))
         .expect("test data");
-        let live = std::fs::read_to_string(events.join("tcp/tcp_retransmit_skb/format")).expect("tracefs");
-        let fields = |t: &str| t.lines().filter(|l| l.trim_start().starts_with("field:")).map(str::to_owned).collect::<Vec<_>>();
+        let live =
+            std::fs::read_to_string(events.join("tcp/tcp_retransmit_skb/format")).expect("tracefs");
+        let fields = |t: &str| {
+            t.lines()
+                .filter(|l| l.trim_start().starts_with("field:"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(fields(&stored), fields(&live));
     }
 }

@@ -20,7 +20,8 @@ const CLIENT: &str = "tw-client";
 
 /// An nftables table `inet tw` dropping what `rules` match on output.
 fn drop_rules(rules: &[&str]) -> String {
-    let mut text = String::from("table inet tw {\n  chain out {\n    type filter hook output priority 0;\n");
+    let mut text =
+        String::from("table inet tw {\n  chain out {\n    type filter hook output priority 0;\n");
     for rule in rules {
         text.push_str(&format!("    {rule}\n"));
     }
@@ -35,7 +36,10 @@ fn connected_pair(ns: &Netns, addr: &str) -> (Peer, Peer, u16, u16) {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
-    let client_port: u16 = client.ok(&format!("connect {addr} {port}")).parse().unwrap();
+    let client_port: u16 = client
+        .ok(&format!("connect {addr} {port}"))
+        .parse()
+        .unwrap();
     assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
     (server, client, port, client_port)
 }
@@ -61,14 +65,26 @@ fn client_active_close(v6: bool) {
     let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
     assert_eq!(
         transitions(&client_sock),
-        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
     );
     assert_owned_by(&client_sock, &client);
 
     let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
     assert_eq!(
         transitions(&server_sock),
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
     );
     assert_owned_by(&server_sock, &server);
 
@@ -86,9 +102,17 @@ fn client_active_close(v6: bool) {
     }
     // The established client socket's endpoints are the real ones.
     let est = &client_sock[1];
-    assert_eq!((est["sport"].as_u64(), est["dport"].as_u64()), (Some(client_port.into()), Some(port.into())));
+    assert_eq!(
+        (est["sport"].as_u64(), est["dport"].as_u64()),
+        (Some(client_port.into()), Some(port.into()))
+    );
     // Time in the previous state is known from the second transition on.
-    assert!(client_sock[1..].iter().all(|e| e["ms"].as_f64().is_some_and(|ms| ms >= 0.0)), "{client_sock:#?}");
+    assert!(
+        client_sock[1..]
+            .iter()
+            .all(|e| e["ms"].as_f64().is_some_and(|ms| ms >= 0.0)),
+        "{client_sock:#?}"
+    );
     assert!(kinds(&events, "reset_sent").is_empty() && kinds(&events, "reset_received").is_empty());
 }
 
@@ -122,13 +146,25 @@ fn server_active_close() {
     let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
     assert_eq!(
         transitions(&server_sock),
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
     );
     assert_owned_by(&server_sock, &server);
     let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
     assert_eq!(
         transitions(&client_sock),
-        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
     );
     assert_owned_by(&client_sock, &client);
 }
@@ -149,17 +185,48 @@ fn simultaneous_close() {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let count = |state: &str| ns.exec(&["ss", "-tanH", "state", state, "sport", "=", &format!(":{port}")]).lines().count()
-        + ns.exec(&["ss", "-tanH", "state", state, "dport", "=", &format!(":{port}")]).lines().count();
+    let count = |state: &str| {
+        ns.exec(&[
+            "ss",
+            "-tanH",
+            "state",
+            state,
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .lines()
+        .count()
+            + ns.exec(&[
+                "ss",
+                "-tanH",
+                "state",
+                state,
+                "dport",
+                "=",
+                &format!(":{port}"),
+            ])
+            .lines()
+            .count()
+    };
     let mut client_port = None;
     for _attempt in 0..8 {
-        let this_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+        let this_port: u16 = client
+            .ok(&format!("connect 127.0.0.1 {port}"))
+            .parse()
+            .unwrap();
         server.ok("accept");
-        ns.nft(&drop_rules(&[&format!("tcp sport {port} drop"), &format!("tcp dport {port} drop")]));
+        ns.nft(&drop_rules(&[
+            &format!("tcp sport {port} drop"),
+            &format!("tcp dport {port} drop"),
+        ]));
         // Both close as close together in time as two processes can.
         client.send("close");
         server.send("close");
-        assert_eq!((client.reply(), server.reply()), ("ok".to_owned(), "ok".to_owned()));
+        assert_eq!(
+            (client.reply(), server.reply()),
+            ("ok".to_owned(), "ok".to_owned())
+        );
         ns.nft("delete table inet tw");
         ns.nft(&drop_rules(&[
             &format!("tcp sport {port} tcp flags & (fin|syn|rst) == 0 drop"),
@@ -168,7 +235,9 @@ fn simultaneous_close() {
         let crossed = wait_until(Duration::from_secs(3), || count("closing") == 2);
         ns.nft("delete table inet tw");
         assert!(
-            wait_until(Duration::from_secs(10), || count("closing") + count("fin-wait-1") == 0),
+            wait_until(Duration::from_secs(10), || count("closing")
+                + count("fin-wait-1")
+                == 0),
             "connections finish closing once nothing is dropped"
         );
         if crossed {
@@ -183,7 +252,10 @@ fn simultaneous_close() {
         let sockets = by_socket(&events);
         let found: Vec<_> = sockets
             .into_values()
-            .filter(|evs| evs.iter().any(|e| e["sport"] == local && e["dport"] == remote))
+            .filter(|evs| {
+                evs.iter()
+                    .any(|e| e["sport"] == local && e["dport"] == remote)
+            })
             .collect();
         assert_eq!(found.len(), 1, "one socket {local}->{remote}: {found:#?}");
         found.into_iter().next().unwrap_or_default()
@@ -191,13 +263,25 @@ fn simultaneous_close() {
     let client_sock = sockets_of(client_port, port);
     assert_eq!(
         transitions(&client_sock),
-        ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->CLOSING",
+            "CLOSING->CLOSE"
+        ]
     );
     assert_owned_by(&client_sock, &client);
     let server_sock = sockets_of(port, client_port);
     assert_eq!(
         transitions(&server_sock),
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->CLOSING",
+            "CLOSING->CLOSE"
+        ]
     );
     assert_owned_by(&server_sock, &server);
     // A FIN whose first transmission nftables refused stays unsent and may
@@ -205,7 +289,10 @@ fn simultaneous_close() {
     // retransmit; the retransmits that do happen belong to their owners.
     for (sock, peer) in [(&client_sock, &client), (&server_sock, &server)] {
         for e in sock.iter().filter(|e| e["kind"] == "retransmit") {
-            assert!(matches!(e["state"].as_str(), Some("FIN_WAIT1" | "CLOSING")), "{e}");
+            assert!(
+                matches!(e["state"].as_str(), Some("FIN_WAIT1" | "CLOSING")),
+                "{e}"
+            );
             assert_eq!(e["pid"], peer.pid);
         }
     }
@@ -227,22 +314,49 @@ fn abortive_close() {
     let (events, _) = tracer.stop();
 
     let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
-    assert_eq!(transitions(&client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
-    let sent: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "reset_sent").collect();
+    assert_eq!(
+        transitions(&client_sock),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE"
+        ]
+    );
+    let sent: Vec<_> = client_sock
+        .iter()
+        .filter(|e| e["kind"] == "reset_sent")
+        .collect();
     assert_eq!(sent.len(), 1, "{client_sock:#?}");
     assert_eq!(sent[0]["pid"], client.pid);
     assert_eq!(sent[0]["comm"], CLIENT);
-    assert_eq!((sent[0]["sport"].as_u64(), sent[0]["dport"].as_u64()), (Some(client_port.into()), Some(port.into())));
+    assert_eq!(
+        (sent[0]["sport"].as_u64(), sent[0]["dport"].as_u64()),
+        (Some(client_port.into()), Some(port.into()))
+    );
     assert!(sent[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
     assert_owned_by(&client_sock, &client);
 
     let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
-    assert_eq!(transitions(&server_sock), ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE"]);
-    let received: Vec<_> = server_sock.iter().filter(|e| e["kind"] == "reset_received").collect();
+    assert_eq!(
+        transitions(&server_sock),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE"
+        ]
+    );
+    let received: Vec<_> = server_sock
+        .iter()
+        .filter(|e| e["kind"] == "reset_received")
+        .collect();
     assert_eq!(received.len(), 1, "{server_sock:#?}");
     assert_eq!(received[0]["state"], "ESTABLISHED");
     // The reset arrives before the socket closes.
-    let pos = |k: &str| server_sock.iter().position(|e| e["kind"] == k || e["new_state"] == k);
+    let pos = |k: &str| {
+        server_sock
+            .iter()
+            .position(|e| e["kind"] == k || e["new_state"] == k)
+    };
     assert!(pos("reset_received") < pos("CLOSE"));
     assert_owned_by(&server_sock, &server);
 }
@@ -261,8 +375,14 @@ fn connect_refused() {
     let (events, _) = tracer.stop();
 
     let client_sock = socket_with(&events, "CLOSE->SYN_SENT", 9);
-    assert_eq!(transitions(&client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]);
-    let received: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "reset_received").collect();
+    assert_eq!(
+        transitions(&client_sock),
+        ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"]
+    );
+    let received: Vec<_> = client_sock
+        .iter()
+        .filter(|e| e["kind"] == "reset_received")
+        .collect();
     assert_eq!(received.len(), 1, "{client_sock:#?}");
     assert_eq!(received[0]["state"], "SYN_SENT");
     assert_owned_by(&client_sock, &client);
@@ -290,7 +410,10 @@ fn syn_retransmits_against_full_accept_queue() {
     // listen(0) queues one connection; nobody accepts it.
     let port: u16 = server.ok("listen 127.0.0.1 0").parse().unwrap();
     first.ok(&format!("connect 127.0.0.1 {port}"));
-    assert_eq!(client.cmd(&format!("connect 127.0.0.1 {port}")), "err TimedOut");
+    assert_eq!(
+        client.cmd(&format!("connect 127.0.0.1 {port}")),
+        "err TimedOut"
+    );
     let (events, _) = tracer.stop();
 
     let sockets = by_socket(&events);
@@ -298,8 +421,15 @@ fn syn_retransmits_against_full_accept_queue() {
         .values()
         .find(|s| s.iter().any(|e| e["pid"] == client.pid))
         .expect("the client's socket was traced");
-    assert_eq!(transitions(client_sock), ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"], "{events:#?}");
-    let rtx: Vec<_> = client_sock.iter().filter(|e| e["kind"] == "retransmit").collect();
+    assert_eq!(
+        transitions(client_sock),
+        ["CLOSE->SYN_SENT", "SYN_SENT->CLOSE"],
+        "{events:#?}"
+    );
+    let rtx: Vec<_> = client_sock
+        .iter()
+        .filter(|e| e["kind"] == "retransmit")
+        .collect();
     // 6.x retransmits the first SYNs about 1 s apart (tcp_syn_linear_timeouts)
     // but gives up after the time exponential backoff would have taken for
     // tcp_syn_retries: 1 s + 2 s for one retry.
@@ -311,7 +441,10 @@ fn syn_retransmits_against_full_accept_queue() {
     assert_owned_by(client_sock, &client);
     let close = client_sock.last().expect("events");
     let syn_sent_ms = close["ms"].as_f64().unwrap_or(0.0);
-    assert!((2500.0..5000.0).contains(&syn_sent_ms), "SYN_SENT lasted about 3 s: {close}");
+    assert!(
+        (2500.0..5000.0).contains(&syn_sent_ms),
+        "SYN_SENT lasted about 3 s: {close}"
+    );
 }
 
 /// The final ACK of the handshake is dropped: the listener retransmits its
@@ -326,7 +459,9 @@ fn synack_retransmit() {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    ns.nft(&drop_rules(&[&format!("tcp dport {port} tcp flags & (syn|fin|rst|ack) == ack drop")]));
+    ns.nft(&drop_rules(&[&format!(
+        "tcp dport {port} tcp flags & (syn|fin|rst|ack) == ack drop"
+    )]));
     client.ok(&format!("connect 127.0.0.1 {port}"));
     thread::sleep(Duration::from_millis(1500));
     ns.nft("delete table inet tw");
@@ -351,7 +486,10 @@ fn port_and_state_filters() {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port_a: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let tracer = Tracer::start(&ns, &["--rport", &port_a.to_string(), "--state", "FIN_WAIT1"]);
+    let tracer = Tracer::start(
+        &ns,
+        &["--rport", &port_a.to_string(), "--state", "FIN_WAIT1"],
+    );
     let mut server_b = ns.peer("tw-server-b");
     let port_b: u16 = server_b.ok("listen 127.0.0.1 16").parse().unwrap();
     for port in [port_a, port_b] {
@@ -363,10 +501,20 @@ fn port_and_state_filters() {
     assert!(!events.is_empty(), "{stderr:?}");
     for e in &events {
         assert_eq!(e["dport"], port_a, "{e}");
-        assert!(e["old_state"] == "FIN_WAIT1" || e["new_state"] == "FIN_WAIT1", "{e}");
+        assert!(
+            e["old_state"] == "FIN_WAIT1" || e["new_state"] == "FIN_WAIT1",
+            "{e}"
+        );
     }
-    assert_eq!(transitions(&events), ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"], "{stderr:?}");
-    assert!(stderr.iter().any(|l| l.contains("events received")), "{stderr:?}");
+    assert_eq!(
+        transitions(&events),
+        ["ESTABLISHED->FIN_WAIT1", "FIN_WAIT1->FIN_WAIT2"],
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("events received")),
+        "{stderr:?}"
+    );
 }
 
 /// Sockets older than tcpwatch: a listener and an established connection
@@ -380,22 +528,38 @@ fn sockets_older_than_tcpwatch() {
     let mut server = ns.peer(SERVER);
     let mut old_client = ns.peer("tw-old-client");
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let old_port: u16 = old_client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    let old_port: u16 = old_client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
     server.ok("accept");
     let tracer = Tracer::start(&ns, &[]);
     old_client.ok("close");
     server.ok("read_eof");
     server.ok("close");
     let mut new_client = ns.peer(CLIENT);
-    let new_port: u16 = new_client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
+    let new_port: u16 = new_client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
     server.ok("accept");
     let (events, _) = tracer.stop();
 
     let old_server_side: Vec<Value> = by_socket(&events)
         .into_values()
-        .find(|evs| evs.iter().any(|e| e["sport"] == port && e["dport"] == old_port))
+        .find(|evs| {
+            evs.iter()
+                .any(|e| e["sport"] == port && e["dport"] == old_port)
+        })
         .expect("the old connection's server side was traced");
-    assert_eq!(transitions(&old_server_side), ["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]);
+    assert_eq!(
+        transitions(&old_server_side),
+        [
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
     assert_owned_by(&old_server_side, &server);
     // Learnt from /proc before the server's close() told the kernel side.
     assert_eq!(old_server_side[0]["owner"], "startup");
@@ -420,21 +584,47 @@ fn accepted_by_another_process() {
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
     server.send("fork_accept tw-worker");
-    let client_port: u16 = client.ok(&format!("connect 127.0.0.1 {port}")).parse().unwrap();
-    let worker: u32 = server.reply().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("worker pid");
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    let worker: u32 = server
+        .reply()
+        .strip_prefix("ok ")
+        .and_then(|p| p.parse().ok())
+        .expect("worker pid");
     client.ok("close");
-    let open = || ns.exec(&["ss", "-tanH", "state", "close-wait", "state", "last-ack"]).lines().count();
-    assert!(wait_until(Duration::from_secs(5), || open() == 0), "the worker closed its side");
+    let open = || {
+        ns.exec(&["ss", "-tanH", "state", "close-wait", "state", "last-ack"])
+            .lines()
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || open() == 0),
+        "the worker closed its side"
+    );
     let (events, _) = tracer.stop();
 
     let server_sock = socket_with(&events, "LISTEN->SYN_RECV", client_port);
     assert_eq!(
         transitions(&server_sock),
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"]
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
     );
     let owners: Vec<(u64, &str, &str)> = server_sock
         .iter()
-        .map(|e| (e["pid"].as_u64().unwrap_or(0), e["comm"].as_str().unwrap_or(""), e["owner"].as_str().unwrap_or("")))
+        .map(|e| {
+            (
+                e["pid"].as_u64().unwrap_or(0),
+                e["comm"].as_str().unwrap_or(""),
+                e["owner"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
     let listener = (u64::from(server.pid), SERVER, "listener");
     assert_eq!(

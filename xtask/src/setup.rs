@@ -16,7 +16,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("nftables", "nft")];
 
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -24,9 +26,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -42,7 +49,10 @@ pub fn toolchain() -> Result<()> {
     }
     let linker = linker_dir()?;
     if linker.bin.join("bpf-linker").is_file()
-        && Command::new(linker.bin.join("bpf-linker")).arg("--version").output().is_ok_and(|o| o.status.success())
+        && Command::new(linker.bin.join("bpf-linker"))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     {
         return Ok(());
     }
@@ -97,7 +107,13 @@ pub fn linker_dir() -> Result<LinkerDir> {
         .to_owned();
     let prefix = cache_dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{llvm_file}"));
     let bin = prefix.join("bin");
-    Ok(LinkerDir { sysroot, llvm_file, llvm_major, prefix, bin })
+    Ok(LinkerDir {
+        sysroot,
+        llvm_file,
+        llvm_major,
+        prefix,
+        bin,
+    })
 }
 
 fn cache_dir() -> Result<PathBuf> {
@@ -112,13 +128,18 @@ fn has_program(name: &str) -> bool {
     env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
         .unwrap_or(false)
-        || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(name).is_file())
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(name).is_file())
 }
 
 /// Debian packages for the privileged tests, installed only when missing.
 pub fn test_packages() -> Result<()> {
-    let missing: Vec<&str> =
-        TEST_PACKAGES.iter().filter(|(_, program)| !has_program(program)).map(|(pkg, _)| *pkg).collect();
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, program)| !has_program(program))
+        .map(|(pkg, _)| *pkg)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }

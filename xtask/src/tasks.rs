@@ -6,7 +6,10 @@ use anyhow::{Context as _, Result};
 use crate::setup::{self, run};
 
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -34,14 +37,21 @@ pub fn run_tcpwatch(args: &[String]) -> Result<()> {
         sudo.arg(&binary);
         sudo
     };
-    let status = cmd.args(args).status().with_context(|| format!("cannot start {}", binary.display()))?;
+    let status = cmd
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 

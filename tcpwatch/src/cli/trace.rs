@@ -80,9 +80,13 @@ pub enum ColorChoice {
 }
 
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
-    let kib: u32 = s.parse().map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
+    let kib: u32 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
     if !(4..=1 << 20).contains(&kib) || !kib.is_power_of_two() {
-        return Err(format!("{kib} KiB is not a power of two between 4 and 1048576"));
+        return Err(format!(
+            "{kib} KiB is not a power of two between 4 and 1048576"
+        ));
     }
     Ok(kib)
 }
@@ -125,15 +129,28 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
 }
 
 async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let loader::Probe { ebpf: _attached_while_in_scope, events, counters: counters_map, reasons, attached, snapshot } =
-        loader::load(LoadOptions { ring_bytes: args.ring_kib * 1024, ..Default::default() })?;
+    let loader::Probe {
+        ebpf: _attached_while_in_scope,
+        events,
+        counters: counters_map,
+        reasons,
+        attached,
+        snapshot,
+    } = loader::load(LoadOptions {
+        ring_bytes: args.ring_kib * 1024,
+        ..Default::default()
+    })?;
     let stdout = io::stdout();
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    let style = if args.json { Style::Json } else { Style::Human { color } };
+    let style = if args.json {
+        Style::Json
+    } else {
+        Style::Human { color }
+    };
     let renderer = Renderer::new(style, WallClock::now(), reasons);
     let filter = args.filter();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -158,29 +175,30 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         .map_err(io::Error::from)
         .context("cannot poll the ring buffer")?;
 
-    let drain = |ring: &mut AsyncFd<_>, out: &mut BufWriter<_>, tally: &mut Tally| -> io::Result<()> {
-        let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
-        while let Some(item) = ring.next() {
-            tally.received += 1;
-            match decode(&item).map(|mut ev| {
-                snapshot.attribute(&mut ev);
-                ev
-            }) {
-                Ok(ev) if filter.matches(&ev) => {
-                    tally.shown += 1;
-                    renderer.write(out, &ev)?;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tally.malformed += 1;
-                    if tally.malformed == 1 {
-                        warn!("skipping malformed event: {e}");
+    let drain =
+        |ring: &mut AsyncFd<_>, out: &mut BufWriter<_>, tally: &mut Tally| -> io::Result<()> {
+            let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
+            while let Some(item) = ring.next() {
+                tally.received += 1;
+                match decode(&item).map(|mut ev| {
+                    snapshot.attribute(&mut ev);
+                    ev
+                }) {
+                    Ok(ev) if filter.matches(&ev) => {
+                        tally.shown += 1;
+                        renderer.write(out, &ev)?;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tally.malformed += 1;
+                        if tally.malformed == 1 {
+                            warn!("skipping malformed event: {e}");
+                        }
                     }
                 }
             }
-        }
-        out.flush()
-    };
+            out.flush()
+        };
 
     let outcome: io::Result<()> = loop {
         tokio::select! {
@@ -228,7 +246,10 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
         tally.received, tally.shown
     );
     if counters.ringbuf_full > 0 {
-        line.push_str(&format!("; {} events LOST (ring buffer full)", counters.ringbuf_full));
+        line.push_str(&format!(
+            "; {} events LOST (ring buffer full)",
+            counters.ringbuf_full
+        ));
     }
     if counters.recursion_misses > 0 {
         line.push_str(&format!(
@@ -259,8 +280,25 @@ mod tests {
     #[test]
     fn flags_build_the_filter() {
         let w = Wrap::try_parse_from([
-            "t", "--json", "-p", "80", "-p", "443", "--lport", "8080", "--rport", "5432", "--pid",
-            "7", "--comm", "nginx", "--netns", "4026531840", "--state", "close-wait", "-6",
+            "t",
+            "--json",
+            "-p",
+            "80",
+            "-p",
+            "443",
+            "--lport",
+            "8080",
+            "--rport",
+            "5432",
+            "--pid",
+            "7",
+            "--comm",
+            "nginx",
+            "--netns",
+            "4026531840",
+            "--state",
+            "close-wait",
+            "-6",
         ])
         .unwrap();
         let f = w.args.filter();
@@ -282,6 +320,12 @@ mod tests {
         assert!(Wrap::try_parse_from(["t", "-4", "-6"]).is_err());
         assert!(Wrap::try_parse_from(["t", "--ring-kib", "3000"]).is_err());
         assert!(Wrap::try_parse_from(["t", "--ring-kib", "2"]).is_err());
-        assert_eq!(Wrap::try_parse_from(["t", "--ring-kib", "8192"]).unwrap().args.ring_kib, 8192);
+        assert_eq!(
+            Wrap::try_parse_from(["t", "--ring-kib", "8192"])
+                .unwrap()
+                .args
+                .ring_kib,
+            8192
+        );
     }
 }

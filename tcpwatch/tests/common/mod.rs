@@ -53,7 +53,9 @@ fn binary_has_ebpf() -> bool {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -84,7 +86,9 @@ impl Netns {
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, args: &[&str]) -> String {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args))
     }
 
     /// Sets a sysctl inside the namespace only.
@@ -99,8 +103,16 @@ impl Netns {
             .stdin(Stdio::piped())
             .spawn()
             .expect("nft runs");
-        child.stdin.take().expect("piped").write_all(ruleset.as_bytes()).expect("nft reads");
-        assert!(child.wait().expect("nft ends").success(), "nft rejected:\n{ruleset}");
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(ruleset.as_bytes())
+            .expect("nft reads");
+        assert!(
+            child.wait().expect("nft ends").success(),
+            "nft rejected:\n{ruleset}"
+        );
     }
 
     pub fn peer(&self, comm: &str) -> Peer {
@@ -110,7 +122,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -138,7 +152,13 @@ impl Peer {
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         // `ip netns exec` execs the test binary: the pid stays the same.
-        let mut peer = Peer { pid: child.id(), comm: comm.to_owned(), child, stdin, stdout };
+        let mut peer = Peer {
+            pid: child.id(),
+            comm: comm.to_owned(),
+            child,
+            stdin,
+            stdout,
+        };
         assert_eq!(peer.cmd("hello"), "ok");
         peer
     }
@@ -216,20 +236,38 @@ pub fn peer_loop(comm: &str) {
         let result: Result<String, String> = match words.as_slice() {
             ["hello"] => Ok(String::new()),
             ["listen", addr, backlog] => (|| {
-                let addr: SocketAddr = format!("{}:0", bracket(addr)).parse().map_err(|e| format!("{e}"))?;
-                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
+                let addr: SocketAddr = format!("{}:0", bracket(addr))
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                    .map_err(|e| e.to_string())?;
                 s.set_reuse_address(true).map_err(|e| e.to_string())?;
                 s.bind(&SockAddr::from(addr)).map_err(|e| e.to_string())?;
-                s.listen(backlog.parse().map_err(|_| "bad backlog".to_owned())?).map_err(|e| e.to_string())?;
-                let port = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).unwrap_or(0);
+                s.listen(backlog.parse().map_err(|_| "bad backlog".to_owned())?)
+                    .map_err(|e| e.to_string())?;
+                let port = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.port())
+                    .unwrap_or(0);
                 listener = Some(s);
                 Ok(port.to_string())
             })(),
             ["connect", addr, port] => (|| {
-                let addr: SocketAddr = format!("{}:{port}", bracket(addr)).parse().map_err(|e| format!("{e}"))?;
-                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(|e| e.to_string())?;
-                s.connect(&SockAddr::from(addr)).map_err(|e| format!("{:?}", e.kind()))?;
-                let port = s.local_addr().ok().and_then(|a| a.as_socket()).map(|a| a.port()).unwrap_or(0);
+                let addr: SocketAddr = format!("{}:{port}", bracket(addr))
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                    .map_err(|e| e.to_string())?;
+                s.connect(&SockAddr::from(addr))
+                    .map_err(|e| format!("{:?}", e.kind()))?;
+                let port = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.port())
+                    .unwrap_or(0);
                 conn = Some(s);
                 Ok(port.to_string())
             })(),
@@ -260,7 +298,10 @@ pub fn peer_loop(comm: &str) {
             ["linger0"] => conn
                 .as_ref()
                 .ok_or("no connection".to_owned())
-                .and_then(|c| c.set_linger(Some(std::time::Duration::ZERO)).map_err(|e| e.to_string()))
+                .and_then(|c| {
+                    c.set_linger(Some(std::time::Duration::ZERO))
+                        .map_err(|e| e.to_string())
+                })
                 .map(|()| String::new()),
             ["send", text] => conn
                 .as_ref()
@@ -305,7 +346,11 @@ unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
         let conn = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-        let line = if conn < 0 { "@@ err accept\n".to_owned() } else { format!("@@ ok {}\n", libc::getpid()) };
+        let line = if conn < 0 {
+            "@@ err accept\n".to_owned()
+        } else {
+            format!("@@ ok {}\n", libc::getpid())
+        };
         libc::write(1, line.as_ptr().cast(), line.len());
         let mut buf = [0u8; 512];
         while conn >= 0 && libc::recv(conn, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
@@ -358,7 +403,11 @@ impl Tracer {
             lines.extend(err.lines().map_while(Result::ok));
             lines
         });
-        Tracer { child, stdout, stderr }
+        Tracer {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Stops tracing with SIGINT and returns the events and stderr lines.
@@ -374,9 +423,16 @@ impl Tracer {
         // SAFETY: kill on the pid of a child we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait().expect("tcpwatch ends");
-        let lines = std::mem::replace(&mut self.stdout, thread::spawn(Vec::new)).join().expect("reader");
-        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(Vec::new)).join().expect("reader");
-        assert!(status.success(), "tcpwatch trace exited with {status}; stderr: {stderr:?}");
+        let lines = std::mem::replace(&mut self.stdout, thread::spawn(Vec::new))
+            .join()
+            .expect("reader");
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(Vec::new))
+            .join()
+            .expect("reader");
+        assert!(
+            status.success(),
+            "tcpwatch trace exited with {status}; stderr: {stderr:?}"
+        );
         // Shown with a failing test's output: losses explain missing events.
         eprintln!("tcpwatch stderr: {stderr:?}");
         let events = lines
@@ -420,7 +476,13 @@ pub fn transitions(events: &[Value]) -> Vec<String> {
     events
         .iter()
         .filter(|e| e["kind"] == "state")
-        .map(|e| format!("{}->{}", e["old_state"].as_str().unwrap_or("?"), e["new_state"].as_str().unwrap_or("?")))
+        .map(|e| {
+            format!(
+                "{}->{}",
+                e["old_state"].as_str().unwrap_or("?"),
+                e["new_state"].as_str().unwrap_or("?")
+            )
+        })
         .collect()
 }
 
@@ -435,7 +497,11 @@ pub fn socket_with(events: &[Value], first: &str, port: u16) -> Vec<Value> {
                 && evs.iter().any(|e| e["sport"] == port || e["dport"] == port)
         })
         .collect();
-    assert_eq!(matching.len(), 1, "expected one socket starting {first} on port {port}, got {matching:#?}\nall: {events:#?}");
+    assert_eq!(
+        matching.len(),
+        1,
+        "expected one socket starting {first} on port {port}, got {matching:#?}\nall: {events:#?}"
+    );
     matching[0].clone()
 }
 
