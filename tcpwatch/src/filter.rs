@@ -1,5 +1,8 @@
 //! Which events `tcpwatch trace` shows.
-use crate::event::{TcpEvent, TcpState};
+use crate::{
+    event::{TcpEvent, TcpState},
+    model::Connection,
+};
 
 /// An event passes when it matches every criterion that is set; within one
 /// criterion any listed value will do.
@@ -25,14 +28,59 @@ fn any_or<T: PartialEq>(wanted: &[T], found: &[T]) -> bool {
 impl Filter {
     pub fn matches(&self, ev: &TcpEvent) -> bool {
         let states: Vec<TcpState> = [ev.old_state, ev.new_state].into_iter().flatten().collect();
-        any_or(&self.ports, &[ev.sport, ev.dport])
-            && any_or(&self.local_ports, &[ev.sport])
-            && any_or(&self.remote_ports, &[ev.dport])
-            && any_or(&self.pids, &[ev.pid])
-            && (self.comms.is_empty() || self.comms.contains(&ev.comm))
-            && any_or(&self.netns, &[ev.netns])
-            && any_or(&self.states, &states)
-            && self.family.is_none_or(|f| f == ev.family())
+        self.matches_parts(
+            ev.sport,
+            ev.dport,
+            ev.pid,
+            &ev.comm,
+            ev.netns,
+            &states,
+            ev.family(),
+        )
+    }
+
+    /// For a finished connection: the state criterion matches the states it
+    /// was seen to pass through.
+    pub fn matches_connection(&self, c: &Connection) -> bool {
+        let states: Vec<TcpState> = TcpState::ALL
+            .iter()
+            .zip(c.time_in_state)
+            .filter(|(_, ns)| *ns > 0)
+            .map(|(s, _)| *s)
+            .chain([c.state])
+            .collect();
+        let family = if c.tuple.local.is_ipv4() { 4 } else { 6 };
+        let t = &c.tuple;
+        self.matches_parts(
+            t.local_port,
+            t.remote_port,
+            c.pid,
+            &c.comm,
+            t.netns,
+            &states,
+            family,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matches_parts(
+        &self,
+        sport: u16,
+        dport: u16,
+        pid: u32,
+        comm: &str,
+        netns: u32,
+        states: &[TcpState],
+        family: u8,
+    ) -> bool {
+        any_or(&self.ports, &[sport, dport])
+            && any_or(&self.local_ports, &[sport])
+            && any_or(&self.remote_ports, &[dport])
+            && any_or(&self.pids, &[pid])
+            && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
+            && any_or(&self.netns, &[netns])
+            && any_or(&self.states, states)
+            && self.family.is_none_or(|f| f == family)
     }
 }
 

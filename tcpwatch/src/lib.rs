@@ -10,5 +10,6 @@ pub mod filter;
 pub mod layout;
 pub mod loader;
 pub mod logging;
+pub mod model;
 pub mod output;
 pub mod snapshot;

@@ -1,6 +1,7 @@
 //! Rendering events for people (aligned columns, colour on terminals) and
 //! for programs (one JSON object per line).
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     io::{self, Write},
     net::IpAddr,
@@ -11,6 +12,7 @@ use serde::Serialize;
 use crate::{
     clock::WallClock,
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
+    model::{state_index, Closer, EndReason, Finished, Opener, Retransmits, LIFECYCLE_ORDER},
 };
 
 /// `127.0.0.1:80` or `[::1]:80`.
@@ -52,6 +54,33 @@ struct JsonEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     skaddr: String,
+}
+
+/// A finished connection as one JSON line.
+#[derive(Serialize)]
+struct JsonLifecycle<'a> {
+    time: String,
+    ts_ns: u64,
+    kind: &'static str,
+    pid: u32,
+    comm: &'a str,
+    netns: u32,
+    family: u8,
+    saddr: String,
+    sport: u16,
+    daddr: String,
+    dport: u16,
+    opener: Opener,
+    closer: Option<Closer>,
+    end: EndReason,
+    time_wait: bool,
+    /// Null when the connection was born before tcpwatch saw it.
+    lifetime_ms: Option<f64>,
+    /// Milliseconds in each state the connection passed through.
+    state_ms: BTreeMap<&'static str, f64>,
+    retransmits: Retransmits,
+    resets_sent: u32,
+    resets_received: u32,
 }
 
 /// How events are written.
@@ -110,6 +139,87 @@ impl Renderer {
                 out.write_all(b"\n")
             }
             Style::Human { color } => writeln!(out, "{}", self.human(ev, color)),
+        }
+    }
+
+    /// One line for a finished connection (`--lifecycle`).
+    pub fn write_lifecycle(&self, out: &mut impl Write, f: &Finished) -> io::Result<()> {
+        let c = &f.connection;
+        let state_ms: BTreeMap<&'static str, f64> = TcpState::ALL
+            .iter()
+            .zip(c.time_in_state)
+            .filter(|(_, ns)| *ns > 0)
+            .map(|(s, ns)| (s.name(), millis(ns)))
+            .collect();
+        match self.style {
+            Style::Json => {
+                let line = JsonLifecycle {
+                    time: self.clock.rfc3339(f.end_ns),
+                    ts_ns: f.end_ns,
+                    kind: "lifecycle",
+                    pid: c.pid,
+                    comm: &c.comm,
+                    netns: c.tuple.netns,
+                    family: if c.tuple.local.is_ipv4() { 4 } else { 6 },
+                    saddr: c.tuple.local.to_string(),
+                    sport: c.tuple.local_port,
+                    daddr: c.tuple.remote.to_string(),
+                    dport: c.tuple.remote_port,
+                    opener: c.opener,
+                    closer: c.closer,
+                    end: f.end,
+                    time_wait: f.time_wait,
+                    lifetime_ms: f.lifetime_ns().map(millis),
+                    state_ms,
+                    retransmits: c.retransmits,
+                    resets_sent: c.resets_sent,
+                    resets_received: c.resets_received,
+                };
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")
+            }
+            Style::Human { color } => {
+                let what = format!("{:<EVENT_WIDTH$}", format!("DONE {}", f.end.name()));
+                let what = if color {
+                    format!("\x1b[36m{what}\x1b[0m")
+                } else {
+                    what
+                };
+                let life = f
+                    .lifetime_ns()
+                    .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", millis(ns)));
+                let mut details = format!(
+                    "opener={} closer={}",
+                    c.opener.name(),
+                    c.closer.map_or("-", Closer::name)
+                );
+                if f.time_wait {
+                    details.push_str(" time_wait");
+                }
+                for state in LIFECYCLE_ORDER {
+                    let ns = c.time_in_state[state_index(state)];
+                    if ns > 0 {
+                        let _ = write!(details, " {state}={:.3}", millis(ns));
+                    }
+                }
+                let r = c.retransmits;
+                if r.syn + r.synack + r.data + r.fin > 0 {
+                    let _ = write!(details, " rtx(syn={},data={},fin={})", r.syn, r.data, r.fin);
+                }
+                writeln!(
+                    out,
+                    "{:<12} {:<7} {:<15} {:<23} {:<23} {what} {life:>8}  {details}",
+                    self.clock.time_of_day(f.end_ns),
+                    if c.pid == 0 {
+                        "-".to_owned()
+                    } else {
+                        c.pid.to_string()
+                    },
+                    if c.comm.is_empty() { "-" } else { &c.comm },
+                    endpoint(c.tuple.local, c.tuple.local_port),
+                    endpoint(c.tuple.remote, c.tuple.remote_port),
+                )
+            }
         }
     }
 

@@ -638,3 +638,100 @@ fn accepted_by_another_process() {
         ]
     );
 }
+
+/// `--lifecycle --no-events`: one line per finished connection, with who
+/// opened and closed it, how it ended, and TIME_WAIT on the active closer.
+#[test]
+fn lifecycle_lines() {
+    if !privileged_or_skip("lifecycle_lines") {
+        return;
+    }
+    let ns = Netns::new("lif");
+    let tracer = Tracer::start(&ns, &["--lifecycle", "--no-events"]);
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
+    client.ok("send hello");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    assert_eq!(client.cmd("connect 127.0.0.1 9"), "err ConnectionRefused");
+    let abort_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    client.ok("linger0");
+    client.ok("close");
+    let (events, stderr) = tracer.stop();
+
+    assert!(
+        events.iter().all(|e| e["kind"] == "lifecycle"),
+        "{events:#?}"
+    );
+    let line = |sport: u16, dport: u16| -> &Value {
+        let found: Vec<_> = events
+            .iter()
+            .filter(|e| e["sport"] == sport && e["dport"] == dport)
+            .collect();
+        assert_eq!(found.len(), 1, "one line for {sport}->{dport}: {events:#?}");
+        found[0]
+    };
+    let c = line(client_port, port);
+    assert_eq!(
+        (
+            c["opener"].as_str(),
+            c["closer"].as_str(),
+            c["end"].as_str()
+        ),
+        (Some("active"), Some("active"), Some("normal_close"))
+    );
+    assert_eq!(c["time_wait"], true);
+    assert_eq!(
+        (c["pid"].as_u64(), c["comm"].as_str()),
+        (Some(client.pid.into()), Some(CLIENT))
+    );
+    for state in ["SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"] {
+        assert!(
+            c["state_ms"][state].as_f64().is_some_and(|ms| ms > 0.0),
+            "{state} in {c}"
+        );
+    }
+    let life = c["lifetime_ms"].as_f64().unwrap_or(0.0);
+    let sum: f64 = c["state_ms"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_f64).sum())
+        .unwrap_or(0.0);
+    assert!(
+        (life - sum).abs() < 0.01,
+        "state times add up to the lifetime: {c}"
+    );
+
+    let s = line(port, client_port);
+    assert_eq!(
+        (
+            s["opener"].as_str(),
+            s["closer"].as_str(),
+            s["end"].as_str()
+        ),
+        (Some("passive"), Some("passive"), Some("normal_close"))
+    );
+    assert_eq!(s["time_wait"], false);
+    assert_eq!(s["pid"], server.pid);
+
+    let refused: Vec<_> = events.iter().filter(|e| e["dport"] == 9).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["end"], "connect_refused");
+    assert_eq!(refused[0]["resets_received"], 1);
+
+    let aborted = line(abort_port, port);
+    assert_eq!(
+        (aborted["end"].as_str(), aborted["resets_sent"].as_u64()),
+        (Some("reset_sent"), Some(1))
+    );
+    assert_eq!(line(port, abort_port)["end"], "reset_received");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("finished connections shown")),
+        "{stderr:?}"
+    );
+}

@@ -13,10 +13,11 @@ use tokio::{
 };
 
 use crate::{
-    clock::WallClock,
+    clock::{monotonic_ns, WallClock},
     event::{decode, TcpState},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
+    model::{Limits, Model, Outcome},
     output::{Renderer, Style},
 };
 
@@ -61,6 +62,15 @@ pub struct TraceArgs {
     /// Only IPv6 connections.
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+
+    /// Also print one line per finished connection: who opened and closed
+    /// it, how it ended, its lifetime and the time spent in each state.
+    #[arg(long)]
+    pub lifecycle: bool,
+
+    /// Hide the per-event lines (with --lifecycle: one line per connection, like tcplife).
+    #[arg(long, requires = "lifecycle")]
+    pub no_events: bool,
 
     /// Colour the output: auto (when stdout is a terminal), always or never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -117,6 +127,7 @@ impl TraceArgs {
 struct Tally {
     received: u64,
     shown: u64,
+    lifecycle: u64,
     malformed: u64,
 }
 
@@ -175,30 +186,51 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         .map_err(io::Error::from)
         .context("cannot poll the ring buffer")?;
 
-    let drain =
-        |ring: &mut AsyncFd<_>, out: &mut BufWriter<_>, tally: &mut Tally| -> io::Result<()> {
-            let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
-            while let Some(item) = ring.next() {
-                tally.received += 1;
-                match decode(&item).map(|mut ev| {
-                    snapshot.attribute(&mut ev);
-                    ev
-                }) {
-                    Ok(ev) if filter.matches(&ev) => {
+    let mut model = args.lifecycle.then(|| Model::new(Limits::default()));
+    let show_events = !args.no_events;
+    let lifecycle_lines = std::cell::Cell::new(0u64);
+    let finish = |outcomes: Vec<Outcome>, out: &mut BufWriter<_>| -> io::Result<()> {
+        for outcome in outcomes {
+            if let Outcome::Finished(f) = outcome {
+                if filter.matches_connection(&f.connection) {
+                    lifecycle_lines.set(lifecycle_lines.get() + 1);
+                    renderer.write_lifecycle(out, &f)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    let drain = |ring: &mut AsyncFd<_>,
+                 out: &mut BufWriter<_>,
+                 tally: &mut Tally,
+                 model: &mut Option<Model>|
+     -> io::Result<()> {
+        let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
+        while let Some(item) = ring.next() {
+            tally.received += 1;
+            match decode(&item).map(|mut ev| {
+                snapshot.attribute(&mut ev);
+                ev
+            }) {
+                Ok(ev) => {
+                    if let Some(model) = model.as_mut() {
+                        finish(model.apply(&ev), out)?;
+                    }
+                    if show_events && filter.matches(&ev) {
                         tally.shown += 1;
                         renderer.write(out, &ev)?;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tally.malformed += 1;
-                        if tally.malformed == 1 {
-                            warn!("skipping malformed event: {e}");
-                        }
+                }
+                Err(e) => {
+                    tally.malformed += 1;
+                    if tally.malformed == 1 {
+                        warn!("skipping malformed event: {e}");
                     }
                 }
             }
-            out.flush()
-        };
+        }
+        out.flush()
+    };
 
     let outcome: io::Result<()> = loop {
         tokio::select! {
@@ -206,9 +238,13 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 let mut guard = guard.context("cannot poll the ring buffer")?;
                 guard.clear_ready();
                 drop(guard);
-                if let Err(e) = drain(&mut ring, &mut out, &mut tally) { break Err(e) }
+                if let Err(e) = drain(&mut ring, &mut out, &mut tally, &mut model) { break Err(e) }
             }
             _ = ticker.tick() => {
+                if let Some(model) = model.as_mut() {
+                    let expired = model.expire(monotonic_ns());
+                    if let Err(e) = finish(expired, &mut out).and_then(|()| out.flush()) { break Err(e) }
+                }
                 let now = counters_map.read().unwrap_or_default();
                 if now.ringbuf_full > reported.ringbuf_full {
                     eprintln!(
@@ -228,7 +264,13 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break Ok(()),
         }
     };
-    let flushed = outcome.and_then(|()| drain(&mut ring, &mut out, &mut tally));
+    let flushed = outcome
+        .and_then(|()| drain(&mut ring, &mut out, &mut tally, &mut model))
+        .and_then(|()| match model.as_mut() {
+            // Closes still waiting for a possible reset are decided now.
+            Some(m) => finish(m.expire(u64::MAX), &mut out).and_then(|()| out.flush()),
+            None => Ok(()),
+        });
     match flushed {
         Ok(()) => {}
         // A closed pipe (`| head`) is a normal way to stop.
@@ -236,6 +278,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("cannot write events"),
     }
     let counters = counters_map.read().unwrap_or_default();
+    tally.lifecycle = lifecycle_lines.get();
     report(&tally, &counters, attached);
     Ok(())
 }
@@ -245,6 +288,9 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
         "tcpwatch: {} events received, {} shown from {attached} tracepoints",
         tally.received, tally.shown
     );
+    if tally.lifecycle > 0 {
+        line.push_str(&format!(", {} finished connections shown", tally.lifecycle));
+    }
     if counters.ringbuf_full > 0 {
         line.push_str(&format!(
             "; {} events LOST (ring buffer full)",

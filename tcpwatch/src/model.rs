@@ -1,0 +1,996 @@
+//! The connection lifecycle model: one record per connection from birth to
+//! death, built from decoded events alone. Pure: no I/O, no clock of its
+//! own (time comes from the events' monotonic timestamps), so tests drive it
+//! with hand-written event sequences.
+//!
+//! What the kernel does not show, the model infers: TIME_WAIT never appears
+//! in `inet_sock_set_state` (the full socket goes `FIN_WAIT2 -> CLOSE` or
+//! `CLOSING -> CLOSE` while a timewait socket takes over), so a close of
+//! the active closer that no reset caused enters the TIME_WAIT table.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::event::{EventKind, TcpEvent, TcpState};
+
+/// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, include/net/tcp.h).
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// States in the order a connection's life passes through them, for display.
+pub const LIFECYCLE_ORDER: [TcpState; 10] = [
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::Established,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::Closing,
+    TcpState::TimeWait,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Close,
+];
+
+/// How long a close waits for the reset of an abortive close, which the
+/// kernel sends in the same system call right after the CLOSE.
+pub const RESET_GRACE_NS: u64 = 50_000_000;
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Opener {
+    /// This host called connect().
+    Active,
+    /// This host accepted it.
+    Passive,
+    /// Opened before tcpwatch saw it.
+    Unknown,
+}
+
+/// Who closed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Closer {
+    /// This host sent the first FIN (it keeps the TIME_WAIT).
+    Active,
+    /// The peer sent the first FIN.
+    Passive,
+    /// Both FINs crossed (`CLOSING`).
+    Simultaneous,
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// FIN handshake completed.
+    NormalClose,
+    /// The peer reset it.
+    ResetReceived,
+    /// This host reset it (abortive close, or data after close).
+    ResetSent,
+    /// SYNs went unanswered until tcp_syn_retries ran out.
+    ConnectTimeout,
+    /// The SYN was answered by a reset.
+    ConnectRefused,
+    /// Data went unacknowledged until tcp_retries2 (or keep-alive) gave up.
+    RetransmitTimeout,
+    /// Closed with no sign of why (for example a SYN_RECV child dropped).
+    Aborted,
+}
+
+impl Opener {
+    /// The name used in JSON and on screen.
+    pub fn name(self) -> &'static str {
+        match self {
+            Opener::Active => "active",
+            Opener::Passive => "passive",
+            Opener::Unknown => "unknown",
+        }
+    }
+}
+
+impl Closer {
+    /// The name used in JSON and on screen.
+    pub fn name(self) -> &'static str {
+        match self {
+            Closer::Active => "active",
+            Closer::Passive => "passive",
+            Closer::Simultaneous => "simultaneous",
+        }
+    }
+}
+
+impl EndReason {
+    /// The stable name used in JSON, on screen and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::NormalClose => "normal_close",
+            EndReason::ResetReceived => "reset_received",
+            EndReason::ResetSent => "reset_sent",
+            EndReason::ConnectTimeout => "connect_timeout",
+            EndReason::ConnectRefused => "connect_refused",
+            EndReason::RetransmitTimeout => "retransmit_timeout",
+            EndReason::Aborted => "aborted",
+        }
+    }
+}
+
+/// Retransmissions of one connection by phase of its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Retransmits {
+    pub syn: u32,
+    pub synack: u32,
+    pub data: u32,
+    pub fin: u32,
+}
+
+/// A 4-tuple in a network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FourTuple {
+    pub netns: u32,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+}
+
+impl FourTuple {
+    fn of(ev: &TcpEvent) -> Self {
+        FourTuple {
+            netns: ev.netns,
+            local: ev.saddr,
+            local_port: ev.sport,
+            remote: ev.daddr,
+            remote_port: ev.dport,
+        }
+    }
+}
+
+/// One connection's record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Connection {
+    pub skaddr: u64,
+    pub tuple: FourTuple,
+    pub pid: u32,
+    pub comm: String,
+    pub opener: Opener,
+    pub closer: Option<Closer>,
+    /// Monotonic birth time; `None` when born before tcpwatch saw it.
+    pub born_ns: Option<u64>,
+    pub state: TcpState,
+    pub state_since_ns: u64,
+    /// Nanoseconds spent in each state, indexed by `state as usize`
+    /// (only states the record was seen to enter and leave).
+    pub time_in_state: [u64; 12],
+    pub retransmits: Retransmits,
+    pub resets_sent: u32,
+    pub resets_received: u32,
+}
+
+/// What a finished connection looked like, for `--lifecycle` and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub connection: Connection,
+    pub end_ns: u64,
+    pub end: EndReason,
+    /// Whether the connection went on in a TIME_WAIT socket.
+    pub time_wait: bool,
+}
+
+impl Finished {
+    /// Lifetime from birth to close, when the birth was seen.
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.connection
+            .born_ns
+            .map(|b| self.end_ns.saturating_sub(b))
+    }
+}
+
+/// An entry of the TIME_WAIT table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeWait {
+    pub entered_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What applying an event produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A connection's record closed.
+    Finished(Finished),
+    /// A new outgoing connection took a 4-tuple still in TIME_WAIT
+    /// (tcp_tw_reuse), `age_ns` after it entered TIME_WAIT.
+    TimeWaitReused {
+        tuple: FourTuple,
+        age_ns: u64,
+        pid: u32,
+        comm: String,
+    },
+    /// A new incoming SYN took over a 4-tuple in TIME_WAIT on this host.
+    TimeWaitSynReused { tuple: FourTuple, age_ns: u64 },
+}
+
+/// Limits that keep the model's memory bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Live connection records kept; the oldest are evicted beyond it.
+    pub max_connections: usize,
+    /// TIME_WAIT entries kept; the oldest are evicted beyond it.
+    pub max_time_wait: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 262_144,
+            max_time_wait: 262_144,
+        }
+    }
+}
+
+/// Counters about the model itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    pub connections_evicted: u64,
+    pub time_wait_evicted: u64,
+    pub time_wait_expired: u64,
+}
+
+/// All live connections and the TIME_WAIT table.
+#[derive(Debug, Default)]
+pub struct Model {
+    limits: Limits,
+    connections: HashMap<u64, Connection>,
+    /// Birth order of `connections`, for eviction; may hold stale addresses.
+    order: VecDeque<(u64, u64)>,
+    /// Per socket: a reset was received or sent since its last state event.
+    pending_reset: HashMap<u64, EventKind>,
+    /// Closes without a reset yet, from states a reset may follow (an
+    /// abortive close sends it after the CLOSE).
+    parked: HashMap<u64, Finished>,
+    time_wait: HashMap<FourTuple, TimeWait>,
+    time_wait_order: VecDeque<(FourTuple, u64)>,
+    stats: ModelStats,
+}
+
+fn is_birth(old: TcpState, new: TcpState) -> bool {
+    matches!(
+        (old, new),
+        (TcpState::Close, TcpState::SynSent) | (TcpState::Listen, TcpState::SynRecv)
+    )
+}
+
+impl Model {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    pub fn stats(&self) -> ModelStats {
+        self.stats
+    }
+
+    pub fn connections(&self) -> impl Iterator<Item = &Connection> {
+        self.connections.values()
+    }
+
+    pub fn time_wait(&self) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
+        self.time_wait.iter()
+    }
+
+    /// Applies one event; returns what it completed or revealed.
+    pub fn apply(&mut self, ev: &TcpEvent) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        match ev.kind {
+            EventKind::State => self.apply_state(ev, &mut out),
+            EventKind::Retransmit => {
+                if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+                    let phase = match ev.new_state {
+                        Some(TcpState::SynSent) => &mut c.retransmits.syn,
+                        Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing) => {
+                            &mut c.retransmits.fin
+                        }
+                        _ => &mut c.retransmits.data,
+                    };
+                    *phase += 1;
+                }
+            }
+            // The listener retransmits for a request socket that has no
+            // record yet; counted when the child is born, in metrics later.
+            EventKind::SynackRetransmit => {}
+            EventKind::ResetSent | EventKind::ResetReceived => {
+                if ev.skaddr != 0 {
+                    if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+                        if ev.kind == EventKind::ResetSent {
+                            c.resets_sent += 1;
+                        } else {
+                            c.resets_received += 1;
+                        }
+                    }
+                    if let Some(mut parked) = self.parked.remove(&ev.skaddr) {
+                        // An abortive close: the kernel moves the socket to
+                        // CLOSE first and sends the reset right after.
+                        parked.end = if ev.kind == EventKind::ResetSent {
+                            parked.connection.resets_sent += 1;
+                            EndReason::ResetSent
+                        } else {
+                            parked.connection.resets_received += 1;
+                            EndReason::ResetReceived
+                        };
+                        out.push(Outcome::Finished(parked));
+                    } else {
+                        // The CLOSE that follows explains itself by it.
+                        if self.pending_reset.len() >= self.limits.max_connections {
+                            // Resets of sockets that never closed in sight.
+                            self.pending_reset.clear();
+                        }
+                        self.pending_reset.insert(ev.skaddr, ev.kind);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn apply_state(&mut self, ev: &TcpEvent, out: &mut Vec<Outcome>) {
+        let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
+            return;
+        };
+        if old == TcpState::Close && new == TcpState::Listen
+            || old == TcpState::Listen && new == TcpState::Close
+        {
+            // Listeners are not connections.
+            return;
+        }
+        if is_birth(old, new) {
+            self.born(ev, new, out);
+            return;
+        }
+        let tuple = FourTuple::of(ev);
+        let Some(c) = self.connections.get_mut(&ev.skaddr) else {
+            // A connection older than tcpwatch, or whose birth was evicted.
+            if new == TcpState::Close {
+                self.pending_reset.remove(&ev.skaddr);
+            } else {
+                self.insert(Connection {
+                    skaddr: ev.skaddr,
+                    tuple,
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
+                    opener: Opener::Unknown,
+                    closer: closer_of(old, new),
+                    born_ns: None,
+                    state: new,
+                    state_since_ns: ev.ts_ns,
+                    time_in_state: [0; 12],
+                    retransmits: Retransmits::default(),
+                    resets_sent: 0,
+                    resets_received: 0,
+                });
+            }
+            return;
+        };
+        if ev.pid != 0 {
+            c.pid = ev.pid;
+            c.comm.clone_from(&ev.comm);
+        }
+        // The source port is 0 at SYN_SENT until the kernel picks one.
+        c.tuple = tuple;
+        // Same-state events (FIN_WAIT1 -> FIN_WAIT1) change nothing.
+        if old != new {
+            if c.state == old {
+                c.time_in_state[state_index(old)] += ev.ts_ns.saturating_sub(c.state_since_ns);
+            }
+            c.state = new;
+            c.state_since_ns = ev.ts_ns;
+        }
+        if c.closer.is_none() {
+            c.closer = closer_of(old, new);
+        } else if new == TcpState::Closing {
+            c.closer = Some(Closer::Simultaneous);
+        }
+        if old == TcpState::SynSent && new == TcpState::Established {
+            let reused = self.time_wait.remove(&tuple);
+            if let Some(tw) = reused {
+                out.push(Outcome::TimeWaitReused {
+                    tuple,
+                    age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
+                });
+            }
+        }
+        if new == TcpState::Close {
+            self.died(ev, old, out);
+        }
+    }
+
+    fn born(&mut self, ev: &TcpEvent, new: TcpState, out: &mut Vec<Outcome>) {
+        let tuple = FourTuple::of(ev);
+        self.pending_reset.remove(&ev.skaddr);
+        // The address was freed and reused: whatever it held is over.
+        self.connections.remove(&ev.skaddr);
+        if let Some(parked) = self.parked.remove(&ev.skaddr) {
+            out.push(Outcome::Finished(parked));
+        }
+        if new == TcpState::SynRecv {
+            if let Some(tw) = self.time_wait.remove(&tuple) {
+                out.push(Outcome::TimeWaitSynReused {
+                    tuple,
+                    age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
+                });
+            }
+        }
+        self.insert(Connection {
+            skaddr: ev.skaddr,
+            tuple,
+            pid: ev.pid,
+            comm: ev.comm.clone(),
+            opener: if new == TcpState::SynSent {
+                Opener::Active
+            } else {
+                Opener::Passive
+            },
+            closer: None,
+            born_ns: Some(ev.ts_ns),
+            state: new,
+            state_since_ns: ev.ts_ns,
+            time_in_state: [0; 12],
+            retransmits: Retransmits::default(),
+            resets_sent: 0,
+            resets_received: 0,
+        });
+    }
+
+    fn insert(&mut self, c: Connection) {
+        let addr = c.skaddr;
+        let since = c.state_since_ns;
+        self.connections.insert(addr, c);
+        self.order.push_back((addr, since));
+        while self.connections.len() > self.limits.max_connections {
+            let Some((victim, _)) = self.order.pop_front() else {
+                break;
+            };
+            if self.connections.remove(&victim).is_some() {
+                self.stats.connections_evicted += 1;
+            }
+        }
+        // Drop stale order entries so the queue cannot outgrow the map.
+        if self.order.len() > 2 * self.limits.max_connections.max(16) {
+            let live = &self.connections;
+            self.order.retain(|(a, _)| live.contains_key(a));
+        }
+    }
+
+    fn died(&mut self, ev: &TcpEvent, old: TcpState, out: &mut Vec<Outcome>) {
+        let Some(connection) = self.connections.remove(&ev.skaddr) else {
+            return;
+        };
+        let reset = self.pending_reset.remove(&ev.skaddr);
+        let end = match (old, reset) {
+            (TcpState::SynSent, Some(EventKind::ResetReceived)) => EndReason::ConnectRefused,
+            (TcpState::SynSent, _) if connection.retransmits.syn > 0 => EndReason::ConnectTimeout,
+            (_, Some(EventKind::ResetReceived)) => EndReason::ResetReceived,
+            (_, Some(_)) => EndReason::ResetSent,
+            (
+                TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait,
+                None,
+            ) => EndReason::NormalClose,
+            (TcpState::SynSent, None) => EndReason::Aborted,
+            (_, None) => {
+                // A reset may still follow (abortive close); decide at the
+                // reset or once the grace period has passed.
+                let end = if connection.retransmits.data > 0 || connection.retransmits.fin > 0 {
+                    EndReason::RetransmitTimeout
+                } else {
+                    EndReason::Aborted
+                };
+                let parked = Finished {
+                    connection,
+                    end_ns: ev.ts_ns,
+                    end,
+                    time_wait: false,
+                };
+                self.parked.insert(ev.skaddr, parked);
+                return;
+            }
+        };
+        let time_wait =
+            end == EndReason::NormalClose && matches!(old, TcpState::FinWait2 | TcpState::Closing);
+        if time_wait {
+            self.enter_time_wait(connection.tuple, ev.ts_ns, &connection);
+        }
+        out.push(Outcome::Finished(Finished {
+            connection,
+            end_ns: ev.ts_ns,
+            end,
+            time_wait,
+        }));
+    }
+
+    fn enter_time_wait(&mut self, tuple: FourTuple, now: u64, c: &Connection) {
+        self.time_wait.insert(
+            tuple,
+            TimeWait {
+                entered_ns: now,
+                pid: c.pid,
+                comm: c.comm.clone(),
+            },
+        );
+        self.time_wait_order.push_back((tuple, now));
+        while self.time_wait.len() > self.limits.max_time_wait {
+            let Some((victim, entered)) = self.time_wait_order.pop_front() else {
+                break;
+            };
+            if self
+                .time_wait
+                .get(&victim)
+                .is_some_and(|tw| tw.entered_ns == entered)
+            {
+                self.time_wait.remove(&victim);
+                self.stats.time_wait_evicted += 1;
+            }
+        }
+    }
+
+    /// Ages the model to `now_ns` (monotonic): closes parked past their
+    /// grace period are finished, and TIME_WAIT entries older than the
+    /// kernel's 60 s are gone from the kernel too.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Outcome> {
+        let mut due: Vec<u64> = self
+            .parked
+            .iter()
+            .filter(|(_, f)| now_ns.saturating_sub(f.end_ns) >= RESET_GRACE_NS)
+            .map(|(addr, _)| *addr)
+            .collect();
+        due.sort_unstable_by_key(|addr| self.parked.get(addr).map(|f| f.end_ns));
+        let finished = due
+            .into_iter()
+            .filter_map(|a| self.parked.remove(&a))
+            .map(Outcome::Finished)
+            .collect();
+        while let Some(&(tuple, entered)) = self.time_wait_order.front() {
+            if now_ns.saturating_sub(entered) < TIME_WAIT_NS {
+                break;
+            }
+            self.time_wait_order.pop_front();
+            if self
+                .time_wait
+                .get(&tuple)
+                .is_some_and(|tw| tw.entered_ns == entered)
+            {
+                self.time_wait.remove(&tuple);
+                self.stats.time_wait_expired += 1;
+            }
+        }
+        // Reuse and takeover remove entries without touching the queue.
+        if self.time_wait_order.len() > 2 * self.limits.max_time_wait.max(16) {
+            let live = &self.time_wait;
+            self.time_wait_order
+                .retain(|(t, e)| live.get(t).is_some_and(|tw| tw.entered_ns == *e));
+        }
+        finished
+    }
+}
+
+/// Index of a state in `Connection::time_in_state`.
+pub fn state_index(s: TcpState) -> usize {
+    TcpState::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// The closer implied by one transition.
+fn closer_of(old: TcpState, new: TcpState) -> Option<Closer> {
+    match (old, new) {
+        (_, TcpState::FinWait1) => Some(Closer::Active),
+        (_, TcpState::CloseWait) => Some(Closer::Passive),
+        (_, TcpState::Closing) => Some(Closer::Simultaneous),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::OwnerSource;
+    use TcpState::*;
+
+    const MS: u64 = 1_000_000;
+    const SK: u64 = 0xffff_8880_0000_1000;
+
+    fn ev(ts_ms: u64, sk: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
+        TcpEvent {
+            ts_ns: ts_ms * MS,
+            skaddr: sk,
+            kind,
+            pid: 42,
+            comm: "client".into(),
+            owner: OwnerSource::Connect,
+            netns: 7,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: if (old, new) == (Close, SynSent) {
+                0
+            } else {
+                40000
+            },
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 80,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+        }
+    }
+
+    fn st(ts_ms: u64, sk: u64, old: TcpState, new: TcpState) -> TcpEvent {
+        ev(ts_ms, sk, EventKind::State, old, new)
+    }
+
+    fn run(model: &mut Model, events: &[TcpEvent]) -> Vec<Outcome> {
+        events.iter().flat_map(|e| model.apply(e)).collect()
+    }
+
+    fn finished(outcomes: &[Outcome]) -> Vec<&Finished> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Finished(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tuple() -> FourTuple {
+        FourTuple {
+            netns: 7,
+            local: "10.0.0.1".parse().unwrap(),
+            local_port: 40000,
+            remote: "10.0.0.2".parse().unwrap(),
+            remote_port: 80,
+        }
+    }
+
+    fn active_close(model: &mut Model, sk: u64, t0: u64) -> Vec<Outcome> {
+        run(
+            model,
+            &[
+                st(t0, sk, Close, SynSent),
+                st(t0 + 1, sk, SynSent, Established),
+                st(t0 + 11, sk, Established, FinWait1),
+                st(t0 + 12, sk, FinWait1, FinWait1),
+                st(t0 + 13, sk, FinWait1, FinWait2),
+                st(t0 + 15, sk, FinWait2, Close),
+            ],
+        )
+    }
+
+    #[test]
+    fn active_open_and_close_enters_time_wait() {
+        let mut m = Model::default();
+        let out = active_close(&mut m, SK, 0);
+        let f = finished(&out);
+        assert_eq!(f.len(), 1);
+        let f = f[0];
+        assert_eq!((f.end, f.time_wait), (EndReason::NormalClose, true));
+        let c = &f.connection;
+        assert_eq!((c.opener, c.closer), (Opener::Active, Some(Closer::Active)));
+        // The port chosen after SYN_SENT is the one recorded.
+        assert_eq!(c.tuple, tuple());
+        assert_eq!(c.time_in_state[state_index(SynSent)], MS);
+        assert_eq!(c.time_in_state[state_index(Established)], 10 * MS);
+        // The same-state FIN_WAIT1 event does not split or double the time.
+        assert_eq!(c.time_in_state[state_index(FinWait1)], 2 * MS);
+        assert_eq!(c.time_in_state[state_index(FinWait2)], 2 * MS);
+        assert_eq!(f.lifetime_ns(), Some(15 * MS));
+        let tw: Vec<_> = m.time_wait().collect();
+        assert_eq!(tw.len(), 1);
+        assert_eq!(
+            (*tw[0].0, tw[0].1.entered_ns, tw[0].1.pid),
+            (tuple(), 15 * MS, 42)
+        );
+        assert_eq!(m.connections().count(), 0);
+    }
+
+    #[test]
+    fn passive_open_and_close() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Listen, SynRecv),
+                st(1, SK, SynRecv, Established),
+                st(5, SK, Established, CloseWait),
+                st(6, SK, CloseWait, LastAck),
+                st(7, SK, LastAck, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!(
+            (f.connection.opener, f.connection.closer),
+            (Opener::Passive, Some(Closer::Passive))
+        );
+        assert_eq!((f.end, f.time_wait), (EndReason::NormalClose, false));
+        assert_eq!(m.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn simultaneous_close_keeps_time_wait() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                st(2, SK, Established, FinWait1),
+                st(3, SK, FinWait1, Closing),
+                st(4, SK, Closing, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!(f.connection.closer, Some(Closer::Simultaneous));
+        assert!(f.time_wait);
+    }
+
+    #[test]
+    fn refused_and_timed_out_connects() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                ev(1, SK, EventKind::ResetReceived, SynSent, SynSent),
+                st(1, SK, SynSent, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::ConnectRefused);
+        assert_eq!(finished(&out)[0].connection.resets_received, 1);
+
+        let out = run(
+            &mut m,
+            &[
+                st(10, SK, Close, SynSent),
+                ev(1010, SK, EventKind::Retransmit, SynSent, SynSent),
+                ev(2010, SK, EventKind::Retransmit, SynSent, SynSent),
+                st(3010, SK, SynSent, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!(f.end, EndReason::ConnectTimeout);
+        assert_eq!(
+            f.connection.retransmits,
+            Retransmits {
+                syn: 2,
+                ..Default::default()
+            }
+        );
+        assert_eq!(f.connection.time_in_state[state_index(SynSent)], 3000 * MS);
+    }
+
+    #[test]
+    fn reset_before_close_and_reset_after_close() {
+        let mut m = Model::default();
+        // The peer resets: the reset arrives before the CLOSE.
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Listen, SynRecv),
+                st(1, SK, SynRecv, Established),
+                ev(2, SK, EventKind::ResetReceived, Established, Established),
+                st(2, SK, Established, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::ResetReceived);
+
+        // SO_LINGER 0: CLOSE first, the reset right after.
+        let sk = SK + 0x100;
+        let out = run(
+            &mut m,
+            &[
+                st(10, sk, Close, SynSent),
+                st(11, sk, SynSent, Established),
+                st(12, sk, Established, Close),
+            ],
+        );
+        assert!(
+            finished(&out).is_empty(),
+            "waits for a reset that may follow"
+        );
+        let out = m.apply(&ev(12, sk, EventKind::ResetSent, Close, Close));
+        let f = finished(&out)[0];
+        assert_eq!((f.end, f.connection.resets_sent), (EndReason::ResetSent, 1));
+        assert!(m.expire(1000 * MS).is_empty(), "finished once only");
+    }
+
+    #[test]
+    fn unexplained_close_is_decided_after_the_grace_period() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                ev(100, SK, EventKind::Retransmit, Established, Established),
+                ev(300, SK, EventKind::Retransmit, Established, Established),
+                st(900, SK, Established, Close),
+            ],
+        );
+        assert!(finished(&out).is_empty());
+        assert!(m.expire(900 * MS + RESET_GRACE_NS - 1).is_empty());
+        let out = m.expire(900 * MS + RESET_GRACE_NS);
+        let f = finished(&out)[0];
+        assert_eq!(f.end, EndReason::RetransmitTimeout);
+        assert_eq!(f.connection.retransmits.data, 2);
+    }
+
+    #[test]
+    fn socket_address_reused_after_close_is_a_new_connection() {
+        let mut m = Model::default();
+        let first = active_close(&mut m, SK, 0);
+        assert_eq!(finished(&first).len(), 1);
+        let out = run(
+            &mut m,
+            &[
+                st(100, SK, Listen, SynRecv),
+                st(101, SK, SynRecv, Established),
+            ],
+        );
+        assert!(finished(&out).is_empty());
+        let c: Vec<_> = m.connections().collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].opener, c[0].born_ns),
+            (Opener::Passive, Some(100 * MS))
+        );
+    }
+
+    #[test]
+    fn tw_reuse_is_detected_on_the_reused_tuple() {
+        let mut m = Model::default();
+        active_close(&mut m, SK, 0);
+        let sk2 = SK + 0x200;
+        let out = run(
+            &mut m,
+            &[
+                st(10_015, sk2, Close, SynSent),
+                st(10_016, sk2, SynSent, Established),
+            ],
+        );
+        assert_eq!(
+            out,
+            [Outcome::TimeWaitReused {
+                tuple: tuple(),
+                age_ns: 10_001 * MS,
+                pid: 42,
+                comm: "client".into()
+            }]
+        );
+        assert_eq!(m.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn server_time_wait_taken_over_by_a_new_syn() {
+        let mut m = Model::default();
+        // The server closes first: TIME_WAIT is on the server's side.
+        run(
+            &mut m,
+            &[
+                st(0, SK, Listen, SynRecv),
+                st(1, SK, SynRecv, Established),
+                st(2, SK, Established, FinWait1),
+                st(3, SK, FinWait1, FinWait2),
+                st(4, SK, FinWait2, Close),
+            ],
+        );
+        assert_eq!(m.time_wait().count(), 1);
+        let out = m.apply(&st(5_004, SK + 8, Listen, SynRecv));
+        assert_eq!(
+            out,
+            [Outcome::TimeWaitSynReused {
+                tuple: tuple(),
+                age_ns: 5_000 * MS
+            }]
+        );
+    }
+
+    #[test]
+    fn time_wait_expires_after_sixty_seconds() {
+        let mut m = Model::default();
+        active_close(&mut m, SK, 0);
+        m.expire(15 * MS + TIME_WAIT_NS - 1);
+        assert_eq!(m.time_wait().count(), 1);
+        m.expire(15 * MS + TIME_WAIT_NS);
+        assert_eq!(m.time_wait().count(), 0);
+        assert_eq!(m.stats().time_wait_expired, 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_with_counted_evictions() {
+        let mut m = Model::new(Limits {
+            max_connections: 4,
+            max_time_wait: 2,
+        });
+        for i in 0..10 {
+            m.apply(&st(i, SK + i * 64, Close, SynSent));
+        }
+        assert_eq!(m.connections().count(), 4);
+        assert_eq!(m.stats().connections_evicted, 6);
+        for i in 0..5 {
+            let mut e = st(100 + i, SK + 0x10000 + i * 64, Listen, SynRecv);
+            e.dport = 1000 + i as u16;
+            m.apply(&e);
+            for (old, new) in [
+                (SynRecv, Established),
+                (Established, FinWait1),
+                (FinWait1, FinWait2),
+                (FinWait2, Close),
+            ] {
+                let mut e = st(100 + i, SK + 0x10000 + i * 64, old, new);
+                e.dport = 1000 + i as u16;
+                m.apply(&e);
+            }
+        }
+        assert_eq!(m.time_wait().count(), 2);
+        assert_eq!(m.stats().time_wait_evicted, 3);
+    }
+
+    #[test]
+    fn sockets_older_than_the_model_get_a_record_without_birth() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Established, CloseWait),
+                st(1, SK, CloseWait, LastAck),
+                st(2, SK, LastAck, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!(
+            (f.connection.opener, f.connection.born_ns, f.lifetime_ns()),
+            (Opener::Unknown, None, None)
+        );
+        assert_eq!(f.connection.closer, Some(Closer::Passive));
+        assert_eq!(f.end, EndReason::NormalClose);
+        // A close of a socket never seen alive leaves nothing behind.
+        assert!(run(&mut m, &[st(3, SK + 64, Established, Close)]).is_empty());
+        assert_eq!(m.connections().count(), 0);
+    }
+
+    #[test]
+    fn names_match_their_json() {
+        let json = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
+        for e in [
+            EndReason::NormalClose,
+            EndReason::ResetReceived,
+            EndReason::ResetSent,
+            EndReason::ConnectTimeout,
+            EndReason::ConnectRefused,
+            EndReason::RetransmitTimeout,
+            EndReason::Aborted,
+        ] {
+            assert_eq!(json(serde_json::to_value(e).unwrap()), e.name());
+        }
+        for o in [Opener::Active, Opener::Passive, Opener::Unknown] {
+            assert_eq!(json(serde_json::to_value(o).unwrap()), o.name());
+        }
+        for c in [Closer::Active, Closer::Passive, Closer::Simultaneous] {
+            assert_eq!(json(serde_json::to_value(c).unwrap()), c.name());
+        }
+    }
+
+    #[test]
+    fn listeners_are_not_connections() {
+        let mut m = Model::default();
+        assert!(run(
+            &mut m,
+            &[st(0, SK, Close, Listen), st(9, SK, Listen, Close)]
+        )
+        .is_empty());
+        assert_eq!(m.connections().count(), 0);
+    }
+}
