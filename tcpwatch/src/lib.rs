@@ -2,14 +2,17 @@
 //!
 //! The library holds everything below the command line so tests and later
 //! subcommands can use the decoding, filtering and rendering without a kernel.
+pub mod audit;
 pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod event;
 pub mod filter;
+pub mod finding;
 pub mod layout;
 pub mod loader;
 pub mod logging;
 pub mod model;
+pub mod netns;
 pub mod output;
 pub mod snapshot;

@@ -14,9 +14,18 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One sentence: the outermost context and its causes, no backtrace.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("tcpwatch: {}", chain.join(": "));
+            // One sentence: the outermost context and the causes it does
+            // not already quote, no backtrace.
+            let mut line = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !line.contains(&cause) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("tcpwatch: {line}");
             ExitCode::FAILURE
         }
     }

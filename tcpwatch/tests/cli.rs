@@ -46,6 +46,16 @@ fn every_trace_flag_is_documented() {
 }
 
 #[test]
+fn every_audit_flag_is_documented() {
+    let out = tcpwatch(&["audit", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--netns", "--json"] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+}
+
+#[test]
 fn bad_values_exit_2_with_one_message() {
     for args in [
         &["trace", "--port", "70000"][..],

@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand.
 use clap::{Parser, Subcommand};
 
+pub mod audit;
 pub mod trace;
 
 /// Observe the Linux kernel's TCP connection lifecycle with eBPF.
@@ -25,11 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Print every TCP state change, retransmit and reset as it happens.
     Trace(trace::TraceArgs),
+    /// Audit a network namespace's TCP sysctls and TcpExt counters.
+    Audit(audit::AuditArgs),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }

@@ -1,0 +1,67 @@
+//! Findings: what tcpwatch tells an operator, each with a stable kind, a
+//! severity, one sentence, the evidence, and what the kernel's behaviour
+//! implies should be done.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How much a finding matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Stable finding kinds (used in JSON and, later, in metrics labels).
+pub mod kind {
+    pub const SYSCTL_RISK: &str = "sysctl_risk";
+    pub const TIME_WAIT_OVERFLOW: &str = "time_wait_overflow";
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub severity: Severity,
+    /// One sentence.
+    pub summary: String,
+    /// The facts it rests on, by name.
+    pub evidence: BTreeMap<String, serde_json::Value>,
+    /// What to do, and why, in terms of what the kernel does.
+    pub remedy: String,
+}
+
+impl Finding {
+    pub fn new(kind: &'static str, severity: Severity, summary: impl Into<String>) -> Self {
+        Finding {
+            kind,
+            severity,
+            summary: summary.into(),
+            evidence: BTreeMap::new(),
+            remedy: String::new(),
+        }
+    }
+
+    pub fn evidence(mut self, name: &str, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.evidence.insert(name.to_owned(), value);
+        self
+    }
+
+    pub fn remedy(mut self, remedy: impl Into<String>) -> Self {
+        self.remedy = remedy.into();
+        self
+    }
+}
