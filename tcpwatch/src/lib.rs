@@ -6,6 +6,7 @@ pub mod audit;
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod detect;
 pub mod event;
 pub mod filter;
 pub mod finding;

@@ -195,6 +195,8 @@ pub struct TimeWait {
     pub entered_ns: u64,
     pub pid: u32,
     pub comm: String,
+    /// Who opened the connection: `Passive` is the server-side case.
+    pub opener: Opener,
 }
 
 /// What applying an event produced.
@@ -521,6 +523,7 @@ impl Model {
                 entered_ns: now,
                 pid: c.pid,
                 comm: c.comm.clone(),
+                opener: c.opener,
             },
         );
         self.time_wait_order.push_back((tuple, now));

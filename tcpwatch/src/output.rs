@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::{
     clock::WallClock,
+    detect::{Report, Status},
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
+    finding::Severity,
     model::{state_index, Closer, EndReason, Finished, Opener, Retransmits, LIFECYCLE_ORDER},
 };
 
@@ -139,6 +141,57 @@ impl Renderer {
                 out.write_all(b"\n")
             }
             Style::Human { color } => writeln!(out, "{}", self.human(ev, color)),
+        }
+    }
+
+    /// A finding raised, updated or resolved.
+    pub fn write_finding(&self, out: &mut impl Write, r: &Report) -> io::Result<()> {
+        let f = &r.finding;
+        match self.style {
+            Style::Json => {
+                let mut line = serde_json::Map::new();
+                line.insert("time".into(), self.clock.rfc3339(r.ts_ns).into());
+                line.insert("ts_ns".into(), r.ts_ns.into());
+                line.insert("kind".into(), "finding".into());
+                line.insert("finding".into(), f.kind.into());
+                line.insert("status".into(), r.status.name().into());
+                line.insert("severity".into(), f.severity.name().into());
+                line.insert("netns".into(), r.netns.into());
+                line.insert("summary".into(), f.summary.clone().into());
+                // Evidence fields (pid, comm, laddr, lport, raddr, rport,
+                // count, age_seconds, ...) at the top level, as documented.
+                for (name, value) in &f.evidence {
+                    line.entry(name.clone()).or_insert_with(|| value.clone());
+                }
+                line.insert("remedy".into(), f.remedy.clone().into());
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")
+            }
+            Style::Human { color } => {
+                let head = format!(
+                    "{} {} {}",
+                    r.status.name().to_uppercase(),
+                    f.severity.name(),
+                    f.kind
+                );
+                let head = match (color, f.severity, r.status) {
+                    (true, _, Status::Resolved) => format!("\x1b[32m{head}\x1b[0m"),
+                    (true, Severity::Critical, _) => format!("\x1b[31;1m{head}\x1b[0m"),
+                    (true, Severity::Warning, _) => format!("\x1b[33;1m{head}\x1b[0m"),
+                    (true, Severity::Info, _) => format!("\x1b[36m{head}\x1b[0m"),
+                    _ => head,
+                };
+                writeln!(
+                    out,
+                    "{:<12} {head}: {}",
+                    self.clock.time_of_day(r.ts_ns),
+                    f.summary
+                )?;
+                if r.status != Status::Resolved {
+                    writeln!(out, "{:<12} -> {}", "", f.remedy)?;
+                }
+                Ok(())
+            }
         }
     }
 

@@ -440,6 +440,20 @@ fn syn_retransmits_against_full_accept_queue() {
     }
     assert_owned_by(client_sock, &client);
     let close = client_sock.last().expect("events");
+    // And the finding that names the process and the endpoint.
+    let timeout = findings(&events, "connect_timeout");
+    assert_eq!(timeout.len(), 1, "{events:#?}");
+    assert_eq!(
+        (timeout[0]["pid"].as_u64(), timeout[0]["rport"].as_u64()),
+        (Some(client.pid.into()), Some(port.into()))
+    );
+    assert!(
+        timeout[0]["syn_retransmits"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{}",
+        timeout[0]
+    );
     let syn_sent_ms = close["ms"].as_f64().unwrap_or(0.0);
     assert!(
         (2500.0..5000.0).contains(&syn_sent_ms),
@@ -663,10 +677,21 @@ fn lifecycle_lines() {
     client.ok("close");
     let (events, stderr) = tracer.stop();
 
-    assert!(
-        events.iter().all(|e| e["kind"] == "lifecycle"),
-        "{events:#?}"
+    // Besides lifecycle lines, only the finding about the refused connect.
+    let refused_finding = findings(&events, "connect_refused");
+    assert_eq!(refused_finding.len(), 1, "{events:#?}");
+    assert_eq!(refused_finding[0]["status"], "raised");
+    assert_eq!(
+        (
+            refused_finding[0]["pid"].as_u64(),
+            refused_finding[0]["rport"].as_u64()
+        ),
+        (Some(client.pid.into()), Some(9))
     );
+    let events: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e["kind"] == "lifecycle")
+        .collect();
     let line = |sport: u16, dport: u16| -> &Value {
         let found: Vec<_> = events
             .iter()
@@ -734,4 +759,166 @@ fn lifecycle_lines() {
             .any(|l| l.contains("finished connections shown")),
         "{stderr:?}"
     );
+}
+
+/// A server that never closes the connections its clients closed: a
+/// CLOSE_WAIT leak, attributed to the server's pid and port, resolved once
+/// it finally closes them.
+#[test]
+fn close_wait_leak_finding() {
+    if !privileged_or_skip("close_wait_leak_finding") {
+        return;
+    }
+    let ns = Netns::new("cwl");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--close-wait-age",
+            "1s",
+            "--finding-interval",
+            "1s",
+        ],
+    );
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    for _ in 0..2 {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        server.ok("accept");
+        client.ok("close");
+        server.ok("keep");
+    }
+    let close_wait = || {
+        ns.exec(&["ss", "-tanH", "state", "close-wait"])
+            .lines()
+            .count()
+    };
+    assert_eq!(close_wait(), 2, "ground truth: two sockets in CLOSE_WAIT");
+    thread::sleep(Duration::from_millis(2500));
+    server.ok("close_kept");
+    assert!(wait_until(Duration::from_secs(3), || close_wait() == 0));
+    thread::sleep(Duration::from_millis(1500));
+    let (lines, _) = tracer.stop();
+
+    let reports = findings(&lines, "close_wait_leak");
+    let raised: Vec<_> = reports.iter().filter(|r| r["status"] == "raised").collect();
+    assert_eq!(raised.len(), 1, "raised once: {reports:#?}");
+    let f = raised[0];
+    assert_eq!(
+        (f["pid"].as_u64(), f["comm"].as_str(), f["lport"].as_u64()),
+        (Some(server.pid.into()), Some(SERVER), Some(port.into()))
+    );
+    assert_eq!(f["count"], 2);
+    assert!(f["age_seconds"].as_f64().is_some_and(|a| a >= 1.0), "{f}");
+    assert_eq!(f["severity"], "warning");
+    assert!(
+        reports.iter().any(|r| r["status"] == "resolved"),
+        "resolved once closed: {reports:#?}"
+    );
+}
+
+/// A server that closes first keeps the TIME_WAIT sockets: a buildup on its
+/// listening port (threshold lowered for the test).
+#[test]
+fn server_side_time_wait_buildup_finding() {
+    if !privileged_or_skip("server_side_time_wait_buildup_finding") {
+        return;
+    }
+    let ns = Netns::new("twb");
+    let tracer = Tracer::start(&ns, &["--no-events", "--time-wait-threshold", "3"]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    for _ in 0..3 {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        server.ok("accept");
+        server.ok("close");
+        client.ok("read_eof");
+        client.ok("close");
+    }
+    let ss = ns
+        .exec(&[
+            "ss",
+            "-tanH",
+            "state",
+            "time-wait",
+            "sport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .lines()
+        .count();
+    assert_eq!(
+        ss, 3,
+        "ground truth: the server holds the TIME_WAIT sockets"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (lines, _) = tracer.stop();
+    let reports = findings(&lines, "time_wait_buildup");
+    assert_eq!(reports.len(), 1, "{lines:#?}");
+    let f = reports[0];
+    assert_eq!(
+        (f["lport"].as_u64(), f["count"].as_u64(), f["pid"].as_u64()),
+        (Some(port.into()), Some(3), Some(server.pid.into()))
+    );
+    assert!(
+        f["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("this server closes first")),
+        "{f}"
+    );
+}
+
+/// tcp_tw_reuse=1 with a fixed source port: the second connect takes over
+/// the first one's TIME_WAIT, and TcpExt TWRecycled agrees.
+#[test]
+fn tw_reuse_finding() {
+    if !privileged_or_skip("tw_reuse_finding") {
+        return;
+    }
+    let ns = Netns::new("twr");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    let tracer = Tracer::start(&ns, &["--no-events"]);
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let source: u16 = 41234;
+    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    assert_eq!(
+        ns.exec(&["ss", "-tanH", "state", "time-wait"])
+            .lines()
+            .count(),
+        1
+    );
+    // tcp_tw_reuse_delay is 1 s by default.
+    thread::sleep(Duration::from_millis(1200));
+    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
+    let (lines, _) = tracer.stop();
+    let reports = findings(&lines, "tw_reuse");
+    assert_eq!(reports.len(), 1, "{lines:#?}");
+    let f = reports[0];
+    assert_eq!(
+        (f["lport"].as_u64(), f["rport"].as_u64(), f["pid"].as_u64()),
+        (
+            Some(source.into()),
+            Some(port.into()),
+            Some(client.pid.into())
+        )
+    );
+    assert!(
+        f["age_seconds"]
+            .as_f64()
+            .is_some_and(|a| (1.0..3.0).contains(&a)),
+        "{f}"
+    );
+    let netstat = ns.exec(&["cat", "/proc/net/netstat"]);
+    let recycled = tcpwatch::audit::parse_netstat(&netstat)
+        .get("TWRecycled")
+        .copied();
+    assert_eq!(recycled, Some(1), "the kernel counted the reuse too");
 }

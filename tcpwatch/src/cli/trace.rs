@@ -12,13 +12,18 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use aya::maps::{MapData, RingBuf};
+
+use super::parse_duration;
 use crate::{
     clock::{monotonic_ns, WallClock},
+    detect::{Detectors, Report, Thresholds},
     event::{decode, TcpState},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
     model::{Limits, Model, Outcome},
     output::{Renderer, Style},
+    snapshot::Snapshot,
 };
 
 #[derive(Debug, Args)]
@@ -68,9 +73,32 @@ pub struct TraceArgs {
     #[arg(long)]
     pub lifecycle: bool,
 
-    /// Hide the per-event lines (with --lifecycle: one line per connection, like tcplife).
-    #[arg(long, requires = "lifecycle")]
+    /// Hide the per-event lines: only findings, and with --lifecycle one
+    /// line per finished connection (like tcplife).
+    #[arg(long)]
     pub no_events: bool,
+
+    /// Do not print findings (TIME_WAIT and CLOSE_WAIT buildup, refused and
+    /// timed-out connects, tw_reuse, SYN-ACK and FIN retransmits).
+    #[arg(long)]
+    pub no_findings: bool,
+
+    /// CLOSE_WAIT older than this is reported as a leak (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+
+    /// FIN_WAIT2 older than this is reported as a stall.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub fin_wait2_age: Duration,
+
+    /// TIME_WAIT sockets towards one remote endpoint (or on one local port of
+    /// a server that closes first) that make a buildup.
+    #[arg(long, value_name = "COUNT", default_value_t = 1000)]
+    pub time_wait_threshold: u64,
+
+    /// Report a finding again at most this often while its evidence grows.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub finding_interval: Duration,
 
     /// Colour the output: auto (when stdout is a terminal), always or never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -102,6 +130,15 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 }
 
 impl TraceArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_age: self.close_wait_age,
+            fin_wait2_age: self.fin_wait2_age,
+            time_wait_count: self.time_wait_threshold,
+            update_every: self.finding_interval,
+        }
+    }
+
     pub fn filter(&self) -> Filter {
         Filter {
             ports: self.ports.clone(),
@@ -122,15 +159,6 @@ impl TraceArgs {
     }
 }
 
-/// Counts kept by the consumer of the ring buffer.
-#[derive(Default)]
-struct Tally {
-    received: u64,
-    shown: u64,
-    lifecycle: u64,
-    malformed: u64,
-}
-
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -143,7 +171,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let loader::Probe {
         ebpf: _attached_while_in_scope,
         events,
-        counters: counters_map,
+        counters,
         reasons,
         attached,
         snapshot,
@@ -162,75 +190,33 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     } else {
         Style::Human { color }
     };
-    let renderer = Renderer::new(style, WallClock::now(), reasons);
-    let filter = args.filter();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    if let Some(header) = renderer.header() {
-        writeln!(out, "{header}")?;
-        out.flush()?;
-    }
+    let mut pipeline = Pipeline {
+        renderer: Renderer::new(style, WallClock::now(), reasons),
+        filter: args.filter(),
+        snapshot,
+        model: Model::new(Limits::default()),
+        detectors: (!args.no_findings).then(|| Detectors::new(args.thresholds())),
+        lifecycle: args.lifecycle,
+        events: !args.no_events,
+        tally: Tally::default(),
+        out: BufWriter::with_capacity(1 << 16, stdout.lock()),
+    };
+    pipeline.header()?;
     eprintln!(
         "tcpwatch: tracing TCP on {} tracepoints ({}); Ctrl-C to stop",
         attached.len(),
         attached.join(", ")
     );
-    let attached = attached.len();
+
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut tally = Tally::default();
-    let mut reported = counters_map.read().unwrap_or_default();
+    let mut reported = counters.read().unwrap_or_default();
     // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
     // until the AsyncFd (and the RingBuf inside it) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(io::Error::from)
         .context("cannot poll the ring buffer")?;
-
-    let mut model = args.lifecycle.then(|| Model::new(Limits::default()));
-    let show_events = !args.no_events;
-    let lifecycle_lines = std::cell::Cell::new(0u64);
-    let finish = |outcomes: Vec<Outcome>, out: &mut BufWriter<_>| -> io::Result<()> {
-        for outcome in outcomes {
-            if let Outcome::Finished(f) = outcome {
-                if filter.matches_connection(&f.connection) {
-                    lifecycle_lines.set(lifecycle_lines.get() + 1);
-                    renderer.write_lifecycle(out, &f)?;
-                }
-            }
-        }
-        Ok(())
-    };
-    let drain = |ring: &mut AsyncFd<_>,
-                 out: &mut BufWriter<_>,
-                 tally: &mut Tally,
-                 model: &mut Option<Model>|
-     -> io::Result<()> {
-        let ring: &mut aya::maps::RingBuf<aya::maps::MapData> = ring.get_mut();
-        while let Some(item) = ring.next() {
-            tally.received += 1;
-            match decode(&item).map(|mut ev| {
-                snapshot.attribute(&mut ev);
-                ev
-            }) {
-                Ok(ev) => {
-                    if let Some(model) = model.as_mut() {
-                        finish(model.apply(&ev), out)?;
-                    }
-                    if show_events && filter.matches(&ev) {
-                        tally.shown += 1;
-                        renderer.write(out, &ev)?;
-                    }
-                }
-                Err(e) => {
-                    tally.malformed += 1;
-                    if tally.malformed == 1 {
-                        warn!("skipping malformed event: {e}");
-                    }
-                }
-            }
-        }
-        out.flush()
-    };
 
     let outcome: io::Result<()> = loop {
         tokio::select! {
@@ -238,26 +224,12 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 let mut guard = guard.context("cannot poll the ring buffer")?;
                 guard.clear_ready();
                 drop(guard);
-                if let Err(e) = drain(&mut ring, &mut out, &mut tally, &mut model) { break Err(e) }
+                if let Err(e) = pipeline.drain(ring.get_mut()) { break Err(e) }
             }
             _ = ticker.tick() => {
-                if let Some(model) = model.as_mut() {
-                    let expired = model.expire(monotonic_ns());
-                    if let Err(e) = finish(expired, &mut out).and_then(|()| out.flush()) { break Err(e) }
-                }
-                let now = counters_map.read().unwrap_or_default();
-                if now.ringbuf_full > reported.ringbuf_full {
-                    eprintln!(
-                        "tcpwatch: {} events lost (ring buffer full); try a larger --ring-kib",
-                        now.ringbuf_full - reported.ringbuf_full
-                    );
-                }
-                if now.recursion_misses > reported.recursion_misses {
-                    eprintln!(
-                        "tcpwatch: {} events missed (the kernel skipped tcpwatch's programs while another BPF program ran on the same CPU)",
-                        now.recursion_misses - reported.recursion_misses
-                    );
-                }
+                if let Err(e) = pipeline.tick(monotonic_ns()) { break Err(e) }
+                let now = counters.read().unwrap_or_default();
+                report_losses(&reported, &now);
                 reported = now;
             }
             _ = sigint.recv() => break Ok(()),
@@ -265,22 +237,146 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         }
     };
     let flushed = outcome
-        .and_then(|()| drain(&mut ring, &mut out, &mut tally, &mut model))
-        .and_then(|()| match model.as_mut() {
-            // Closes still waiting for a possible reset are decided now.
-            Some(m) => finish(m.expire(u64::MAX), &mut out).and_then(|()| out.flush()),
-            None => Ok(()),
-        });
+        .and_then(|()| pipeline.drain(ring.get_mut()))
+        .and_then(|()| pipeline.finish());
     match flushed {
         Ok(()) => {}
         // A closed pipe (`| head`) is a normal way to stop.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e).context("cannot write events"),
     }
-    let counters = counters_map.read().unwrap_or_default();
-    tally.lifecycle = lifecycle_lines.get();
-    report(&tally, &counters, attached);
+    report(
+        &pipeline.tally,
+        &counters.read().unwrap_or_default(),
+        attached.len(),
+    );
     Ok(())
+}
+
+/// Counts kept by the consumer of the ring buffer.
+#[derive(Default)]
+struct Tally {
+    received: u64,
+    shown: u64,
+    lifecycle: u64,
+    findings: u64,
+    malformed: u64,
+}
+
+/// Everything between the ring buffer and stdout: decoding, attribution of
+/// old sockets, the model, the detectors, filtering and rendering.
+struct Pipeline<W: Write> {
+    renderer: Renderer,
+    filter: Filter,
+    snapshot: Snapshot,
+    model: Model,
+    detectors: Option<Detectors>,
+    lifecycle: bool,
+    events: bool,
+    tally: Tally,
+    out: W,
+}
+
+impl<W: Write> Pipeline<W> {
+    fn header(&mut self) -> io::Result<()> {
+        if let Some(header) = self.renderer.header() {
+            writeln!(self.out, "{header}")?;
+        }
+        self.out.flush()
+    }
+
+    /// Consumes every record the ring buffer holds.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        while let Some(item) = ring.next() {
+            self.record(&item)?;
+        }
+        self.out.flush()
+    }
+
+    fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tally.received += 1;
+        let mut ev = match decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.tally.malformed += 1;
+                if self.tally.malformed == 1 {
+                    warn!("skipping malformed event: {e}");
+                }
+                return Ok(());
+            }
+        };
+        self.snapshot.attribute(&mut ev);
+        let outcomes = self.model.apply(&ev);
+        if self.events && self.filter.matches(&ev) {
+            self.tally.shown += 1;
+            self.renderer.write(&mut self.out, &ev)?;
+        }
+        let reports = match self.detectors.as_mut() {
+            Some(d) => d.on_event(&ev, &outcomes),
+            None => Vec::new(),
+        };
+        self.outcomes(outcomes)?;
+        self.reports(reports)
+    }
+
+    /// Ages the model and looks for buildups and leaks.
+    fn tick(&mut self, now: u64) -> io::Result<()> {
+        let expired = self.model.expire(now);
+        self.outcomes(expired)?;
+        let reports = match self.detectors.as_mut() {
+            Some(d) => d.tick(now, &self.model),
+            None => Vec::new(),
+        };
+        self.reports(reports)?;
+        self.out.flush()
+    }
+
+    /// At exit: closes still waiting for a possible reset are decided now.
+    fn finish(&mut self) -> io::Result<()> {
+        let parked = self.model.expire(u64::MAX);
+        self.outcomes(parked)?;
+        self.out.flush()
+    }
+
+    fn outcomes(&mut self, outcomes: Vec<Outcome>) -> io::Result<()> {
+        if !self.lifecycle {
+            return Ok(());
+        }
+        for outcome in outcomes {
+            if let Outcome::Finished(f) = outcome {
+                if self.filter.matches_connection(&f.connection) {
+                    self.tally.lifecycle += 1;
+                    self.renderer.write_lifecycle(&mut self.out, &f)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn reports(&mut self, reports: Vec<Report>) -> io::Result<()> {
+        for report in reports {
+            if self.filter.matches_finding(&report.finding, report.netns) {
+                self.tally.findings += 1;
+                self.renderer.write_finding(&mut self.out, &report)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn report_losses(before: &Counters, now: &Counters) {
+    if now.ringbuf_full > before.ringbuf_full {
+        eprintln!(
+            "tcpwatch: {} events lost (ring buffer full); try a larger --ring-kib",
+            now.ringbuf_full - before.ringbuf_full
+        );
+    }
+    if now.recursion_misses > before.recursion_misses {
+        eprintln!(
+            "tcpwatch: {} events missed (the kernel skipped tcpwatch's programs while another BPF program ran on the same CPU)",
+            now.recursion_misses - before.recursion_misses
+        );
+    }
 }
 
 fn report(tally: &Tally, counters: &Counters, attached: usize) {
@@ -290,6 +386,9 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
     );
     if tally.lifecycle > 0 {
         line.push_str(&format!(", {} finished connections shown", tally.lifecycle));
+    }
+    if tally.findings > 0 {
+        line.push_str(&format!(", {} finding reports", tally.findings));
     }
     if counters.ringbuf_full > 0 {
         line.push_str(&format!(

@@ -226,6 +226,7 @@ pub fn peer_loop(comm: &str) {
     std::fs::write("/proc/self/comm", comm).expect("can rename the main thread");
     let mut listener: Option<Socket> = None;
     let mut conn: Option<Socket> = None;
+    let mut kept: Vec<Socket> = Vec::new();
     let reply = |s: String| {
         println!("@@ {s}");
         let _ = std::io::stdout().flush();
@@ -254,12 +255,22 @@ pub fn peer_loop(comm: &str) {
                 listener = Some(s);
                 Ok(port.to_string())
             })(),
-            ["connect", addr, port] => (|| {
+            ["connect", addr, port] | ["connect_from", _, addr, port] => (|| {
                 let addr: SocketAddr = format!("{}:{port}", bracket(addr))
                     .parse()
                     .map_err(|e| format!("{e}"))?;
                 let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
                     .map_err(|e| e.to_string())?;
+                if let ["connect_from", local_port, ..] = words.as_slice() {
+                    // A fixed source port, as the tw_reuse test needs.
+                    let local: SocketAddr =
+                        format!("{}:{local_port}", bracket(&addr.ip().to_string()))
+                            .parse()
+                            .map_err(|e| format!("{e}"))?;
+                    s.set_reuse_address(true).map_err(|e| e.to_string())?;
+                    s.bind(&SockAddr::from(local))
+                        .map_err(|e| format!("bind: {e}"))?;
+                }
                 s.connect(&SockAddr::from(addr))
                     .map_err(|e| format!("{:?}", e.kind()))?;
                 let port = s
@@ -321,6 +332,15 @@ pub fn peer_loop(comm: &str) {
             })(),
             ["close"] => {
                 conn = None;
+                Ok(String::new())
+            }
+            // Keep the connection open (never closed: a leak) and free the slot.
+            ["keep"] => {
+                kept.extend(conn.take());
+                Ok(kept.len().to_string())
+            }
+            ["close_kept"] => {
+                kept.clear();
                 Ok(String::new())
             }
             ["close_listener"] => {
@@ -455,7 +475,8 @@ impl Drop for Tracer {
 pub fn by_socket(events: &[Value]) -> BTreeMap<(String, u32), Vec<Value>> {
     let mut generation: BTreeMap<String, u32> = BTreeMap::new();
     let mut out: BTreeMap<(String, u32), Vec<Value>> = BTreeMap::new();
-    for e in events {
+    // Findings and lifecycle lines are about no single kernel socket.
+    for e in events.iter().filter(|e| e.get("skaddr").is_some()) {
         let addr = e["skaddr"].as_str().unwrap_or("").to_owned();
         let birth = e["kind"] == "state"
             && matches!(
@@ -469,6 +490,14 @@ pub fn by_socket(events: &[Value]) -> BTreeMap<(String, u32), Vec<Value>> {
         out.entry((addr, *gen)).or_default().push(e.clone());
     }
     out
+}
+
+/// The finding reports of `kind` in `lines`.
+pub fn findings<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|e| e["kind"] == "finding" && e["finding"] == kind)
+        .collect()
 }
 
 /// `OLD->NEW` strings of the state events in `events`.

@@ -1,0 +1,782 @@
+//! Detectors: turn the model's outcomes, raw events and periodic looks at
+//! the model into findings. Pure, like the model: time comes from events
+//! and from the `now` handed to [`Detectors::tick`].
+//!
+//! A finding is identified by its kind and a key (the process and endpoint
+//! responsible). It is raised once, then updated as its evidence grows
+//! (reported again at most every [`Thresholds::update_every`]), and
+//! resolved when the condition is gone.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
+
+use crate::{
+    event::{EventKind, TcpEvent, TcpState},
+    finding::{Finding, Severity},
+    model::{EndReason, Model, Opener, Outcome},
+};
+
+/// Finding kinds raised here (stable names).
+pub mod kind {
+    pub const TIME_WAIT_BUILDUP: &str = "time_wait_buildup";
+    pub const CLOSE_WAIT_LEAK: &str = "close_wait_leak";
+    pub const TW_REUSE: &str = "tw_reuse";
+    pub const TIME_WAIT_SYN_REUSE: &str = "time_wait_syn_reuse";
+    pub const CONNECT_TIMEOUT: &str = "connect_timeout";
+    pub const CONNECT_REFUSED: &str = "connect_refused";
+    pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
+    pub const FIN_RETRANSMIT: &str = "fin_retransmit";
+    pub const FIN_WAIT2_STALL: &str = "fin_wait2_stall";
+}
+
+/// When findings are raised. Defaults suit a busy server; every one can be
+/// set on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    /// CLOSE_WAIT older than this is a leak.
+    pub close_wait_age: Duration,
+    /// FIN_WAIT2 older than this is a stall.
+    pub fin_wait2_age: Duration,
+    /// TIME_WAIT sockets towards one remote endpoint, or on one local port
+    /// of a server that closes first.
+    pub time_wait_count: u64,
+    /// Minimum time between two reports of the same finding.
+    pub update_every: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            close_wait_age: Duration::from_secs(60),
+            fin_wait2_age: Duration::from_secs(60),
+            time_wait_count: 1000,
+            update_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether a report opens, updates or closes a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Raised,
+    Updated,
+    Resolved,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Raised => "raised",
+            Status::Updated => "updated",
+            Status::Resolved => "resolved",
+        }
+    }
+}
+
+/// A finding as reported at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub status: Status,
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub finding: Finding,
+}
+
+#[derive(Debug)]
+struct Open {
+    finding: Finding,
+    netns: u32,
+    count: u64,
+    last_report_ns: u64,
+    reported_count: u64,
+    /// Tick-driven findings are resolved when a tick no longer sees them.
+    seen_at_tick: bool,
+    tick_driven: bool,
+}
+
+/// The detectors and their open findings.
+#[derive(Debug, Default)]
+pub struct Detectors {
+    thresholds: Thresholds,
+    open: HashMap<(&'static str, String), Open>,
+}
+
+/// Evidence common to findings about one process and endpoint.
+#[derive(Clone, Debug, Default)]
+struct Who {
+    pid: Option<u32>,
+    comm: Option<String>,
+    laddr: Option<IpAddr>,
+    lport: Option<u16>,
+    raddr: Option<IpAddr>,
+    rport: Option<u16>,
+}
+
+impl Who {
+    fn apply(self, mut f: Finding) -> Finding {
+        if let Some(pid) = self.pid {
+            f = f.evidence("pid", pid);
+        }
+        if let Some(comm) = self.comm {
+            f = f.evidence("comm", comm);
+        }
+        if let Some(a) = self.laddr {
+            f = f.evidence("laddr", a.to_string());
+        }
+        if let Some(p) = self.lport {
+            f = f.evidence("lport", p);
+        }
+        if let Some(a) = self.raddr {
+            f = f.evidence("raddr", a.to_string());
+        }
+        if let Some(p) = self.rport {
+            f = f.evidence("rport", p);
+        }
+        f
+    }
+}
+
+/// (kind, netns, pid, local port) of sockets waiting in one state.
+type WaitKey = (&'static str, u32, u32, u16);
+/// Count, oldest age, comm and local address of such a group.
+type Group = (u64, u64, String, IpAddr);
+/// (netns, server side, address, port) of a TIME_WAIT group.
+type TimeWaitKey = (u32, bool, IpAddr, u16);
+
+fn secs(ns: u64) -> f64 {
+    (ns as f64 / 1e9 * 10.0).round() / 10.0
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    crate::output::endpoint(addr, port)
+}
+
+impl Detectors {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Detectors {
+            thresholds,
+            open: HashMap::new(),
+        }
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds
+    }
+
+    /// Replaces the thresholds, keeping open findings (a reload).
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = thresholds;
+    }
+
+    /// Open findings, for snapshots.
+    pub fn open_findings(&self) -> impl Iterator<Item = (&Finding, u32)> {
+        self.open.values().map(|o| (&o.finding, o.netns))
+    }
+
+    /// Raises or updates the finding `(kind, key)` whose evidence now counts
+    /// `count`, built by `make` (called only when it will be reported).
+    #[allow(clippy::too_many_arguments)]
+    fn observe(
+        &mut self,
+        out: &mut Vec<Report>,
+        kind: &'static str,
+        key: String,
+        netns: u32,
+        now: u64,
+        count: u64,
+        tick_driven: bool,
+        make: impl FnOnce(u64) -> Finding,
+    ) {
+        let every = self.thresholds.update_every.as_nanos() as u64;
+        match self.open.get_mut(&(kind, key.clone())) {
+            None => {
+                let finding = make(count);
+                out.push(Report {
+                    status: Status::Raised,
+                    ts_ns: now,
+                    netns,
+                    finding: finding.clone(),
+                });
+                self.open.insert(
+                    (kind, key),
+                    Open {
+                        finding,
+                        netns,
+                        count,
+                        last_report_ns: now,
+                        reported_count: count,
+                        seen_at_tick: true,
+                        tick_driven,
+                    },
+                );
+            }
+            Some(open) => {
+                open.count = count;
+                open.seen_at_tick = true;
+                if count != open.reported_count && now.saturating_sub(open.last_report_ns) >= every
+                {
+                    open.finding = make(count);
+                    open.last_report_ns = now;
+                    open.reported_count = count;
+                    out.push(Report {
+                        status: Status::Updated,
+                        ts_ns: now,
+                        netns,
+                        finding: open.finding.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Counts one more occurrence of an event-driven finding.
+    fn bump(&mut self, kind: &'static str, key: &str) -> u64 {
+        self.open
+            .get(&(kind, key.to_owned()))
+            .map_or(1, |o| o.count + 1)
+    }
+
+    /// Findings revealed by one event and what the model made of it.
+    pub fn on_event(&mut self, ev: &TcpEvent, outcomes: &[Outcome]) -> Vec<Report> {
+        let mut out = Vec::new();
+        let now = ev.ts_ns;
+        match ev.kind {
+            EventKind::SynackRetransmit => {
+                let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
+                let count = self.bump(kind::SYNACK_RETRANSMIT, &key);
+                let who = Who {
+                    pid: Some(ev.pid),
+                    comm: Some(ev.comm.clone()),
+                    lport: Some(ev.sport),
+                    ..Default::default()
+                };
+                let listener = endpoint(ev.saddr, ev.sport);
+                self.observe(&mut out, kind::SYNACK_RETRANSMIT, key, ev.netns, now, count, false, |count| {
+                    who.apply(
+                        Finding::new(
+                            kind::SYNACK_RETRANSMIT,
+                            Severity::Warning,
+                            format!("listener {listener} retransmitted {count} SYN-ACKs: handshakes are not completing"),
+                        )
+                        .evidence("count", count)
+                        .remedy(
+                            "The client's final ACK is lost, or half-open connections from a SYN flood \
+                             wait in the SYN queue; the kernel retries tcp_synack_retries times (63 s \
+                             by default). Check the path for loss, and tcp_syncookies under floods.",
+                        ),
+                    )
+                });
+            }
+            EventKind::Retransmit
+                if matches!(
+                    ev.new_state,
+                    Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing)
+                ) =>
+            {
+                let key = format!("{}|{}|{}|{}", ev.netns, ev.pid, ev.daddr, ev.dport);
+                let count = self.bump(kind::FIN_RETRANSMIT, &key);
+                let who = Who {
+                    pid: Some(ev.pid),
+                    comm: Some(ev.comm.clone()),
+                    raddr: Some(ev.daddr),
+                    rport: Some(ev.dport),
+                    ..Default::default()
+                };
+                let peer = endpoint(ev.daddr, ev.dport);
+                self.observe(&mut out, kind::FIN_RETRANSMIT, key, ev.netns, now, count, false, |count| {
+                    who.apply(
+                        Finding::new(
+                            kind::FIN_RETRANSMIT,
+                            Severity::Info,
+                            format!("{count} FIN retransmits towards {peer}: the peer does not acknowledge the close"),
+                        )
+                        .evidence("count", count)
+                        .remedy(
+                            "A FIN goes unacknowledged when the peer is gone or the path drops it; \
+                             an orphaned socket retries tcp_orphan_retries times (0 means 8, about 100 s) \
+                             in FIN_WAIT1, LAST_ACK or CLOSING before the kernel gives up.",
+                        ),
+                    )
+                });
+            }
+            _ => {}
+        }
+        for outcome in outcomes {
+            self.on_outcome(outcome, now, &mut out);
+        }
+        out
+    }
+
+    fn on_outcome(&mut self, outcome: &Outcome, now: u64, out: &mut Vec<Report>) {
+        match outcome {
+            Outcome::Finished(f)
+                if matches!(f.end, EndReason::ConnectRefused | EndReason::ConnectTimeout) =>
+            {
+                let c = &f.connection;
+                let t = &c.tuple;
+                let refused = f.end == EndReason::ConnectRefused;
+                let kind = if refused {
+                    kind::CONNECT_REFUSED
+                } else {
+                    kind::CONNECT_TIMEOUT
+                };
+                let key = format!("{}|{}|{}|{}", t.netns, c.pid, t.remote, t.remote_port);
+                let count = self.bump(kind, &key);
+                let who = Who {
+                    pid: Some(c.pid),
+                    comm: Some(c.comm.clone()),
+                    raddr: Some(t.remote),
+                    rport: Some(t.remote_port),
+                    ..Default::default()
+                };
+                let peer = endpoint(t.remote, t.remote_port);
+                let syn_retransmits = c.retransmits.syn;
+                let waited = secs(f.lifetime_ns().unwrap_or(0));
+                let comm = c.comm.clone();
+                self.observe(out, kind, key, t.netns, now, count, false, |count| {
+                    let finding = if refused {
+                        Finding::new(
+                            kind,
+                            Severity::Warning,
+                            format!("{comm} had {count} connects to {peer} refused: a reset answered the SYN"),
+                        )
+                        .remedy(
+                            "Nothing listens on that address and port (or a firewall rejects with a reset): \
+                             check the upstream's configuration and health, and the client's target.",
+                        )
+                    } else {
+                        Finding::new(
+                            kind,
+                            Severity::Warning,
+                            format!(
+                                "{comm} had {count} connects to {peer} time out after {syn_retransmits} SYN retransmits and {waited} s"
+                            ),
+                        )
+                        .evidence("syn_retransmits", syn_retransmits)
+                        .evidence("age_seconds", waited)
+                        .remedy(
+                            "SYNs to that endpoint are dropped (a firewall, a dead host, or a full accept \
+                             queue); the kernel retries for as long as tcp_syn_retries allows (127 s by \
+                             default): give the client a connect timeout, and check the path.",
+                        )
+                    };
+                    who.apply(finding.evidence("count", count))
+                });
+            }
+            Outcome::TimeWaitReused {
+                tuple,
+                age_ns,
+                pid,
+                comm,
+            } => {
+                let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
+                let count = self.bump(kind::TW_REUSE, &key);
+                let who = Who {
+                    pid: Some(*pid),
+                    comm: Some(comm.clone()),
+                    laddr: Some(tuple.local),
+                    lport: Some(tuple.local_port),
+                    raddr: Some(tuple.remote),
+                    rport: Some(tuple.remote_port),
+                };
+                let peer = endpoint(tuple.remote, tuple.remote_port);
+                let age = secs(*age_ns);
+                self.observe(out, kind::TW_REUSE, key, tuple.netns, now, count, false, |count| {
+                    who.apply(
+                        Finding::new(
+                            kind::TW_REUSE,
+                            Severity::Info,
+                            format!("{count} new connections to {peer} reused a 4-tuple still in TIME_WAIT (latest after {age} s)"),
+                        )
+                        .evidence("count", count)
+                        .evidence("age_seconds", age)
+                        .remedy(
+                            "tcp_tw_reuse let the kernel skip the rest of TIME_WAIT: a stale segment or reset \
+                             of the old connection can hit the new one, and if the old final ACK was lost \
+                             the peer answers the new SYN with a challenge ACK. Reuse connections instead.",
+                        ),
+                    )
+                });
+            }
+            Outcome::TimeWaitSynReused { tuple, age_ns } => {
+                let key = format!("{}|{}", tuple.netns, tuple.local_port);
+                let count = self.bump(kind::TIME_WAIT_SYN_REUSE, &key);
+                let who = Who {
+                    lport: Some(tuple.local_port),
+                    raddr: Some(tuple.remote),
+                    rport: Some(tuple.remote_port),
+                    ..Default::default()
+                };
+                let age = secs(*age_ns);
+                let port = tuple.local_port;
+                self.observe(out, kind::TIME_WAIT_SYN_REUSE, key, tuple.netns, now, count, false, |count| {
+                    who.apply(
+                        Finding::new(
+                            kind::TIME_WAIT_SYN_REUSE,
+                            Severity::Info,
+                            format!("{count} new SYNs on local port {port} took over 4-tuples in TIME_WAIT (latest after {age} s)"),
+                        )
+                        .evidence("count", count)
+                        .evidence("age_seconds", age)
+                        .remedy(
+                            "This server closes first and clients come back from the same ports; the kernel \
+                             accepts such a SYN when its sequence number or timestamp is newer. Let clients \
+                             close first, or keep connections alive.",
+                        ),
+                    )
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// Periodic look at the model: buildup, leaks and stalls; resolves
+    /// tick-driven findings whose condition is gone.
+    pub fn tick(&mut self, now: u64, model: &Model) -> Vec<Report> {
+        let mut out = Vec::new();
+        for open in self.open.values_mut() {
+            open.seen_at_tick = false;
+        }
+        let t = self.thresholds;
+
+        // CLOSE_WAIT and FIN_WAIT2 by owner and local port.
+        let mut waiting: BTreeMap<WaitKey, Group> = BTreeMap::new();
+        for c in model.connections() {
+            let (kind, limit) = match c.state {
+                TcpState::CloseWait => (kind::CLOSE_WAIT_LEAK, t.close_wait_age),
+                TcpState::FinWait2 => (kind::FIN_WAIT2_STALL, t.fin_wait2_age),
+                _ => continue,
+            };
+            let age = now.saturating_sub(c.state_since_ns);
+            if age < limit.as_nanos() as u64 {
+                continue;
+            }
+            let entry = waiting
+                .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
+                .or_insert((0, 0, c.comm.clone(), c.tuple.local));
+            entry.0 += 1;
+            entry.1 = entry.1.max(age);
+        }
+        for ((kind, netns, pid, lport), (count, oldest, comm, laddr)) in waiting {
+            let key = format!("{netns}|{pid}|{lport}");
+            let who = Who {
+                pid: Some(pid),
+                comm: Some(comm.clone()),
+                laddr: Some(laddr),
+                lport: Some(lport),
+                ..Default::default()
+            };
+            let oldest_s = secs(oldest);
+            self.observe(&mut out, kind, key, netns, now, count, true, |count| {
+                let f = if kind == kind::CLOSE_WAIT_LEAK {
+                    Finding::new(
+                        kind,
+                        Severity::Warning,
+                        format!("{comm} (pid {pid}) holds {count} connections on local port {lport} in CLOSE_WAIT, the oldest for {oldest_s} s: it is not calling close()"),
+                    )
+                    .remedy(
+                        "The peer closed its side and the kernel waits for this process to close() the \
+                         socket; nothing in TCP ends CLOSE_WAIT. Find where the application drops the \
+                         connection without closing it (error paths, pools that never evict).",
+                    )
+                } else {
+                    Finding::new(
+                        kind,
+                        Severity::Warning,
+                        format!("{comm} (pid {pid}) has {count} half-closed connections on local port {lport} stuck in FIN_WAIT2, the oldest for {oldest_s} s"),
+                    )
+                    .remedy(
+                        "This side shut down writing and the peer never closes its side; tcp_fin_timeout \
+                         limits only orphaned sockets, so a process that still holds the socket waits \
+                         forever: close it, or fix the peer.",
+                    )
+                };
+                who.apply(f.evidence("count", count).evidence("age_seconds", oldest_s))
+            });
+        }
+
+        // TIME_WAIT towards one remote endpoint (this host as client), or on
+        // one local port (this host as a server that closes first).
+        let mut tw: BTreeMap<TimeWaitKey, (u64, u32, String)> = BTreeMap::new();
+        for (tuple, entry) in model.time_wait() {
+            let server = entry.opener == Opener::Passive;
+            let key = if server {
+                (tuple.netns, true, tuple.local, tuple.local_port)
+            } else {
+                (tuple.netns, false, tuple.remote, tuple.remote_port)
+            };
+            let e = tw.entry(key).or_insert((0, entry.pid, entry.comm.clone()));
+            e.0 += 1;
+        }
+        for ((netns, server, addr, port), (count, pid, comm)) in tw {
+            if count < t.time_wait_count {
+                continue;
+            }
+            let key = format!("{netns}|{server}|{addr}|{port}");
+            let ep = endpoint(addr, port);
+            let who = if server {
+                Who {
+                    pid: Some(pid),
+                    comm: Some(comm.clone()),
+                    laddr: Some(addr),
+                    lport: Some(port),
+                    ..Default::default()
+                }
+            } else {
+                Who {
+                    pid: Some(pid),
+                    comm: Some(comm.clone()),
+                    raddr: Some(addr),
+                    rport: Some(port),
+                    ..Default::default()
+                }
+            };
+            self.observe(&mut out, kind::TIME_WAIT_BUILDUP, key, netns, now, count, true, |count| {
+                let f = if server {
+                    Finding::new(
+                        kind::TIME_WAIT_BUILDUP,
+                        Severity::Warning,
+                        format!("{count} connections accepted on {ep} are in TIME_WAIT here: this server closes first"),
+                    )
+                    .remedy(
+                        "The side that closes first keeps TIME_WAIT for 60 s. A server that closes first \
+                         usually has HTTP keep-alive off, a short keep-alive timeout or a keep-alive \
+                         request limit: let clients close, or keep connections open longer.",
+                    )
+                } else {
+                    Finding::new(
+                        kind::TIME_WAIT_BUILDUP,
+                        Severity::Warning,
+                        format!("{count} connections to {ep} are in TIME_WAIT, each pinning an ephemeral port for 60 s"),
+                    )
+                    .remedy(
+                        "This host opens and closes connections to that endpoint faster than TIME_WAIT \
+                         drains: pool and reuse connections (keep-alive); tcp_tw_reuse only hides it.",
+                    )
+                };
+                who.apply(f.evidence("count", count))
+            });
+        }
+
+        // Whatever a tick no longer sees is over.
+        let gone: Vec<(&'static str, String)> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.tick_driven && !o.seen_at_tick)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(o) = self.open.remove(&key) {
+                out.push(Report {
+                    status: Status::Resolved,
+                    ts_ns: now,
+                    netns: o.netns,
+                    finding: o.finding,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::OwnerSource, model::Limits};
+    use TcpState::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16, dport: u16) -> TcpEvent {
+        TcpEvent {
+            ts_ns: ts,
+            skaddr: sk,
+            kind: EventKind::State,
+            pid: 7,
+            comm: "app".into(),
+            owner: OwnerSource::Connect,
+            netns: 1,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+        }
+    }
+
+    fn feed(m: &mut Model, d: &mut Detectors, evs: &[TcpEvent]) -> Vec<Report> {
+        evs.iter()
+            .flat_map(|e| {
+                let outcomes = m.apply(e);
+                d.on_event(e, &outcomes)
+            })
+            .collect()
+    }
+
+    fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
+        r.iter().map(|r| (r.finding.kind, r.status)).collect()
+    }
+
+    #[test]
+    fn close_wait_leak_is_raised_updated_and_resolved() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            update_every: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let mut evs = Vec::new();
+        for i in 0..3u64 {
+            let sk = 0x1000 + i * 64;
+            evs.push(st(0, sk, Listen, SynRecv, 8080, 50000 + i as u16));
+            evs.push(st(1, sk, SynRecv, Established, 8080, 50000 + i as u16));
+            evs.push(st(
+                2 + i * S,
+                sk,
+                Established,
+                CloseWait,
+                8080,
+                50000 + i as u16,
+            ));
+        }
+        assert!(feed(&mut m, &mut d, &evs).is_empty());
+        assert!(d.tick(59 * S, &m).is_empty(), "younger than the threshold");
+        let r = d.tick(63 * S, &m);
+        assert_eq!(kinds(&r), [(kind::CLOSE_WAIT_LEAK, Status::Raised)]);
+        let f = &r[0].finding;
+        assert_eq!(
+            (
+                f.evidence["count"].as_u64(),
+                f.evidence["pid"].as_u64(),
+                f.evidence["lport"].as_u64()
+            ),
+            (Some(3), Some(7), Some(8080))
+        );
+        assert_eq!(f.evidence["age_seconds"].as_f64(), Some(63.0));
+        assert!(f.summary.contains("not calling close()"), "{}", f.summary);
+        // The same condition is not repeated...
+        assert!(d.tick(64 * S, &m).is_empty());
+        // ...one socket is closed: an update, once the interval has passed.
+        feed(
+            &mut m,
+            &mut d,
+            &[st(65 * S, 0x1000, CloseWait, LastAck, 8080, 50000)],
+        );
+        assert!(d.tick(66 * S, &m).is_empty());
+        assert_eq!(
+            kinds(&d.tick(75 * S, &m)),
+            [(kind::CLOSE_WAIT_LEAK, Status::Updated)]
+        );
+        // All closed: resolved.
+        feed(
+            &mut m,
+            &mut d,
+            &[
+                st(76 * S, 0x1040, CloseWait, LastAck, 8080, 50001),
+                st(76 * S, 0x1080, CloseWait, LastAck, 8080, 50002),
+            ],
+        );
+        assert_eq!(
+            kinds(&d.tick(77 * S, &m)),
+            [(kind::CLOSE_WAIT_LEAK, Status::Resolved)]
+        );
+    }
+
+    #[test]
+    fn server_side_time_wait_buildup() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            time_wait_count: 3,
+            ..Default::default()
+        });
+        let mut evs = Vec::new();
+        for i in 0..3u64 {
+            let (sk, port) = (0x2000 + i * 64, 51000 + i as u16);
+            for (old, new) in [
+                (Listen, SynRecv),
+                (SynRecv, Established),
+                (Established, FinWait1),
+                (FinWait1, FinWait2),
+                (FinWait2, Close),
+            ] {
+                evs.push(st(i, sk, old, new, 80, port));
+            }
+        }
+        feed(&mut m, &mut d, &evs);
+        let r = d.tick(S, &m);
+        assert_eq!(kinds(&r), [(kind::TIME_WAIT_BUILDUP, Status::Raised)]);
+        assert!(
+            r[0].finding.summary.contains("this server closes first"),
+            "{}",
+            r[0].finding.summary
+        );
+        assert_eq!(r[0].finding.evidence["lport"], 80);
+        // TIME_WAIT drains after 60 s: resolved.
+        m.expire(61 * S);
+        assert_eq!(
+            kinds(&d.tick(61 * S, &m)),
+            [(kind::TIME_WAIT_BUILDUP, Status::Resolved)]
+        );
+    }
+
+    #[test]
+    fn refused_connects_are_one_finding_with_a_count() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let mut reports = Vec::new();
+        for i in 0..3u64 {
+            let sk = 0x3000 + i * 64;
+            let mut rst = st(i * S + 1, sk, SynSent, SynSent, 40000, 9);
+            rst.kind = EventKind::ResetReceived;
+            reports.extend(feed(
+                &mut m,
+                &mut d,
+                &[
+                    st(i * S, sk, Close, SynSent, 0, 9),
+                    rst,
+                    st(i * S + 2, sk, SynSent, Close, 40000, 9),
+                ],
+            ));
+        }
+        // Raised once; the count moves without a new report inside the interval.
+        assert_eq!(kinds(&reports), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(reports[0].finding.evidence["rport"], 9);
+        let mut rst = st(20 * S + 1, 0x4000, SynSent, SynSent, 40000, 9);
+        rst.kind = EventKind::ResetReceived;
+        let later = feed(
+            &mut m,
+            &mut d,
+            &[
+                st(20 * S, 0x4000, Close, SynSent, 0, 9),
+                rst,
+                st(20 * S + 2, 0x4000, SynSent, Close, 40000, 9),
+            ],
+        );
+        assert_eq!(kinds(&later), [(kind::CONNECT_REFUSED, Status::Updated)]);
+        assert_eq!(later[0].finding.evidence["count"], 4);
+    }
+
+    #[test]
+    fn synack_and_fin_retransmits() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let mut synack = st(0, 0x5000, SynRecv, SynRecv, 443, 40000);
+        synack.kind = EventKind::SynackRetransmit;
+        let mut fin = st(0, 0x6000, FinWait1, FinWait1, 40001, 443);
+        fin.kind = EventKind::Retransmit;
+        let mut data = st(0, 0x7000, Established, Established, 40002, 443);
+        data.kind = EventKind::Retransmit;
+        let r = feed(&mut m, &mut d, &[synack, fin, data]);
+        assert_eq!(
+            kinds(&r),
+            [
+                (kind::SYNACK_RETRANSMIT, Status::Raised),
+                (kind::FIN_RETRANSMIT, Status::Raised)
+            ]
+        );
+    }
+}
