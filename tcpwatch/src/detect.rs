@@ -140,8 +140,9 @@ impl Who {
 
 /// (kind, netns, pid, local port) of sockets waiting in one state.
 type WaitKey = (&'static str, u32, u32, u16);
-/// Count, oldest age, comm and local address of such a group.
-type Group = (u64, u64, String, IpAddr);
+/// Count, oldest age, comm, local address of such a group, and whether
+/// some ages are only lower bounds (sockets older than tcpwatch).
+type Group = (u64, u64, String, IpAddr, bool);
 /// (netns, server side, address, port) of a TIME_WAIT group.
 type TimeWaitKey = (u32, bool, IpAddr, u16);
 
@@ -455,11 +456,13 @@ impl Detectors {
             }
             let entry = waiting
                 .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
-                .or_insert((0, 0, c.comm.clone(), c.tuple.local));
+                .or_insert((0, 0, c.comm.clone(), c.tuple.local, false));
             entry.0 += 1;
             entry.1 = entry.1.max(age);
+            entry.4 |= !c.state_age_known;
         }
-        for ((kind, netns, pid, lport), (count, oldest, comm, laddr)) in waiting {
+        for ((kind, netns, pid, lport), (count, oldest, comm, laddr, lower_bound)) in waiting {
+            let at_least = if lower_bound { "at least " } else { "" };
             let key = format!("{netns}|{pid}|{lport}");
             let who = Who {
                 pid: Some(pid),
@@ -474,7 +477,7 @@ impl Detectors {
                     Finding::new(
                         kind,
                         Severity::Warning,
-                        format!("{comm} (pid {pid}) holds {count} connections on local port {lport} in CLOSE_WAIT, the oldest for {oldest_s} s: it is not calling close()"),
+                        format!("{comm} (pid {pid}) holds {count} connections on local port {lport} in CLOSE_WAIT, the oldest for {at_least}{oldest_s} s: it is not calling close()"),
                     )
                     .remedy(
                         "The peer closed its side and the kernel waits for this process to close() the \
@@ -485,7 +488,7 @@ impl Detectors {
                     Finding::new(
                         kind,
                         Severity::Warning,
-                        format!("{comm} (pid {pid}) has {count} half-closed connections on local port {lport} stuck in FIN_WAIT2, the oldest for {oldest_s} s"),
+                        format!("{comm} (pid {pid}) has {count} half-closed connections on local port {lport} stuck in FIN_WAIT2, the oldest for {at_least}{oldest_s} s"),
                     )
                     .remedy(
                         "This side shut down writing and the peer never closes its side; tcp_fin_timeout \

@@ -162,6 +162,9 @@ pub struct Connection {
     pub born_ns: Option<u64>,
     pub state: TcpState,
     pub state_since_ns: u64,
+    /// False for connections found in a sock_diag dump in a state entered
+    /// before tcpwatch saw them: `state_since_ns` is then a lower bound.
+    pub state_age_known: bool,
     /// Nanoseconds spent in each state, indexed by `state as usize`
     /// (only states the record was seen to enter and leave).
     pub time_in_state: [u64; 12],
@@ -240,6 +243,31 @@ pub struct ModelStats {
     pub connections_evicted: u64,
     pub time_wait_evicted: u64,
     pub time_wait_expired: u64,
+    /// Corrections made by reconciliation with the kernel's socket list.
+    pub reconcile_corrections: u64,
+}
+
+/// A socket the kernel listed (sock_diag), with its owner where known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSocket {
+    pub tuple: FourTuple,
+    pub state: TcpState,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What one reconciliation changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// TIME_WAIT sockets the kernel has that the model did not infer.
+    pub time_wait_added: u64,
+    /// TIME_WAIT entries the kernel no longer has (killed early by a reset
+    /// or a reuse, or never created past tcp_max_tw_buckets).
+    pub time_wait_removed: u64,
+    /// Connections the kernel has that the model did not know.
+    pub connections_added: u64,
+    /// Connections the model kept that the kernel no longer has.
+    pub connections_removed: u64,
 }
 
 /// All live connections and the TIME_WAIT table.
@@ -256,6 +284,9 @@ pub struct Model {
     parked: HashMap<u64, Finished>,
     time_wait: HashMap<FourTuple, TimeWait>,
     time_wait_order: VecDeque<(FourTuple, u64)>,
+    /// Connections known only from the kernel's list, by 4-tuple, until an
+    /// event names their socket address.
+    seeded: HashMap<FourTuple, Connection>,
     stats: ModelStats,
 }
 
@@ -279,7 +310,7 @@ impl Model {
     }
 
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
-        self.connections.values()
+        self.connections.values().chain(self.seeded.values())
     }
 
     pub fn time_wait(&self) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
@@ -355,6 +386,13 @@ impl Model {
             return;
         }
         let tuple = FourTuple::of(ev);
+        if !self.connections.contains_key(&ev.skaddr) {
+            // First event of a connection known from the kernel's list.
+            if let Some(mut c) = self.seeded.remove(&tuple) {
+                c.skaddr = ev.skaddr;
+                self.insert(c);
+            }
+        }
         let Some(c) = self.connections.get_mut(&ev.skaddr) else {
             // A connection older than tcpwatch, or whose birth was evicted.
             if new == TcpState::Close {
@@ -370,6 +408,7 @@ impl Model {
                     born_ns: None,
                     state: new,
                     state_since_ns: ev.ts_ns,
+                    state_age_known: true,
                     time_in_state: [0; 12],
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
@@ -391,6 +430,7 @@ impl Model {
             }
             c.state = new;
             c.state_since_ns = ev.ts_ns;
+            c.state_age_known = true;
         }
         if c.closer.is_none() {
             c.closer = closer_of(old, new);
@@ -443,6 +483,7 @@ impl Model {
             born_ns: Some(ev.ts_ns),
             state: new,
             state_since_ns: ev.ts_ns,
+            state_age_known: true,
             time_in_state: [0; 12],
             retransmits: Retransmits::default(),
             resets_sent: 0,
@@ -540,6 +581,134 @@ impl Model {
                 self.stats.time_wait_evicted += 1;
             }
         }
+    }
+
+    /// Makes the model agree with the kernel's list of the sockets of
+    /// `netns`, taken by a dump that started at `dump_start_ns`. Only what
+    /// predates the dump is removed, so changes during it are not undone.
+    pub fn reconcile(
+        &mut self,
+        netns: u32,
+        sockets: &[KernelSocket],
+        dump_start_ns: u64,
+        now_ns: u64,
+    ) -> Reconciled {
+        let mut r = Reconciled::default();
+        let listening: std::collections::HashSet<u16> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .map(|s| s.tuple.local_port)
+            .collect();
+        let kernel_tw: std::collections::HashSet<FourTuple> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::TimeWait)
+            .map(|s| s.tuple)
+            .collect();
+        let kernel_live: HashMap<FourTuple, &KernelSocket> = sockets
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.state,
+                    TcpState::TimeWait | TcpState::Listen | TcpState::Close
+                )
+            })
+            .map(|s| (s.tuple, s))
+            .collect();
+
+        let stale_tw: Vec<FourTuple> = self
+            .time_wait
+            .iter()
+            .filter(|(t, tw)| {
+                t.netns == netns && tw.entered_ns < dump_start_ns && !kernel_tw.contains(t)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in stale_tw {
+            self.time_wait.remove(&t);
+            r.time_wait_removed += 1;
+        }
+        for t in &kernel_tw {
+            if !self.time_wait.contains_key(t) {
+                let opener = if listening.contains(&t.local_port) {
+                    Opener::Passive
+                } else {
+                    Opener::Active
+                };
+                // Its owner closed it; its age is unknown (at most 60 s).
+                self.time_wait.insert(
+                    *t,
+                    TimeWait {
+                        entered_ns: now_ns,
+                        pid: 0,
+                        comm: String::new(),
+                        opener,
+                    },
+                );
+                self.time_wait_order.push_back((*t, now_ns));
+                r.time_wait_added += 1;
+            }
+        }
+
+        let known: std::collections::HashSet<FourTuple> =
+            self.connections().map(|c| c.tuple).collect();
+        let gone: Vec<u64> = self
+            .connections
+            .values()
+            .filter(|c| {
+                c.tuple.netns == netns
+                    && c.state_since_ns < dump_start_ns
+                    && c.state != TcpState::SynSent
+                    && !kernel_live.contains_key(&c.tuple)
+            })
+            .map(|c| c.skaddr)
+            .collect();
+        for addr in gone {
+            self.connections.remove(&addr);
+            r.connections_removed += 1;
+        }
+        let gone_seeded: Vec<FourTuple> = self
+            .seeded
+            .keys()
+            .filter(|t| t.netns == netns && !kernel_live.contains_key(t))
+            .copied()
+            .collect();
+        for t in gone_seeded {
+            self.seeded.remove(&t);
+            r.connections_removed += 1;
+        }
+        for (tuple, k) in kernel_live {
+            if known.contains(&tuple) || self.seeded.len() >= self.limits.max_connections {
+                continue;
+            }
+            let opener = if listening.contains(&tuple.local_port) {
+                Opener::Passive
+            } else {
+                Opener::Unknown
+            };
+            self.seeded.insert(
+                tuple,
+                Connection {
+                    skaddr: 0,
+                    tuple,
+                    pid: k.pid,
+                    comm: k.comm.clone(),
+                    opener,
+                    closer: closer_of(TcpState::Established, k.state),
+                    born_ns: None,
+                    state: k.state,
+                    state_since_ns: now_ns,
+                    state_age_known: false,
+                    time_in_state: [0; 12],
+                    retransmits: Retransmits::default(),
+                    resets_sent: 0,
+                    resets_received: 0,
+                },
+            );
+            r.connections_added += 1;
+        }
+        self.stats.reconcile_corrections +=
+            r.time_wait_added + r.time_wait_removed + r.connections_added + r.connections_removed;
+        r
     }
 
     /// Ages the model to `now_ns` (monotonic): closes parked past their
@@ -984,6 +1153,93 @@ mod tests {
         for c in [Closer::Active, Closer::Passive, Closer::Simultaneous] {
             assert_eq!(json(serde_json::to_value(c).unwrap()), c.name());
         }
+    }
+
+    fn kernel(tuple: FourTuple, state: TcpState) -> KernelSocket {
+        KernelSocket {
+            tuple,
+            state,
+            pid: 99,
+            comm: "old".into(),
+        }
+    }
+
+    #[test]
+    fn reconciliation_adds_what_the_kernel_has_and_drops_what_it_lost() {
+        let mut m = Model::default();
+        // Inferred TIME_WAIT the kernel no longer has (killed by a reset).
+        active_close(&mut m, SK, 0);
+        let mut listener_tw = tuple();
+        listener_tw.local_port = 80;
+        listener_tw.remote_port = 55555;
+        let mut leak = tuple();
+        leak.local_port = 80;
+        leak.remote_port = 55556;
+        let mut listening = tuple();
+        listening.local_port = 80;
+        listening.remote_port = 0;
+        let sockets = [
+            kernel(listening, Listen),
+            kernel(listener_tw, TimeWait),
+            kernel(leak, CloseWait),
+        ];
+        let r = m.reconcile(7, &sockets, 100 * MS, 200 * MS);
+        assert_eq!(
+            r,
+            Reconciled {
+                time_wait_added: 1,
+                time_wait_removed: 1,
+                connections_added: 1,
+                connections_removed: 0
+            }
+        );
+        let tw: Vec<_> = m.time_wait().collect();
+        assert_eq!((*tw[0].0, tw[0].1.opener), (listener_tw, Opener::Passive));
+        let c: Vec<_> = m.connections().collect();
+        assert_eq!(
+            (c[0].state, c[0].state_age_known, c[0].pid, c[0].opener),
+            (CloseWait, false, 99, Opener::Passive)
+        );
+        assert_eq!(m.stats().reconcile_corrections, 3);
+        // Agreeing again changes nothing.
+        assert_eq!(
+            m.reconcile(7, &sockets, 300 * MS, 300 * MS),
+            Reconciled::default()
+        );
+        // Another namespace's list leaves this one alone.
+        assert_eq!(
+            m.reconcile(8, &[], 400 * MS, 400 * MS),
+            Reconciled::default()
+        );
+    }
+
+    #[test]
+    fn a_seeded_connection_is_adopted_by_its_first_event() {
+        let mut m = Model::default();
+        let mut leak = tuple();
+        leak.local_port = 80;
+        leak.remote_port = 55556;
+        m.reconcile(7, &[kernel(leak, CloseWait)], 0, 0);
+        let mut ev = st(5_000, SK, CloseWait, LastAck);
+        ev.sport = 80;
+        ev.dport = 55556;
+        m.apply(&ev);
+        let c: Vec<_> = m.connections().collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].skaddr, c[0].state, c[0].state_age_known),
+            (SK, LastAck, true)
+        );
+    }
+
+    #[test]
+    fn reconciliation_keeps_what_changed_during_the_dump() {
+        let mut m = Model::default();
+        active_close(&mut m, SK, 1000);
+        // The dump started before this TIME_WAIT was entered: keep it.
+        let r = m.reconcile(7, &[], 500 * MS, 2000 * MS);
+        assert_eq!(r.time_wait_removed, 0);
+        assert_eq!(m.time_wait().count(), 1);
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::{
     path::PathBuf,
 };
 
+use crate::diag::{self, DiagSocket};
+
 use crate::{
     audit::{self, NetnsState},
     snapshot,
@@ -61,8 +63,13 @@ impl Target {
     }
 }
 
-/// The namespace's inode, sysctls, TcpExt counters and TIME_WAIT count.
-pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
+/// Runs `f` inside the network namespace `target`, on a thread of its own
+/// (setns() changes only the calling thread's namespace; /proc/thread-self
+/// and new sockets follow it). Returns the namespace's inode with the result.
+pub fn in_netns<T: Send>(
+    target: &Target,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send,
+) -> Result<(u64, T), NetnsError> {
     let path = target.path();
     let file = File::open(&path).map_err(|source| NetnsError::Open {
         path: path.clone(),
@@ -76,8 +83,6 @@ pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
             source,
         })?;
     let enter = !matches!(target, Target::Current);
-    // setns() changes only the calling thread's namespace: do it on a
-    // thread of its own, and read /proc/thread-self, which follows it.
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -90,7 +95,7 @@ pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
                         });
                     }
                 }
-                read_here().map(|state| (inode, state))
+                f().map(|value| (inode, value))
             })
             .join()
             .unwrap_or_else(|_| {
@@ -100,6 +105,38 @@ pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
                 })
             })
     })
+}
+
+/// The namespace's inode, sysctls, TcpExt counters and TIME_WAIT count.
+pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
+    in_netns(target, read_here)
+}
+
+/// Every network namespace in use: those named by `ip netns` and those of
+/// running processes, once each, by inode.
+pub fn all() -> Vec<(u32, Target)> {
+    let mut seen = std::collections::BTreeMap::new();
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    let of_processes = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"));
+    for path in named.chain(of_processes) {
+        if let Ok(meta) = fs::metadata(&path) {
+            seen.entry(meta.ino() as u32).or_insert(Target::Path(path));
+        }
+    }
+    seen.into_iter().collect()
 }
 
 fn read_here() -> Result<NetnsState, NetnsError> {
@@ -126,4 +163,14 @@ fn read_here() -> Result<NetnsState, NetnsError> {
         }
     }
     Ok(state)
+}
+
+/// The TCP sockets of a namespace, from sock_diag inside it.
+pub fn dump_tcp(target: &Target) -> Result<(u64, Vec<DiagSocket>), NetnsError> {
+    in_netns(target, || {
+        diag::dump_tcp().map_err(|e| NetnsError::Read {
+            what: "sock_diag".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
 }

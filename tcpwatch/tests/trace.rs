@@ -922,3 +922,90 @@ fn tw_reuse_finding() {
         .copied();
     assert_eq!(recycled, Some(1), "the kernel counted the reuse too");
 }
+
+/// Leaks and buildups that predate tcpwatch: found in the kernel's socket
+/// list (sock_diag) at start, owners from /proc, ages as lower bounds.
+#[test]
+fn findings_about_sockets_older_than_tcpwatch() {
+    if !privileged_or_skip("findings_about_sockets_older_than_tcpwatch") {
+        return;
+    }
+    let ns = Netns::new("pre");
+    let mut leaky = ns.peer("tw-leaky");
+    let mut closer = ns.peer("tw-closer");
+    let mut client = ns.peer(CLIENT);
+    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
+    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
+    for _ in 0..2 {
+        client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
+        leaky.ok("accept");
+        client.ok("close");
+        leaky.ok("keep");
+    }
+    for _ in 0..3 {
+        client.ok(&format!("connect 127.0.0.1 {closer_port}"));
+        closer.ok("accept");
+        closer.ok("close");
+        client.ok("read_eof");
+        client.ok("close");
+    }
+    assert_eq!(
+        ns.exec(&["ss", "-tanH", "state", "close-wait"])
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(
+        ns.exec(&["ss", "-tanH", "state", "time-wait"])
+            .lines()
+            .count(),
+        3
+    );
+
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--close-wait-age",
+            "1s",
+            "--time-wait-threshold",
+            "3",
+            "--reconcile-interval",
+            "1s",
+        ],
+    );
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+
+    let leak = findings(&lines, "close_wait_leak");
+    assert_eq!(leak.len(), 1, "{lines:#?}\n{stderr:?}");
+    assert_eq!(
+        (
+            leak[0]["pid"].as_u64(),
+            leak[0]["comm"].as_str(),
+            leak[0]["lport"].as_u64(),
+            leak[0]["count"].as_u64()
+        ),
+        (
+            Some(leaky.pid.into()),
+            Some("tw-leaky"),
+            Some(leaky_port.into()),
+            Some(2)
+        )
+    );
+    assert!(
+        leak[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("at least")),
+        "{}",
+        leak[0]
+    );
+
+    let buildup = findings(&lines, "time_wait_buildup");
+    assert_eq!(buildup.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (buildup[0]["lport"].as_u64(), buildup[0]["count"].as_u64()),
+        (Some(closer_port.into()), Some(3))
+    );
+    assert!(stderr.iter().any(|l| l.contains("sock_diag")), "{stderr:?}");
+}

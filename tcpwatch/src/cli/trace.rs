@@ -21,7 +21,8 @@ use crate::{
     event::{decode, TcpState},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
-    model::{Limits, Model, Outcome},
+    model::{FourTuple, KernelSocket, Limits, Model, Outcome},
+    netns,
     output::{Renderer, Style},
     snapshot::Snapshot,
 };
@@ -99,6 +100,12 @@ pub struct TraceArgs {
     /// Report a finding again at most this often while its evidence grows.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub finding_interval: Duration,
+
+    /// How often the model is checked against the kernel's socket list
+    /// (sock_diag, as `ss`): TIME_WAIT sockets, and connections older than
+    /// tcpwatch. 0s checks only at start.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
 
     /// Colour the output: auto (when stdout is a terminal), always or never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -202,6 +209,10 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         out: BufWriter::with_capacity(1 << 16, stdout.lock()),
     };
     pipeline.header()?;
+    // Connections and TIME_WAIT sockets older than tcpwatch.
+    pipeline.reconcile(&args.netns);
+    let mut last_reconcile = monotonic_ns();
+    let reconcile_every = args.reconcile_interval.as_nanos() as u64;
     eprintln!(
         "tcpwatch: tracing TCP on {} tracepoints ({}); Ctrl-C to stop",
         attached.len(),
@@ -227,7 +238,12 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 if let Err(e) = pipeline.drain(ring.get_mut()) { break Err(e) }
             }
             _ = ticker.tick() => {
-                if let Err(e) = pipeline.tick(monotonic_ns()) { break Err(e) }
+                let now = monotonic_ns();
+                if reconcile_every > 0 && now.saturating_sub(last_reconcile) >= reconcile_every {
+                    pipeline.reconcile(&args.netns);
+                    last_reconcile = now;
+                }
+                if let Err(e) = pipeline.tick(now) { break Err(e) }
                 let now = counters.read().unwrap_or_default();
                 report_losses(&reported, &now);
                 reported = now;
@@ -245,6 +261,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e).context("cannot write events"),
     }
+    pipeline.tally.reconcile_corrections = pipeline.model.stats().reconcile_corrections;
     report(
         &pipeline.tally,
         &counters.read().unwrap_or_default(),
@@ -261,6 +278,7 @@ struct Tally {
     lifecycle: u64,
     findings: u64,
     malformed: u64,
+    reconcile_corrections: u64,
 }
 
 /// Everything between the ring buffer and stdout: decoding, attribution of
@@ -331,6 +349,50 @@ impl<W: Write> Pipeline<W> {
         self.out.flush()
     }
 
+    /// Checks the model against sock_diag in every namespace (or those of
+    /// the --netns filter). Blocking, but cheap next to event handling.
+    fn reconcile(&mut self, only: &[u32]) {
+        for (inode, target) in netns::all() {
+            if !only.is_empty() && !only.contains(&inode) {
+                continue;
+            }
+            let start = monotonic_ns();
+            match netns::dump_tcp(&target) {
+                Ok((inode, sockets)) => {
+                    let netns = inode as u32;
+                    let sockets: Vec<KernelSocket> = sockets
+                        .into_iter()
+                        .map(|s| {
+                            let tuple = FourTuple {
+                                netns,
+                                local: s.local,
+                                local_port: s.local_port,
+                                remote: s.remote,
+                                remote_port: s.remote_port,
+                            };
+                            let owner = self.snapshot.connections.get(&(
+                                netns,
+                                s.local,
+                                s.local_port,
+                                s.remote,
+                                s.remote_port,
+                            ));
+                            KernelSocket {
+                                tuple,
+                                state: s.state,
+                                pid: owner.map_or(0, |o| o.pid),
+                                comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+                            }
+                        })
+                        .collect();
+                    self.model.reconcile(netns, &sockets, start, monotonic_ns());
+                }
+                // A namespace can vanish between listing and dumping.
+                Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
+            }
+        }
+    }
+
     /// At exit: closes still waiting for a possible reset are decided now.
     fn finish(&mut self) -> io::Result<()> {
         let parked = self.model.expire(u64::MAX);
@@ -389,6 +451,12 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
     }
     if tally.findings > 0 {
         line.push_str(&format!(", {} finding reports", tally.findings));
+    }
+    if tally.reconcile_corrections > 0 {
+        line.push_str(&format!(
+            "; the kernel's socket list (sock_diag) corrected the model {} times",
+            tally.reconcile_corrections
+        ));
     }
     if counters.ringbuf_full > 0 {
         line.push_str(&format!(
