@@ -13,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    audit::{self, NetnsState},
     event::{EventKind, TcpEvent, TcpState},
     finding::{Finding, Severity},
     model::{EndReason, Model, Opener, Outcome},
@@ -29,6 +30,7 @@ pub mod kind {
     pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
     pub const FIN_RETRANSMIT: &str = "fin_retransmit";
     pub const FIN_WAIT2_STALL: &str = "fin_wait2_stall";
+    pub const PEER_UNRESPONSIVE: &str = "peer_unresponsive";
 }
 
 /// When findings are raised. Defaults suit a busy server; every one can be
@@ -42,6 +44,9 @@ pub struct Thresholds {
     /// TIME_WAIT sockets towards one remote endpoint, or on one local port
     /// of a server that closes first.
     pub time_wait_count: u64,
+    /// Data retransmitted without progress for this long means the peer
+    /// stopped answering.
+    pub peer_unresponsive_after: Duration,
     /// Minimum time between two reports of the same finding.
     pub update_every: Duration,
 }
@@ -52,6 +57,7 @@ impl Default for Thresholds {
             close_wait_age: Duration::from_secs(60),
             fin_wait2_age: Duration::from_secs(60),
             time_wait_count: 1000,
+            peer_unresponsive_after: Duration::from_secs(30),
             update_every: Duration::from_secs(10),
         }
     }
@@ -101,6 +107,10 @@ struct Open {
 pub struct Detectors {
     thresholds: Thresholds,
     open: HashMap<(&'static str, String), Open>,
+    /// TCPTimeWaitOverflow by namespace when first seen, to report its moves.
+    overflow_baseline: HashMap<u32, u64>,
+    /// tcp_retries2 by network namespace (15, the kernel's default, elsewhere).
+    retries2: HashMap<u32, u64>,
 }
 
 /// Evidence common to findings about one process and endpoint.
@@ -159,7 +169,64 @@ impl Detectors {
         Detectors {
             thresholds,
             open: HashMap::new(),
+            overflow_baseline: HashMap::new(),
+            retries2: HashMap::new(),
         }
+    }
+
+    /// Tells the detectors a namespace's tcp_retries2, which decides when
+    /// the kernel gives up on an unresponsive peer.
+    pub fn set_retries2(&mut self, netns: u32, retries2: u64) {
+        self.retries2.insert(netns, retries2);
+    }
+
+    /// A namespace's settings and counters, read periodically: its
+    /// tcp_retries2, TCPTimeWaitOverflow moving since tcpwatch started, and
+    /// the audit's warnings (its informational notes are for `audit`).
+    pub fn on_netns(&mut self, netns: u32, state: &NetnsState, now: u64) -> Vec<Report> {
+        let mut out = Vec::new();
+        if let Some(r) = state
+            .sysctls
+            .get("tcp_retries2")
+            .and_then(|v| v.parse().ok())
+        {
+            self.set_retries2(netns, r);
+        }
+        let overflow = state
+            .tcpext
+            .get("TCPTimeWaitOverflow")
+            .copied()
+            .unwrap_or(0);
+        let baseline = *self.overflow_baseline.entry(netns).or_insert(overflow);
+        let mut moved = state.clone();
+        moved.tcpext.insert(
+            "TCPTimeWaitOverflow".into(),
+            overflow.saturating_sub(baseline),
+        );
+        for finding in audit::evaluate(&moved) {
+            if finding.severity < Severity::Warning
+                && finding.kind != crate::finding::kind::TIME_WAIT_OVERFLOW
+            {
+                continue;
+            }
+            let key = format!(
+                "{netns}|{}",
+                finding
+                    .evidence
+                    .get("setting")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+            );
+            let count = finding
+                .evidence
+                .get("TCPTimeWaitOverflow")
+                .or_else(|| finding.evidence.get("time_wait"))
+                .and_then(|v| v.as_u64())
+                .unwrap_or(1);
+            let kind = finding.kind;
+            self.observe(&mut out, kind, key, netns, now, count, false, |_| finding);
+        }
+        out
     }
 
     pub fn thresholds(&self) -> Thresholds {
@@ -563,6 +630,59 @@ impl Detectors {
             });
         }
 
+        // Data retransmitted with growing backoff for too long.
+        let after = t.peer_unresponsive_after.as_nanos() as u64;
+        let stalled: Vec<_> = model
+            .connections()
+            .filter(|c| matches!(c.state, TcpState::Established | TcpState::CloseWait))
+            .filter_map(|c| c.rtx_run.map(|run| (c, run)))
+            .filter(|(_, run)| {
+                run.count >= 3
+                    && now.saturating_sub(run.start_ns) >= after
+                    && now.saturating_sub(run.last_ns) <= 130_000_000_000
+            })
+            .map(|(c, run)| (c.tuple, c.pid, c.comm.clone(), run))
+            .collect();
+        for (tuple, pid, comm, run) in stalled {
+            let key = format!(
+                "{}|{}|{}|{}|{}",
+                tuple.netns, tuple.local, tuple.local_port, tuple.remote, tuple.remote_port
+            );
+            let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
+            let give_up_ns = crate::audit::model_timeout_ms(retries2, 200) * 1_000_000;
+            let stalled_for = now.saturating_sub(run.start_ns);
+            let left = secs(give_up_ns.saturating_sub(stalled_for));
+            let stalled_s = secs(stalled_for);
+            let who = Who {
+                pid: Some(pid),
+                comm: Some(comm.clone()),
+                laddr: Some(tuple.local),
+                lport: Some(tuple.local_port),
+                raddr: Some(tuple.remote),
+                rport: Some(tuple.remote_port),
+            };
+            let peer = endpoint(tuple.remote, tuple.remote_port);
+            self.observe(&mut out, kind::PEER_UNRESPONSIVE, key, tuple.netns, now, u64::from(run.count), true, |count| {
+                who.apply(
+                    Finding::new(
+                        kind::PEER_UNRESPONSIVE,
+                        Severity::Warning,
+                        format!("{comm} (pid {pid}) has retransmitted data to {peer} {count} times over {stalled_s} s without an answer; the kernel gives up in about {left} s"),
+                    )
+                    .evidence("count", count)
+                    .evidence("age_seconds", stalled_s)
+                    .evidence("seconds_left", left)
+                    .evidence("tcp_retries2", retries2)
+                    .remedy(
+                        "The peer host crashed, lost power or its network, or a firewall drops its packets: \
+                         TCP cannot tell, and retransmits with backoff until tcp_retries2 runs out. \
+                         Set TCP_USER_TIMEOUT (or lower net.ipv4.tcp_retries2) where a dead peer must \
+                         be noticed sooner, and check the peer.",
+                    ),
+                )
+            });
+        }
+
         // Whatever a tick no longer sees is over.
         let gone: Vec<(&'static str, String)> = self
             .open
@@ -761,6 +881,74 @@ mod tests {
         );
         assert_eq!(kinds(&later), [(kind::CONNECT_REFUSED, Status::Updated)]);
         assert_eq!(later[0].finding.evidence["count"], 4);
+    }
+
+    #[test]
+    fn peer_unresponsive_after_a_run_of_backoff() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            peer_unresponsive_after: Duration::from_secs(2),
+            ..Default::default()
+        });
+        d.set_retries2(1, 4);
+        let mut evs = vec![
+            st(0, 0x8000, Close, SynSent, 0, 443),
+            st(1, 0x8000, SynSent, Established, 40000, 443),
+        ];
+        for ms in [1000u64, 1200, 1600, 2400, 4000] {
+            let mut e = st(ms * 1_000_000, 0x8000, Established, Established, 40000, 443);
+            e.kind = EventKind::Retransmit;
+            evs.push(e);
+        }
+        feed(&mut m, &mut d, &evs);
+        assert!(d.tick(2_500_000_000, &m).is_empty(), "not yet 2 s of stall");
+        let r = d.tick(4_100_000_000, &m);
+        assert_eq!(kinds(&r), [(kind::PEER_UNRESPONSIVE, Status::Raised)]);
+        let f = &r[0].finding;
+        // tcp_retries2=4: the kernel gives up after 6.2 s of backoff.
+        assert_eq!(
+            (
+                f.evidence["count"].as_u64(),
+                f.evidence["seconds_left"].as_f64()
+            ),
+            (Some(5), Some(3.1))
+        );
+        assert_eq!(f.evidence["rport"], 443);
+        // The connection ends (retransmit timeout): resolved.
+        feed(
+            &mut m,
+            &mut d,
+            &[st(6_200_000_000, 0x8000, Established, Close, 40000, 443)],
+        );
+        assert_eq!(
+            kinds(&d.tick(6_300_000_000, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+        );
+    }
+
+    #[test]
+    fn namespace_counters_and_settings() {
+        let mut d = Detectors::new(Thresholds::default());
+        let mut state = NetnsState::default();
+        state.sysctls.insert("tcp_retries2".into(), "5".into());
+        state.sysctls.insert("tcp_rfc1337".into(), "0".into());
+        state.tcpext.insert("TCPTimeWaitOverflow".into(), 40);
+        // Overflows before tcpwatch started are history; info notes are not repeated here.
+        assert!(d.on_netns(9, &state, 0).is_empty());
+        assert_eq!(d.retries2.get(&9), Some(&5));
+        state.tcpext.insert("TCPTimeWaitOverflow".into(), 43);
+        let r = d.on_netns(9, &state, S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
+        );
+        assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 3);
+        state.sysctls.insert("tcp_syncookies".into(), "0".into());
+        let r = d.on_netns(9, &state, 2 * S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::SYSCTL_RISK, Status::Raised)]
+        );
     }
 
     #[test]

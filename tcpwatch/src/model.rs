@@ -171,6 +171,55 @@ pub struct Connection {
     pub retransmits: Retransmits,
     pub resets_sent: u32,
     pub resets_received: u32,
+    /// The current run of data retransmits with growing backoff: what a
+    /// peer that stopped answering looks like.
+    pub rtx_run: Option<RetransmitRun>,
+}
+
+/// Consecutive data retransmits whose gaps do not shrink (exponential
+/// backoff): nothing was acknowledged in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitRun {
+    pub start_ns: u64,
+    pub last_ns: u64,
+    pub last_gap_ns: u64,
+    pub count: u32,
+}
+
+/// Longest gap between two retransmits of one run: TCP_RTO_MAX plus slack.
+const RUN_MAX_GAP_NS: u64 = 130_000_000_000;
+
+impl RetransmitRun {
+    /// The run after one more retransmit at `ts`: continued while the gaps
+    /// keep growing (a shrinking gap means the backoff was reset by an ACK).
+    fn next(run: Option<RetransmitRun>, ts: u64) -> RetransmitRun {
+        match run {
+            Some(r) => {
+                let gap = ts.saturating_sub(r.last_ns);
+                if gap <= RUN_MAX_GAP_NS && gap * 5 >= r.last_gap_ns * 4 {
+                    RetransmitRun {
+                        last_ns: ts,
+                        last_gap_ns: gap,
+                        count: r.count + 1,
+                        ..r
+                    }
+                } else {
+                    RetransmitRun {
+                        start_ns: ts,
+                        last_ns: ts,
+                        last_gap_ns: 0,
+                        count: 1,
+                    }
+                }
+            }
+            None => RetransmitRun {
+                start_ns: ts,
+                last_ns: ts,
+                last_gap_ns: 0,
+                count: 1,
+            },
+        }
+    }
 }
 
 /// What a finished connection looked like, for `--lifecycle` and metrics.
@@ -203,6 +252,9 @@ pub struct TimeWait {
 }
 
 /// What applying an event produced.
+// Short-lived and usually empty: boxing the large variant would cost an
+// allocation per finished connection for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// A connection's record closed.
@@ -329,7 +381,10 @@ impl Model {
                         Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing) => {
                             &mut c.retransmits.fin
                         }
-                        _ => &mut c.retransmits.data,
+                        _ => {
+                            c.rtx_run = Some(RetransmitRun::next(c.rtx_run, ev.ts_ns));
+                            &mut c.retransmits.data
+                        }
                     };
                     *phase += 1;
                 }
@@ -413,6 +468,7 @@ impl Model {
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
                     resets_received: 0,
+                    rtx_run: None,
                 });
             }
             return;
@@ -488,6 +544,7 @@ impl Model {
             retransmits: Retransmits::default(),
             resets_sent: 0,
             resets_received: 0,
+            rtx_run: None,
         });
     }
 
@@ -702,6 +759,7 @@ impl Model {
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
                     resets_received: 0,
+                    rtx_run: None,
                 },
             );
             r.connections_added += 1;
@@ -1240,6 +1298,21 @@ mod tests {
         let r = m.reconcile(7, &[], 500 * MS, 2000 * MS);
         assert_eq!(r.time_wait_removed, 0);
         assert_eq!(m.time_wait().count(), 1);
+    }
+
+    #[test]
+    fn retransmit_runs_follow_the_backoff() {
+        let mut r = RetransmitRun::next(None, 0);
+        for (ts, count) in [(200, 2), (600, 3), (1400, 4), (3000, 5)] {
+            r = RetransmitRun::next(Some(r), ts * MS);
+            assert_eq!((r.start_ns, r.count), (0, count));
+        }
+        // A short gap after long ones: an ACK reset the backoff; a new run.
+        r = RetransmitRun::next(Some(r), 3200 * MS);
+        assert_eq!((r.start_ns, r.count), (3200 * MS, 1));
+        // Far apart: unrelated losses.
+        r = RetransmitRun::next(Some(r), 3200 * MS + RUN_MAX_GAP_NS + 1);
+        assert_eq!(r.count, 1);
     }
 
     #[test]

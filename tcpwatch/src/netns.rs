@@ -165,12 +165,14 @@ fn read_here() -> Result<NetnsState, NetnsError> {
     Ok(state)
 }
 
-/// The TCP sockets of a namespace, from sock_diag inside it.
-pub fn dump_tcp(target: &Target) -> Result<(u64, Vec<DiagSocket>), NetnsError> {
+/// The TCP sockets of a namespace (sock_diag) and its settings and
+/// counters, read from inside it in one visit.
+pub fn observe(target: &Target) -> Result<(u64, (NetnsState, Vec<DiagSocket>)), NetnsError> {
     in_netns(target, || {
-        diag::dump_tcp().map_err(|e| NetnsError::Read {
+        let sockets = diag::dump_tcp().map_err(|e| NetnsError::Read {
             what: "sock_diag".into(),
             source: std::io::Error::other(e.to_string()),
-        })
+        })?;
+        Ok((read_here()?, sockets))
     })
 }

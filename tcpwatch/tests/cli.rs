@@ -26,22 +26,30 @@ fn every_trace_flag_is_documented() {
         "--state",
         "--ipv4",
         "--ipv6",
+        "--lifecycle",
+        "--no-events",
+        "--no-findings",
+        "--close-wait-age",
+        "--fin-wait2-age",
+        "--time-wait-threshold",
+        "--peer-unresponsive-after",
+        "--finding-interval",
+        "--reconcile-interval",
         "--color",
         "--ring-kib",
         "--verbose",
     ] {
-        let line = help
-            .lines()
-            .find(|l| l.contains(flag))
+        let lines: Vec<&str> = help.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")))
             .unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
-        let text = line
-            .split_once(flag)
-            .map(|(_, rest)| rest.trim())
-            .unwrap_or("");
-        assert!(
-            text.split_whitespace().count() >= 3,
-            "{flag} has no help text: {line}"
-        );
+        // Short help is on the flag's line, long help on the next one.
+        let same_line = lines[at].split_once(flag).map(|(_, rest)| rest.trim()).unwrap_or("");
+        let words = |t: &str| t.split_whitespace().filter(|w| !w.starts_with('<')).count();
+        let next = lines.get(at + 1).map(|l| l.trim()).unwrap_or("");
+        let documented = words(same_line) >= 3 || (!next.starts_with('-') && words(next) >= 3);
+        assert!(documented, "{flag} has no help text:\n{help}");
     }
 }
 

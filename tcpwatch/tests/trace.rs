@@ -1009,3 +1009,83 @@ fn findings_about_sockets_older_than_tcpwatch() {
     );
     assert!(stderr.iter().any(|l| l.contains("sock_diag")), "{stderr:?}");
 }
+
+/// A peer that goes silent mid-connection (nftables drops everything it
+/// sends): the client retransmits with backoff (peer_unresponsive, with the
+/// time left) until tcp_retries2, lowered in the namespace, runs out
+/// (lifecycle end reason retransmit_timeout).
+#[test]
+fn silent_peer_is_unresponsive_then_times_out() {
+    if !privileged_or_skip("silent_peer_is_unresponsive_then_times_out") {
+        return;
+    }
+    let ns = Netns::new("sil");
+    // 4 retries from a 200 ms RTO: the kernel gives up after 6.2 s.
+    ns.sysctl("net.ipv4.tcp_retries2", "4");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--lifecycle",
+            "--peer-unresponsive-after",
+            "2s",
+            "--reconcile-interval",
+            "1s",
+        ],
+    );
+    let (_server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
+    ns.nft(&drop_rules(&[&format!("tcp sport {port} drop")]));
+    client.ok("send hello");
+    let established = || {
+        ns.exec(&[
+            "ss",
+            "-tanH",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .lines()
+        .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || established() == 0),
+        "the kernel aborts the client's connection"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (lines, stderr) = tracer.stop();
+
+    let stalled = findings(&lines, "peer_unresponsive");
+    let raised: Vec<_> = stalled.iter().filter(|f| f["status"] == "raised").collect();
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (f["pid"].as_u64(), f["lport"].as_u64(), f["rport"].as_u64()),
+        (
+            Some(client.pid.into()),
+            Some(client_port.into()),
+            Some(port.into())
+        )
+    );
+    assert_eq!(f["tcp_retries2"], 4, "read from the namespace");
+    assert!(f["seconds_left"].as_f64().is_some_and(|s| s < 6.2), "{f}");
+    assert!(
+        stalled.iter().any(|f| f["status"] == "resolved"),
+        "{stalled:#?}"
+    );
+
+    let ended: Vec<_> = lines
+        .iter()
+        .filter(|e| e["kind"] == "lifecycle" && e["sport"] == client_port && e["dport"] == port)
+        .collect();
+    assert_eq!(ended.len(), 1, "{lines:#?}");
+    assert_eq!(ended[0]["end"], "retransmit_timeout");
+    assert!(
+        ended[0]["retransmits"]["data"]
+            .as_u64()
+            .is_some_and(|n| n >= 4),
+        "{}",
+        ended[0]
+    );
+}

@@ -97,6 +97,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "COUNT", default_value_t = 1000)]
     pub time_wait_threshold: u64,
 
+    /// Data retransmitted without an answer for this long makes a
+    /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub peer_unresponsive_after: Duration,
+
     /// Report a finding again at most this often while its evidence grows.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub finding_interval: Duration,
@@ -142,6 +147,7 @@ impl TraceArgs {
             close_wait_age: self.close_wait_age,
             fin_wait2_age: self.fin_wait2_age,
             time_wait_count: self.time_wait_threshold,
+            peer_unresponsive_after: self.peer_unresponsive_after,
             update_every: self.finding_interval,
         }
     }
@@ -357,9 +363,16 @@ impl<W: Write> Pipeline<W> {
                 continue;
             }
             let start = monotonic_ns();
-            match netns::dump_tcp(&target) {
-                Ok((inode, sockets)) => {
+            match netns::observe(&target) {
+                Ok((inode, (state, sockets))) => {
                     let netns = inode as u32;
+                    let reports = match self.detectors.as_mut() {
+                        Some(d) => d.on_netns(netns, &state, start),
+                        None => Vec::new(),
+                    };
+                    if let Err(e) = self.reports(reports) {
+                        log::debug!("cannot write findings: {e}");
+                    }
                     let sockets: Vec<KernelSocket> = sockets
                         .into_iter()
                         .map(|s| {
