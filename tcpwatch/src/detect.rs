@@ -16,7 +16,7 @@ use crate::{
     audit::{self, NetnsState},
     event::{EventKind, TcpEvent, TcpState},
     finding::{Finding, Severity},
-    model::{EndReason, Model, Opener, Outcome},
+    model::{EndReason, FourTuple, Model, Opener, Outcome},
 };
 
 /// Finding kinds raised here (stable names).
@@ -31,11 +31,16 @@ pub mod kind {
     pub const FIN_RETRANSMIT: &str = "fin_retransmit";
     pub const FIN_WAIT2_STALL: &str = "fin_wait2_stall";
     pub const PEER_UNRESPONSIVE: &str = "peer_unresponsive";
+    pub const TW_REUSE_RESET: &str = "tw_reuse_reset";
+    pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
 }
+
+/// How long after a tw_reuse a reset counts as its consequence.
+const REUSE_RESET_WINDOW_NS: u64 = 10_000_000_000;
 
 /// When findings are raised. Defaults suit a busy server; every one can be
 /// set on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     /// CLOSE_WAIT older than this is a leak.
     pub close_wait_age: Duration,
@@ -47,6 +52,9 @@ pub struct Thresholds {
     /// Data retransmitted without progress for this long means the peer
     /// stopped answering.
     pub peer_unresponsive_after: Duration,
+    /// Share of the ephemeral port range that connections and TIME_WAIT
+    /// towards one remote endpoint from one local address may take.
+    pub port_use_fraction: f64,
     /// Minimum time between two reports of the same finding.
     pub update_every: Duration,
 }
@@ -58,6 +66,7 @@ impl Default for Thresholds {
             fin_wait2_age: Duration::from_secs(60),
             time_wait_count: 1000,
             peer_unresponsive_after: Duration::from_secs(30),
+            port_use_fraction: 0.5,
             update_every: Duration::from_secs(10),
         }
     }
@@ -111,7 +120,17 @@ pub struct Detectors {
     overflow_baseline: HashMap<u32, u64>,
     /// tcp_retries2 by network namespace (15, the kernel's default, elsewhere).
     retries2: HashMap<u32, u64>,
+    /// ip_local_port_range by network namespace (32768-60999 elsewhere).
+    port_range: HashMap<u32, (u32, u32)>,
+    /// When each 4-tuple was last taken over from TIME_WAIT.
+    recent_reuse: HashMap<FourTuple, u64>,
+    /// Ports in use per (netns, local address, remote endpoint) at the last
+    /// tick, for the rate towards exhaustion.
+    port_use: HashMap<PortUseKey, (u64, u64)>,
 }
+
+/// (netns, local address, remote address, remote port).
+type PortUseKey = (u32, IpAddr, IpAddr, u16);
 
 /// Evidence common to findings about one process and endpoint.
 #[derive(Clone, Debug, Default)]
@@ -171,6 +190,9 @@ impl Detectors {
             open: HashMap::new(),
             overflow_baseline: HashMap::new(),
             retries2: HashMap::new(),
+            port_range: HashMap::new(),
+            recent_reuse: HashMap::new(),
+            port_use: HashMap::new(),
         }
     }
 
@@ -191,6 +213,9 @@ impl Detectors {
             .and_then(|v| v.parse().ok())
         {
             self.set_retries2(netns, r);
+        }
+        if let Some(range) = state.port_range() {
+            self.port_range.insert(netns, range);
         }
         let overflow = state
             .tcpext
@@ -307,10 +332,33 @@ impl Detectors {
     }
 
     /// Findings revealed by one event and what the model made of it.
-    pub fn on_event(&mut self, ev: &TcpEvent, outcomes: &[Outcome]) -> Vec<Report> {
+    pub fn on_event(&mut self, ev: &TcpEvent, outcomes: &[Outcome], model: &Model) -> Vec<Report> {
         let mut out = Vec::new();
         let now = ev.ts_ns;
         match ev.kind {
+            // A reset sent from SYN_SENT on a 4-tuple still in TIME_WAIT: the
+            // old peer answered the reused SYN with a challenge ACK.
+            EventKind::ResetSent if ev.old_state == Some(TcpState::SynSent) => {
+                let tuple = FourTuple {
+                    netns: ev.netns,
+                    local: ev.saddr,
+                    local_port: ev.sport,
+                    remote: ev.daddr,
+                    remote_port: ev.dport,
+                };
+                if let Some(tw) = model.time_wait_entry(&tuple) {
+                    let age = now.saturating_sub(tw.entered_ns);
+                    self.reuse_reset(
+                        &mut out,
+                        tuple,
+                        ev.pid,
+                        &ev.comm,
+                        now,
+                        age,
+                        "sent a reset from SYN_SENT",
+                    );
+                }
+            }
             EventKind::SynackRetransmit => {
                 let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
                 let count = self.bump(kind::SYNACK_RETRANSMIT, &key);
@@ -377,6 +425,49 @@ impl Detectors {
         out
     }
 
+    /// A connection that skipped TIME_WAIT met the old connection's ghost.
+    #[allow(clippy::too_many_arguments)]
+    fn reuse_reset(
+        &mut self,
+        out: &mut Vec<Report>,
+        tuple: FourTuple,
+        pid: u32,
+        comm: &str,
+        now: u64,
+        since_ns: u64,
+        what: &str,
+    ) {
+        let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
+        let count = self.bump(kind::TW_REUSE_RESET, &key);
+        let who = Who {
+            pid: Some(pid),
+            comm: Some(comm.to_owned()),
+            laddr: Some(tuple.local),
+            lport: Some(tuple.local_port),
+            raddr: Some(tuple.remote),
+            rport: Some(tuple.remote_port),
+        };
+        let peer = endpoint(tuple.remote, tuple.remote_port);
+        let age = secs(since_ns);
+        self.observe(out, kind::TW_REUSE_RESET, key, tuple.netns, now, count, false, |count| {
+            who.apply(
+                Finding::new(
+                    kind::TW_REUSE_RESET,
+                    Severity::Warning,
+                    format!("a connection to {peer} that reused a TIME_WAIT 4-tuple {what} ({count} so far)"),
+                )
+                .evidence("count", count)
+                .evidence("age_seconds", age)
+                .remedy(
+                    "The two risks of skipping TIME_WAIT: a stale segment or reset of the old \
+                     connection, or a peer still in LAST_ACK (its final ACK was lost) answering the new \
+                     SYN with a challenge ACK that this side resets. Set tcp_tw_reuse back to 2 (or 0) \
+                     for this traffic and reuse connections instead.",
+                ),
+            )
+        });
+    }
+
     fn on_outcome(&mut self, outcome: &Outcome, now: u64, out: &mut Vec<Report>) {
         match outcome {
             Outcome::Finished(f)
@@ -433,12 +524,30 @@ impl Detectors {
                     who.apply(finding.evidence("count", count))
                 });
             }
+            Outcome::Finished(f)
+                if matches!(f.end, EndReason::ResetReceived | EndReason::ResetSent)
+                    && self
+                        .recent_reuse
+                        .get(&f.connection.tuple)
+                        .is_some_and(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS) =>
+            {
+                let c = &f.connection;
+                let age =
+                    now.saturating_sub(self.recent_reuse.get(&c.tuple).copied().unwrap_or(now));
+                let what = if f.end == EndReason::ResetReceived {
+                    "was reset"
+                } else {
+                    "sent a reset"
+                };
+                self.reuse_reset(out, c.tuple, c.pid, &c.comm, now, age, what);
+            }
             Outcome::TimeWaitReused {
                 tuple,
                 age_ns,
                 pid,
                 comm,
             } => {
+                self.recent_reuse.insert(*tuple, now);
                 let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
                 let count = self.bump(kind::TW_REUSE, &key);
                 let who = Who {
@@ -683,6 +792,91 @@ impl Detectors {
             });
         }
 
+        // Ephemeral ports towards one remote endpoint from one local address:
+        // open outgoing connections plus the active closer's TIME_WAIT.
+        self.recent_reuse
+            .retain(|_, t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS);
+        let mut in_use: HashMap<PortUseKey, (u64, u32, String)> = HashMap::new();
+        let outgoing = model
+            .connections()
+            .filter(|c| c.opener != Opener::Passive && c.tuple.local_port != 0)
+            .map(|c| (c.tuple, c.pid, c.comm.clone()))
+            .chain(
+                model
+                    .time_wait()
+                    .filter(|(_, tw)| tw.opener != Opener::Passive)
+                    .map(|(t, tw)| (*t, tw.pid, tw.comm.clone())),
+            );
+        for (tuple, pid, comm) in outgoing {
+            let e = in_use
+                .entry((tuple.netns, tuple.local, tuple.remote, tuple.remote_port))
+                .or_insert((0, pid, comm));
+            e.0 += 1;
+        }
+        let mut previous = std::mem::take(&mut self.port_use);
+        for (key, (count, pid, comm)) in in_use {
+            let (netns, laddr, raddr, rport) = key;
+            let (low, high) = self
+                .port_range
+                .get(&netns)
+                .copied()
+                .unwrap_or((32768, 60999));
+            let ports = u64::from((high + 1).saturating_sub(low)).max(1);
+            let fraction = count as f64 / ports as f64;
+            // Ports taken per second since the last tick.
+            let rate = previous.remove(&key).and_then(|(before, at)| {
+                let dt = now.saturating_sub(at) as f64 / 1e9;
+                (dt > 0.0 && count > before).then(|| (count - before) as f64 / dt)
+            });
+            self.port_use.insert(key, (count, now));
+            if fraction < t.port_use_fraction {
+                continue;
+            }
+            let severity = if fraction >= 0.9 {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let exhausted_in =
+                rate.map(|r| (ports.saturating_sub(count) as f64 / r * 10.0).round() / 10.0);
+            let who = Who {
+                pid: (pid != 0).then_some(pid),
+                comm: (!comm.is_empty()).then(|| comm.clone()),
+                laddr: Some(laddr),
+                raddr: Some(raddr),
+                rport: Some(rport),
+                ..Default::default()
+            };
+            let peer = endpoint(raddr, rport);
+            let key = format!("{netns}|{laddr}|{raddr}|{rport}");
+            self.observe(&mut out, kind::PORT_EXHAUSTION_RISK, key, netns, now, count, true, |count| {
+                let when = match exhausted_in {
+                    Some(s) => format!("; at the current rate the rest lasts {s} s"),
+                    None => String::new(),
+                };
+                who.apply(
+                    Finding::new(
+                        kind::PORT_EXHAUSTION_RISK,
+                        severity,
+                        format!(
+                            "{count} of {ports} ephemeral ports from {laddr} to {peer} are taken by connections and TIME_WAIT ({:.0}%){when}",
+                            fraction * 100.0
+                        ),
+                    )
+                    .evidence("count", count)
+                    .evidence("ports", ports)
+                    .evidence("fraction", (fraction * 1000.0).round() / 1000.0)
+                    .evidence("seconds_to_exhaustion", exhausted_in)
+                    .remedy(
+                        "Each connection this host closes first holds its port for 60 s of TIME_WAIT; when \
+                         the range is used up, connect() fails with EADDRNOTAVAIL. Reuse connections \
+                         (keep-alive, pools), spread over more local addresses, or widen \
+                         net.ipv4.ip_local_port_range.",
+                    ),
+                )
+            });
+        }
+
         // Whatever a tick no longer sees is over.
         let gone: Vec<(&'static str, String)> = self
             .open
@@ -736,7 +930,7 @@ mod tests {
         evs.iter()
             .flat_map(|e| {
                 let outcomes = m.apply(e);
-                d.on_event(e, &outcomes)
+                d.on_event(e, &outcomes, m)
             })
             .collect()
     }
@@ -948,6 +1142,96 @@ mod tests {
         assert_eq!(
             kinds(&r),
             [(crate::finding::kind::SYSCTL_RISK, Status::Raised)]
+        );
+    }
+
+    #[test]
+    fn port_exhaustion_with_the_time_left_at_the_current_rate() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let mut state = NetnsState::default();
+        state
+            .sysctls
+            .insert("ip_local_port_range".into(), "40000 40019".into());
+        d.on_netns(1, &state, 0);
+        let close = |m: &mut Model, d: &mut Detectors, i: u64| {
+            let (sk, port) = (0x9000 + i * 64, 40000 + i as u16);
+            let steps = [
+                (Close, SynSent),
+                (SynSent, Established),
+                (Established, FinWait1),
+                (FinWait1, FinWait2),
+                (FinWait2, Close),
+            ];
+            let evs: Vec<_> = steps
+                .into_iter()
+                .map(|(o, n)| {
+                    st(
+                        i * S,
+                        sk,
+                        o,
+                        n,
+                        if (o, n) == (Close, SynSent) { 0 } else { port },
+                        80,
+                    )
+                })
+                .collect();
+            feed(m, d, &evs);
+        };
+        for i in 0..8 {
+            close(&mut m, &mut d, i);
+        }
+        assert!(d.tick(8 * S, &m).is_empty(), "8 of 20 ports: below half");
+        for i in 8..12 {
+            close(&mut m, &mut d, i);
+        }
+        let r = d.tick(12 * S, &m);
+        assert_eq!(kinds(&r), [(kind::PORT_EXHAUSTION_RISK, Status::Raised)]);
+        let f = &r[0].finding;
+        assert_eq!(
+            (f.evidence["count"].as_u64(), f.evidence["ports"].as_u64()),
+            (Some(12), Some(20))
+        );
+        // 4 ports in 4 s: the 8 left last 8 s.
+        assert_eq!(f.evidence["seconds_to_exhaustion"].as_f64(), Some(8.0));
+        assert_eq!(f.evidence["rport"], 80);
+    }
+
+    #[test]
+    fn resets_after_tw_reuse() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let evs = [
+            st(0, 0xa000, Close, SynSent, 0, 80),
+            st(1, 0xa000, SynSent, Established, 41000, 80),
+            st(2, 0xa000, Established, FinWait1, 41000, 80),
+            st(3, 0xa000, FinWait1, FinWait2, 41000, 80),
+            st(4, 0xa000, FinWait2, Close, 41000, 80),
+        ];
+        feed(&mut m, &mut d, &evs);
+        // The reused SYN meets the old peer in LAST_ACK: a reset from SYN_SENT.
+        let mut rst = st(S, 0xa040, SynSent, SynSent, 41000, 80);
+        rst.kind = EventKind::ResetSent;
+        let r = feed(&mut m, &mut d, &[st(S, 0xa040, Close, SynSent, 0, 80), rst]);
+        assert_eq!(kinds(&r), [(kind::TW_REUSE_RESET, Status::Raised)]);
+        // A reused connection reset soon after: the same finding, updated.
+        let mut got = st(30 * S, 0xa040, Established, Established, 41000, 80);
+        got.kind = EventKind::ResetReceived;
+        let r = feed(
+            &mut m,
+            &mut d,
+            &[
+                st(29 * S, 0xa040, SynSent, Established, 41000, 80),
+                got,
+                st(30 * S, 0xa040, Established, Close, 41000, 80),
+            ],
+        );
+        assert_eq!(
+            kinds(&r),
+            [
+                (kind::TW_REUSE, Status::Raised),
+                (kind::TW_REUSE_RESET, Status::Updated)
+            ]
         );
     }
 

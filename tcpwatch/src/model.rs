@@ -369,6 +369,11 @@ impl Model {
         self.time_wait.iter()
     }
 
+    /// The TIME_WAIT entry of a 4-tuple, if the model holds one.
+    pub fn time_wait_entry(&self, tuple: &FourTuple) -> Option<&TimeWait> {
+        self.time_wait.get(tuple)
+    }
+
     /// Applies one event; returns what it completed or revealed.
     pub fn apply(&mut self, ev: &TcpEvent) -> Vec<Outcome> {
         let mut out = Vec::new();

@@ -55,16 +55,9 @@ fn audit_reads_the_namespace_it_is_given() {
     let mut client = ns.peer("tw-client");
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
     for _ in 0..3 {
-        client.ok(&format!("connect 127.0.0.1 {port}"));
-        server.ok("accept");
-        client.ok("close");
-        server.ok("read_eof");
-        server.ok("close");
+        client_closes_first(&mut client, &mut server, "127.0.0.1", port);
     }
-    let ss_time_wait = ns
-        .exec(&["ss", "-tanH", "state", "time-wait"])
-        .lines()
-        .count() as u64;
+    let ss_time_wait = ns.sockets("time-wait", &[]) as u64;
     assert_eq!(ss_time_wait, 3);
 
     let report = audit(&ns.name);

@@ -33,6 +33,7 @@ fn every_trace_flag_is_documented() {
         "--fin-wait2-age",
         "--time-wait-threshold",
         "--peer-unresponsive-after",
+        "--port-use-fraction",
         "--finding-interval",
         "--reconcile-interval",
         "--color",
@@ -45,7 +46,10 @@ fn every_trace_flag_is_documented() {
             .position(|l| l.trim_start().starts_with(flag) || l.contains(&format!(", {flag}")))
             .unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
         // Short help is on the flag's line, long help on the next one.
-        let same_line = lines[at].split_once(flag).map(|(_, rest)| rest.trim()).unwrap_or("");
+        let same_line = lines[at]
+            .split_once(flag)
+            .map(|(_, rest)| rest.trim())
+            .unwrap_or("");
         let words = |t: &str| t.split_whitespace().filter(|w| !w.starts_with('<')).count();
         let next = lines.get(at + 1).map(|l| l.trim()).unwrap_or("");
         let documented = words(same_line) >= 3 || (!next.starts_with('-') && words(next) >= 3);

@@ -185,29 +185,10 @@ fn simultaneous_close() {
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let port_filter = format!(":{port}");
     let count = |state: &str| {
-        ns.exec(&[
-            "ss",
-            "-tanH",
-            "state",
-            state,
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .lines()
-        .count()
-            + ns.exec(&[
-                "ss",
-                "-tanH",
-                "state",
-                state,
-                "dport",
-                "=",
-                &format!(":{port}"),
-            ])
-            .lines()
-            .count()
+        ns.sockets(state, &["sport", "=", &port_filter])
+            + ns.sockets(state, &["dport", "=", &port_filter])
     };
     let mut client_port = None;
     for _attempt in 0..8 {
@@ -608,11 +589,7 @@ fn accepted_by_another_process() {
         .and_then(|p| p.parse().ok())
         .expect("worker pid");
     client.ok("close");
-    let open = || {
-        ns.exec(&["ss", "-tanH", "state", "close-wait", "state", "last-ack"])
-            .lines()
-            .count()
-    };
+    let open = || ns.sockets("close-wait", &["state", "last-ack"]);
     assert!(
         wait_until(Duration::from_secs(5), || open() == 0),
         "the worker closed its side"
@@ -789,11 +766,7 @@ fn close_wait_leak_finding() {
         client.ok("close");
         server.ok("keep");
     }
-    let close_wait = || {
-        ns.exec(&["ss", "-tanH", "state", "close-wait"])
-            .lines()
-            .count()
-    };
+    let close_wait = || ns.sockets("close-wait", &[]);
     assert_eq!(close_wait(), 2, "ground truth: two sockets in CLOSE_WAIT");
     thread::sleep(Duration::from_millis(2500));
     server.ok("close_kept");
@@ -831,24 +804,9 @@ fn server_side_time_wait_buildup_finding() {
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
     for _ in 0..3 {
-        client.ok(&format!("connect 127.0.0.1 {port}"));
-        server.ok("accept");
-        server.ok("close");
-        client.ok("read_eof");
-        client.ok("close");
+        server_closes_first(&mut client, &mut server, "127.0.0.1", port);
     }
-    let ss = ns
-        .exec(&[
-            "ss",
-            "-tanH",
-            "state",
-            "time-wait",
-            "sport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .lines()
-        .count();
+    let ss = ns.sockets("time-wait", &["sport", "=", &format!(":{port}")]);
     assert_eq!(
         ss, 3,
         "ground truth: the server holds the TIME_WAIT sockets"
@@ -889,12 +847,7 @@ fn tw_reuse_finding() {
     client.ok("close");
     server.ok("read_eof");
     server.ok("close");
-    assert_eq!(
-        ns.exec(&["ss", "-tanH", "state", "time-wait"])
-            .lines()
-            .count(),
-        1
-    );
+    assert_eq!(ns.sockets("time-wait", &[]), 1);
     // tcp_tw_reuse_delay is 1 s by default.
     thread::sleep(Duration::from_millis(1200));
     client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
@@ -943,24 +896,10 @@ fn findings_about_sockets_older_than_tcpwatch() {
         leaky.ok("keep");
     }
     for _ in 0..3 {
-        client.ok(&format!("connect 127.0.0.1 {closer_port}"));
-        closer.ok("accept");
-        closer.ok("close");
-        client.ok("read_eof");
-        client.ok("close");
+        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
     }
-    assert_eq!(
-        ns.exec(&["ss", "-tanH", "state", "close-wait"])
-            .lines()
-            .count(),
-        2
-    );
-    assert_eq!(
-        ns.exec(&["ss", "-tanH", "state", "time-wait"])
-            .lines()
-            .count(),
-        3
-    );
+    assert_eq!(ns.sockets("close-wait", &[]), 2);
+    assert_eq!(ns.sockets("time-wait", &[]), 3);
 
     let tracer = Tracer::start(
         &ns,
@@ -1036,19 +975,7 @@ fn silent_peer_is_unresponsive_then_times_out() {
     let (_server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
     ns.nft(&drop_rules(&[&format!("tcp sport {port} drop")]));
     client.ok("send hello");
-    let established = || {
-        ns.exec(&[
-            "ss",
-            "-tanH",
-            "state",
-            "established",
-            "dport",
-            "=",
-            &format!(":{port}"),
-        ])
-        .lines()
-        .count()
-    };
+    let established = || ns.sockets("established", &["dport", "=", &format!(":{port}")]);
     assert!(
         wait_until(Duration::from_secs(15), || established() == 0),
         "the kernel aborts the client's connection"
@@ -1088,4 +1015,42 @@ fn silent_peer_is_unresponsive_then_times_out() {
         "{}",
         ended[0]
     );
+}
+
+/// A client that opens many short connections to one port with a narrowed
+/// ephemeral port range: TIME_WAIT takes most of the range.
+#[test]
+fn port_exhaustion_risk_finding() {
+    if !privileged_or_skip("port_exhaustion_risk_finding") {
+        return;
+    }
+    let ns = Netns::new("pex");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let (mut server, mut client, port, _) = connected_pair(&ns, "127.0.0.1");
+    client.ok("close");
+    server.ok("close");
+    for _ in 0..11 {
+        client_closes_first(&mut client, &mut server, "127.0.0.1", port);
+    }
+    let ss = ns.sockets("time-wait", &["dport", "=", &format!(":{port}")]);
+    assert_eq!(
+        ss, 12,
+        "ground truth: the client holds 12 TIME_WAIT sockets"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (lines, _) = tracer.stop();
+    let risk = findings(&lines, "port_exhaustion_risk");
+    assert_eq!(risk.len(), 1, "{lines:#?}");
+    let f = risk[0];
+    assert_eq!(
+        (
+            f["count"].as_u64(),
+            f["ports"].as_u64(),
+            f["rport"].as_u64()
+        ),
+        (Some(12), Some(20), Some(port.into()))
+    );
+    assert_eq!(f["raddr"], "127.0.0.1");
+    assert_eq!(f["severity"], "warning");
 }

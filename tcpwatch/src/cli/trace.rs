@@ -102,6 +102,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub peer_unresponsive_after: Duration,
 
+    /// Share of the ephemeral port range that connections plus TIME_WAIT
+    /// towards one remote endpoint may take before a port_exhaustion_risk.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub port_use_fraction: f64,
+
     /// Report a finding again at most this often while its evidence grows.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub finding_interval: Duration,
@@ -129,6 +134,15 @@ pub enum ColorChoice {
     Never,
 }
 
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "`{s}` is not a fraction between 0 (excluded) and 1, like 0.5"
+        )),
+    }
+}
+
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
         .parse()
@@ -148,6 +162,7 @@ impl TraceArgs {
             fin_wait2_age: self.fin_wait2_age,
             time_wait_count: self.time_wait_threshold,
             peer_unresponsive_after: self.peer_unresponsive_after,
+            port_use_fraction: self.port_use_fraction,
             update_every: self.finding_interval,
         }
     }
@@ -336,7 +351,7 @@ impl<W: Write> Pipeline<W> {
             self.renderer.write(&mut self.out, &ev)?;
         }
         let reports = match self.detectors.as_mut() {
-            Some(d) => d.on_event(&ev, &outcomes),
+            Some(d) => d.on_event(&ev, &outcomes, &self.model),
             None => Vec::new(),
         };
         self.outcomes(outcomes)?;

@@ -91,6 +91,14 @@ impl Netns {
             .args(args))
     }
 
+    /// How many TCP sockets `ss` (sock_diag) lists in `state`, with an
+    /// optional ss filter such as `["dport", "=", ":80"]`: ground truth.
+    pub fn sockets(&self, state: &str, filter: &[&str]) -> usize {
+        let mut args = vec!["ss", "-tanH", "state", state];
+        args.extend_from_slice(filter);
+        self.exec(&args).lines().count()
+    }
+
     /// Sets a sysctl inside the namespace only.
     pub fn sysctl(&self, key: &str, value: &str) {
         self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
@@ -490,6 +498,26 @@ pub fn by_socket(events: &[Value]) -> BTreeMap<(String, u32), Vec<Value>> {
         out.entry((addr, *gen)).or_default().push(e.clone());
     }
     out
+}
+
+/// One connection to `port` that the client closes first: the TIME_WAIT
+/// stays on the client.
+pub fn client_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, port: u16) {
+    client.ok(&format!("connect {addr} {port}"));
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+}
+
+/// One connection to `port` that the server closes first: the TIME_WAIT
+/// stays on the server.
+pub fn server_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, port: u16) {
+    client.ok(&format!("connect {addr} {port}"));
+    server.ok("accept");
+    server.ok("close");
+    client.ok("read_eof");
+    client.ok("close");
 }
 
 /// The finding reports of `kind` in `lines`.
