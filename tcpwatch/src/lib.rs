@@ -16,5 +16,6 @@ pub mod loader;
 pub mod logging;
 pub mod model;
 pub mod netns;
+pub mod observer;
 pub mod output;
 pub mod snapshot;

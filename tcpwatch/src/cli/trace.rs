@@ -21,10 +21,9 @@ use crate::{
     event::{decode, TcpState},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
-    model::{FourTuple, KernelSocket, Limits, Model, Outcome},
-    netns,
+    model::{Limits, Model, Outcome},
+    observer::Observer,
     output::{Renderer, Style},
-    snapshot::Snapshot,
 };
 
 #[derive(Debug, Args)]
@@ -221,9 +220,11 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut pipeline = Pipeline {
         renderer: Renderer::new(style, WallClock::now(), reasons),
         filter: args.filter(),
-        snapshot,
-        model: Model::new(Limits::default()),
-        detectors: (!args.no_findings).then(|| Detectors::new(args.thresholds())),
+        observer: Observer::new(
+            Model::new(Limits::default()),
+            (!args.no_findings).then(|| Detectors::new(args.thresholds())),
+            snapshot,
+        ),
         lifecycle: args.lifecycle,
         events: !args.no_events,
         tally: Tally::default(),
@@ -231,7 +232,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     pipeline.header()?;
     // Connections and TIME_WAIT sockets older than tcpwatch.
-    pipeline.reconcile(&args.netns);
+    pipeline.reconcile(&args.netns)?;
     let mut last_reconcile = monotonic_ns();
     let reconcile_every = args.reconcile_interval.as_nanos() as u64;
     eprintln!(
@@ -261,7 +262,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 let now = monotonic_ns();
                 if reconcile_every > 0 && now.saturating_sub(last_reconcile) >= reconcile_every {
-                    pipeline.reconcile(&args.netns);
+                    if let Err(e) = pipeline.reconcile(&args.netns) { break Err(e) }
                     last_reconcile = now;
                 }
                 if let Err(e) = pipeline.tick(now) { break Err(e) }
@@ -282,7 +283,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e).context("cannot write events"),
     }
-    pipeline.tally.reconcile_corrections = pipeline.model.stats().reconcile_corrections;
+    pipeline.tally.reconcile_corrections = pipeline.observer.model.stats().reconcile_corrections;
     report(
         &pipeline.tally,
         &counters.read().unwrap_or_default(),
@@ -307,9 +308,7 @@ struct Tally {
 struct Pipeline<W: Write> {
     renderer: Renderer,
     filter: Filter,
-    snapshot: Snapshot,
-    model: Model,
-    detectors: Option<Detectors>,
+    observer: Observer,
     lifecycle: bool,
     events: bool,
     tally: Tally,
@@ -334,7 +333,7 @@ impl<W: Write> Pipeline<W> {
 
     fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.tally.received += 1;
-        let mut ev = match decode(bytes) {
+        let ev = match decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
                 self.tally.malformed += 1;
@@ -344,86 +343,29 @@ impl<W: Write> Pipeline<W> {
                 return Ok(());
             }
         };
-        self.snapshot.attribute(&mut ev);
-        let outcomes = self.model.apply(&ev);
-        if self.events && self.filter.matches(&ev) {
+        let observed = self.observer.record(ev);
+        if self.events && self.filter.matches(&observed.event) {
             self.tally.shown += 1;
-            self.renderer.write(&mut self.out, &ev)?;
+            self.renderer.write(&mut self.out, &observed.event)?;
         }
-        let reports = match self.detectors.as_mut() {
-            Some(d) => d.on_event(&ev, &outcomes, &self.model),
-            None => Vec::new(),
-        };
-        self.outcomes(outcomes)?;
-        self.reports(reports)
+        self.outcomes(observed.outcomes)?;
+        self.reports(observed.reports)
     }
 
-    /// Ages the model and looks for buildups and leaks.
     fn tick(&mut self, now: u64) -> io::Result<()> {
-        let expired = self.model.expire(now);
-        self.outcomes(expired)?;
-        let reports = match self.detectors.as_mut() {
-            Some(d) => d.tick(now, &self.model),
-            None => Vec::new(),
-        };
+        let (outcomes, reports) = self.observer.tick(now);
+        self.outcomes(outcomes)?;
         self.reports(reports)?;
         self.out.flush()
     }
 
-    /// Checks the model against sock_diag in every namespace (or those of
-    /// the --netns filter). Blocking, but cheap next to event handling.
-    fn reconcile(&mut self, only: &[u32]) {
-        for (inode, target) in netns::all() {
-            if !only.is_empty() && !only.contains(&inode) {
-                continue;
-            }
-            let start = monotonic_ns();
-            match netns::observe(&target) {
-                Ok((inode, (state, sockets))) => {
-                    let netns = inode as u32;
-                    let reports = match self.detectors.as_mut() {
-                        Some(d) => d.on_netns(netns, &state, start),
-                        None => Vec::new(),
-                    };
-                    if let Err(e) = self.reports(reports) {
-                        log::debug!("cannot write findings: {e}");
-                    }
-                    let sockets: Vec<KernelSocket> = sockets
-                        .into_iter()
-                        .map(|s| {
-                            let tuple = FourTuple {
-                                netns,
-                                local: s.local,
-                                local_port: s.local_port,
-                                remote: s.remote,
-                                remote_port: s.remote_port,
-                            };
-                            let owner = self.snapshot.connections.get(&(
-                                netns,
-                                s.local,
-                                s.local_port,
-                                s.remote,
-                                s.remote_port,
-                            ));
-                            KernelSocket {
-                                tuple,
-                                state: s.state,
-                                pid: owner.map_or(0, |o| o.pid),
-                                comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
-                            }
-                        })
-                        .collect();
-                    self.model.reconcile(netns, &sockets, start, monotonic_ns());
-                }
-                // A namespace can vanish between listing and dumping.
-                Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
-            }
-        }
+    fn reconcile(&mut self, only: &[u32]) -> io::Result<()> {
+        let reports = self.observer.reconcile(only);
+        self.reports(reports)
     }
 
-    /// At exit: closes still waiting for a possible reset are decided now.
     fn finish(&mut self) -> io::Result<()> {
-        let parked = self.model.expire(u64::MAX);
+        let parked = self.observer.finish();
         self.outcomes(parked)?;
         self.out.flush()
     }

@@ -1,0 +1,114 @@
+//! The observing core shared by `trace` and `top`: decoded events go
+//! through attribution of old sockets, the connection model and the
+//! detectors; ticks age the model; reconciliation checks it against the
+//! kernel's socket list. No output here: callers render what comes back.
+use crate::{
+    clock::monotonic_ns,
+    detect::{Detectors, Report},
+    event::TcpEvent,
+    model::{FourTuple, KernelSocket, Model, Outcome},
+    netns,
+    snapshot::Snapshot,
+};
+
+/// What one event led to.
+pub struct Observed {
+    pub event: TcpEvent,
+    pub outcomes: Vec<Outcome>,
+    pub reports: Vec<Report>,
+}
+
+pub struct Observer {
+    pub model: Model,
+    /// None when findings are not wanted.
+    pub detectors: Option<Detectors>,
+    snapshot: Snapshot,
+}
+
+impl Observer {
+    pub fn new(model: Model, detectors: Option<Detectors>, snapshot: Snapshot) -> Self {
+        Observer {
+            model,
+            detectors,
+            snapshot,
+        }
+    }
+
+    pub fn record(&mut self, mut event: TcpEvent) -> Observed {
+        self.snapshot.attribute(&mut event);
+        let outcomes = self.model.apply(&event);
+        let reports = match self.detectors.as_mut() {
+            Some(d) => d.on_event(&event, &outcomes, &self.model),
+            None => Vec::new(),
+        };
+        Observed {
+            event,
+            outcomes,
+            reports,
+        }
+    }
+
+    /// Ages the model and looks for buildups, leaks and stalls.
+    pub fn tick(&mut self, now: u64) -> (Vec<Outcome>, Vec<Report>) {
+        let outcomes = self.model.expire(now);
+        let reports = match self.detectors.as_mut() {
+            Some(d) => d.tick(now, &self.model),
+            None => Vec::new(),
+        };
+        (outcomes, reports)
+    }
+
+    /// At exit: closes still waiting for a possible reset are decided now.
+    pub fn finish(&mut self) -> Vec<Outcome> {
+        self.model.expire(u64::MAX)
+    }
+
+    /// Checks the model against sock_diag in every namespace (or those in
+    /// `only`) and reads each namespace's settings and counters. Blocking,
+    /// but cheap next to event handling for thousands of sockets.
+    pub fn reconcile(&mut self, only: &[u32]) -> Vec<Report> {
+        let mut reports = Vec::new();
+        for (inode, target) in netns::all() {
+            if !only.is_empty() && !only.contains(&inode) {
+                continue;
+            }
+            let start = monotonic_ns();
+            match netns::observe(&target) {
+                Ok((inode, (state, sockets))) => {
+                    let netns = inode as u32;
+                    if let Some(d) = self.detectors.as_mut() {
+                        reports.extend(d.on_netns(netns, &state, start));
+                    }
+                    let sockets: Vec<KernelSocket> = sockets
+                        .into_iter()
+                        .map(|s| {
+                            let owner = self.snapshot.connections.get(&(
+                                netns,
+                                s.local,
+                                s.local_port,
+                                s.remote,
+                                s.remote_port,
+                            ));
+                            KernelSocket {
+                                tuple: FourTuple {
+                                    netns,
+                                    local: s.local,
+                                    local_port: s.local_port,
+                                    remote: s.remote,
+                                    remote_port: s.remote_port,
+                                },
+                                state: s.state,
+                                pid: owner.map_or(0, |o| o.pid),
+                                comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+                            }
+                        })
+                        .collect();
+                    self.model.reconcile(netns, &sockets, start, monotonic_ns());
+                }
+                // A namespace can vanish between listing and dumping.
+                Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
+            }
+        }
+        reports
+    }
+}
