@@ -1,5 +1,9 @@
 //! The command line: one module per subcommand.
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::detect::Thresholds;
 
 pub mod audit;
 pub mod trace;
@@ -30,6 +34,65 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Audit a network namespace's TCP sysctls and TcpExt counters.
     Audit(audit::AuditArgs),
+}
+
+/// When findings are raised, shared by the subcommands that raise them.
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    /// CLOSE_WAIT older than this is reported as a leak (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+
+    /// FIN_WAIT2 older than this is reported as a stall.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub fin_wait2_age: Duration,
+
+    /// TIME_WAIT sockets towards one remote endpoint (or on one local port of
+    /// a server that closes first) that make a buildup.
+    #[arg(long, value_name = "COUNT", default_value_t = 1000)]
+    pub time_wait_threshold: u64,
+
+    /// Data retransmitted without an answer for this long makes a
+    /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub peer_unresponsive_after: Duration,
+
+    /// Share of the ephemeral port range that connections plus TIME_WAIT
+    /// towards one remote endpoint may take before a port_exhaustion_risk.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
+    pub port_use_fraction: f64,
+
+    /// Report a finding again at most this often while its evidence grows.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub finding_interval: Duration,
+
+    /// How often the model is checked against the kernel's socket list
+    /// (sock_diag, as `ss`): TIME_WAIT sockets, and connections older than
+    /// tcpwatch. 0s checks only at start.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+impl DetectorArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_age: self.close_wait_age,
+            fin_wait2_age: self.fin_wait2_age,
+            time_wait_count: self.time_wait_threshold,
+            peer_unresponsive_after: self.peer_unresponsive_after,
+            port_use_fraction: self.port_use_fraction,
+            update_every: self.finding_interval,
+        }
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "`{s}` is not a fraction between 0 (excluded) and 1, like 0.5"
+        )),
+    }
 }
 
 /// Parses a duration written like `500ms`, `30s`, `2m` or `1h`.

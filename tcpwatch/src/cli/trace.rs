@@ -14,10 +14,10 @@ use tokio::{
 
 use aya::maps::{MapData, RingBuf};
 
-use super::parse_duration;
+use super::DetectorArgs;
 use crate::{
     clock::{monotonic_ns, WallClock},
-    detect::{Detectors, Report, Thresholds},
+    detect::{Detectors, Report},
     event::{decode, TcpState},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
@@ -83,38 +83,8 @@ pub struct TraceArgs {
     #[arg(long)]
     pub no_findings: bool,
 
-    /// CLOSE_WAIT older than this is reported as a leak (e.g. 30s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub close_wait_age: Duration,
-
-    /// FIN_WAIT2 older than this is reported as a stall.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub fin_wait2_age: Duration,
-
-    /// TIME_WAIT sockets towards one remote endpoint (or on one local port of
-    /// a server that closes first) that make a buildup.
-    #[arg(long, value_name = "COUNT", default_value_t = 1000)]
-    pub time_wait_threshold: u64,
-
-    /// Data retransmitted without an answer for this long makes a
-    /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub peer_unresponsive_after: Duration,
-
-    /// Share of the ephemeral port range that connections plus TIME_WAIT
-    /// towards one remote endpoint may take before a port_exhaustion_risk.
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
-    pub port_use_fraction: f64,
-
-    /// Report a finding again at most this often while its evidence grows.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub finding_interval: Duration,
-
-    /// How often the model is checked against the kernel's socket list
-    /// (sock_diag, as `ss`): TIME_WAIT sockets, and connections older than
-    /// tcpwatch. 0s checks only at start.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub reconcile_interval: Duration,
+    #[command(flatten)]
+    pub detect: DetectorArgs,
 
     /// Colour the output: auto (when stdout is a terminal), always or never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
@@ -133,15 +103,6 @@ pub enum ColorChoice {
     Never,
 }
 
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
-        _ => Err(format!(
-            "`{s}` is not a fraction between 0 (excluded) and 1, like 0.5"
-        )),
-    }
-}
-
 fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
         .parse()
@@ -155,17 +116,6 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
 }
 
 impl TraceArgs {
-    pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            close_wait_age: self.close_wait_age,
-            fin_wait2_age: self.fin_wait2_age,
-            time_wait_count: self.time_wait_threshold,
-            peer_unresponsive_after: self.peer_unresponsive_after,
-            port_use_fraction: self.port_use_fraction,
-            update_every: self.finding_interval,
-        }
-    }
-
     pub fn filter(&self) -> Filter {
         Filter {
             ports: self.ports.clone(),
@@ -222,7 +172,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         filter: args.filter(),
         observer: Observer::new(
             Model::new(Limits::default()),
-            (!args.no_findings).then(|| Detectors::new(args.thresholds())),
+            (!args.no_findings).then(|| Detectors::new(args.detect.thresholds())),
             snapshot,
         ),
         lifecycle: args.lifecycle,
@@ -234,7 +184,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     // Connections and TIME_WAIT sockets older than tcpwatch.
     pipeline.reconcile(&args.netns)?;
     let mut last_reconcile = monotonic_ns();
-    let reconcile_every = args.reconcile_interval.as_nanos() as u64;
+    let reconcile_every = args.detect.reconcile_interval.as_nanos() as u64;
     eprintln!(
         "tcpwatch: tracing TCP on {} tracepoints ({}); Ctrl-C to stop",
         attached.len(),
