@@ -679,7 +679,10 @@ impl Detectors {
         // TIME_WAIT towards one remote endpoint (this host as client), or on
         // one local port (this host as a server that closes first).
         let mut tw: BTreeMap<TimeWaitKey, (u64, u32, String)> = BTreeMap::new();
-        for (tuple, entry) in model.time_wait() {
+        for (tuple, entry) in model
+            .time_wait()
+            .filter(|(_, e)| e.substate == TcpState::TimeWait)
+        {
             let server = entry.opener == Opener::Passive;
             let key = if server {
                 (tuple.netns, true, tuple.local, tuple.local_port)

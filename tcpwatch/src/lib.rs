@@ -19,3 +19,4 @@ pub mod netns;
 pub mod observer;
 pub mod output;
 pub mod snapshot;
+pub mod summary;

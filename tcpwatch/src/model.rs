@@ -249,6 +249,10 @@ pub struct TimeWait {
     pub comm: String,
     /// Who opened the connection: `Passive` is the server-side case.
     pub opener: Opener,
+    /// TIME_WAIT, or FIN_WAIT2 for an orphaned socket whose peer has not
+    /// closed yet (the kernel keeps it in a timewait socket too, for
+    /// tcp_fin_timeout). Inference cannot tell them apart; sock_diag can.
+    pub substate: TcpState,
 }
 
 /// What applying an event produced.
@@ -306,6 +310,9 @@ pub struct KernelSocket {
     pub state: TcpState,
     pub pid: u32,
     pub comm: String,
+    /// No process holds it (inode 0): a timewait socket, possibly in its
+    /// FIN_WAIT2 substate.
+    pub orphan: bool,
 }
 
 /// What one reconciliation changed.
@@ -627,6 +634,7 @@ impl Model {
                 pid: c.pid,
                 comm: c.comm.clone(),
                 opener: c.opener,
+                substate: TcpState::TimeWait,
             },
         );
         self.time_wait_order.push_back((tuple, now));
@@ -661,10 +669,12 @@ impl Model {
             .filter(|s| s.state == TcpState::Listen)
             .map(|s| s.tuple.local_port)
             .collect();
-        let kernel_tw: std::collections::HashSet<FourTuple> = sockets
+        // Timewait sockets: TIME_WAIT, and orphans in FIN_WAIT2.
+        let orphan_fin_wait2 = |s: &&KernelSocket| s.state == TcpState::FinWait2 && s.orphan;
+        let kernel_tw: HashMap<FourTuple, TcpState> = sockets
             .iter()
-            .filter(|s| s.state == TcpState::TimeWait)
-            .map(|s| s.tuple)
+            .filter(|s| s.state == TcpState::TimeWait || orphan_fin_wait2(s))
+            .map(|s| (s.tuple, s.state))
             .collect();
         let kernel_live: HashMap<FourTuple, &KernelSocket> = sockets
             .iter()
@@ -672,7 +682,7 @@ impl Model {
                 !matches!(
                     s.state,
                     TcpState::TimeWait | TcpState::Listen | TcpState::Close
-                )
+                ) && !orphan_fin_wait2(s)
             })
             .map(|s| (s.tuple, s))
             .collect();
@@ -681,7 +691,7 @@ impl Model {
             .time_wait
             .iter()
             .filter(|(t, tw)| {
-                t.netns == netns && tw.entered_ns < dump_start_ns && !kernel_tw.contains(t)
+                t.netns == netns && tw.entered_ns < dump_start_ns && !kernel_tw.contains_key(t)
             })
             .map(|(t, _)| *t)
             .collect();
@@ -689,8 +699,13 @@ impl Model {
             self.time_wait.remove(&t);
             r.time_wait_removed += 1;
         }
-        for t in &kernel_tw {
-            if !self.time_wait.contains_key(t) {
+        for (t, substate) in &kernel_tw {
+            if let Some(entry) = self.time_wait.get_mut(t) {
+                if entry.substate != *substate {
+                    entry.substate = *substate;
+                    r.time_wait_added += 1;
+                }
+            } else {
                 let opener = if listening.contains(&t.local_port) {
                     Opener::Passive
                 } else {
@@ -704,6 +719,7 @@ impl Model {
                         pid: 0,
                         comm: String::new(),
                         opener,
+                        substate: *substate,
                     },
                 );
                 self.time_wait_order.push_back((*t, now_ns));
@@ -1224,6 +1240,7 @@ mod tests {
             state,
             pid: 99,
             comm: "old".into(),
+            orphan: matches!(state, TimeWait),
         }
     }
 
@@ -1273,6 +1290,35 @@ mod tests {
         assert_eq!(
             m.reconcile(8, &[], 400 * MS, 400 * MS),
             Reconciled::default()
+        );
+    }
+
+    #[test]
+    fn orphans_in_fin_wait2_are_not_time_wait() {
+        let mut m = Model::default();
+        // An orphan handed to a timewait socket in FIN_WAIT2: inferred as TIME_WAIT...
+        active_close(&mut m, SK, 0);
+        let mut orphan = KernelSocket {
+            tuple: tuple(),
+            state: FinWait2,
+            pid: 0,
+            comm: String::new(),
+            orphan: true,
+        };
+        // ...until the kernel's list says which substate it is in.
+        let r = m.reconcile(7, std::slice::from_ref(&orphan), 100 * MS, 100 * MS);
+        assert_eq!(r.time_wait_removed, 0);
+        assert_eq!(
+            m.time_wait_entry(&tuple()).map(|tw| tw.substate),
+            Some(FinWait2)
+        );
+        assert_eq!(m.connections().count(), 0, "not a live connection either");
+        // The peer closes: now it is in TIME_WAIT.
+        orphan.state = TimeWait;
+        m.reconcile(7, &[orphan], 200 * MS, 200 * MS);
+        assert_eq!(
+            m.time_wait_entry(&tuple()).map(|tw| tw.substate),
+            Some(TimeWait)
         );
     }
 

@@ -98,6 +98,7 @@ impl Observer {
                                     remote_port: s.remote_port,
                                 },
                                 state: s.state,
+                                orphan: s.inode == 0,
                                 pid: owner.map_or(0, |o| o.pid),
                                 comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
                             }

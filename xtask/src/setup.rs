@@ -12,8 +12,9 @@ use anyhow::{bail, Context as _, Result};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the privileged tests drive: `ip` for network namespaces,
-/// `nft` to drop packets inside them, `ss` for ground truth.
-const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("nftables", "nft")];
+/// `nft` to drop packets inside them, `ss` for ground truth, `tmux` to run
+/// `tcpwatch top` as a person would and read its screen.
+const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("nftables", "nft"), ("tmux", "tmux")];
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::detect::Thresholds;
 
 pub mod audit;
+pub mod top;
 pub mod trace;
 
 /// Observe the Linux kernel's TCP connection lifecycle with eBPF.
@@ -32,6 +33,9 @@ pub struct Cli {
 pub enum Command {
     /// Print every TCP state change, retransmit and reset as it happens.
     Trace(trace::TraceArgs),
+    /// A live view: sockets by state, TIME_WAIT by endpoint, CLOSE_WAIT by
+    /// process, open findings.
+    Top(top::TopArgs),
     /// Audit a network namespace's TCP sysctls and TcpExt counters.
     Audit(audit::AuditArgs),
 }
@@ -118,6 +122,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Top(args) => top::run(args),
         Command::Audit(args) => audit::run(args),
     }
 }

@@ -1,0 +1,306 @@
+//! `tcpwatch top`: a live terminal view of connections by state, TIME_WAIT
+//! by remote endpoint, CLOSE_WAIT by process and the open findings.
+use std::{io, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use ratatui::{
+    crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Color, Modifier, Style},
+    text::Line,
+    widgets::{Block, Cell, Paragraph, Row, Table},
+    DefaultTerminal, Frame,
+};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use super::DetectorArgs;
+use crate::{
+    clock::monotonic_ns,
+    detect::Detectors,
+    event::decode,
+    finding::{Finding, Severity},
+    loader::{self, LoadOptions},
+    model::{Limits, Model},
+    observer::Observer,
+    summary::{summarize, Summary},
+};
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Only this network namespace, by inode number (repeatable).
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<u32>,
+
+    /// How often the screen is redrawn.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::parse_duration)]
+    pub refresh: Duration,
+
+    /// Rows in the TIME_WAIT and CLOSE_WAIT tables before the rest is folded into `other`.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    #[command(flatten)]
+    pub detect: DetectorArgs,
+}
+
+pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(top(args))
+}
+
+/// What the screen shows besides the model.
+#[derive(Default)]
+struct Header {
+    events: u64,
+    rate: f64,
+    lost: u64,
+    attached: usize,
+}
+
+async fn top(args: TopArgs) -> anyhow::Result<()> {
+    let loader::Probe {
+        ebpf: _attached_while_in_scope,
+        events,
+        counters,
+        attached,
+        snapshot,
+        ..
+    } = loader::load(LoadOptions::default())?;
+    let mut observer = Observer::new(
+        Model::new(Limits::default()),
+        Some(Detectors::new(args.detect.thresholds())),
+        snapshot,
+    );
+    observer.reconcile(&args.netns);
+    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
+    // until the AsyncFd (and the RingBuf inside it) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("cannot poll the ring buffer")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut keys = tokio::time::interval(Duration::from_millis(100));
+    let mut header = Header {
+        attached: attached.len(),
+        ..Default::default()
+    };
+    let mut findings: Vec<(Finding, u32)> = Vec::new();
+    let mut last_draw = 0u64;
+    let mut last_reconcile = monotonic_ns();
+    let mut events_at_last_draw = 0u64;
+    let refresh = args.refresh.as_nanos() as u64;
+    let reconcile_every = args.detect.reconcile_interval.as_nanos() as u64;
+
+    let mut terminal = ratatui::init();
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("cannot poll the ring buffer")?;
+                    guard.clear_ready();
+                    drop(guard);
+                    let ring = ring.get_mut();
+                    while let Some(item) = ring.next() {
+                        header.events += 1;
+                        if let Ok(ev) = decode(&item) {
+                            observer.record(ev);
+                        }
+                    }
+                }
+                _ = keys.tick() => {
+                    if quit_requested()? {
+                        return Ok(());
+                    }
+                    let now = monotonic_ns();
+                    if reconcile_every > 0 && now.saturating_sub(last_reconcile) >= reconcile_every {
+                        observer.reconcile(&args.netns);
+                        last_reconcile = now;
+                    }
+                    if now.saturating_sub(last_draw) >= refresh {
+                        observer.tick(now);
+                        let elapsed = now.saturating_sub(last_draw) as f64 / 1e9;
+                        header.rate = if last_draw == 0 { 0.0 } else { (header.events - events_at_last_draw) as f64 / elapsed };
+                        events_at_last_draw = header.events;
+                        last_draw = now;
+                        header.lost = counters.read().map(|c| c.ringbuf_full + c.recursion_misses).unwrap_or(0);
+                        findings = open_findings(&observer, &args.netns);
+                        let summary = summarize(&observer.model, now, &args.netns, args.top);
+                        draw(&mut terminal, &summary, &findings, &header)?;
+                    }
+                }
+                _ = sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    result
+}
+
+/// `q`, Esc or Ctrl-C (raw mode turns Ctrl-C into a key).
+fn quit_requested() -> io::Result<bool> {
+    while event::poll(Duration::ZERO)? {
+        if let Event::Key(key) = event::read()? {
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            let ctrl_c =
+                key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+            if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn open_findings(observer: &Observer, netns: &[u32]) -> Vec<(Finding, u32)> {
+    let mut open: Vec<(Finding, u32)> = observer
+        .detectors
+        .iter()
+        .flat_map(|d| d.open_findings())
+        .filter(|(_, ns)| netns.is_empty() || netns.contains(ns))
+        .map(|(f, ns)| (f.clone(), ns))
+        .collect();
+    open.sort_by(|a, b| {
+        b.0.severity
+            .cmp(&a.0.severity)
+            .then_with(|| a.0.kind.cmp(b.0.kind))
+    });
+    open
+}
+
+fn draw(
+    terminal: &mut DefaultTerminal,
+    s: &Summary,
+    findings: &[(Finding, u32)],
+    header: &Header,
+) -> io::Result<()> {
+    terminal
+        .draw(|frame| render(frame, s, findings, header))
+        .map(|_| ())
+}
+
+fn severity_style(severity: Severity) -> Style {
+    match severity {
+        Severity::Critical => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        Severity::Warning => Style::new().fg(Color::Yellow),
+        Severity::Info => Style::new().fg(Color::Cyan),
+    }
+}
+
+fn render(frame: &mut Frame, s: &Summary, findings: &[(Finding, u32)], header: &Header) {
+    let [head, upper, middle, lower] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(12),
+        Constraint::Length(8),
+        Constraint::Min(4),
+    ])
+    .areas(frame.area());
+    let lost = if header.lost > 0 {
+        format!(" - {} events LOST", header.lost)
+    } else {
+        String::new()
+    };
+    frame.render_widget(
+        Paragraph::new(Line::from(format!(
+            "tcpwatch top - {} tracepoints - {} events ({:.0}/s){lost} - q quits",
+            header.attached, header.events, header.rate
+        )))
+        .style(Style::new().add_modifier(Modifier::REVERSED)),
+        head,
+    );
+
+    let [states_area, tw_area] =
+        Layout::horizontal([Constraint::Length(30), Constraint::Min(30)]).areas(upper);
+    let state_rows = s
+        .by_state
+        .iter()
+        .map(|(st, n)| Row::new([Cell::from(st.name()), Cell::from(n.to_string())]));
+    frame.render_widget(
+        Table::new(state_rows, [Constraint::Length(14), Constraint::Length(10)])
+            .block(Block::bordered().title("Sockets by state")),
+        states_area,
+    );
+    let tw_rows = s
+        .time_wait
+        .iter()
+        .map(|(label, n)| Row::new([Cell::from(label.as_str()), Cell::from(n.to_string())]));
+    frame.render_widget(
+        Table::new(tw_rows, [Constraint::Min(24), Constraint::Length(10)])
+            .header(
+                Row::new(["ENDPOINT", "TIME_WAIT"])
+                    .style(Style::new().add_modifier(Modifier::BOLD)),
+            )
+            .block(
+                Block::bordered().title(
+                    "TIME_WAIT by remote endpoint (server :PORT when this host closes first)",
+                ),
+            ),
+        tw_area,
+    );
+
+    let cw_rows = s.close_wait.iter().map(|r| {
+        let age = format!(
+            "{}{:.1} s",
+            if r.at_least { ">=" } else { "" },
+            r.oldest_seconds
+        );
+        let pid = if r.pid == 0 {
+            "-".to_owned()
+        } else {
+            r.pid.to_string()
+        };
+        let port = if r.local_port == 0 {
+            "-".to_owned()
+        } else {
+            r.local_port.to_string()
+        };
+        Row::new([pid, r.comm.clone(), port, r.count.to_string(), age])
+    });
+    frame.render_widget(
+        Table::new(
+            cw_rows,
+            [
+                Constraint::Length(8),
+                Constraint::Length(16),
+                Constraint::Length(8),
+                Constraint::Length(8),
+                Constraint::Min(10),
+            ],
+        )
+        .header(
+            Row::new(["PID", "COMM", "PORT", "COUNT", "OLDEST"])
+                .style(Style::new().add_modifier(Modifier::BOLD)),
+        )
+        .block(Block::bordered().title("CLOSE_WAIT by process")),
+        middle,
+    );
+
+    let finding_rows = findings.iter().map(|(f, _)| {
+        Row::new([
+            Cell::from(f.severity.name()),
+            Cell::from(f.kind),
+            Cell::from(f.summary.as_str()),
+        ])
+        .style(severity_style(f.severity))
+    });
+    frame.render_widget(
+        Table::new(
+            finding_rows,
+            [
+                Constraint::Length(9),
+                Constraint::Length(22),
+                Constraint::Min(20),
+            ],
+        )
+        .block(Block::bordered().title(format!("Open findings ({})", findings.len()))),
+        lower,
+    );
+}
