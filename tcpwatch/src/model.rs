@@ -587,7 +587,16 @@ impl Model {
         let reset = self.pending_reset.remove(&ev.skaddr);
         let end = match (old, reset) {
             (TcpState::SynSent, Some(EventKind::ResetReceived)) => EndReason::ConnectRefused,
-            (TcpState::SynSent, _) if connection.retransmits.syn > 0 => EndReason::ConnectTimeout,
+            // SYNs went unanswered: retransmitted on the wire, or refused locally
+            // (a firewall on this host makes the kernel's retransmits fail,
+            // so none are reported) for at least the initial RTO of 1 s.
+            (TcpState::SynSent, _)
+                if connection.retransmits.syn > 0
+                    || connection.time_in_state[state_index(TcpState::SynSent)]
+                        >= 1_000_000_000 =>
+            {
+                EndReason::ConnectTimeout
+            }
             (_, Some(EventKind::ResetReceived)) => EndReason::ResetReceived,
             (_, Some(_)) => EndReason::ResetSent,
             (
@@ -1020,6 +1029,22 @@ mod tests {
             }
         );
         assert_eq!(f.connection.time_in_state[state_index(SynSent)], 3000 * MS);
+    }
+
+    #[test]
+    fn a_connect_that_waited_out_its_syns_locally_is_a_timeout() {
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(3000, SK, SynSent, Close)],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::ConnectTimeout);
+        // Abandoned at once: not a timeout.
+        let out = run(
+            &mut m,
+            &[st(4000, SK, Close, SynSent), st(4010, SK, SynSent, Close)],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::Aborted);
     }
 
     #[test]

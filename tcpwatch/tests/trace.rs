@@ -18,16 +18,6 @@ fn peer_main() {
 
 const CLIENT: &str = "tw-client";
 
-/// An nftables table `inet tw` dropping what `rules` match on output.
-fn drop_rules(rules: &[&str]) -> String {
-    let mut text =
-        String::from("table inet tw {\n  chain out {\n    type filter hook output priority 0;\n");
-    for rule in rules {
-        text.push_str(&format!("    {rule}\n"));
-    }
-    text.push_str("  }\n}\n");
-    text
-}
 const SERVER: &str = "tw-server";
 
 /// A server and a client peer in `ns`, connected over `addr`; returns them

@@ -342,6 +342,14 @@ pub fn peer_loop(comm: &str) {
                 conn = None;
                 Ok(String::new())
             }
+            ["shutdown_wr"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| {
+                    c.shutdown(std::net::Shutdown::Write)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|()| String::new()),
             // Keep the connection open (never closed: a leak) and free the slot.
             ["keep"] => {
                 kept.extend(conn.take());
@@ -518,6 +526,13 @@ pub fn server_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, por
     server.ok("close");
     client.ok("read_eof");
     client.ok("close");
+}
+
+/// An nftables table `inet tw` dropping what `rules` match on output, for
+/// `Netns::nft`.
+pub fn drop_rules(rules: &[&str]) -> String {
+    let body: String = rules.iter().map(|r| format!("    {r}\n")).collect();
+    format!("table inet tw {{\n  chain out {{\n    type filter hook output priority 0;\n{body}  }}\n}}\n")
 }
 
 /// The finding reports of `kind` in `lines`.
