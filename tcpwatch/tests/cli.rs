@@ -58,6 +58,16 @@ fn every_trace_flag_is_documented() {
 }
 
 #[test]
+fn every_top_flag_is_documented() {
+    let out = tcpwatch(&["top", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--netns", "--refresh", "--top", "--close-wait-age", "--reconcile-interval"] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+}
+
+#[test]
 fn every_audit_flag_is_documented() {
     let out = tcpwatch(&["audit", "--help"]);
     assert!(out.status.success());
