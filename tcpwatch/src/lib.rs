@@ -6,6 +6,7 @@ pub mod audit;
 pub mod btf;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod detect;
 pub mod diag;
 pub mod event;

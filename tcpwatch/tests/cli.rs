@@ -62,7 +62,13 @@ fn every_top_flag_is_documented() {
     let out = tcpwatch(&["top", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--netns", "--refresh", "--top", "--close-wait-age", "--reconcile-interval"] {
+    for flag in [
+        "--netns",
+        "--refresh",
+        "--top",
+        "--close-wait-age",
+        "--reconcile-interval",
+    ] {
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
 }

@@ -15,7 +15,6 @@ fn peer_main() {
     }
 }
 
-
 fn raised<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     findings(lines, kind)
         .into_iter()

@@ -43,54 +43,73 @@ pub enum Command {
 /// When findings are raised, shared by the subcommands that raise them.
 #[derive(Debug, Args)]
 pub struct DetectorArgs {
-    /// CLOSE_WAIT older than this is reported as a leak (e.g. 30s, 2m).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub close_wait_age: Duration,
+    /// CLOSE_WAIT older than this is reported as a leak, e.g. 30s or 2m [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub close_wait_age: Option<Duration>,
 
-    /// FIN_WAIT2 older than this is reported as a stall.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub fin_wait2_age: Duration,
+    /// FIN_WAIT2 older than this is reported as a stall [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub fin_wait2_age: Option<Duration>,
 
     /// TIME_WAIT sockets towards one remote endpoint (or on one local port of
-    /// a server that closes first) that make a buildup.
-    #[arg(long, value_name = "COUNT", default_value_t = 1000)]
-    pub time_wait_threshold: u64,
+    /// a server that closes first) that make a buildup [default: 1000].
+    #[arg(long, value_name = "COUNT")]
+    pub time_wait_threshold: Option<u64>,
 
     /// Data retransmitted without an answer for this long makes a
-    /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub peer_unresponsive_after: Duration,
+    /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2)
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub peer_unresponsive_after: Option<Duration>,
 
     /// Share of the ephemeral port range that connections plus TIME_WAIT
-    /// towards one remote endpoint may take before a port_exhaustion_risk.
-    #[arg(long, value_name = "FRACTION", default_value_t = 0.5, value_parser = parse_fraction)]
-    pub port_use_fraction: f64,
+    /// towards one remote endpoint may take before a port_exhaustion_risk
+    /// [default: 0.5].
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction)]
+    pub port_use_fraction: Option<f64>,
 
-    /// Report a finding again at most this often while its evidence grows.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub finding_interval: Duration,
+    /// Report a finding again at most this often while its evidence grows
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub finding_interval: Option<Duration>,
 
     /// How often the model is checked against the kernel's socket list
     /// (sock_diag, as `ss`): TIME_WAIT sockets, and connections older than
-    /// tcpwatch. 0s checks only at start.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub reconcile_interval: Duration,
+    /// tcpwatch; 0s checks only at start [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub reconcile_interval: Option<Duration>,
 }
 
+/// How often the model is checked against sock_diag unless told otherwise.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
+
 impl DetectorArgs {
-    pub fn thresholds(&self) -> Thresholds {
+    /// The thresholds given on the command line, over `base` (the defaults,
+    /// or a configuration file's values).
+    pub fn thresholds_over(&self, base: Thresholds) -> Thresholds {
         Thresholds {
-            close_wait_age: self.close_wait_age,
-            fin_wait2_age: self.fin_wait2_age,
-            time_wait_count: self.time_wait_threshold,
-            peer_unresponsive_after: self.peer_unresponsive_after,
-            port_use_fraction: self.port_use_fraction,
-            update_every: self.finding_interval,
+            close_wait_age: self.close_wait_age.unwrap_or(base.close_wait_age),
+            fin_wait2_age: self.fin_wait2_age.unwrap_or(base.fin_wait2_age),
+            time_wait_count: self.time_wait_threshold.unwrap_or(base.time_wait_count),
+            peer_unresponsive_after: self
+                .peer_unresponsive_after
+                .unwrap_or(base.peer_unresponsive_after),
+            port_use_fraction: self.port_use_fraction.unwrap_or(base.port_use_fraction),
+            update_every: self.finding_interval.unwrap_or(base.update_every),
         }
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds_over(Thresholds::default())
+    }
+
+    pub fn reconcile_every(&self) -> Duration {
+        self.reconcile_interval
+            .unwrap_or(DEFAULT_RECONCILE_INTERVAL)
     }
 }
 
-fn parse_fraction(s: &str) -> Result<f64, String> {
+pub fn parse_fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
         _ => Err(format!(

@@ -95,7 +95,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
     let mut last_reconcile = monotonic_ns();
     let mut events_at_last_draw = 0u64;
     let refresh = args.refresh.as_nanos() as u64;
-    let reconcile_every = args.detect.reconcile_interval.as_nanos() as u64;
+    let reconcile_every = args.detect.reconcile_every().as_nanos() as u64;
 
     let mut terminal = ratatui::init();
     let result: anyhow::Result<()> = async {

@@ -184,7 +184,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     // Connections and TIME_WAIT sockets older than tcpwatch.
     pipeline.reconcile(&args.netns)?;
     let mut last_reconcile = monotonic_ns();
-    let reconcile_every = args.detect.reconcile_interval.as_nanos() as u64;
+    let reconcile_every = args.detect.reconcile_every().as_nanos() as u64;
     eprintln!(
         "tcpwatch: tracing TCP on {} tracepoints ({}); Ctrl-C to stop",
         attached.len(),

@@ -1,0 +1,302 @@
+//! The daemon's configuration file (TOML). Every key has a default; unknown
+//! keys are rejected by name; command-line flags override the file.
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{detect::Thresholds, model::Limits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("configuration file {path}: {key} {problem}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+/// A duration written like `500ms`, `30s`, `2m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        match ms {
+            0 => write!(f, "0s"),
+            ms if ms % 3_600_000 == 0 => write!(f, "{}h", ms / 3_600_000),
+            ms if ms % 60_000 == 0 => write!(f, "{}m", ms / 60_000),
+            ms if ms % 1000 == 0 => write!(f, "{}s", ms / 1000),
+            ms => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::cli::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// When findings are raised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThresholdsConfig {
+    /// CLOSE_WAIT older than this is a leak.
+    pub close_wait_age: HumanDuration,
+    /// FIN_WAIT2 older than this is a stall.
+    pub fin_wait2_age: HumanDuration,
+    /// TIME_WAIT sockets towards one endpoint that make a buildup.
+    pub time_wait_count: u64,
+    /// Data retransmitted without an answer for this long: peer_unresponsive.
+    pub peer_unresponsive_after: HumanDuration,
+    /// Share of the ephemeral port range that makes a port_exhaustion_risk.
+    pub port_use_fraction: f64,
+    /// Minimum time between two reports of a finding.
+    pub finding_interval: HumanDuration,
+}
+
+impl Default for ThresholdsConfig {
+    fn default() -> Self {
+        let t = Thresholds::default();
+        ThresholdsConfig {
+            close_wait_age: HumanDuration(t.close_wait_age),
+            fin_wait2_age: HumanDuration(t.fin_wait2_age),
+            time_wait_count: t.time_wait_count,
+            peer_unresponsive_after: HumanDuration(t.peer_unresponsive_after),
+            port_use_fraction: t.port_use_fraction,
+            finding_interval: HumanDuration(t.update_every),
+        }
+    }
+}
+
+impl ThresholdsConfig {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_age: self.close_wait_age.0,
+            fin_wait2_age: self.fin_wait2_age.0,
+            time_wait_count: self.time_wait_count,
+            peer_unresponsive_after: self.peer_unresponsive_after.0,
+            port_use_fraction: self.port_use_fraction,
+            update_every: self.finding_interval.0,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server (/metrics, /healthz, /api). Loopback unless
+    /// exposing it is a deliberate choice.
+    pub listen: SocketAddr,
+    /// Kernel-to-user ring buffer size in KiB (a power of two).
+    pub ring_kib: u32,
+    /// How often the model is checked against the kernel's socket list.
+    pub reconcile_interval: HumanDuration,
+    /// Rows of per-endpoint and per-process metrics before `other`.
+    pub top_n: usize,
+    /// Live connection records the model keeps (the oldest are evicted).
+    pub max_connections: usize,
+    /// TIME_WAIT entries the model keeps (the oldest are evicted).
+    pub max_time_wait: usize,
+    pub thresholds: ThresholdsConfig,
+}
+
+/// The daemon's port, next to node_exporter's 9100 family.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9775";
+
+impl Default for Config {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9775))),
+            ring_kib: tcpwatch_common::DEFAULT_RING_BYTES / 1024,
+            reconcile_interval: HumanDuration(crate::cli::DEFAULT_RECONCILE_INTERVAL),
+            top_n: 10,
+            max_connections: limits.max_connections,
+            max_time_wait: limits.max_time_wait,
+            thresholds: ThresholdsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates the text of a configuration file.
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &location(text, e.span()),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&text, &shown)
+    }
+
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, problem: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                problem,
+            })
+        };
+        if !(4..=1 << 20).contains(&self.ring_kib) || !self.ring_kib.is_power_of_two() {
+            return bad(
+                "ring_kib",
+                format!(
+                    "= {} is not a power of two between 4 and 1048576",
+                    self.ring_kib
+                ),
+            );
+        }
+        if !(1..=1000).contains(&self.top_n) {
+            return bad(
+                "top_n",
+                format!("= {} is not between 1 and 1000", self.top_n),
+            );
+        }
+        if self.max_connections == 0 || self.max_time_wait == 0 {
+            return bad(
+                "max_connections/max_time_wait",
+                "must be above 0".to_owned(),
+            );
+        }
+        let f = self.thresholds.port_use_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return bad(
+                "thresholds.port_use_fraction",
+                format!("= {f} is not between 0 (excluded) and 1"),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_time_wait: self.max_time_wait,
+        }
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// ` (line L)` for an error's byte span, when known.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => format!(
+            " (line {})",
+            text[..span.start.min(text.len())].lines().count().max(1)
+        ),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults_and_defaults_round_trip() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        let again = Config::parse(&c.to_toml(), "t.toml").unwrap();
+        assert_eq!(again, c);
+        assert!(
+            c.to_toml().contains("close_wait_age = \"1m\""),
+            "{}",
+            c.to_toml()
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::parse(
+            "listen = \"0.0.0.0:9999\"\ntop_n = 3\n[thresholds]\nclose_wait_age = \"2m\"\nport_use_fraction = 0.8\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.top_n, 3);
+        assert_eq!(
+            c.thresholds.thresholds().close_wait_age,
+            Duration::from_secs(120)
+        );
+        assert_eq!(c.thresholds.port_use_fraction, 0.8);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::parse("listn = \"x\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `listn`") && e.contains("t.toml"),
+            "{e}"
+        );
+        let e = Config::parse("[thresholds]\nclose_wait_age = \"soon\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("soon") && e.contains("line 2"), "{e}");
+        let e = Config::parse("ring_kib = 3000\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ring_kib"), "{e}");
+        let e = Config::parse("[thresholds]\nport_use_fraction = 2.0\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port_use_fraction"), "{e}");
+        let e = Config::parse("listen = \"nope\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen") || e.contains("socket address"), "{e}");
+        assert!(matches!(
+            Config::load(Path::new("/nonexistent/tcpwatch.toml")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_unit() {
+        for (d, s) in [
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(7200), "2h"),
+        ] {
+            assert_eq!(HumanDuration(d).to_string(), s);
+        }
+    }
+}
