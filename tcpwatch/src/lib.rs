@@ -15,6 +15,7 @@ pub mod finding;
 pub mod layout;
 pub mod loader;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod observer;

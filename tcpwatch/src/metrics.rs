@@ -1,0 +1,588 @@
+//! Prometheus metrics of the daemon: counters and histograms fed by events
+//! and model outcomes, gauges refreshed from the model at scrape time.
+//! Every label is bounded: kernel states and reasons are fixed sets,
+//! endpoints and processes are the top N with the rest in `other`.
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    audit::NetnsState,
+    detect::Detectors,
+    event::{EventKind, ResetReasons, TcpEvent, TcpState},
+    loader::Counters,
+    model::{Model, Outcome},
+    summary::Summary,
+};
+
+/// Lifetimes and durations span microseconds (loopback) to hours.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+];
+
+/// The TcpExt counters exported.
+pub const TCPEXT: [&str; 8] = crate::audit::TCPEXT;
+
+/// Sysctls exported as numbers.
+const SYSCTLS: [&str; 6] = [
+    "tcp_tw_reuse",
+    "tcp_max_tw_buckets",
+    "tcp_fin_timeout",
+    "tcp_syn_retries",
+    "tcp_retries2",
+    "tcp_rfc1337",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    transitions: IntCounterVec,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    retransmits: IntCounterVec,
+    resets: IntCounterVec,
+    tw_reuse: IntCounter,
+    handshake: Histogram,
+    lifetime: Histogram,
+    state_duration: HistogramVec,
+    findings_reported: IntCounterVec,
+    sockets: IntGaugeVec,
+    time_wait: IntGaugeVec,
+    close_wait: IntGaugeVec,
+    close_wait_oldest: prometheus::GaugeVec,
+    findings_open: IntGaugeVec,
+    tcpext: IntCounterVec,
+    sysctl: IntGaugeVec,
+    port_range: IntGaugeVec,
+    events_received: IntCounter,
+    events_lost: IntCounterVec,
+    malformed: IntCounter,
+    model_connections: IntGauge,
+    model_time_wait: IntGauge,
+    evictions: IntCounterVec,
+    reconcile_corrections: IntCounter,
+    scrape_seconds: prometheus::Gauge,
+    /// Last values of cumulative sources, to add only what is new.
+    last_tcpext: std::collections::HashMap<String, u64>,
+    last_counters: Counters,
+    last_evicted: (u64, u64),
+    last_corrections: u64,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+fn phase(state: Option<TcpState>) -> &'static str {
+    match state {
+        Some(TcpState::SynSent) => "syn",
+        Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing) => "fin",
+        _ => "data",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let c = |name, help, labels: &[&str]| counter_vec(&r, name, help, labels);
+        let transitions = c(
+            "tcpwatch_state_transitions_total",
+            "TCP state changes seen by inet_sock_set_state.",
+            &["from", "to"],
+        )?;
+        let opened = c(
+            "tcpwatch_connections_opened_total",
+            "Connections born, by who opened them.",
+            &["opener"],
+        )?;
+        let closed = c(
+            "tcpwatch_connections_closed_total",
+            "Connections ended, by who opened them and how they ended.",
+            &["opener", "end"],
+        )?;
+        let retransmits = c(
+            "tcpwatch_retransmits_total",
+            "Segments retransmitted on the wire, by phase.",
+            &["phase"],
+        )?;
+        let resets = c(
+            "tcpwatch_resets_total",
+            "Resets sent (by kernel reason) and received.",
+            &["direction", "reason"],
+        )?;
+        let findings_reported = c(
+            "tcpwatch_findings_reported_total",
+            "Findings raised, updated and resolved.",
+            &["kind", "status"],
+        )?;
+        let tcpext = c(
+            "tcpwatch_tcpext_total",
+            "TcpExt counters of tcpwatch's network namespace (TW, TWRecycled, ...).",
+            &["counter"],
+        )?;
+        let events_lost = c(
+            "tcpwatch_events_lost_total",
+            "Events lost: ring buffer full, or programs skipped by the kernel.",
+            &["cause"],
+        )?;
+        let evictions = c(
+            "tcpwatch_model_evictions_total",
+            "Model entries evicted to stay within the memory bounds.",
+            &["table"],
+        )?;
+        let g = |name, help, labels: &[&str]| gauge_vec(&r, name, help, labels);
+        let sockets = g(
+            "tcpwatch_sockets",
+            "TCP sockets by state, TIME_WAIT included, as the model knows them.",
+            &["state"],
+        )?;
+        let time_wait = g("tcpwatch_time_wait_sockets", "TIME_WAIT sockets by remote endpoint (top N, then other; server :PORT when this host closes first).", &["endpoint"])?;
+        let close_wait = g(
+            "tcpwatch_close_wait_sockets",
+            "CLOSE_WAIT sockets by process and local port (top N, then other).",
+            &["comm", "port"],
+        )?;
+        let findings_open = g(
+            "tcpwatch_findings_open",
+            "Findings open now.",
+            &["kind", "severity"],
+        )?;
+        let sysctl = g(
+            "tcpwatch_sysctl",
+            "TCP sysctls of tcpwatch's network namespace.",
+            &["name"],
+        )?;
+        let port_range = g(
+            "tcpwatch_ephemeral_ports",
+            "ip_local_port_range of tcpwatch's network namespace.",
+            &["bound"],
+        )?;
+        let close_wait_oldest = prometheus::GaugeVec::new(
+            Opts::new("tcpwatch_close_wait_oldest_seconds", "Age of the oldest CLOSE_WAIT socket by process and local port (a lower bound for sockets older than tcpwatch)."),
+            &["comm", "port"],
+        )?;
+        r.register(Box::new(close_wait_oldest.clone()))?;
+        let state_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tcpwatch_state_duration_seconds",
+                "Time spent in CLOSE_WAIT, FIN_WAIT2 and LAST_ACK.",
+            )
+            .buckets(SECONDS_BUCKETS.to_vec()),
+            &["state"],
+        )?;
+        r.register(Box::new(state_duration.clone()))?;
+        let one = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let tw_reuse = one(
+            "tcpwatch_tw_reuse_total",
+            "New connections that took a 4-tuple still in TIME_WAIT.",
+        )?;
+        let events_received = one(
+            "tcpwatch_events_received_total",
+            "Events received from the kernel.",
+        )?;
+        let malformed = one(
+            "tcpwatch_events_malformed_total",
+            "Events that could not be decoded and were skipped.",
+        )?;
+        let reconcile_corrections = one(
+            "tcpwatch_reconcile_corrections_total",
+            "Corrections of the model made by comparing it with sock_diag.",
+        )?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let model_connections = gauge(
+            "tcpwatch_model_connections",
+            "Connection records the model holds.",
+        )?;
+        let model_time_wait = gauge(
+            "tcpwatch_model_time_wait_entries",
+            "TIME_WAIT entries the model holds.",
+        )?;
+        let scrape_seconds = prometheus::Gauge::new(
+            "tcpwatch_scrape_duration_seconds",
+            "Time the previous scrape took to prepare.",
+        )?;
+        r.register(Box::new(scrape_seconds.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new("tcpwatch_build_info", "tcpwatch's version."),
+            &["version"],
+        )?;
+        r.register(Box::new(build.clone()))?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let handshake = histogram(
+            &r,
+            "tcpwatch_handshake_seconds",
+            "Time from SYN_SENT to ESTABLISHED of outgoing connections.",
+        )?;
+        let lifetime = histogram(
+            &r,
+            "tcpwatch_connection_lifetime_seconds",
+            "Lifetime of connections, birth to close.",
+        )?;
+        Ok(Metrics {
+            registry: r,
+            transitions,
+            opened,
+            closed,
+            retransmits,
+            resets,
+            tw_reuse,
+            handshake,
+            lifetime,
+            state_duration,
+            findings_reported,
+            sockets,
+            time_wait,
+            close_wait,
+            close_wait_oldest,
+            findings_open,
+            tcpext,
+            sysctl,
+            port_range,
+            events_received,
+            events_lost,
+            malformed,
+            model_connections,
+            model_time_wait,
+            evictions,
+            reconcile_corrections,
+            scrape_seconds,
+            last_tcpext: Default::default(),
+            last_counters: Counters::default(),
+            last_evicted: (0, 0),
+            last_corrections: 0,
+        })
+    }
+
+    pub fn malformed(&self) {
+        self.malformed.inc();
+    }
+
+    /// Counts one event.
+    pub fn on_event(&self, ev: &TcpEvent, reasons: &ResetReasons) {
+        self.events_received.inc();
+        match ev.kind {
+            EventKind::State => {
+                let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
+                    return;
+                };
+                self.transitions
+                    .with_label_values(&[old.name(), new.name()])
+                    .inc();
+                match (old, new) {
+                    (TcpState::Close, TcpState::SynSent) => {
+                        self.opened.with_label_values(&["active"]).inc()
+                    }
+                    (TcpState::Listen, TcpState::SynRecv) => {
+                        self.opened.with_label_values(&["passive"]).inc()
+                    }
+                    (TcpState::SynSent, TcpState::Established) => {
+                        if let Some(ns) = ev.old_state_ns {
+                            self.handshake.observe(ns as f64 / 1e9);
+                        }
+                    }
+                    _ => {}
+                }
+                if old != new
+                    && matches!(
+                        old,
+                        TcpState::CloseWait | TcpState::FinWait2 | TcpState::LastAck
+                    )
+                {
+                    if let Some(ns) = ev.old_state_ns {
+                        self.state_duration
+                            .with_label_values(&[old.name()])
+                            .observe(ns as f64 / 1e9);
+                    }
+                }
+            }
+            EventKind::Retransmit => self
+                .retransmits
+                .with_label_values(&[phase(ev.new_state)])
+                .inc(),
+            EventKind::SynackRetransmit => self.retransmits.with_label_values(&["synack"]).inc(),
+            EventKind::ResetSent => self
+                .resets
+                .with_label_values(&["sent", &reasons.name(ev.reason)])
+                .inc(),
+            EventKind::ResetReceived => self.resets.with_label_values(&["received", ""]).inc(),
+        }
+    }
+
+    pub fn on_outcome(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Finished(f) => {
+                self.closed
+                    .with_label_values(&[f.connection.opener.name(), f.end.name()])
+                    .inc();
+                if let Some(ns) = f.lifetime_ns() {
+                    self.lifetime.observe(ns as f64 / 1e9);
+                }
+            }
+            Outcome::TimeWaitReused { .. } => self.tw_reuse.inc(),
+            Outcome::TimeWaitSynReused { .. } => {}
+        }
+    }
+
+    pub fn on_report(&self, kind: &str, status: &str) {
+        self.findings_reported
+            .with_label_values(&[kind, status])
+            .inc();
+    }
+
+    /// Refreshes what is read rather than counted, then encodes everything.
+    pub fn render(
+        &mut self,
+        summary: &Summary,
+        model: &Model,
+        detectors: Option<&Detectors>,
+        counters: &Counters,
+        own_netns: Option<&NetnsState>,
+    ) -> String {
+        let started = std::time::Instant::now();
+        self.sockets.reset();
+        for (state, n) in &summary.by_state {
+            self.sockets
+                .with_label_values(&[state.name()])
+                .set(*n as i64);
+        }
+        self.time_wait.reset();
+        for (endpoint, n) in &summary.time_wait {
+            self.time_wait
+                .with_label_values(&[endpoint.as_str()])
+                .set(*n as i64);
+        }
+        self.close_wait.reset();
+        self.close_wait_oldest.reset();
+        for row in &summary.close_wait {
+            let port = if row.local_port == 0 {
+                String::new()
+            } else {
+                row.local_port.to_string()
+            };
+            self.close_wait
+                .with_label_values(&[row.comm.as_str(), port.as_str()])
+                .set(row.count as i64);
+            self.close_wait_oldest
+                .with_label_values(&[row.comm.as_str(), port.as_str()])
+                .set(row.oldest_seconds);
+        }
+        self.findings_open.reset();
+        for (f, _) in detectors.into_iter().flat_map(|d| d.open_findings()) {
+            self.findings_open
+                .with_label_values(&[f.kind, f.severity.name()])
+                .inc();
+        }
+        let grow = |c: &IntCounter, before: u64, now: u64| c.inc_by(now.saturating_sub(before));
+        let last = self.last_counters;
+        grow(
+            &self.events_lost.with_label_values(&["ringbuf_full"]),
+            last.ringbuf_full,
+            counters.ringbuf_full,
+        );
+        grow(
+            &self.events_lost.with_label_values(&["bpf_recursion"]),
+            last.recursion_misses,
+            counters.recursion_misses,
+        );
+        self.last_counters = *counters;
+        let stats = model.stats();
+        grow(
+            &self.evictions.with_label_values(&["connections"]),
+            self.last_evicted.0,
+            stats.connections_evicted,
+        );
+        grow(
+            &self.evictions.with_label_values(&["time_wait"]),
+            self.last_evicted.1,
+            stats.time_wait_evicted,
+        );
+        self.last_evicted = (stats.connections_evicted, stats.time_wait_evicted);
+        grow(
+            &self.reconcile_corrections,
+            self.last_corrections,
+            stats.reconcile_corrections,
+        );
+        self.last_corrections = stats.reconcile_corrections;
+        self.model_connections
+            .set(model.connections().count() as i64);
+        self.model_time_wait.set(model.time_wait().count() as i64);
+        if let Some(state) = own_netns {
+            for name in TCPEXT {
+                let now = state.tcpext.get(name).copied().unwrap_or(0);
+                // The first reading sets the baseline: counts from before
+                // tcpwatch started are not re-counted.
+                let before = *self.last_tcpext.entry(name.to_owned()).or_insert(now);
+                self.tcpext
+                    .with_label_values(&[name])
+                    .inc_by(now.saturating_sub(before));
+                self.last_tcpext.insert(name.to_owned(), now);
+            }
+            for name in SYSCTLS {
+                if let Some(v) = state.sysctls.get(name).and_then(|v| v.parse::<i64>().ok()) {
+                    self.sysctl.with_label_values(&[name]).set(v);
+                }
+            }
+            if let Some((low, high)) = state.port_range() {
+                self.port_range
+                    .with_label_values(&["low"])
+                    .set(i64::from(low));
+                self.port_range
+                    .with_label_values(&["high"])
+                    .set(i64::from(high));
+            }
+        }
+        let mut out = Vec::new();
+        let encoded = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        self.scrape_seconds.set(started.elapsed().as_secs_f64());
+        match encoded {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(e) => format!("# encoding failed: {e}\n"),
+        }
+    }
+}
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::OwnerSource, model::Limits, summary::summarize};
+
+    fn ev(kind: EventKind, old: TcpState, new: TcpState, ms: Option<u64>) -> TcpEvent {
+        TcpEvent {
+            ts_ns: 0,
+            skaddr: 1,
+            kind,
+            pid: 1,
+            comm: "x".into(),
+            owner: OwnerSource::Connect,
+            netns: 1,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 1,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 2,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: ms.map(|m| m * 1_000_000),
+            reason: 1,
+        }
+    }
+
+    #[test]
+    fn counts_and_renders_with_bounded_labels() {
+        let mut m = Metrics::new().unwrap();
+        let reasons = ResetReasons::new([(1, "NO_SOCKET".to_owned())].into());
+        m.on_event(
+            &ev(EventKind::State, TcpState::Close, TcpState::SynSent, None),
+            &reasons,
+        );
+        m.on_event(
+            &ev(
+                EventKind::State,
+                TcpState::SynSent,
+                TcpState::Established,
+                Some(2),
+            ),
+            &reasons,
+        );
+        m.on_event(
+            &ev(
+                EventKind::Retransmit,
+                TcpState::SynSent,
+                TcpState::SynSent,
+                None,
+            ),
+            &reasons,
+        );
+        m.on_event(
+            &ev(EventKind::ResetSent, TcpState::Close, TcpState::Close, None),
+            &reasons,
+        );
+        m.on_event(
+            &ev(
+                EventKind::State,
+                TcpState::CloseWait,
+                TcpState::LastAck,
+                Some(1500),
+            ),
+            &reasons,
+        );
+        let model = Model::new(Limits::default());
+        let counters = Counters {
+            ringbuf_full: 3,
+            ..Default::default()
+        };
+        let text = m.render(
+            &summarize(&model, 0, &[], 10),
+            &model,
+            None,
+            &counters,
+            None,
+        );
+        for line in [
+            "tcpwatch_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 1",
+            "tcpwatch_connections_opened_total{opener=\"active\"} 1",
+            "tcpwatch_retransmits_total{phase=\"syn\"} 1",
+            "tcpwatch_resets_total{direction=\"sent\",reason=\"NO_SOCKET\"} 1",
+            "tcpwatch_handshake_seconds_count 1",
+            "tcpwatch_state_duration_seconds_count{state=\"CLOSE_WAIT\"} 1",
+            "tcpwatch_events_received_total 5",
+            "tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3",
+            "tcpwatch_build_info{version=",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Counters read from cumulative sources are not double counted.
+        let text = m.render(
+            &summarize(&model, 0, &[], 10),
+            &model,
+            None,
+            &counters,
+            None,
+        );
+        assert!(
+            text.contains("tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3"),
+            "{text}"
+        );
+        // Every metric carries the prefix.
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with("tcpwatch_"), "{line}");
+        }
+    }
+}
