@@ -7,6 +7,7 @@ pub mod btf;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod diag;
 pub mod event;

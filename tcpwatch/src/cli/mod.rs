@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::detect::Thresholds;
 
 pub mod audit;
+pub mod config;
+pub mod run;
 pub mod top;
 pub mod trace;
 
@@ -33,6 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Print every TCP state change, retransmit and reset as it happens.
     Trace(trace::TraceArgs),
+    /// The daemon: models every connection and serves /metrics, /healthz
+    /// and a JSON API (a systemd service and a Prometheus scrape target).
+    Run(run::RunArgs),
+    /// Print the effective configuration of `run` (file, defaults and flags).
+    Config(run::RunArgs),
     /// A live view: sockets by state, TIME_WAIT by endpoint, CLOSE_WAIT by
     /// process, open findings.
     Top(top::TopArgs),
@@ -103,6 +110,33 @@ impl DetectorArgs {
         self.thresholds_over(Thresholds::default())
     }
 
+    /// Puts the flags given over a configuration file's values.
+    pub fn apply_to(&self, config: &mut crate::config::Config) {
+        use crate::config::HumanDuration;
+        let t = &mut config.thresholds;
+        if let Some(v) = self.close_wait_age {
+            t.close_wait_age = HumanDuration(v);
+        }
+        if let Some(v) = self.fin_wait2_age {
+            t.fin_wait2_age = HumanDuration(v);
+        }
+        if let Some(v) = self.time_wait_threshold {
+            t.time_wait_count = v;
+        }
+        if let Some(v) = self.peer_unresponsive_after {
+            t.peer_unresponsive_after = HumanDuration(v);
+        }
+        if let Some(v) = self.port_use_fraction {
+            t.port_use_fraction = v;
+        }
+        if let Some(v) = self.finding_interval {
+            t.finding_interval = HumanDuration(v);
+        }
+        if let Some(v) = self.reconcile_interval {
+            config.reconcile_interval = HumanDuration(v);
+        }
+    }
+
     pub fn reconcile_every(&self) -> Duration {
         self.reconcile_interval
             .unwrap_or(DEFAULT_RECONCILE_INTERVAL)
@@ -141,6 +175,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Trace(args) => trace::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Config(args) => config::run(args),
         Command::Top(args) => top::run(args),
         Command::Audit(args) => audit::run(args),
     }

@@ -180,6 +180,9 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         tally: Tally::default(),
         out: BufWriter::with_capacity(1 << 16, stdout.lock()),
     };
+    // Before announcing that tracing started: a signal sent after it must be handled.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     pipeline.header()?;
     // Connections and TIME_WAIT sockets older than tcpwatch.
     pipeline.reconcile(&args.netns)?;
@@ -191,8 +194,6 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         attached.join(", ")
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut reported = counters.read().unwrap_or_default();
     // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged

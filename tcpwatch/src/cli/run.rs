@@ -1,0 +1,220 @@
+//! `tcpwatch run`: the daemon. Loads the programs, models every connection,
+//! and serves /metrics, /healthz and the JSON API; a systemd service
+//! (Type=notify, watchdog) and a Prometheus scrape target.
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use log::{info, warn};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use super::DetectorArgs;
+use crate::{
+    clock::monotonic_ns,
+    config::Config,
+    daemon::{self, Daemon},
+    detect::Detectors,
+    event::decode,
+    loader::{self, LoadOptions},
+    metrics::Metrics,
+    model::Model,
+    netns::{self, Target},
+    observer::Observer,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); `tcpwatch config` prints the effective one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP server [default: 127.0.0.1:9775; loopback unless
+    /// exposing it is a deliberate choice].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub detect: DetectorArgs,
+}
+
+impl RunArgs {
+    /// The configuration file (or the defaults) with the flags over it.
+    pub fn effective(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        self.detect.apply_to(&mut config);
+        Ok(config)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The daemon never starts half-configured: everything is checked first.
+    let config = args.effective()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(args, config))
+}
+
+async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let probe = loader::load(LoadOptions {
+        ring_bytes: config.ring_kib * 1024,
+        ..Default::default()
+    })?;
+    let loader::Probe {
+        ebpf: _attached_while_in_scope,
+        events,
+        counters,
+        reasons,
+        attached,
+        snapshot,
+    } = probe;
+    let observer = Observer::new(
+        Model::new(config.limits()),
+        Some(Detectors::new(config.thresholds.thresholds())),
+        snapshot,
+    );
+    let shared = Arc::new(Mutex::new(Daemon {
+        observer,
+        metrics: Metrics::new().context("cannot register the metrics")?,
+        reasons,
+        counters,
+        own_netns: None,
+        top_n: config.top_n,
+        last_loop_ns: monotonic_ns(),
+        loss_window: VecDeque::new(),
+        received: 0,
+    }));
+    reconcile(&shared);
+
+    // Before announcing readiness: a signal sent after it must be handled.
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+        listener,
+        daemon::router(shared.clone()),
+    )));
+    eprintln!(
+        "tcpwatch: attached to {} tracepoints; serving http://{bound}/metrics",
+        attached.len()
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+
+    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
+    // until the AsyncFd (and the RingBuf inside it) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("cannot poll the ring buffer")?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_reconcile = monotonic_ns();
+    let mut last_watchdog = 0u64;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("cannot poll the ring buffer")?;
+                guard.clear_ready();
+                drop(guard);
+                let ring = ring.get_mut();
+                let mut d = daemon::lock(&shared);
+                while let Some(item) = ring.next() {
+                    match decode(&item) {
+                        Ok(ev) => {
+                            let observed = d.observer.record(ev);
+                            d.observed(&observed);
+                        }
+                        Err(_) => d.metrics.malformed(),
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                let now = monotonic_ns();
+                {
+                    let mut d = daemon::lock(&shared);
+                    let (outcomes, reports) = d.observer.tick(now);
+                    d.outcomes(&outcomes);
+                    for r in &reports {
+                        d.metrics.on_report(r.finding.kind, r.status.name());
+                    }
+                    d.heartbeat(now);
+                }
+                let every = config.reconcile_interval.0.as_nanos() as u64;
+                if every > 0 && now.saturating_sub(last_reconcile) >= every {
+                    reconcile(&shared);
+                    last_reconcile = now;
+                }
+                if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    last_watchdog = now;
+                }
+            }
+            _ = sighup.recv() => reload(&args, &mut config, &shared),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    server.abort();
+    info!("stopping; detaching the programs");
+    Ok(())
+}
+
+/// Checks the model against sock_diag and re-reads tcpwatch's own
+/// namespace's settings and counters for the metrics.
+fn reconcile(shared: &daemon::Shared) {
+    let mut d = daemon::lock(shared);
+    let reports = d.observer.reconcile(&[]);
+    for r in &reports {
+        d.metrics.on_report(r.finding.kind, r.status.name());
+    }
+    match netns::read_state(&Target::Current) {
+        Ok((_, state)) => d.own_netns = Some(state),
+        Err(e) => warn!("cannot read this namespace's TCP settings: {e}"),
+    }
+}
+
+/// SIGHUP: new thresholds from the configuration file, keeping all state.
+fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
+    match args.effective() {
+        Ok(fresh) => {
+            if fresh.listen != config.listen || fresh.ring_kib != config.ring_kib {
+                warn!("listen and ring_kib take effect at the next start; reloading the rest");
+            }
+            let mut d = daemon::lock(shared);
+            if let Some(det) = d.observer.detectors.as_mut() {
+                det.set_thresholds(fresh.thresholds.thresholds());
+            }
+            d.top_n = fresh.top_n;
+            config.thresholds = fresh.thresholds.clone();
+            config.reconcile_interval = fresh.reconcile_interval;
+            config.top_n = fresh.top_n;
+            warn!("configuration reloaded");
+        }
+        Err(e) => warn!("configuration not reloaded, keeping the previous one: {e:#}"),
+    }
+}

@@ -1,0 +1,280 @@
+//! `tcpwatch run` end to end: real traffic in a test namespace, scraped over
+//! HTTP and checked against `ss`; and its configuration errors.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::*;
+
+/// Not a test: the entry point of peer processes (see `common::Peer`).
+#[test]
+fn peer_main() {
+    if let Ok(comm) = std::env::var(PEER_ENV) {
+        peer_loop(&comm);
+    }
+}
+
+fn tcpwatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .args(args)
+        .output()
+        .expect("tcpwatch runs")
+}
+
+/// (status line, headers, body) of a GET.
+fn get(addr: &str, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(addr).expect("daemon listens");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: tcpwatch\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpwatch run starts");
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).expect("stderr") > 0,
+                "tcpwatch run exited early"
+            );
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                break rest.trim().trim_end_matches("/metrics").to_owned();
+            }
+        };
+        thread::spawn(move || for _ in err.lines() {});
+        Daemon { child, addr }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
+    if !privileged_or_skip("scraped_metrics_agree_with_ss_and_the_api_reports_findings") {
+        return;
+    }
+    let ns = Netns::new("run");
+    let daemon = Daemon::start(&["--close-wait-age", "1s", "--reconcile-interval", "1s"]);
+    let mut leaky = ns.peer("tw-leaky");
+    let mut closer = ns.peer("tw-closer");
+    let mut client = ns.peer("tw-client");
+    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
+    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
+    for _ in 0..2 {
+        client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
+        leaky.ok("accept");
+        client.ok("close");
+        leaky.ok("keep");
+    }
+    for _ in 0..3 {
+        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
+    }
+    assert_eq!(ns.sockets("close-wait", &[]), 2);
+    assert_eq!(
+        ns.sockets("time-wait", &["sport", "=", &format!(":{closer_port}")]),
+        3
+    );
+    thread::sleep(Duration::from_millis(2500));
+
+    let (status, headers, body) = get(&daemon.addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        headers.contains("content-type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    let close_wait =
+        format!("tcpwatch_close_wait_sockets{{comm=\"tw-leaky\",port=\"{leaky_port}\"}}");
+    assert_eq!(sample(&body, &close_wait), Some(2.0), "{body}");
+    let time_wait = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
+    assert_eq!(sample(&body, &time_wait), Some(3.0), "{body}");
+    assert!(
+        sample(
+            &body,
+            "tcpwatch_findings_open{kind=\"close_wait_leak\",severity=\"warning\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        sample(
+            &body,
+            "tcpwatch_connections_closed_total{end=\"normal_close\",opener=\"passive\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{body}"
+    );
+    assert!(sample(&body, "tcpwatch_events_received_total").is_some_and(|n| n > 0.0));
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("tcpwatch_"), "{line}");
+    }
+
+    let (status, _, findings) = get(&daemon.addr, "/api/findings");
+    assert!(status.contains("200"));
+    let findings: serde_json::Value = serde_json::from_str(&findings).expect("JSON");
+    let leak = findings
+        .as_array()
+        .and_then(|f| {
+            f.iter()
+                .find(|f| f["kind"] == "close_wait_leak" && f["evidence"]["lport"] == leaky_port)
+        })
+        .unwrap_or_else(|| panic!("{findings:#}"));
+    assert_eq!(leak["evidence"]["pid"], leaky.pid);
+
+    let (_, _, conns) = get(
+        &daemon.addr,
+        &format!("/api/connections?state=CLOSE_WAIT&port={leaky_port}"),
+    );
+    let conns: serde_json::Value = serde_json::from_str(&conns).expect("JSON");
+    assert_eq!(
+        conns["connections"].as_array().map(Vec::len),
+        Some(2),
+        "{conns:#}"
+    );
+    let (status, _, _) = get(&daemon.addr, "/api/connections?state=bogus");
+    assert!(status.contains("400"), "{status}");
+    let (status, _, body) = get(&daemon.addr, "/healthz");
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+    let (status, _, _) = get(&daemon.addr, "/nope");
+    assert!(status.contains("404"), "{status}");
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    if !privileged_or_skip("sigterm_stops_the_daemon_cleanly") {
+        return;
+    }
+    let mut daemon = Daemon::start(&[]);
+    // SAFETY: kill on the pid of a child we spawned and have not reaped.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    let status = daemon.child.wait().expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn configuration_errors_are_one_sentence_and_nothing_starts() {
+    let dir = std::env::temp_dir().join(format!("tcpwatch-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path.display().to_string()
+    };
+    let cases = [
+        (
+            write("unknown.toml", "listen = \"127.0.0.1:1\"\nlisen = 2\n"),
+            "unknown field `lisen`",
+        ),
+        (
+            write("bad.toml", "[thresholds]\nclose_wait_age = \"forever\"\n"),
+            "forever",
+        ),
+        (write("range.toml", "ring_kib = 5\n"), "ring_kib"),
+        (
+            dir.join("missing.toml").display().to_string(),
+            "cannot read the configuration file",
+        ),
+    ];
+    for (path, expected) in &cases {
+        let out = tcpwatch(&["run", "--config", path]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(expected) && err.contains(path.as_str()),
+            "{err}"
+        );
+    }
+    // A port in use: refused before anything is loaded.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = tcpwatch(&["run", "--listen", &addr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn config_prints_the_file_with_flags_over_it() {
+    let dir = std::env::temp_dir().join(format!("tcpwatch-config-print-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "top_n = 5\n[thresholds]\nclose_wait_age = \"2m\"\ntime_wait_count = 10\n",
+    )
+    .expect("write");
+    let out = tcpwatch(&[
+        "config",
+        "--config",
+        &path.display().to_string(),
+        "--time-wait-threshold",
+        "20",
+        "--listen",
+        "0.0.0.0:9999",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "listen = \"0.0.0.0:9999\"",
+        "top_n = 5",
+        "close_wait_age = \"2m\"",
+        "time_wait_count = 20",
+        "ring_kib = 4096",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "{line} missing:\n{text}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
