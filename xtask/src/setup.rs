@@ -11,10 +11,17 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker release known to work with aya 0.14 (see the README).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the privileged tests drive: `ip` for network namespaces,
-/// `nft` to drop packets inside them, `ss` for ground truth, `tmux` to run
-/// `tcpwatch top` as a person would and read its screen.
-const TEST_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("nftables", "nft"), ("tmux", "tmux")];
+/// Debian packages the tests drive: `ip` for network namespaces, `nft` to
+/// drop packets inside them, `ss` for ground truth, `tmux` to run `tcpwatch
+/// top` as a person would and read its screen, `promtool` and `prometheus`
+/// for the metrics, rules and a real scrape, `systemd-analyze` for the unit.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("nftables", "nft"),
+    ("tmux", "tmux"),
+    ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
+];
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd

@@ -1,0 +1,310 @@
+//! deploy/: the systemd unit, the default configuration, the Prometheus
+//! scrape configuration and alerting rules, and a real Prometheus scraping
+//! tcpwatch.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::*;
+use tcpwatch::config::Config;
+
+/// Not a test: the entry point of peer processes (see `common::Peer`).
+#[test]
+fn peer_main() {
+    if let Ok(comm) = std::env::var(PEER_ENV) {
+        peer_loop(&comm);
+    }
+}
+
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
+}
+
+/// A tool the tests need: present, or (outside CI) a skip.
+fn tool(name: &str, test: &str) -> bool {
+    if Command::new(name).arg("--version").output().is_ok() {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some();
+    assert!(!required, "{test} needs {name}");
+    eprintln!("SKIPPED {test}: {name} is missing");
+    false
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcpwatch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn default_configuration_file_is_the_defaults() {
+    let config = Config::load(&deploy("tcpwatch.toml")).expect("deploy/tcpwatch.toml parses");
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    if !tool("systemd-analyze", "systemd_unit_verifies") {
+        return;
+    }
+    // verify checks that ExecStart exists: point it at the built binary.
+    let dir = temp_dir("unit");
+    let unit = std::fs::read_to_string(deploy("tcpwatch.service")).expect("unit");
+    assert!(
+        unit.contains("Type=notify")
+            && unit.contains("NoNewPrivileges=yes")
+            && unit.contains("ProtectSystem=strict")
+    );
+    let path = dir.join("tcpwatch.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/tcpwatch", env!("CARGO_BIN_EXE_tcpwatch")),
+    )
+    .expect("write");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn prometheus_files_check_and_rule_tests_pass() {
+    if !tool("promtool", "prometheus_files_check_and_rule_tests_pass") {
+        return;
+    }
+    for args in [
+        vec!["check", "rules", "tcpwatch.rules.yml"],
+        vec!["check", "config", "prometheus.yml"],
+        vec!["test", "rules", "tcpwatch.rules.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(deploy(""))
+            .output()
+            .expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The body of a GET; empty while the server is not up yet.
+fn get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err()
+        || s.read_to_string(&mut text).is_err()
+    {
+        return String::new();
+    }
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_tcpwatch(args: &[&str]) -> (Running, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpwatch run starts");
+    let mut err = BufReader::new(child.stderr.take().expect("piped"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "tcpwatch run exited early"
+        );
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.trim().trim_end_matches("/metrics").to_owned();
+        }
+    };
+    thread::spawn(move || for _ in err.lines() {});
+    (Running(child), addr)
+}
+
+#[test]
+fn a_real_scrape_passes_promtool_check_metrics() {
+    if !privileged_or_skip("a_real_scrape_passes_promtool_check_metrics")
+        || !tool("promtool", "a_real_scrape_passes_promtool_check_metrics")
+    {
+        return;
+    }
+    let (_daemon, addr) = start_tcpwatch(&[]);
+    // Some traffic, so that histograms and labelled counters exist.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    for _ in 0..3 {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        drop(c);
+        drop(s);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let body = get(&addr, "/metrics");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    check
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(body.as_bytes())
+        .expect("promtool reads");
+    let out = check.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real Prometheus (Debian's) scrapes tcpwatch: a PromQL query gives the
+/// TIME_WAIT count `ss` sees, and the CLOSE_WAIT alert fires.
+#[test]
+fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
+    if !privileged_or_skip("prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires")
+        || !tool(
+            "prometheus",
+            "prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires",
+        )
+    {
+        return;
+    }
+    let ns = Netns::new("prom");
+    let (_daemon, addr) = start_tcpwatch(&["--reconcile-interval", "1s"]);
+    let mut leaky = ns.peer("tw-leaky");
+    let mut closer = ns.peer("tw-closer");
+    let mut client = ns.peer("tw-client");
+    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
+    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
+    client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
+    leaky.ok("accept");
+    client.ok("close");
+    leaky.ok("keep");
+    for _ in 0..3 {
+        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
+    }
+    assert_eq!(
+        ns.sockets("time-wait", &["sport", "=", &format!(":{closer_port}")]),
+        3
+    );
+
+    // The shipped rules, with the CLOSE_WAIT alert's 5 minutes shortened.
+    let dir = temp_dir("prometheus");
+    let rules = std::fs::read_to_string(deploy("tcpwatch.rules.yml")).expect("rules");
+    let rules = rules.replace(
+        "(tcpwatch_close_wait_oldest_seconds) > 300\n        for: 5m",
+        "(tcpwatch_close_wait_oldest_seconds) > 1\n        for: 0s",
+    );
+    assert!(
+        rules.contains("> 1\n        for: 0s"),
+        "the CLOSE_WAIT rule changed shape"
+    );
+    std::fs::write(dir.join("tcpwatch.rules.yml"), rules).expect("write");
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - tcpwatch.rules.yml\nscrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n      - targets: [\"{addr}\"]\n"
+        ),
+    )
+    .expect("write");
+    let prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let _prometheus = Running(prometheus);
+
+    let query = |q: &str| -> serde_json::Value {
+        let path = format!(
+            "/api/v1/query?query={}",
+            q.replace(' ', "%20")
+                .replace('"', "%22")
+                .replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace(':', "%3A")
+                .replace('=', "%3D")
+        );
+        serde_json::from_str(&get(&web, &path)).unwrap_or(serde_json::Value::Null)
+    };
+    let series = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
+    let time_wait = || -> Option<f64> {
+        let v = query(&series);
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+    };
+    let firing = || {
+        let alerts: serde_json::Value =
+            serde_json::from_str(&get(&web, "/api/v1/alerts")).unwrap_or_default();
+        alerts["data"]["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["labels"]["alertname"] == "TcpCloseWaitLeak"
+                    && a["state"] == "firing"
+                    && a["labels"]["comm"] == "tw-leaky"
+            })
+        })
+    };
+    let up = wait_until(Duration::from_secs(30), || time_wait().is_some());
+    assert!(up, "prometheus never had the series");
+    assert_eq!(time_wait(), Some(3.0), "PromQL agrees with ss");
+    assert!(
+        wait_until(Duration::from_secs(30), firing),
+        "{}",
+        get(&web, "/api/v1/alerts")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
