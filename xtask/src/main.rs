@@ -33,6 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build a release tarball: binary, systemd unit, configuration and
+    /// Prometheus files, laid out as they install (target/dist/).
+    Dist,
     /// Set up everything and run the whole test suite, privileged tests included.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         }),
         Task::Build => tasks::build().map(|_| ()),
         Task::Run { args } => tasks::run_tcpwatch(&args),
+        Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
         Task::Test { args } => tasks::test(&args),
     };
     match result {

@@ -64,3 +64,49 @@ pub fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("TCPWATCH_REQUIRE_PRIVILEGED_TESTS", "1"))
 }
+
+/// `target/dist/tcpwatch-VERSION-ARCH-linux.tar.gz`, unpacking to paths an
+/// admin expects under `/`: usr/bin/tcpwatch,
+/// usr/lib/systemd/system/tcpwatch.service, etc/tcpwatch/tcpwatch.toml and
+/// usr/share/tcpwatch/ (Prometheus scrape config, rules and their tests).
+pub fn dist() -> Result<PathBuf> {
+    let binary = build()?;
+    let root = workspace_root();
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("tcpwatch-{version}-{}-linux", std::env::consts::ARCH);
+    let dist = root.join("target").join("dist");
+    let stage = dist.join(&name);
+    let _ = std::fs::remove_dir_all(&stage);
+    let place = |from: &std::path::Path, to: &str| -> Result<()> {
+        let dest = stage.join(to);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::copy(from, &dest)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
+        Ok(())
+    };
+    let deploy = root.join("deploy");
+    place(&binary, "usr/bin/tcpwatch")?;
+    place(
+        &deploy.join("tcpwatch.service"),
+        "usr/lib/systemd/system/tcpwatch.service",
+    )?;
+    place(&deploy.join("tcpwatch.toml"), "etc/tcpwatch/tcpwatch.toml")?;
+    for file in [
+        "prometheus.yml",
+        "tcpwatch.rules.yml",
+        "tcpwatch.rules.test.yml",
+    ] {
+        place(&deploy.join(file), &format!("usr/share/tcpwatch/{file}"))?;
+    }
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&stage)
+        .args(["usr", "etc"]))?;
+    Ok(tarball)
+}
