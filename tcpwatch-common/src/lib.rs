@@ -14,6 +14,35 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_SOCKS: &str = "SOCKS";
 /// Name of the map from [`ListenerKey`] to the listener's [`SockOwner`].
 pub const MAP_LISTENERS: &str = "LISTENERS";
+/// Name of the per-CPU array counting state transitions, indexed by
+/// `old * 16 + new` (see [`transition_index`]).
+pub const MAP_TRANSITIONS: &str = "TRANSITIONS";
+/// Name of the per-CPU array counting retransmits by [`phase`].
+pub const MAP_RETRANSMITS: &str = "RETRANSMITS";
+/// Name of the per-CPU array counting resets: sent by reason (index
+/// `reason & 63`), received at [`RESETS_RECEIVED_INDEX`].
+pub const MAP_RESETS: &str = "RESETS";
+/// Entries of the transitions map.
+pub const TRANSITIONS_LEN: u32 = 256;
+/// Entries of the resets map.
+pub const RESETS_LEN: u32 = 65;
+/// Index of received resets in the resets map.
+pub const RESETS_RECEIVED_INDEX: u32 = 64;
+
+/// Index of a transition in the transitions map.
+pub const fn transition_index(old: u8, new: u8) -> u32 {
+    ((old as u32 & 15) << 4) | (new as u32 & 15)
+}
+
+/// Retransmit phases, indexes of the retransmits map.
+pub mod phase {
+    pub const SYN: u32 = 0;
+    pub const SYNACK: u32 = 1;
+    pub const DATA: u32 = 2;
+    pub const FIN: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
 /// Name of the global holding the [`Layout`] discovered at start-up.
 pub const GLOBAL_LAYOUT: &str = "LAYOUT";
 

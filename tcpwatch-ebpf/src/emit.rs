@@ -28,7 +28,14 @@ pub type Res<T> = Result<T, i32>;
 
 #[inline(always)]
 pub fn bump(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+    bump_in(&COUNTERS, index);
+}
+
+/// Adds one to slot `index` of a per-CPU counter array: aggregation in the
+/// kernel, read by userspace at scrape time, with no event per increment.
+#[inline(always)]
+pub fn bump_in(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
         // SAFETY: the pointer is this CPU's slot of a live map value.
         unsafe { *slot += 1 };
     }

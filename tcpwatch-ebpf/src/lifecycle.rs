@@ -9,20 +9,27 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    kind, owner_source, tcp_state::*, Event, ListenerKey, SockOwner, TpLayout, COMM_LEN,
-    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
+    kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey, SockOwner, TpLayout,
+    COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
+    TRANSITIONS_LEN,
 };
 
-use crate::emit::{emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Res};
+use crate::emit::{
+    bump_in, emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Res,
+};
 
 /// Socket address -> owner and time of its last transition. Entries go at
 /// `tcp_destroy_sock`; the LRU bounds sockets whose destruction was missed.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(DEFAULT_MAX_SOCKS, 0);
+
+/// State transitions by `transition_index(old, new)`.
+#[map]
+pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITIONS_LEN, 0);
 
 /// (netns, port) of a listening socket -> its owner, for accepted children.
 #[map]
@@ -76,6 +83,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let sk: u64 = field(ctx, tp.skaddr)?;
     let old = field::<i32>(ctx, tp.state)? as u8;
     let new = field::<i32>(ctx, tp.new_state)? as u8;
+    bump_in(&TRANSITIONS, transition_index(old, new));
     let now = now_ns();
 
     // A birth starts a new socket even if a stale entry (a freed socket at

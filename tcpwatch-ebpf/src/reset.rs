@@ -1,11 +1,19 @@
 //! Resets: `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpwatch_common::{kind, FIELD_ABSENT};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
+use tcpwatch_common::{kind, FIELD_ABSENT, RESETS_LEN, RESETS_RECEIVED_INDEX};
 
 use crate::{
-    emit::{field, layout_of, read_endpoints, Res},
+    emit::{bump_in, field, layout_of, read_endpoints, Res},
     lifecycle::emit_for_socket,
 };
+
+/// Resets sent by reason (`reason & 63`) and received (at index 64).
+#[map]
+pub static RESETS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RESETS_LEN, 0);
 
 /// `tcp:tcp_send_reset` (include/trace/events/tcp.h), fired by
 /// `tcp_v4_send_reset()`/`tcp_v6_send_reset()` for resets answering a
@@ -36,6 +44,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     } else {
         0
     };
+    bump_in(&RESETS, u32::from(reason) & 63);
     emit_for_socket(sk, skb, kind::RESET_SENT, state, reason, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
@@ -52,6 +61,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.receive_reset);
     let sk: u64 = field(ctx, tp.skaddr)?;
+    bump_in(&RESETS, RESETS_RECEIVED_INDEX);
     emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
         read_endpoints(ctx, &tp, ev)
     })

@@ -1,11 +1,23 @@
 //! Retransmissions: `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack`.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tcpwatch_common::{counter, kind, tcp_state::SYN_RECV, FIELD_ABSENT};
+use aya_ebpf::{
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
+};
+use tcpwatch_common::{
+    counter, kind, phase,
+    tcp_state::{CLOSING, FIN_WAIT1, LAST_ACK, SYN_RECV, SYN_SENT},
+    FIELD_ABSENT,
+};
 
 use crate::{
-    emit::{bump, field, layout_of, read_endpoints, Res},
+    emit::{bump, bump_in, field, layout_of, read_endpoints, Res},
     lifecycle::emit_for_socket,
 };
+
+/// Retransmits on the wire by phase (`tcpwatch_common::phase`).
+#[map]
+pub static RETRANSMITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(phase::COUNT, 0);
 
 /// `tcp:tcp_retransmit_skb` (include/trace/events/tcp.h), fired by
 /// `__tcp_retransmit_skb()` in net/ipv4/tcp_output.c. Since 6.17 it also
@@ -28,6 +40,12 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Res<()> {
     }
     let sk: u64 = field(ctx, tp.skaddr)?;
     let state = field::<i32>(ctx, tp.state)? as u8;
+    let which = match state {
+        SYN_SENT => phase::SYN,
+        FIN_WAIT1 | LAST_ACK | CLOSING => phase::FIN,
+        _ => phase::DATA,
+    };
+    bump_in(&RETRANSMITS, which);
     emit_for_socket(sk, 0, kind::RETRANSMIT, Some(state), 0, |ev| {
         read_endpoints(ctx, &tp, ev)
     })
@@ -45,6 +63,7 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.retransmit_synack);
     let listener: u64 = field(ctx, tp.skaddr)?;
+    bump_in(&RETRANSMITS, phase::SYNACK);
     emit_for_socket(
         listener,
         0,

@@ -58,7 +58,7 @@ impl Daemon {
     /// Counts and models one observed event.
     pub fn observed(&mut self, o: &Observed) {
         self.received += 1;
-        self.metrics.on_event(&o.event, &self.reasons);
+        self.metrics.on_event(&o.event);
         self.outcomes(&o.outcomes);
         for r in &o.reports {
             self.metrics.on_report(r.finding.kind, r.status.name());
@@ -125,8 +125,11 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let now = monotonic_ns();
     let summary = summarize(&d.observer.model, now, &[], d.top_n);
     let counters: Counters = d.counters.read().unwrap_or_default();
+    let totals = d.counters.totals();
     let d = &mut *d;
     let body = d.metrics.render(
+        &totals,
+        &d.reasons,
         &summary,
         &d.observer.model,
         d.observer.detectors.as_ref(),

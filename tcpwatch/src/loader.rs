@@ -163,6 +163,9 @@ pub struct Probe {
 /// Reads the kernel-side counters.
 pub struct CounterReader {
     map: PerCpuArray<MapData, u64>,
+    transitions: PerCpuArray<MapData, u64>,
+    retransmits: PerCpuArray<MapData, u64>,
+    resets: PerCpuArray<MapData, u64>,
     /// The attached programs, for their run statistics.
     programs: Vec<aya::programs::ProgramFd>,
 }
@@ -196,6 +199,47 @@ impl CounterReader {
                 .map(|p| recursion_misses(p.as_fd()).unwrap_or(0))
                 .sum(),
         })
+    }
+}
+
+/// Totals the kernel aggregates in its own maps, with no event per count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelTotals {
+    /// (old state, new state, count), non-zero only.
+    pub transitions: Vec<(u8, u8, u64)>,
+    /// By `tcpwatch_common::phase`.
+    pub retransmits: [u64; 4],
+    /// (reason, count), non-zero only.
+    pub resets_sent: Vec<(u16, u64)>,
+    pub resets_received: u64,
+}
+
+impl CounterReader {
+    fn sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Reads the aggregated totals (cheap: a few hundred map lookups).
+    pub fn totals(&self) -> KernelTotals {
+        let mut t = KernelTotals::default();
+        for index in 0..tcpwatch_common::TRANSITIONS_LEN {
+            let n = Self::sum(&self.transitions, index);
+            if n > 0 {
+                t.transitions
+                    .push(((index >> 4) as u8, (index & 15) as u8, n));
+            }
+        }
+        for (i, slot) in t.retransmits.iter_mut().enumerate() {
+            *slot = Self::sum(&self.retransmits, i as u32);
+        }
+        for reason in 0..tcpwatch_common::RESETS_RECEIVED_INDEX {
+            let n = Self::sum(&self.resets, reason);
+            if n > 0 {
+                t.resets_sent.push((reason as u16, n));
+            }
+        }
+        t.resets_received = Self::sum(&self.resets, tcpwatch_common::RESETS_RECEIVED_INDEX);
+        t
     }
 }
 
@@ -481,11 +525,22 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
         ebpf.take_map(MAP_COUNTERS)
             .ok_or(LoadError::Missing(MAP_COUNTERS))?,
     )?;
+    let mut per_cpu = |name: &'static str| -> Result<PerCpuArray<MapData, u64>, LoadError> {
+        Ok(PerCpuArray::try_from(
+            ebpf.take_map(name).ok_or(LoadError::Missing(name))?,
+        )?)
+    };
+    let transitions = per_cpu(tcpwatch_common::MAP_TRANSITIONS)?;
+    let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
+    let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
     Ok(Probe {
         ebpf,
         events,
         counters: CounterReader {
             map: counters,
+            transitions,
+            retransmits,
+            resets,
             programs,
         },
         reasons,

@@ -11,7 +11,7 @@ use crate::{
     audit::NetnsState,
     detect::Detectors,
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
-    loader::Counters,
+    loader::{Counters, KernelTotals},
     model::{Model, Outcome},
     summary::Summary,
 };
@@ -67,6 +67,7 @@ pub struct Metrics {
     last_counters: Counters,
     last_evicted: (u64, u64),
     last_corrections: u64,
+    last_totals: std::collections::HashMap<String, u64>,
 }
 
 fn counter_vec(
@@ -95,14 +96,6 @@ fn histogram(r: &Registry, name: &str, help: &str) -> prometheus::Result<Histogr
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()))?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
-}
-
-fn phase(state: Option<TcpState>) -> &'static str {
-    match state {
-        Some(TcpState::SynSent) => "syn",
-        Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing) => "fin",
-        _ => "data",
-    }
 }
 
 impl Metrics {
@@ -282,6 +275,7 @@ impl Metrics {
             last_counters: Counters::default(),
             last_evicted: (0, 0),
             last_corrections: 0,
+            last_totals: Default::default(),
         })
     }
 
@@ -290,54 +284,84 @@ impl Metrics {
     }
 
     /// Counts one event.
-    pub fn on_event(&self, ev: &TcpEvent, reasons: &ResetReasons) {
+    /// Counts what needs the event itself (births, durations); plain
+    /// counts come from the kernel's maps in [`Metrics::render`].
+    pub fn on_event(&self, ev: &TcpEvent) {
         self.events_received.inc();
-        match ev.kind {
-            EventKind::State => {
-                let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
-                    return;
-                };
-                self.transitions
-                    .with_label_values(&[old.name(), new.name()])
-                    .inc();
-                match (old, new) {
-                    (TcpState::Close, TcpState::SynSent) => {
-                        self.opened.with_label_values(&["active"]).inc()
-                    }
-                    (TcpState::Listen, TcpState::SynRecv) => {
-                        self.opened.with_label_values(&["passive"]).inc()
-                    }
-                    (TcpState::SynSent, TcpState::Established) => {
-                        if let Some(ns) = ev.old_state_ns {
-                            self.handshake.observe(ns as f64 / 1e9);
-                        }
-                    }
-                    _ => {}
-                }
-                if old != new
-                    && matches!(
-                        old,
-                        TcpState::CloseWait | TcpState::FinWait2 | TcpState::LastAck
-                    )
-                {
-                    if let Some(ns) = ev.old_state_ns {
-                        self.state_duration
-                            .with_label_values(&[old.name()])
-                            .observe(ns as f64 / 1e9);
-                    }
+        if ev.kind != EventKind::State {
+            return;
+        }
+        let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
+            return;
+        };
+        match (old, new) {
+            (TcpState::Close, TcpState::SynSent) => {
+                self.opened.with_label_values(&["active"]).inc()
+            }
+            (TcpState::Listen, TcpState::SynRecv) => {
+                self.opened.with_label_values(&["passive"]).inc()
+            }
+            (TcpState::SynSent, TcpState::Established) => {
+                if let Some(ns) = ev.old_state_ns {
+                    self.handshake.observe(ns as f64 / 1e9);
                 }
             }
-            EventKind::Retransmit => self
-                .retransmits
-                .with_label_values(&[phase(ev.new_state)])
-                .inc(),
-            EventKind::SynackRetransmit => self.retransmits.with_label_values(&["synack"]).inc(),
-            EventKind::ResetSent => self
-                .resets
-                .with_label_values(&["sent", &reasons.name(ev.reason)])
-                .inc(),
-            EventKind::ResetReceived => self.resets.with_label_values(&["received", ""]).inc(),
+            _ => {}
         }
+        if old != new
+            && matches!(
+                old,
+                TcpState::CloseWait | TcpState::FinWait2 | TcpState::LastAck
+            )
+        {
+            if let Some(ns) = ev.old_state_ns {
+                self.state_duration
+                    .with_label_values(&[old.name()])
+                    .observe(ns as f64 / 1e9);
+            }
+        }
+    }
+
+    /// Adds what the kernel counted since the last call.
+    fn apply_totals(&mut self, totals: &KernelTotals, reasons: &ResetReasons) {
+        for &(old, new, n) in &totals.transitions {
+            let (Ok(old), Ok(new)) = (TcpState::try_from(old), TcpState::try_from(new)) else {
+                continue;
+            };
+            let before = self
+                .last_totals
+                .insert(format!("t{}/{}", old.name(), new.name()), n)
+                .unwrap_or(0);
+            self.transitions
+                .with_label_values(&[old.name(), new.name()])
+                .inc_by(n.saturating_sub(before));
+        }
+        for (phase, n) in ["syn", "synack", "data", "fin"]
+            .iter()
+            .zip(totals.retransmits)
+        {
+            let before = self.last_totals.insert(format!("r{phase}"), n).unwrap_or(0);
+            self.retransmits
+                .with_label_values(&[phase])
+                .inc_by(n.saturating_sub(before));
+        }
+        for &(reason, n) in &totals.resets_sent {
+            let name = reasons.name(reason);
+            let before = self
+                .last_totals
+                .insert(format!("s{reason}"), n)
+                .unwrap_or(0);
+            self.resets
+                .with_label_values(&["sent", &name])
+                .inc_by(n.saturating_sub(before));
+        }
+        let before = self
+            .last_totals
+            .insert("received".to_owned(), totals.resets_received)
+            .unwrap_or(0);
+        self.resets
+            .with_label_values(&["received", ""])
+            .inc_by(totals.resets_received.saturating_sub(before));
     }
 
     pub fn on_outcome(&self, outcome: &Outcome) {
@@ -362,8 +386,11 @@ impl Metrics {
     }
 
     /// Refreshes what is read rather than counted, then encodes everything.
+    #[allow(clippy::too_many_arguments)]
     pub fn render(
         &mut self,
+        totals: &KernelTotals,
+        reasons: &ResetReasons,
         summary: &Summary,
         model: &Model,
         detectors: Option<&Detectors>,
@@ -371,6 +398,7 @@ impl Metrics {
         own_netns: Option<&NetnsState>,
     ) -> String {
         let started = std::time::Instant::now();
+        self.apply_totals(totals, reasons);
         self.sockets.reset();
         for (state, n) in &summary.by_state {
             self.sockets
@@ -505,53 +533,50 @@ mod tests {
     fn counts_and_renders_with_bounded_labels() {
         let mut m = Metrics::new().unwrap();
         let reasons = ResetReasons::new([(1, "NO_SOCKET".to_owned())].into());
-        m.on_event(
-            &ev(EventKind::State, TcpState::Close, TcpState::SynSent, None),
-            &reasons,
-        );
-        m.on_event(
-            &ev(
-                EventKind::State,
-                TcpState::SynSent,
-                TcpState::Established,
-                Some(2),
-            ),
-            &reasons,
-        );
-        m.on_event(
-            &ev(
-                EventKind::Retransmit,
-                TcpState::SynSent,
-                TcpState::SynSent,
-                None,
-            ),
-            &reasons,
-        );
-        m.on_event(
-            &ev(EventKind::ResetSent, TcpState::Close, TcpState::Close, None),
-            &reasons,
-        );
-        m.on_event(
-            &ev(
-                EventKind::State,
-                TcpState::CloseWait,
-                TcpState::LastAck,
-                Some(1500),
-            ),
-            &reasons,
-        );
+        m.on_event(&ev(
+            EventKind::State,
+            TcpState::Close,
+            TcpState::SynSent,
+            None,
+        ));
+        m.on_event(&ev(
+            EventKind::State,
+            TcpState::SynSent,
+            TcpState::Established,
+            Some(2),
+        ));
+        m.on_event(&ev(
+            EventKind::Retransmit,
+            TcpState::SynSent,
+            TcpState::SynSent,
+            None,
+        ));
+        m.on_event(&ev(
+            EventKind::ResetSent,
+            TcpState::Close,
+            TcpState::Close,
+            None,
+        ));
+        m.on_event(&ev(
+            EventKind::State,
+            TcpState::CloseWait,
+            TcpState::LastAck,
+            Some(1500),
+        ));
         let model = Model::new(Limits::default());
         let counters = Counters {
             ringbuf_full: 3,
             ..Default::default()
         };
-        let text = m.render(
-            &summarize(&model, 0, &[], 10),
-            &model,
-            None,
-            &counters,
-            None,
-        );
+        // What the kernel's maps counted.
+        let mut totals = KernelTotals {
+            transitions: vec![(2, 1, 1)],
+            retransmits: [1, 0, 0, 0],
+            resets_sent: vec![(1, 1)],
+            resets_received: 0,
+        };
+        let summary = summarize(&model, 0, &[], 10);
+        let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
         for line in [
             "tcpwatch_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 1",
             "tcpwatch_connections_opened_total{opener=\"active\"} 1",
@@ -566,15 +591,20 @@ mod tests {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
         // Counters read from cumulative sources are not double counted.
-        let text = m.render(
-            &summarize(&model, 0, &[], 10),
-            &model,
-            None,
-            &counters,
-            None,
-        );
+        totals.transitions = vec![(2, 1, 4)];
+        let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
         assert!(
             text.contains("tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tcpwatch_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 4"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpwatch_resets_total{direction=\"sent\",reason=\"NO_SOCKET\"} 1"),
             "{text}"
         );
         // Every metric carries the prefix.

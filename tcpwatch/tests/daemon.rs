@@ -143,6 +143,15 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         "{body}"
     );
     assert!(sample(&body, "tcpwatch_events_received_total").is_some_and(|n| n > 0.0));
+    // Counted in the kernel's maps, not from events.
+    assert!(
+        sample(
+            &body,
+            "tcpwatch_state_transitions_total{from=\"LAST_ACK\",to=\"CLOSE\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{body}"
+    );
     for line in body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
