@@ -202,6 +202,19 @@ impl CounterReader {
     }
 }
 
+/// The ring buffer as a tokio reactor source, readable when events wait.
+/// Needs a running tokio runtime.
+pub fn async_ring(
+    events: RingBuf<MapData>,
+) -> std::io::Result<tokio::io::unix::AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
+    // until the AsyncFd (and the RingBuf inside it) is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)
+}
+
 /// Totals the kernel aggregates in its own maps, with no event per count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelTotals {

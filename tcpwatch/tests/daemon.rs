@@ -2,13 +2,7 @@
 //! HTTP and checked against `ss`; and its configuration errors.
 mod common;
 
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
-    process::{Child, Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{process::Command, thread, time::Duration};
 
 use common::*;
 
@@ -27,21 +21,6 @@ fn tcpwatch(args: &[&str]) -> std::process::Output {
         .expect("tcpwatch runs")
 }
 
-/// (status line, headers, body) of a GET.
-fn get(addr: &str, path: &str) -> (String, String, String) {
-    let mut s = TcpStream::connect(addr).expect("daemon listens");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: tcpwatch\r\n\r\n").expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (
-        status.to_owned(),
-        headers.to_ascii_lowercase(),
-        body.to_owned(),
-    )
-}
-
 /// The value of the sample `name{labels}` in an exposition.
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -50,64 +29,19 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(args: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-            .args(["run", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpwatch run starts");
-        let mut err = BufReader::new(child.stderr.take().expect("piped"));
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(
-                err.read_line(&mut line).expect("stderr") > 0,
-                "tcpwatch run exited early"
-            );
-            if let Some(rest) = line.split("serving http://").nth(1) {
-                break rest.trim().trim_end_matches("/metrics").to_owned();
-            }
-        };
-        thread::spawn(move || for _ in err.lines() {});
-        Daemon { child, addr }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     if !privileged_or_skip("scraped_metrics_agree_with_ss_and_the_api_reports_findings") {
         return;
     }
     let ns = Netns::new("run");
-    let daemon = Daemon::start(&["--close-wait-age", "1s", "--reconcile-interval", "1s"]);
-    let mut leaky = ns.peer("tw-leaky");
-    let mut closer = ns.peer("tw-closer");
-    let mut client = ns.peer("tw-client");
-    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
-    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
-    for _ in 0..2 {
-        client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
-        leaky.ok("accept");
-        client.ok("close");
-        leaky.ok("keep");
-    }
-    for _ in 0..3 {
-        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
-    }
+    let daemon = RunningDaemon::start(&["--close-wait-age", "1s", "--reconcile-interval", "1s"]);
+    let LeakAndBuildup {
+        leaky,
+        leaky_port,
+        closer_port,
+        ..
+    } = leak_and_buildup(&ns, 2, 3);
     assert_eq!(ns.sockets("close-wait", &[]), 2);
     assert_eq!(
         ns.sockets("time-wait", &["sport", "=", &format!(":{closer_port}")]),
@@ -115,7 +49,7 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     );
     thread::sleep(Duration::from_millis(2500));
 
-    let (status, headers, body) = get(&daemon.addr, "/metrics");
+    let (status, headers, body) = http_get(&daemon.addr, "/metrics");
     assert!(status.contains("200"), "{status}");
     assert!(
         headers.contains("content-type: text/plain; version=0.0.4"),
@@ -159,7 +93,7 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         assert!(line.starts_with("tcpwatch_"), "{line}");
     }
 
-    let (status, _, findings) = get(&daemon.addr, "/api/findings");
+    let (status, _, findings) = http_get(&daemon.addr, "/api/findings");
     assert!(status.contains("200"));
     let findings: serde_json::Value = serde_json::from_str(&findings).expect("JSON");
     let leak = findings
@@ -171,7 +105,7 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         .unwrap_or_else(|| panic!("{findings:#}"));
     assert_eq!(leak["evidence"]["pid"], leaky.pid);
 
-    let (_, _, conns) = get(
+    let (_, _, conns) = http_get(
         &daemon.addr,
         &format!("/api/connections?state=CLOSE_WAIT&port={leaky_port}"),
     );
@@ -181,11 +115,11 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         Some(2),
         "{conns:#}"
     );
-    let (status, _, _) = get(&daemon.addr, "/api/connections?state=bogus");
+    let (status, _, _) = http_get(&daemon.addr, "/api/connections?state=bogus");
     assert!(status.contains("400"), "{status}");
-    let (status, _, body) = get(&daemon.addr, "/healthz");
+    let (status, _, body) = http_get(&daemon.addr, "/healthz");
     assert!(status.contains("200") && body == "ok\n", "{status} {body}");
-    let (status, _, _) = get(&daemon.addr, "/nope");
+    let (status, _, _) = http_get(&daemon.addr, "/nope");
     assert!(status.contains("404"), "{status}");
 }
 
@@ -194,7 +128,7 @@ fn sigterm_stops_the_daemon_cleanly() {
     if !privileged_or_skip("sigterm_stops_the_daemon_cleanly") {
         return;
     }
-    let mut daemon = Daemon::start(&[]);
+    let mut daemon = RunningDaemon::start(&[]);
     // SAFETY: kill on the pid of a child we spawned and have not reaped.
     unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
     let status = daemon.child.wait().expect("exits");

@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::Write,
     net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -108,52 +108,18 @@ fn prometheus_files_check_and_rule_tests_pass() {
     }
 }
 
-/// The body of a GET; empty while the server is not up yet.
 fn get(addr: &str, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let mut text = String::new();
-    if write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err()
-        || s.read_to_string(&mut text).is_err()
-    {
-        return String::new();
-    }
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+    http_get(addr, path).2
 }
 
-struct Running(Child);
+/// A process of the test's, killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for Running {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn start_tcpwatch(args: &[&str]) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpwatch run starts");
-    let mut err = BufReader::new(child.stderr.take().expect("piped"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).expect("stderr") > 0,
-            "tcpwatch run exited early"
-        );
-        if let Some(rest) = line.split("serving http://").nth(1) {
-            break rest.trim().trim_end_matches("/metrics").to_owned();
-        }
-    };
-    thread::spawn(move || for _ in err.lines() {});
-    (Running(child), addr)
 }
 
 #[test]
@@ -163,7 +129,8 @@ fn a_real_scrape_passes_promtool_check_metrics() {
     {
         return;
     }
-    let (_daemon, addr) = start_tcpwatch(&[]);
+    let daemon = RunningDaemon::start(&[]);
+    let addr = daemon.addr.clone();
     // Some traffic, so that histograms and labelled counters exist.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -210,19 +177,11 @@ fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
         return;
     }
     let ns = Netns::new("prom");
-    let (_daemon, addr) = start_tcpwatch(&["--reconcile-interval", "1s"]);
-    let mut leaky = ns.peer("tw-leaky");
-    let mut closer = ns.peer("tw-closer");
-    let mut client = ns.peer("tw-client");
-    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
-    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
-    client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
-    leaky.ok("accept");
-    client.ok("close");
-    leaky.ok("keep");
-    for _ in 0..3 {
-        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
-    }
+    let daemon = RunningDaemon::start(&["--reconcile-interval", "1s"]);
+    let addr = daemon.addr.clone();
+    // Keep every peer alive: the leaky server holds the CLOSE_WAIT sockets.
+    let servers = leak_and_buildup(&ns, 1, 3);
+    let closer_port = servers.closer_port;
     assert_eq!(
         ns.sockets("time-wait", &["sport", "=", &format!(":{closer_port}")]),
         3
@@ -266,7 +225,7 @@ fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus starts");
-    let _prometheus = Running(prometheus);
+    let _prometheus = KillOnDrop(prometheus);
 
     let query = |q: &str| -> serde_json::Value {
         let path = format!(

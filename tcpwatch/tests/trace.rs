@@ -874,20 +874,12 @@ fn findings_about_sockets_older_than_tcpwatch() {
         return;
     }
     let ns = Netns::new("pre");
-    let mut leaky = ns.peer("tw-leaky");
-    let mut closer = ns.peer("tw-closer");
-    let mut client = ns.peer(CLIENT);
-    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().unwrap();
-    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().unwrap();
-    for _ in 0..2 {
-        client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
-        leaky.ok("accept");
-        client.ok("close");
-        leaky.ok("keep");
-    }
-    for _ in 0..3 {
-        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
-    }
+    let LeakAndBuildup {
+        leaky,
+        leaky_port,
+        closer_port,
+        ..
+    } = leak_and_buildup(&ns, 2, 3);
     assert_eq!(ns.sockets("close-wait", &[]), 2);
     assert_eq!(ns.sockets("time-wait", &[]), 3);
 

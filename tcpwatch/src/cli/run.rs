@@ -3,7 +3,6 @@
 //! (Type=notify, watchdog) and a Prometheus scrape target.
 use std::{
     collections::VecDeque,
-    io,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -13,10 +12,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use log::{info, warn};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::DetectorArgs;
 use crate::{
@@ -125,11 +121,7 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
 
-    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
-    // until the AsyncFd (and the RingBuf inside it) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("cannot poll the ring buffer")?;
+    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_reconcile = monotonic_ns();
     let mut last_watchdog = 0u64;

@@ -12,10 +12,7 @@ use ratatui::{
     widgets::{Block, Cell, Paragraph, Row, Table},
     DefaultTerminal, Frame,
 };
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::DetectorArgs;
 use crate::{
@@ -79,11 +76,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         snapshot,
     );
     observer.reconcile(&args.netns);
-    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
-    // until the AsyncFd (and the RingBuf inside it) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("cannot poll the ring buffer")?;
+    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut keys = tokio::time::interval(Duration::from_millis(100));
     let mut header = Header {

@@ -7,10 +7,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use log::warn;
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use aya::maps::{MapData, RingBuf};
 
@@ -196,11 +193,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut reported = counters.read().unwrap_or_default();
-    // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged
-    // until the AsyncFd (and the RingBuf inside it) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("cannot poll the ring buffer")?;
+    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
 
     let outcome: io::Result<()> = loop {
         tokio::select! {

@@ -528,6 +528,102 @@ pub fn server_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, por
     client.ok("close");
 }
 
+/// (status line, lower-cased headers, body) of a GET; empty strings while
+/// the server is not up yet.
+pub fn http_get(addr: &str, path: &str) -> (String, String, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return Default::default();
+    };
+    let mut text = String::new();
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: tcpwatch\r\n\r\n").is_err()
+        || std::io::Read::read_to_string(&mut s, &mut text).is_err()
+    {
+        return Default::default();
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+/// `tcpwatch run` on a free loopback port, killed when dropped.
+pub struct RunningDaemon {
+    pub child: Child,
+    /// `127.0.0.1:PORT` it serves on.
+    pub addr: String,
+}
+
+impl RunningDaemon {
+    pub fn start(args: &[&str]) -> RunningDaemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpwatch run starts");
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).expect("stderr") > 0,
+                "tcpwatch run exited early"
+            );
+            if let Some(rest) = line.split("serving http://").nth(1) {
+                break rest.trim().trim_end_matches("/metrics").to_owned();
+            }
+        };
+        thread::spawn(move || for _ in err.lines() {});
+        RunningDaemon { child, addr }
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server that leaks CLOSE_WAIT, a server that closes first (TIME_WAIT
+/// on its side) and their client, in one namespace.
+pub struct LeakAndBuildup {
+    pub leaky: Peer,
+    pub closer: Peer,
+    pub client: Peer,
+    pub leaky_port: u16,
+    pub closer_port: u16,
+}
+
+/// `leaks` connections the leaky server never closes after the client did,
+/// and `closes` the other server closes first.
+pub fn leak_and_buildup(ns: &Netns, leaks: usize, closes: usize) -> LeakAndBuildup {
+    let mut leaky = ns.peer("tw-leaky");
+    let mut closer = ns.peer("tw-closer");
+    let mut client = ns.peer("tw-client");
+    let leaky_port: u16 = leaky.ok("listen 127.0.0.1 16").parse().expect("port");
+    let closer_port: u16 = closer.ok("listen 127.0.0.1 16").parse().expect("port");
+    for _ in 0..leaks {
+        client.ok(&format!("connect 127.0.0.1 {leaky_port}"));
+        leaky.ok("accept");
+        client.ok("close");
+        leaky.ok("keep");
+    }
+    for _ in 0..closes {
+        server_closes_first(&mut client, &mut closer, "127.0.0.1", closer_port);
+    }
+    LeakAndBuildup {
+        leaky,
+        closer,
+        client,
+        leaky_port,
+        closer_port,
+    }
+}
+
 /// An nftables table `inet tw` dropping what `rules` match on output, for
 /// `Netns::nft`.
 pub fn drop_rules(rules: &[&str]) -> String {
