@@ -40,7 +40,8 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         leaky,
         leaky_port,
         closer_port,
-        ..
+        closer: _closer,
+        client: _client,
     } = leak_and_buildup(&ns, 2, 3);
     assert_eq!(ns.sockets("close-wait", &[]), 2);
     assert_eq!(

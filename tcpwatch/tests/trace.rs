@@ -878,7 +878,8 @@ fn findings_about_sockets_older_than_tcpwatch() {
         leaky,
         leaky_port,
         closer_port,
-        ..
+        closer: _closer,
+        client: _client,
     } = leak_and_buildup(&ns, 2, 3);
     assert_eq!(ns.sockets("close-wait", &[]), 2);
     assert_eq!(ns.sockets("time-wait", &[]), 3);
