@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod setup;
 mod tasks;
 
@@ -33,6 +34,25 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure what tcpwatch costs a host churning connections, next to no
+    /// observer and libbpf-tools' tcpstates (root; prints a Markdown table).
+    Bench {
+        /// Seconds of churn per run.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Runs per observer, interleaved.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The churn workload of `bench` (connect, 16 bytes, close, as fast as
+    /// possible); prints connections per second.
+    #[command(hide = true)]
+    Churn {
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = bench::CLIENTS)]
+        clients: usize,
+    },
     /// Build a release tarball: binary, systemd unit, configuration and
     /// Prometheus files, laid out as they install (target/dist/).
     Dist,
@@ -56,6 +76,10 @@ fn main() -> ExitCode {
         }),
         Task::Build => tasks::build().map(|_| ()),
         Task::Run { args } => tasks::run_tcpwatch(&args),
+        Task::Bench { seconds, runs } => {
+            setup::bench_packages().and_then(|()| bench::bench(seconds, runs))
+        }
+        Task::Churn { seconds, clients } => bench::churn(seconds, clients),
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
         Task::Test { args } => tasks::test(&args),
     };

@@ -161,3 +161,24 @@ pub fn test_packages() -> Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// libbpf-tools, for `tcpstates` as the benchmarks' reference observer.
+pub fn bench_packages() -> Result<()> {
+    if has_program("tcpstates") {
+        return Ok(());
+    }
+    if !has_program("apt-get") {
+        eprintln!("xtask: tcpstates (libbpf-tools) is missing; it is left out of the comparison");
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "libbpf-tools",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
