@@ -134,6 +134,14 @@ fn churn_once(ns: &Netns, seconds: f64) -> Result<f64> {
         .context("churn printed no rate")
 }
 
+/// What runs beside the workload.
+enum Mode {
+    Baseline,
+    Observer(PathBuf, Vec<&'static str>),
+    /// An observer that is not installed here.
+    Missing,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -171,9 +179,9 @@ pub fn bench(seconds: f64, runs: usize) -> Result<()> {
     for _ in 0..runs {
         for (i, (_, mode)) in modes.iter().enumerate() {
             match mode {
-                None => results[i].push(churn_once(&ns, seconds)?),
-                Some(None) => {}
-                Some(Some((program, args))) => {
+                Mode::Baseline => results[i].push(churn_once(&ns, seconds)?),
+                Mode::Missing => {}
+                Mode::Observer(program, args) => {
                     let _running = start(program, args, Duration::from_millis(1500))?;
                     results[i].push(churn_once(&ns, seconds)?);
                 }
