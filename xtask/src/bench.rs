@@ -156,23 +156,19 @@ pub fn bench(seconds: f64, runs: usize) -> Result<()> {
         .map(PathBuf::from)
         .find(|p| p.exists());
     let ns = Netns::new()?;
-    // None: no observer; Some(None): an observer that is not installed.
-    let modes: Vec<(&str, Option<Option<(PathBuf, Vec<&str>)>>)> = vec![
-        ("no observer", None),
+    let modes: Vec<(&str, Mode)> = vec![
+        ("no observer", Mode::Baseline),
         (
             "tcpwatch run (metrics)",
-            Some(Some((
-                binary.clone(),
-                vec!["run", "--listen", "127.0.0.1:0"],
-            ))),
+            Mode::Observer(binary.clone(), vec!["run", "--listen", "127.0.0.1:0"]),
         ),
         (
             "tcpwatch trace --json > /dev/null",
-            Some(Some((binary.clone(), vec!["trace", "--json"]))),
+            Mode::Observer(binary.clone(), vec!["trace", "--json"]),
         ),
         (
             "libbpf-tools tcpstates > /dev/null",
-            Some(tcpstates.map(|p| (p, vec![]))),
+            tcpstates.map_or(Mode::Missing, |p| Mode::Observer(p, vec![])),
         ),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
