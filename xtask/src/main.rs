@@ -79,7 +79,9 @@ fn main() -> ExitCode {
         Task::Bench { seconds, runs } => {
             setup::bench_packages().and_then(|()| bench::bench(seconds, runs))
         }
-        Task::Churn { seconds, clients } => bench::churn(seconds, clients),
+        Task::Churn { seconds, clients } => {
+            bench::churn(seconds, clients).map(|rate| println!("{rate:.0}"))
+        }
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
         Task::Test { args } => tasks::test(&args),
     };
