@@ -215,6 +215,16 @@ pub fn async_ring(
     .map_err(std::io::Error::from)
 }
 
+/// Waits until the ring buffer holds records and returns it to drain.
+pub async fn readable(
+    ring: &mut tokio::io::unix::AsyncFd<RingBuf<MapData>>,
+) -> std::io::Result<&mut RingBuf<MapData>> {
+    // Readiness is cleared before draining, so records that arrive while the
+    // caller drains wake the next wait.
+    ring.readable_mut().await?.clear_ready();
+    Ok(ring.get_mut())
+}
+
 /// Totals the kernel aggregates in its own maps, with no event per count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelTotals {

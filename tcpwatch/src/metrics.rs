@@ -21,9 +21,6 @@ const SECONDS_BUCKETS: [f64; 14] = [
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
 ];
 
-/// The TcpExt counters exported.
-pub const TCPEXT: [&str; 8] = crate::audit::TCPEXT;
-
 /// Sysctls exported as numbers.
 const SYSCTLS: [&str; 6] = [
     "tcp_tw_reuse",
@@ -467,7 +464,7 @@ impl Metrics {
             .set(model.connections().count() as i64);
         self.model_time_wait.set(model.time_wait().count() as i64);
         if let Some(state) = own_netns {
-            for name in TCPEXT {
+            for name in crate::audit::TCPEXT {
                 let now = state.tcpext.get(name).copied().unwrap_or(0);
                 // The first reading sets the baseline: counts from before
                 // tcpwatch started are not re-counted.

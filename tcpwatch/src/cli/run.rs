@@ -61,11 +61,7 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // The daemon never starts half-configured: everything is checked first.
     let config = args.effective()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(args, config))
+    super::block_on(serve(args, config))
 }
 
 async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
@@ -128,11 +124,8 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
 
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("cannot poll the ring buffer")?;
-                guard.clear_ready();
-                drop(guard);
-                let ring = ring.get_mut();
+            ready = loader::readable(&mut ring) => {
+                let ring = ready.context("cannot poll the ring buffer")?;
                 let mut d = daemon::lock(&shared);
                 while let Some(item) = ring.next() {
                     match decode(&item) {

@@ -45,11 +45,7 @@ pub struct TopArgs {
 }
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(top(args))
+    super::block_on(top(args))
 }
 
 /// What the screen shows besides the model.
@@ -94,11 +90,8 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("cannot poll the ring buffer")?;
-                    guard.clear_ready();
-                    drop(guard);
-                    let ring = ring.get_mut();
+                ready = loader::readable(&mut ring) => {
+                    let ring = ready.context("cannot poll the ring buffer")?;
                     while let Some(item) = ring.next() {
                         header.events += 1;
                         if let Ok(ev) = decode(&item) {

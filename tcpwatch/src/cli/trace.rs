@@ -134,11 +134,7 @@ impl TraceArgs {
 }
 
 pub fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(trace(args))
+    super::block_on(trace(args))
 }
 
 async fn trace(args: TraceArgs) -> anyhow::Result<()> {
@@ -197,11 +193,9 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 
     let outcome: io::Result<()> = loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("cannot poll the ring buffer")?;
-                guard.clear_ready();
-                drop(guard);
-                if let Err(e) = pipeline.drain(ring.get_mut()) { break Err(e) }
+            ready = loader::readable(&mut ring) => {
+                let ring = ready.context("cannot poll the ring buffer")?;
+                if let Err(e) = pipeline.drain(ring) { break Err(e) }
             }
             _ = ticker.tick() => {
                 let now = monotonic_ns();

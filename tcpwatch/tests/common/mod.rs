@@ -254,12 +254,7 @@ pub fn peer_loop(comm: &str) {
                 s.bind(&SockAddr::from(addr)).map_err(|e| e.to_string())?;
                 s.listen(backlog.parse().map_err(|_| "bad backlog".to_owned())?)
                     .map_err(|e| e.to_string())?;
-                let port = s
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .map(|a| a.port())
-                    .unwrap_or(0);
+                let port = local_port(&s);
                 listener = Some(s);
                 Ok(port.to_string())
             })(),
@@ -281,12 +276,7 @@ pub fn peer_loop(comm: &str) {
                 }
                 s.connect(&SockAddr::from(addr))
                     .map_err(|e| format!("{:?}", e.kind()))?;
-                let port = s
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .map(|a| a.port())
-                    .unwrap_or(0);
+                let port = local_port(&s);
                 conn = Some(s);
                 Ok(port.to_string())
             })(),
@@ -393,6 +383,14 @@ unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
         libc::close(conn);
         libc::_exit(0)
     }
+}
+
+/// The local port a socket is bound to (0 if it cannot be read).
+fn local_port(s: &socket2::Socket) -> u16 {
+    s.local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(0, |a| a.port())
 }
 
 fn bracket(addr: &str) -> String {
