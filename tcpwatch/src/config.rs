@@ -168,14 +168,8 @@ impl Config {
                 problem,
             })
         };
-        if !(4..=1 << 20).contains(&self.ring_kib) || !self.ring_kib.is_power_of_two() {
-            return bad(
-                "ring_kib",
-                format!(
-                    "= {} is not a power of two between 4 and 1048576",
-                    self.ring_kib
-                ),
-            );
+        if let Err(problem) = check_ring_kib(self.ring_kib) {
+            return bad("ring_kib", format!("= {problem}"));
         }
         if !(1..=1000).contains(&self.top_n) {
             return bad(
@@ -209,6 +203,18 @@ impl Config {
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A ring buffer size in KiB the kernel accepts: a power of two of pages,
+/// within what tcpwatch allows (4 KiB to 1 GiB).
+pub fn check_ring_kib(kib: u32) -> Result<u32, String> {
+    if (4..=1 << 20).contains(&kib) && kib.is_power_of_two() {
+        Ok(kib)
+    } else {
+        Err(format!(
+            "{kib} KiB is not a power of two between 4 and 1048576"
+        ))
     }
 }
 

@@ -104,12 +104,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
-    if !(4..=1 << 20).contains(&kib) || !kib.is_power_of_two() {
-        return Err(format!(
-            "{kib} KiB is not a power of two between 4 and 1048576"
-        ));
-    }
-    Ok(kib)
+    crate::config::check_ring_kib(kib)
 }
 
 impl TraceArgs {
