@@ -22,6 +22,8 @@ pub const MAP_RETRANSMITS: &str = "RETRANSMITS";
 /// Name of the per-CPU array counting resets: sent by reason (index
 /// `reason & 63`), received at [`RESETS_RECEIVED_INDEX`].
 pub const MAP_RESETS: &str = "RESETS";
+/// Name of the per-CPU array of duration histograms (see [`hist`]).
+pub const MAP_HISTOGRAMS: &str = "HISTOGRAMS";
 /// Entries of the transitions map.
 pub const TRANSITIONS_LEN: u32 = 256;
 /// Entries of the resets map.
@@ -46,6 +48,10 @@ pub mod phase {
 /// Name of the global holding the [`Layout`] discovered at start-up.
 pub const GLOBAL_LAYOUT: &str = "LAYOUT";
 
+/// Name of the global holding how many unread bytes in the ring buffer
+/// wake the consumer; below it, records wait for the consumer's next poll.
+pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+
 /// Default ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 /// Default number of sockets whose owner the kernel side remembers.
@@ -63,8 +69,11 @@ pub mod counter {
     pub const READ_FAILED: u32 = 2;
     /// Events emitted into the ring buffer.
     pub const EMITTED: u32 = 3;
+    /// Not a count: the most unread bytes this CPU saw in the ring buffer
+    /// when it submitted, until userspace resets it.
+    pub const RING_PEAK_BYTES: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// What an [`Event`] reports; carried as `Event::kind`.
@@ -194,12 +203,54 @@ impl Event {
     }
 }
 
+/// Durations the kernel aggregates into histograms, with no event each.
+/// Histogram `h` occupies slots `h * HIST_SLOTS ..` of the histograms map:
+/// one count per bucket of [`HIST_BOUNDS_NS`] (not cumulative), one for
+/// longer durations, then the sum of all durations in nanoseconds.
+pub mod hist {
+    /// SYN_SENT to ESTABLISHED of outgoing connections.
+    pub const HANDSHAKE: u32 = 0;
+    /// Birth (SYN_SENT or SYN_RECV) to CLOSE.
+    pub const LIFETIME: u32 = 1;
+    /// Time spent in CLOSE_WAIT, FIN_WAIT2 and LAST_ACK.
+    pub const CLOSE_WAIT: u32 = 2;
+    pub const FIN_WAIT2: u32 = 3;
+    pub const LAST_ACK: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Upper bounds of the histogram buckets in nanoseconds: loopback
+/// handshakes take microseconds, leaked CLOSE_WAITs hours.
+pub const HIST_BOUNDS_NS: [u64; 14] = [
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    30_000_000_000,
+    120_000_000_000,
+    600_000_000_000,
+    3_600_000_000_000,
+];
+/// Slots of one histogram: the buckets, the overflow bucket, the sum.
+pub const HIST_SLOTS: u32 = HIST_BOUNDS_NS.len() as u32 + 2;
+/// Entries of the histograms map.
+pub const HISTOGRAMS_LEN: u32 = hist::COUNT * HIST_SLOTS;
+
 /// What the kernel side remembers about a socket's owner.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOwner {
     /// Time of the socket's last transition (`bpf_ktime_get_ns`), 0 when unknown.
     pub last_change_ns: u64,
+    /// Time of the socket's birth transition, 0 when it was born before
+    /// tcpwatch started.
+    pub born_ns: u64,
     /// Network namespace inode number.
     pub netns: u32,
     /// Thread group id of the owner.
@@ -213,7 +264,7 @@ pub struct SockOwner {
     pub comm: [u8; COMM_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 
 /// Key of the listener map: a listening port in a network namespace.
 #[repr(C)]
@@ -225,6 +276,10 @@ pub struct ListenerKey {
 }
 
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+
+/// Bytes of a tracepoint record the programs copy and read fields from;
+/// every field they use must end within it.
+pub const RECORD_BYTES: usize = 96;
 
 /// Byte offset of a field in a tracepoint record; [`FIELD_ABSENT`] when the
 /// running kernel's tracepoint has no such field.

@@ -13,13 +13,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey, SockOwner, TpLayout,
-    COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, IPPROTO_TCP,
-    TRANSITIONS_LEN,
+    hist, kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey, SockOwner,
+    TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, HISTOGRAMS_LEN,
+    HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP, TRANSITIONS_LEN,
 };
 
 use crate::emit::{
-    bump_in, emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Res,
+    bump_in, emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Record, Res,
 };
 
 /// Socket address -> owner and time of its last transition. Entries go at
@@ -30,6 +30,45 @@ pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(DEFA
 /// State transitions by `transition_index(old, new)`.
 #[map]
 pub static TRANSITIONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TRANSITIONS_LEN, 0);
+
+/// Duration histograms by `tcpwatch_common::hist`, read at scrape time.
+#[map]
+pub static HISTOGRAMS: PerCpuArray<u64> = PerCpuArray::with_max_entries(HISTOGRAMS_LEN, 0);
+
+/// Counts `ns` in its bucket of histogram `which` and adds it to the sum.
+#[inline(always)]
+fn observe(which: u32, ns: u64) {
+    let mut bucket = HIST_BOUNDS_NS.len() as u32;
+    for (i, bound) in HIST_BOUNDS_NS.iter().enumerate() {
+        if ns <= *bound {
+            bucket = i as u32;
+            break;
+        }
+    }
+    let base = which * HIST_SLOTS;
+    bump_in(&HISTOGRAMS, base + bucket);
+    if let Some(sum) = HISTOGRAMS.get_ptr_mut(base + HIST_SLOTS - 1) {
+        // SAFETY: this CPU's slot of a live map value.
+        unsafe { *sum += ns };
+    }
+}
+
+/// The durations a transition completes, aggregated here rather than sent.
+#[inline(always)]
+fn observe_durations(old: u8, new: u8, in_old_ns: u64, born_ns: u64, now: u64) {
+    if in_old_ns != DURATION_UNKNOWN && old != new {
+        match old {
+            SYN_SENT if new == ESTABLISHED => observe(hist::HANDSHAKE, in_old_ns),
+            CLOSE_WAIT => observe(hist::CLOSE_WAIT, in_old_ns),
+            FIN_WAIT2 => observe(hist::FIN_WAIT2, in_old_ns),
+            LAST_ACK => observe(hist::LAST_ACK, in_old_ns),
+            _ => {}
+        }
+    }
+    if new == CLOSE && old != LISTEN && born_ns != 0 && now >= born_ns {
+        observe(hist::LIFETIME, now - born_ns);
+    }
+}
 
 /// (netns, port) of a listening socket -> its owner, for accepted children.
 #[map]
@@ -61,10 +100,11 @@ fn bound_in_process_context(old: u8, new: u8) -> Option<u8> {
 }
 
 #[inline(always)]
-fn current_owner(netns: u32, now: u64, source: u8) -> SockOwner {
+fn current_owner(netns: u32, born_ns: u64, now: u64, source: u8) -> SockOwner {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     SockOwner {
         last_change_ns: now,
+        born_ns,
         netns,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         source,
@@ -76,13 +116,14 @@ fn current_owner(netns: u32, now: u64, source: u8) -> SockOwner {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.set_state);
-    let protocol: u16 = field(ctx, tp.protocol)?;
+    let rec = Record::read(ctx)?;
+    let protocol: u16 = rec.get(tp.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let sk: u64 = field(ctx, tp.skaddr)?;
-    let old = field::<i32>(ctx, tp.state)? as u8;
-    let new = field::<i32>(ctx, tp.new_state)? as u8;
+    let sk: u64 = rec.get(tp.skaddr)?;
+    let old = rec.get::<i32>(tp.state)? as u8;
+    let new = rec.get::<i32>(tp.new_state)? as u8;
     bump_in(&TRANSITIONS, transition_index(old, new));
     let now = now_ns();
 
@@ -104,22 +145,26 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
             };
             (prev, since)
         }
-        None => (new_socket_owner(ctx, &tp, sk, old, new)?, DURATION_UNKNOWN),
+        None => (new_socket_owner(&rec, &tp, sk, old, new)?, DURATION_UNKNOWN),
     };
 
     if let Some(source) = bound_in_process_context(old, new) {
-        let candidate = current_owner(owner.netns, now, source);
+        let candidate = current_owner(owner.netns, owner.born_ns, now, source);
         // pid 0 is the idle task: the transition ran outside any process
         // after all, so keep the owner already known.
         if candidate.pid != 0 {
             owner = candidate;
         }
     }
+    if birth {
+        owner.born_ns = now;
+    }
+    observe_durations(old, new, old_state_ns, owner.born_ns, now);
     owner.last_change_ns = now;
     owner.state = new;
 
     if new == LISTEN || old == LISTEN && new == CLOSE {
-        let sport: u16 = field(ctx, tp.sport)?;
+        let sport: u16 = rec.get(tp.sport)?;
         let key = ListenerKey {
             netns: owner.netns,
             port: sport,
@@ -150,23 +195,18 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         ev.pid = owner.pid;
         ev.owner_source = owner.source;
         ev.comm = owner.comm;
-        read_endpoints(ctx, &tp, ev)
+        read_endpoints(&rec, &tp, ev)
     })
 }
 
 /// The owner of a socket seen for the first time: a listener's child
 /// inherits the listener's owner; anything else starts unknown.
 #[inline(always)]
-fn new_socket_owner(
-    ctx: &TracePointContext,
-    tp: &TpLayout,
-    sk: u64,
-    old: u8,
-    new: u8,
-) -> Res<SockOwner> {
+fn new_socket_owner(rec: &Record, tp: &TpLayout, sk: u64, old: u8, new: u8) -> Res<SockOwner> {
     let netns = sock_netns(sk);
     let mut fresh = SockOwner {
         last_change_ns: 0,
+        born_ns: 0,
         netns,
         pid: 0,
         source: owner_source::NONE,
@@ -177,7 +217,7 @@ fn new_socket_owner(
     if old == LISTEN && new == SYN_RECV {
         // Created in softirq, owned by whoever listens on its local port
         // until a close() says otherwise.
-        let sport: u16 = field(ctx, tp.sport)?;
+        let sport: u16 = rec.get(tp.sport)?;
         let key = ListenerKey {
             netns,
             port: sport,

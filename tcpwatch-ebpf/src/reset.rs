@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tcpwatch_common::{kind, FIELD_ABSENT, RESETS_LEN, RESETS_RECEIVED_INDEX};
 
 use crate::{
-    emit::{bump_in, field, layout_of, read_endpoints, Res},
+    emit::{bump_in, layout_of, read_endpoints, Record, Res},
     lifecycle::emit_for_socket,
 };
 
@@ -28,25 +28,26 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.send_reset);
-    let sk: u64 = field(ctx, tp.skaddr)?;
+    let rec = Record::read(ctx)?;
+    let sk: u64 = rec.get(tp.skaddr)?;
     let skb: u64 = if sk == 0 {
-        field(ctx, tp.skbaddr).unwrap_or(0)
+        rec.get(tp.skbaddr).unwrap_or(0)
     } else {
         0
     };
     let state = if tp.state != FIELD_ABSENT {
-        Some(field::<i32>(ctx, tp.state)? as u8)
+        Some(rec.get::<i32>(tp.state)? as u8)
     } else {
         None
     };
     let reason = if tp.reason != FIELD_ABSENT {
-        field::<u32>(ctx, tp.reason)? as u16
+        rec.get::<u32>(tp.reason)? as u16
     } else {
         0
     };
     bump_in(&RESETS, u32::from(reason) & 63);
     emit_for_socket(sk, skb, kind::RESET_SENT, state, reason, |ev| {
-        read_endpoints(ctx, &tp, ev)
+        read_endpoints(&rec, &tp, ev)
     })
 }
 
@@ -60,9 +61,10 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.receive_reset);
-    let sk: u64 = field(ctx, tp.skaddr)?;
+    let rec = Record::read(ctx)?;
+    let sk: u64 = rec.get(tp.skaddr)?;
     bump_in(&RESETS, RESETS_RECEIVED_INDEX);
     emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
-        read_endpoints(ctx, &tp, ev)
+        read_endpoints(&rec, &tp, ev)
     })
 }

@@ -11,7 +11,7 @@ use tcpwatch_common::{
 };
 
 use crate::{
-    emit::{bump, bump_in, field, layout_of, read_endpoints, Res},
+    emit::{bump, bump_in, layout_of, read_endpoints, Record, Res},
     lifecycle::emit_for_socket,
 };
 
@@ -31,15 +31,16 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.retransmit_skb);
+    let rec = Record::read(ctx)?;
     if tp.err != FIELD_ABSENT {
-        let err: i32 = field(ctx, tp.err)?;
+        let err: i32 = rec.get(tp.err)?;
         if err != 0 {
             bump(counter::RETRANSMIT_NOT_SENT);
             return Ok(());
         }
     }
-    let sk: u64 = field(ctx, tp.skaddr)?;
-    let state = field::<i32>(ctx, tp.state)? as u8;
+    let sk: u64 = rec.get(tp.skaddr)?;
+    let state = rec.get::<i32>(tp.state)? as u8;
     let which = match state {
         SYN_SENT => phase::SYN,
         FIN_WAIT1 | LAST_ACK | CLOSING => phase::FIN,
@@ -47,7 +48,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Res<()> {
     };
     bump_in(&RETRANSMITS, which);
     emit_for_socket(sk, 0, kind::RETRANSMIT, Some(state), 0, |ev| {
-        read_endpoints(ctx, &tp, ev)
+        read_endpoints(&rec, &tp, ev)
     })
 }
 
@@ -62,7 +63,8 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.retransmit_synack);
-    let listener: u64 = field(ctx, tp.skaddr)?;
+    let rec = Record::read(ctx)?;
+    let listener: u64 = rec.get(tp.skaddr)?;
     bump_in(&RETRANSMITS, phase::SYNACK);
     emit_for_socket(
         listener,
@@ -70,6 +72,6 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
         kind::SYNACK_RETRANSMIT,
         Some(SYN_RECV),
         0,
-        |ev| read_endpoints(ctx, &tp, ev),
+        |ev| read_endpoints(&rec, &tp, ev),
     )
 }

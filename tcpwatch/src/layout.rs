@@ -6,7 +6,7 @@
 //! offset found here at start-up rather than one compiled in.
 use std::collections::BTreeMap;
 
-use tcpwatch_common::{FieldOffset, TpLayout, FIELD_ABSENT};
+use tcpwatch_common::{FieldOffset, TpLayout, FIELD_ABSENT, RECORD_BYTES};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LayoutError {
@@ -102,9 +102,9 @@ impl Format {
                 expected: size,
             });
         }
-        // The programs add small constants to some offsets; keep well clear of
-        // the sentinel and of u16 overflow.
-        if field.offset + field.size > 4096 {
+        // The programs copy the record's first RECORD_BYTES and read fields
+        // from that copy.
+        if field.offset + field.size > RECORD_BYTES {
             return Err(LayoutError::FieldOffset {
                 tracepoint: self.name.clone(),
                 field: name,

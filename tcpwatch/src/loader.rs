@@ -4,6 +4,7 @@ use std::{
     io::ErrorKind,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use aya::{
@@ -13,8 +14,9 @@ use aya::{
 };
 use log::{debug, warn};
 use tcpwatch_common::{
-    counter, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT, MAP_COUNTERS,
-    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS, OFFSETS_FILES,
+    counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT,
+    GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS, MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
+    OFFSETS_FILES,
 };
 
 use crate::{
@@ -166,6 +168,8 @@ pub struct CounterReader {
     transitions: PerCpuArray<MapData, u64>,
     retransmits: PerCpuArray<MapData, u64>,
     resets: PerCpuArray<MapData, u64>,
+    histograms: PerCpuArray<MapData, u64>,
+    ring_bytes: u32,
     /// The attached programs, for their run statistics.
     programs: Vec<aya::programs::ProgramFd>,
 }
@@ -181,9 +185,23 @@ pub struct Counters {
     /// already running on that CPU (an interrupt nested inside it): events
     /// that never reached tcpwatch's programs at all.
     pub recursion_misses: u64,
+    /// The most unread bytes the ring buffer held since the last
+    /// [`CounterReader::reset_ring_peak`], and its size.
+    pub ring_peak_bytes: u64,
+    pub ring_bytes: u64,
 }
 
 impl CounterReader {
+    /// Starts a new window for the ring buffer's peak fill.
+    pub fn reset_ring_peak(&mut self) -> std::io::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![0u64; cpus]).map_err(std::io::Error::other)?;
+        self.map
+            .set(counter::RING_PEAK_BYTES, zeros, 0)
+            .map_err(std::io::Error::other)
+    }
+
     pub fn read(&self) -> Result<Counters, aya::maps::MapError> {
         let sum = |index: u32| -> Result<u64, aya::maps::MapError> {
             Ok(self.map.get(&index, 0)?.iter().sum())
@@ -193,6 +211,14 @@ impl CounterReader {
             retransmit_not_sent: sum(counter::RETRANSMIT_NOT_SENT)?,
             read_failed: sum(counter::READ_FAILED)?,
             emitted: sum(counter::EMITTED)?,
+            ring_peak_bytes: self
+                .map
+                .get(&counter::RING_PEAK_BYTES, 0)?
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0),
+            ring_bytes: u64::from(self.ring_bytes),
             recursion_misses: self
                 .programs
                 .iter()
@@ -215,13 +241,27 @@ pub fn async_ring(
     .map_err(std::io::Error::from)
 }
 
-/// Waits until the ring buffer holds records and returns it to drain.
+/// The longest a record waits in the ring buffer before the consumer looks.
+pub const MAX_DRAIN_DELAY: Duration = Duration::from_millis(50);
+
+/// Unread bytes that make the kernel wake the consumer: an eighth of the
+/// ring. Below it records wait for the next poll (at most
+/// [`MAX_DRAIN_DELAY`]), so a busy host costs a wake-up per few thousand
+/// records instead of one per record, with room left for a burst.
+pub fn wakeup_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 8).max(1)
+}
+
+/// Waits until the kernel wakes the consumer or [`MAX_DRAIN_DELAY`] has
+/// passed, and returns the ring buffer to drain (possibly empty).
 pub async fn readable(
     ring: &mut tokio::io::unix::AsyncFd<RingBuf<MapData>>,
 ) -> std::io::Result<&mut RingBuf<MapData>> {
     // Readiness is cleared before draining, so records that arrive while the
     // caller drains wake the next wait.
-    ring.readable_mut().await?.clear_ready();
+    if let Ok(guard) = tokio::time::timeout(MAX_DRAIN_DELAY, ring.readable_mut()).await {
+        guard?.clear_ready();
+    }
     Ok(ring.get_mut())
 }
 
@@ -235,6 +275,9 @@ pub struct KernelTotals {
     /// (reason, count), non-zero only.
     pub resets_sent: Vec<(u16, u64)>,
     pub resets_received: u64,
+    /// By `tcpwatch_common::hist`: per-bucket counts, the overflow bucket,
+    /// then the sum in nanoseconds (see `tcpwatch_common::HIST_SLOTS`).
+    pub histograms: [[u64; HIST_SLOTS as usize]; hist::COUNT as usize],
 }
 
 impl CounterReader {
@@ -262,6 +305,11 @@ impl CounterReader {
             }
         }
         t.resets_received = Self::sum(&self.resets, tcpwatch_common::RESETS_RECEIVED_INDEX);
+        for (h, slots) in t.histograms.iter_mut().enumerate() {
+            for (i, slot) in slots.iter_mut().enumerate() {
+                *slot = Self::sum(&self.histograms, h as u32 * HIST_SLOTS + i as u32);
+            }
+        }
         t
     }
 }
@@ -483,6 +531,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
 
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_LAYOUT, &layout, true)
+        .override_global(GLOBAL_WAKEUP_BYTES, &wakeup_bytes(options.ring_bytes), true)
         .map_max_entries(MAP_EVENTS, options.ring_bytes)
         .map_max_entries(MAP_SOCKS, options.max_socks)
         .load(OBJECT)
@@ -556,6 +605,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let transitions = per_cpu(tcpwatch_common::MAP_TRANSITIONS)?;
     let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
     let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
+    let histograms = per_cpu(tcpwatch_common::MAP_HISTOGRAMS)?;
     Ok(Probe {
         ebpf,
         events,
@@ -564,6 +614,8 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             transitions,
             retransmits,
             resets,
+            histograms,
+            ring_bytes: options.ring_bytes,
             programs,
         },
         reasons,
@@ -587,6 +639,7 @@ fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError>
         comm[..len].copy_from_slice(&owner.comm.as_bytes()[..len]);
         let value = SockOwner {
             last_change_ns: 0,
+            born_ns: 0,
             netns: *netns,
             pid: owner.pid,
             source: owner_source::STARTUP,
