@@ -125,6 +125,10 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let now = monotonic_ns();
     let summary = summarize(&d.observer.model, now, &[], d.top_n);
     let counters: Counters = d.counters.read().unwrap_or_default();
+    // Each scrape reports the ring buffer's peak fill since the previous one.
+    if let Err(e) = d.counters.reset_ring_peak() {
+        log::warn!("cannot reset the ring buffer's peak fill: {e}");
+    }
     let totals = d.counters.totals();
     let d = &mut *d;
     let body = d.metrics.render(

@@ -3,9 +3,10 @@
 //! Every label is bounded: kernel states and reasons are fixed sets,
 //! endpoints and processes are the top N with the rest in `other`.
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType},
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use tcpwatch_common::{hist, HIST_BOUNDS_NS, HIST_SLOTS};
 
 use crate::{
     audit::NetnsState,
@@ -15,11 +16,6 @@ use crate::{
     model::{Model, Outcome},
     summary::Summary,
 };
-
-/// Lifetimes and durations span microseconds (loopback) to hours.
-const SECONDS_BUCKETS: [f64; 14] = [
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
-];
 
 /// Sysctls exported as numbers.
 const SYSCTLS: [&str; 6] = [
@@ -39,9 +35,6 @@ pub struct Metrics {
     retransmits: IntCounterVec,
     resets: IntCounterVec,
     tw_reuse: IntCounter,
-    handshake: Histogram,
-    lifetime: Histogram,
-    state_duration: HistogramVec,
     findings_reported: IntCounterVec,
     sockets: IntGaugeVec,
     time_wait: IntGaugeVec,
@@ -59,6 +52,7 @@ pub struct Metrics {
     evictions: IntCounterVec,
     reconcile_corrections: IntCounter,
     scrape_seconds: prometheus::Gauge,
+    ring_peak_fill: prometheus::Gauge,
     /// Last values of cumulative sources, to add only what is new.
     last_tcpext: std::collections::HashMap<String, u64>,
     last_counters: Counters,
@@ -87,12 +81,6 @@ fn gauge_vec(
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
-}
-
-fn histogram(r: &Registry, name: &str, help: &str) -> prometheus::Result<Histogram> {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()))?;
-    r.register(Box::new(h.clone()))?;
-    Ok(h)
 }
 
 impl Metrics {
@@ -176,15 +164,6 @@ impl Metrics {
             &["comm", "port"],
         )?;
         r.register(Box::new(close_wait_oldest.clone()))?;
-        let state_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tcpwatch_state_duration_seconds",
-                "Time spent in CLOSE_WAIT, FIN_WAIT2 and LAST_ACK.",
-            )
-            .buckets(SECONDS_BUCKETS.to_vec()),
-            &["state"],
-        )?;
-        r.register(Box::new(state_duration.clone()))?;
         let one = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
             r.register(Box::new(c.clone()))?;
@@ -224,22 +203,17 @@ impl Metrics {
             "Time the previous scrape took to prepare.",
         )?;
         r.register(Box::new(scrape_seconds.clone()))?;
+        let ring_peak_fill = prometheus::Gauge::new(
+            "tcpwatch_ring_buffer_peak_fill_ratio",
+            "Most of the ring buffer that held unread events since the previous scrape (1 means events were being lost).",
+        )?;
+        r.register(Box::new(ring_peak_fill.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new("tcpwatch_build_info", "tcpwatch's version."),
             &["version"],
         )?;
         r.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let handshake = histogram(
-            &r,
-            "tcpwatch_handshake_seconds",
-            "Time from SYN_SENT to ESTABLISHED of outgoing connections.",
-        )?;
-        let lifetime = histogram(
-            &r,
-            "tcpwatch_connection_lifetime_seconds",
-            "Lifetime of connections, birth to close.",
-        )?;
         Ok(Metrics {
             registry: r,
             transitions,
@@ -248,9 +222,6 @@ impl Metrics {
             retransmits,
             resets,
             tw_reuse,
-            handshake,
-            lifetime,
-            state_duration,
             findings_reported,
             sockets,
             time_wait,
@@ -268,6 +239,7 @@ impl Metrics {
             evictions,
             reconcile_corrections,
             scrape_seconds,
+            ring_peak_fill,
             last_tcpext: Default::default(),
             last_counters: Counters::default(),
             last_evicted: (0, 0),
@@ -298,24 +270,7 @@ impl Metrics {
             (TcpState::Listen, TcpState::SynRecv) => {
                 self.opened.with_label_values(&["passive"]).inc()
             }
-            (TcpState::SynSent, TcpState::Established) => {
-                if let Some(ns) = ev.old_state_ns {
-                    self.handshake.observe(ns as f64 / 1e9);
-                }
-            }
             _ => {}
-        }
-        if old != new
-            && matches!(
-                old,
-                TcpState::CloseWait | TcpState::FinWait2 | TcpState::LastAck
-            )
-        {
-            if let Some(ns) = ev.old_state_ns {
-                self.state_duration
-                    .with_label_values(&[old.name()])
-                    .observe(ns as f64 / 1e9);
-            }
         }
     }
 
@@ -367,9 +322,6 @@ impl Metrics {
                 self.closed
                     .with_label_values(&[f.connection.opener.name(), f.end.name()])
                     .inc();
-                if let Some(ns) = f.lifetime_ns() {
-                    self.lifetime.observe(ns as f64 / 1e9);
-                }
             }
             Outcome::TimeWaitReused { .. } => self.tw_reuse.inc(),
             Outcome::TimeWaitSynReused { .. } => {}
@@ -442,6 +394,10 @@ impl Metrics {
             counters.recursion_misses,
         );
         self.last_counters = *counters;
+        if counters.ring_bytes > 0 {
+            self.ring_peak_fill
+                .set(counters.ring_peak_bytes as f64 / counters.ring_bytes as f64);
+        }
         let stats = model.stats();
         grow(
             &self.evictions.with_label_values(&["connections"]),
@@ -489,13 +445,83 @@ impl Metrics {
             }
         }
         let mut out = Vec::new();
-        let encoded = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(kernel_histograms(totals));
+        let encoded = TextEncoder::new().encode(&families, &mut out);
         self.scrape_seconds.set(started.elapsed().as_secs_f64());
         match encoded {
             Ok(()) => String::from_utf8(out).unwrap_or_default(),
             Err(e) => format!("# encoding failed: {e}\n"),
         }
     }
+}
+
+/// The duration histograms the kernel aggregates (handshake, lifetime, time
+/// in CLOSE_WAIT, FIN_WAIT2 and LAST_ACK), as Prometheus histograms.
+fn kernel_histograms(totals: &KernelTotals) -> Vec<MetricFamily> {
+    let one = |which: u32, labels: &[(&str, &str)]| {
+        let slots = &totals.histograms[which as usize];
+        let mut cumulative = 0;
+        let buckets = HIST_BOUNDS_NS
+            .iter()
+            .zip(slots)
+            .map(|(bound, n)| {
+                cumulative += n;
+                let mut b = Bucket::default();
+                b.set_upper_bound(*bound as f64 / 1e9);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        let mut h = proto::Histogram::default();
+        h.set_bucket(buckets);
+        // The overflow bucket counts too; +Inf is implied by the count.
+        h.set_sample_count(cumulative + slots[HIST_BOUNDS_NS.len()]);
+        h.set_sample_sum(slots[HIST_SLOTS as usize - 1] as f64 / 1e9);
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(name, value)| {
+                    let mut l = LabelPair::default();
+                    l.set_name((*name).to_owned());
+                    l.set_value((*value).to_owned());
+                    l
+                })
+                .collect(),
+        );
+        m.set_histogram(h);
+        m
+    };
+    let family = |name: &str, help: &str, metrics: Vec<Metric>| {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_owned());
+        f.set_help(help.to_owned());
+        f.set_field_type(MetricType::HISTOGRAM);
+        f.set_metric(metrics);
+        f
+    };
+    vec![
+        family(
+            "tcpwatch_handshake_seconds",
+            "Time from SYN_SENT to ESTABLISHED of outgoing connections (aggregated in the kernel).",
+            vec![one(hist::HANDSHAKE, &[])],
+        ),
+        family(
+            "tcpwatch_connection_lifetime_seconds",
+            "Lifetime of connections born since tcpwatch started, birth to CLOSE (aggregated in the kernel).",
+            vec![one(hist::LIFETIME, &[])],
+        ),
+        family(
+            "tcpwatch_state_duration_seconds",
+            "Time spent in CLOSE_WAIT, FIN_WAIT2 and LAST_ACK (aggregated in the kernel).",
+            vec![
+                one(hist::CLOSE_WAIT, &[("state", "CLOSE_WAIT")]),
+                one(hist::FIN_WAIT2, &[("state", "FIN_WAIT2")]),
+                one(hist::LAST_ACK, &[("state", "LAST_ACK")]),
+            ],
+        ),
+    ]
 }
 
 /// The Content-Type of the text exposition format.
@@ -563,6 +589,8 @@ mod tests {
         let model = Model::new(Limits::default());
         let counters = Counters {
             ringbuf_full: 3,
+            ring_peak_bytes: 1024,
+            ring_bytes: 4096,
             ..Default::default()
         };
         // What the kernel's maps counted.
@@ -571,7 +599,12 @@ mod tests {
             retransmits: [1, 0, 0, 0],
             resets_sent: vec![(1, 1)],
             resets_received: 0,
+            histograms: Default::default(),
         };
+        // A 2 ms handshake and 1.5 s in CLOSE_WAIT.
+        totals.histograms[hist::HANDSHAKE as usize][3] = 1;
+        totals.histograms[hist::HANDSHAKE as usize][HIST_SLOTS as usize - 1] = 2_000_000;
+        totals.histograms[hist::CLOSE_WAIT as usize][9] = 1;
         let summary = summarize(&model, 0, &[], 10);
         let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
         for line in [
@@ -580,9 +613,14 @@ mod tests {
             "tcpwatch_retransmits_total{phase=\"syn\"} 1",
             "tcpwatch_resets_total{direction=\"sent\",reason=\"NO_SOCKET\"} 1",
             "tcpwatch_handshake_seconds_count 1",
+            "tcpwatch_handshake_seconds_sum 0.002",
+            "tcpwatch_handshake_seconds_bucket{le=\"0.001\"} 0",
+            "tcpwatch_handshake_seconds_bucket{le=\"0.005\"} 1",
+            "tcpwatch_handshake_seconds_bucket{le=\"+Inf\"} 1",
             "tcpwatch_state_duration_seconds_count{state=\"CLOSE_WAIT\"} 1",
             "tcpwatch_events_received_total 5",
             "tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3",
+            "tcpwatch_ring_buffer_peak_fill_ratio 0.25",
             "tcpwatch_build_info{version=",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");

@@ -87,6 +87,30 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         .is_some_and(|n| n >= 3.0),
         "{body}"
     );
+    // Histograms aggregated in the kernel: 5 handshakes, 3 connections
+    // closed on both sides, their clients' LAST_ACKs.
+    for (series, at_least) in [
+        ("tcpwatch_handshake_seconds_count", 5.0),
+        ("tcpwatch_connection_lifetime_seconds_count", 6.0),
+        (
+            "tcpwatch_state_duration_seconds_count{state=\"LAST_ACK\"}",
+            3.0,
+        ),
+        (
+            "tcpwatch_state_duration_seconds_count{state=\"FIN_WAIT2\"}",
+            3.0,
+        ),
+    ] {
+        assert!(
+            sample(&body, series).is_some_and(|n| n >= at_least),
+            "{series} below {at_least} in:\n{body}"
+        );
+    }
+    assert!(
+        sample(&body, "tcpwatch_ring_buffer_peak_fill_ratio")
+            .is_some_and(|r| (0.0..1.0).contains(&r)),
+        "{body}"
+    );
     for line in body
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
