@@ -346,15 +346,25 @@ impl Detectors {
                     remote: ev.daddr,
                     remote_port: ev.dport,
                 };
-                if let Some(tw) = model.time_wait_entry(&tuple) {
-                    let age = now.saturating_sub(tw.entered_ns);
+                // The 4-tuple is still in the table when the SYN_SENT event
+                // had no port yet, or was just reused with a bound port.
+                let since = model
+                    .time_wait_entry(&tuple)
+                    .map(|tw| tw.entered_ns)
+                    .or_else(|| {
+                        self.recent_reuse
+                            .get(&tuple)
+                            .copied()
+                            .filter(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS)
+                    });
+                if let Some(since) = since {
                     self.reuse_reset(
                         &mut out,
                         tuple,
                         ev.pid,
                         &ev.comm,
                         now,
-                        age,
+                        now.saturating_sub(since),
                         "sent a reset from SYN_SENT",
                     );
                 }

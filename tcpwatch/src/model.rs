@@ -313,6 +313,8 @@ pub struct KernelSocket {
     /// No process holds it (inode 0): a timewait socket, possibly in its
     /// FIN_WAIT2 substate.
     pub orphan: bool,
+    /// Time left on a timewait socket's timer, as the kernel reports it.
+    pub time_wait_left_ns: Option<u64>,
 }
 
 /// What one reconciliation changed.
@@ -680,10 +682,10 @@ impl Model {
             .collect();
         // Timewait sockets: TIME_WAIT, and orphans in FIN_WAIT2.
         let orphan_fin_wait2 = |s: &&KernelSocket| s.state == TcpState::FinWait2 && s.orphan;
-        let kernel_tw: HashMap<FourTuple, TcpState> = sockets
+        let kernel_tw: HashMap<FourTuple, (TcpState, Option<u64>)> = sockets
             .iter()
             .filter(|s| s.state == TcpState::TimeWait || orphan_fin_wait2(s))
-            .map(|s| (s.tuple, s.state))
+            .map(|s| (s.tuple, (s.state, s.time_wait_left_ns)))
             .collect();
         let kernel_live: HashMap<FourTuple, &KernelSocket> = sockets
             .iter()
@@ -708,7 +710,7 @@ impl Model {
             self.time_wait.remove(&t);
             r.time_wait_removed += 1;
         }
-        for (t, substate) in &kernel_tw {
+        for (t, (substate, left_ns)) in &kernel_tw {
             if let Some(entry) = self.time_wait.get_mut(t) {
                 if entry.substate != *substate {
                     entry.substate = *substate;
@@ -720,18 +722,28 @@ impl Model {
                 } else {
                     Opener::Active
                 };
-                // Its owner closed it; its age is unknown (at most 60 s).
+                // Its owner closed it. A TIME_WAIT's timer says how long ago
+                // it started (or was last restarted by a retransmitted FIN);
+                // an orphan's FIN_WAIT2 age is unknown.
+                let entered_ns = match (substate, left_ns) {
+                    (TcpState::TimeWait, Some(left)) if *left <= TIME_WAIT_NS => {
+                        now_ns.saturating_sub(TIME_WAIT_NS - left)
+                    }
+                    _ => now_ns,
+                };
                 self.time_wait.insert(
                     *t,
                     TimeWait {
-                        entered_ns: now_ns,
+                        entered_ns,
                         pid: 0,
                         comm: String::new(),
                         opener,
                         substate: *substate,
                     },
                 );
-                self.time_wait_order.push_back((*t, now_ns));
+                // Out of order in the expiry queue: it may outlive its timer
+                // in the model until the next reconciliation removes it.
+                self.time_wait_order.push_back((*t, entered_ns));
                 r.time_wait_added += 1;
             }
         }
@@ -1266,6 +1278,7 @@ mod tests {
             pid: 99,
             comm: "old".into(),
             orphan: matches!(state, TimeWait),
+            time_wait_left_ns: None,
         }
     }
 
@@ -1319,6 +1332,22 @@ mod tests {
     }
 
     #[test]
+    fn time_wait_learnt_from_the_kernel_takes_its_age_from_the_timer() {
+        let mut m = Model::default();
+        let mut tw = kernel(tuple(), TimeWait);
+        tw.time_wait_left_ns = Some(45_000 * MS);
+        m.reconcile(7, &[tw], 100_000 * MS, 100_000 * MS);
+        // 15 s into its 60 s.
+        assert_eq!(
+            m.time_wait_entry(&tuple()).map(|tw| tw.entered_ns),
+            Some(85_000 * MS)
+        );
+        // Gone when its timer runs out, not 60 s after it was learnt.
+        m.expire(145_000 * MS);
+        assert!(m.time_wait_entry(&tuple()).is_none());
+    }
+
+    #[test]
     fn orphans_in_fin_wait2_are_not_time_wait() {
         let mut m = Model::default();
         // An orphan handed to a timewait socket in FIN_WAIT2: inferred as TIME_WAIT...
@@ -1329,6 +1358,7 @@ mod tests {
             pid: 0,
             comm: String::new(),
             orphan: true,
+            time_wait_left_ns: None,
         };
         // ...until the kernel's list says which substate it is in.
         let r = m.reconcile(7, std::slice::from_ref(&orphan), 100 * MS, 100 * MS);

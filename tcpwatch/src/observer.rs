@@ -99,6 +99,9 @@ impl Observer {
                                 },
                                 state: s.state,
                                 orphan: s.inode == 0,
+                                time_wait_left_ns: s
+                                    .time_wait_left_ms
+                                    .map(|ms| u64::from(ms) * 1_000_000),
                                 pid: owner.map_or(0, |o| o.pid),
                                 comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
                             }

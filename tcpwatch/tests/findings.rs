@@ -214,3 +214,66 @@ fn sysctl_risk_finding() {
     assert_eq!(f[0]["setting"], "net.ipv4.tcp_tw_reuse");
     assert_eq!(f[0]["severity"], "warning");
 }
+
+/// tcp_tw_reuse meets a peer still in LAST_ACK because the final ACK of the
+/// old connection was lost: the old peer answers the reused SYN with a
+/// challenge ACK, this side resets from SYN_SENT and connects at its next
+/// SYN. tw_reuse, then tw_reuse_reset, both naming the client.
+#[test]
+fn tw_reuse_reset_when_the_final_ack_was_lost() {
+    if !privileged_or_skip("tw_reuse_reset_when_the_final_ack_was_lost") {
+        return;
+    }
+    let ns = Netns::new("twrr");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    let tracer = Tracer::start(&ns, &["--no-events"]);
+    let mut server = ns.peer("tw-server");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let source: u16 = 41235;
+    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    // The client's ACK of the server's FIN never arrives.
+    ns.nft(&drop_rules(&[&format!(
+        "tcp sport {source} tcp flags == ack drop"
+    )]));
+    server.ok("close");
+    // Past tcp_tw_reuse_delay (1 s); the server's FIN retransmits (after
+    // about 0.2, 0.6, 1.4 and 3 s) keep it in LAST_ACK.
+    thread::sleep(Duration::from_millis(1600));
+    assert_eq!(ns.sockets("time-wait", &[]), 1);
+    assert_eq!(ns.sockets("last-ack", &[]), 1);
+    ns.exec(&["nft", "delete", "table", "inet", "tw"]);
+    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
+    let (lines, _) = tracer.stop();
+
+    assert_eq!(raised(&lines, "tw_reuse").len(), 1, "{lines:#?}");
+    let f = raised(&lines, "tw_reuse_reset");
+    assert_eq!(f.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (
+            f[0]["pid"].as_u64(),
+            f[0]["lport"].as_u64(),
+            f[0]["rport"].as_u64()
+        ),
+        (
+            Some(client.pid.into()),
+            Some(source.into()),
+            Some(port.into())
+        )
+    );
+    assert!(
+        f[0]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("sent a reset from SYN_SENT")),
+        "{}",
+        f[0]
+    );
+    let netstat = ns.exec(&["cat", "/proc/net/netstat"]);
+    let recycled = tcpwatch::audit::parse_netstat(&netstat)
+        .get("TWRecycled")
+        .copied();
+    assert_eq!(recycled, Some(1), "the kernel counted the reuse too");
+}

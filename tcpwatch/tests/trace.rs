@@ -832,11 +832,7 @@ fn tw_reuse_finding() {
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
     let source: u16 = 41234;
-    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
-    server.ok("accept");
-    client.ok("close");
-    server.ok("read_eof");
-    server.ok("close");
+    client_closes_first_from(&mut client, &mut server, source, "127.0.0.1", port);
     assert_eq!(ns.sockets("time-wait", &[]), 1);
     // tcp_tw_reuse_delay is 1 s by default.
     thread::sleep(Duration::from_millis(1200));
@@ -864,6 +860,36 @@ fn tw_reuse_finding() {
         .get("TWRecycled")
         .copied();
     assert_eq!(recycled, Some(1), "the kernel counted the reuse too");
+}
+
+/// A TIME_WAIT older than tcpwatch is learnt from sock_diag at start with
+/// its true age (from the kernel's timer), and its reuse reports that age.
+#[test]
+fn tw_reuse_of_a_time_wait_older_than_tcpwatch() {
+    if !privileged_or_skip("tw_reuse_of_a_time_wait_older_than_tcpwatch") {
+        return;
+    }
+    let ns = Netns::new("twold");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    let mut server = ns.peer(SERVER);
+    let mut client = ns.peer(CLIENT);
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let source: u16 = 41236;
+    client_closes_first_from(&mut client, &mut server, source, "127.0.0.1", port);
+    assert_eq!(ns.sockets("time-wait", &[]), 1);
+    thread::sleep(Duration::from_millis(2500));
+    let tracer = Tracer::start(&ns, &["--no-events"]);
+    client.ok(&format!("connect_from {source} 127.0.0.1 {port}"));
+    let (lines, _) = tracer.stop();
+    let reports = findings(&lines, "tw_reuse");
+    assert_eq!(reports.len(), 1, "{lines:#?}");
+    assert!(
+        reports[0]["age_seconds"]
+            .as_f64()
+            .is_some_and(|a| (2.5..6.0).contains(&a)),
+        "{}",
+        reports[0]
+    );
 }
 
 /// Leaks and buildups that predate tcpwatch: found in the kernel's socket

@@ -509,7 +509,26 @@ pub fn by_socket(events: &[Value]) -> BTreeMap<(String, u32), Vec<Value>> {
 /// One connection to `port` that the client closes first: the TIME_WAIT
 /// stays on the client.
 pub fn client_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, port: u16) {
-    client.ok(&format!("connect {addr} {port}"));
+    close_client_first(client, server, &format!("connect {addr} {port}"));
+}
+
+/// The same from a fixed source port, as tcp_tw_reuse scenarios need.
+pub fn client_closes_first_from(
+    client: &mut Peer,
+    server: &mut Peer,
+    source: u16,
+    addr: &str,
+    port: u16,
+) {
+    close_client_first(
+        client,
+        server,
+        &format!("connect_from {source} {addr} {port}"),
+    );
+}
+
+fn close_client_first(client: &mut Peer, server: &mut Peer, connect: &str) {
+    client.ok(connect);
     server.ok("accept");
     client.ok("close");
     server.ok("read_eof");
