@@ -49,6 +49,12 @@ pub struct NetnsState {
 }
 
 impl NetnsState {
+    /// tcp_max_tw_buckets, where the kernel has it.
+    pub fn max_tw_buckets(&self) -> Option<u64> {
+        self.int("tcp_max_tw_buckets")
+            .and_then(|n| u64::try_from(n).ok())
+    }
+
     fn int(&self, name: &str) -> Option<i64> {
         self.sysctls
             .get(name)?

@@ -79,6 +79,9 @@ pub enum EndReason {
     RetransmitTimeout,
     /// Closed with no sign of why (for example a SYN_RECV child dropped).
     Aborted,
+    /// A normal close that skipped TIME_WAIT: the namespace already held
+    /// tcp_max_tw_buckets timewait sockets (TcpExt TCPTimeWaitOverflow).
+    TimeWaitOverflow,
 }
 
 impl Opener {
@@ -114,6 +117,7 @@ impl EndReason {
             EndReason::ConnectRefused => "connect_refused",
             EndReason::RetransmitTimeout => "retransmit_timeout",
             EndReason::Aborted => "aborted",
+            EndReason::TimeWaitOverflow => "time_wait_overflow",
         }
     }
 }
@@ -345,6 +349,12 @@ pub struct Model {
     parked: HashMap<u64, Finished>,
     time_wait: HashMap<FourTuple, TimeWait>,
     time_wait_order: VecDeque<(FourTuple, u64)>,
+    /// TIME_WAIT (and orphaned FIN_WAIT2) entries by namespace, and each
+    /// namespace's tcp_max_tw_buckets where known: the kernel's own test
+    /// for skipping TIME_WAIT (`inet_twsk_alloc()` in
+    /// net/ipv4/inet_timewait_sock.c).
+    time_wait_per_netns: HashMap<u32, u64>,
+    max_tw_buckets: HashMap<u32, u64>,
     /// Connections known only from the kernel's list, by 4-tuple, until an
     /// event names their socket address.
     seeded: HashMap<FourTuple, Connection>,
@@ -379,6 +389,35 @@ impl Model {
     }
 
     /// The TIME_WAIT entry of a 4-tuple, if the model holds one.
+    /// What the namespace's tcp_max_tw_buckets is; `None` forgets it.
+    pub fn set_max_tw_buckets(&mut self, netns: u32, max: Option<u64>) {
+        match max {
+            Some(max) => self.max_tw_buckets.insert(netns, max),
+            None => self.max_tw_buckets.remove(&netns),
+        };
+    }
+
+    /// True when the kernel would find no room for another timewait socket.
+    fn time_wait_full(&self, netns: u32) -> bool {
+        self.max_tw_buckets
+            .get(&netns)
+            .is_some_and(|max| self.time_wait_per_netns.get(&netns).copied().unwrap_or(0) >= *max)
+    }
+
+    fn tw_insert(&mut self, tuple: FourTuple, tw: TimeWait) {
+        if self.time_wait.insert(tuple, tw).is_none() {
+            *self.time_wait_per_netns.entry(tuple.netns).or_default() += 1;
+        }
+    }
+
+    fn tw_remove(&mut self, tuple: &FourTuple) -> Option<TimeWait> {
+        let removed = self.time_wait.remove(tuple)?;
+        if let Some(n) = self.time_wait_per_netns.get_mut(&tuple.netns) {
+            *n = n.saturating_sub(1);
+        }
+        Some(removed)
+    }
+
     pub fn time_wait_entry(&self, tuple: &FourTuple) -> Option<&TimeWait> {
         self.time_wait.get(tuple)
     }
@@ -508,7 +547,7 @@ impl Model {
             c.closer = Some(Closer::Simultaneous);
         }
         if old == TcpState::SynSent && new == TcpState::Established {
-            let reused = self.time_wait.remove(&tuple);
+            let reused = self.tw_remove(&tuple);
             if let Some(tw) = reused {
                 out.push(Outcome::TimeWaitReused {
                     tuple,
@@ -532,7 +571,7 @@ impl Model {
             out.push(Outcome::Finished(parked));
         }
         if new == TcpState::SynRecv {
-            if let Some(tw) = self.time_wait.remove(&tuple) {
+            if let Some(tw) = self.tw_remove(&tuple) {
                 out.push(Outcome::TimeWaitSynReused {
                     tuple,
                     age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
@@ -587,7 +626,7 @@ impl Model {
             return;
         };
         let reset = self.pending_reset.remove(&ev.skaddr);
-        let end = match (old, reset) {
+        let mut end = match (old, reset) {
             (TcpState::SynSent, Some(EventKind::ResetReceived)) => EndReason::ConnectRefused,
             // SYNs went unanswered: retransmitted on the wire, or refused locally
             // (a firewall on this host makes the kernel's retransmits fail,
@@ -624,8 +663,12 @@ impl Model {
                 return;
             }
         };
-        let time_wait =
+        let mut time_wait =
             end == EndReason::NormalClose && matches!(old, TcpState::FinWait2 | TcpState::Closing);
+        if time_wait && self.time_wait_full(connection.tuple.netns) {
+            end = EndReason::TimeWaitOverflow;
+            time_wait = false;
+        }
         if time_wait {
             self.enter_time_wait(connection.tuple, ev.ts_ns, &connection);
         }
@@ -638,7 +681,7 @@ impl Model {
     }
 
     fn enter_time_wait(&mut self, tuple: FourTuple, now: u64, c: &Connection) {
-        self.time_wait.insert(
+        self.tw_insert(
             tuple,
             TimeWait {
                 entered_ns: now,
@@ -658,7 +701,7 @@ impl Model {
                 .get(&victim)
                 .is_some_and(|tw| tw.entered_ns == entered)
             {
-                self.time_wait.remove(&victim);
+                self.tw_remove(&victim);
                 self.stats.time_wait_evicted += 1;
             }
         }
@@ -707,7 +750,7 @@ impl Model {
             .map(|(t, _)| *t)
             .collect();
         for t in stale_tw {
-            self.time_wait.remove(&t);
+            self.tw_remove(&t);
             r.time_wait_removed += 1;
         }
         for (t, (substate, left_ns)) in &kernel_tw {
@@ -731,7 +774,7 @@ impl Model {
                     }
                     _ => now_ns,
                 };
-                self.time_wait.insert(
+                self.tw_insert(
                     *t,
                     TimeWait {
                         entered_ns,
@@ -837,7 +880,7 @@ impl Model {
                 .get(&tuple)
                 .is_some_and(|tw| tw.entered_ns == entered)
             {
-                self.time_wait.remove(&tuple);
+                self.tw_remove(&tuple);
                 self.stats.time_wait_expired += 1;
             }
         }
@@ -1329,6 +1372,46 @@ mod tests {
             m.reconcile(8, &[], 400 * MS, 400 * MS),
             Reconciled::default()
         );
+    }
+
+    /// `active_close` from local port `port` in namespace `netns`.
+    fn active_close_from(m: &mut Model, sk: u64, t0: u64, port: u16, netns: u32) -> Vec<Outcome> {
+        let mut out = Vec::new();
+        for mut e in [
+            st(t0, sk, Close, SynSent),
+            st(t0 + 1, sk, SynSent, Established),
+            st(t0 + 11, sk, Established, FinWait1),
+            st(t0 + 13, sk, FinWait1, FinWait2),
+            st(t0 + 15, sk, FinWait2, Close),
+        ] {
+            if e.sport != 0 {
+                e.sport = port;
+            }
+            e.netns = netns;
+            out.extend(m.apply(&e));
+        }
+        out
+    }
+
+    #[test]
+    fn closes_past_tcp_max_tw_buckets_skip_time_wait() {
+        let mut m = Model::default();
+        m.set_max_tw_buckets(7, Some(1));
+        let out = active_close_from(&mut m, SK, 0, 40000, 7);
+        let f = finished(&out)[0];
+        assert_eq!((f.end, f.time_wait), (EndReason::NormalClose, true));
+        // The namespace's one bucket is taken: the next close skips TIME_WAIT.
+        let out = active_close_from(&mut m, SK + 0x100, 10, 40001, 7);
+        let f = finished(&out)[0];
+        assert_eq!((f.end, f.time_wait), (EndReason::TimeWaitOverflow, false));
+        assert_eq!(m.time_wait().count(), 1);
+        // Once the first expires there is room again.
+        m.expire(TIME_WAIT_NS + 15 * MS);
+        let out = active_close_from(&mut m, SK + 0x200, 60_100, 40002, 7);
+        assert_eq!(finished(&out)[0].end, EndReason::NormalClose);
+        // Another namespace, whose limit is unknown, is never full.
+        let out = active_close_from(&mut m, SK + 0x300, 60_200, 40003, 8);
+        assert_eq!(finished(&out)[0].end, EndReason::NormalClose);
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Observer {
             match netns::observe(&target) {
                 Ok((inode, (state, sockets))) => {
                     let netns = inode as u32;
+                    self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
                     if let Some(d) = self.detectors.as_mut() {
                         reports.extend(d.on_netns(netns, &state, start));
                     }

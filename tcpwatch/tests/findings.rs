@@ -181,7 +181,10 @@ fn time_wait_overflow_finding() {
     }
     let ns = Netns::new("two");
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "1");
-    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let tracer = Tracer::start(
+        &ns,
+        &["--no-events", "--lifecycle", "--reconcile-interval", "1s"],
+    );
     let mut server = ns.peer("tw-server");
     let mut client = ns.peer("tw-client");
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
@@ -195,6 +198,18 @@ fn time_wait_overflow_finding() {
     assert_eq!(f.len(), 1, "{lines:#?}");
     assert_eq!(f[0]["TCPTimeWaitOverflow"], 2);
     assert_eq!(f[0]["netns"], ns.inode);
+    // Per connection: the client's first close took the bucket, the next
+    // two skipped TIME_WAIT, as the kernel counted.
+    let client_ends: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "lifecycle" && l["dport"] == port)
+        .filter_map(|l| l["end"].as_str())
+        .collect();
+    assert_eq!(
+        client_ends,
+        ["normal_close", "time_wait_overflow", "time_wait_overflow"],
+        "{lines:#?}"
+    );
 }
 
 /// Risky settings of a namespace are reported by trace too (warnings only).
