@@ -530,6 +530,12 @@ impl Model {
             c.pid = ev.pid;
             c.comm.clone_from(&ev.comm);
         }
+        // An older transition that another CPU delivered late: the record
+        // has already moved past it (one ring buffer keeps reservation
+        // order, not timestamp order).
+        if old != new && ev.ts_ns < c.state_since_ns {
+            return;
+        }
         // The source port is 0 at SYN_SENT until the kernel picks one.
         c.tuple = tuple;
         // Same-state events (FIN_WAIT1 -> FIN_WAIT1) change nothing.
@@ -564,6 +570,20 @@ impl Model {
 
     fn born(&mut self, ev: &TcpEvent, new: TcpState, out: &mut Vec<Outcome>) {
         let tuple = FourTuple::of(ev);
+        let opener = if new == TcpState::SynSent {
+            Opener::Active
+        } else {
+            Opener::Passive
+        };
+        if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+            // The birth arrived after a later event of the same socket had
+            // already opened a record for it: complete that record.
+            if c.born_ns.is_none() && c.state_since_ns > ev.ts_ns {
+                c.born_ns = Some(ev.ts_ns);
+                c.opener = opener;
+                return;
+            }
+        }
         self.pending_reset.remove(&ev.skaddr);
         // The address was freed and reused: whatever it held is over.
         self.connections.remove(&ev.skaddr);
@@ -583,11 +603,7 @@ impl Model {
             tuple,
             pid: ev.pid,
             comm: ev.comm.clone(),
-            opener: if new == TcpState::SynSent {
-                Opener::Active
-            } else {
-                Opener::Passive
-            },
+            opener,
             closer: None,
             born_ns: Some(ev.ts_ns),
             state: new,
@@ -1156,6 +1172,29 @@ mod tests {
         let f = finished(&out)[0];
         assert_eq!(f.end, EndReason::RetransmitTimeout);
         assert_eq!(f.connection.retransmits.data, 2);
+    }
+
+    #[test]
+    fn events_out_of_order_across_cpus() {
+        let mut m = Model::default();
+        // The birth and the handshake's end arrive after FIN_WAIT1.
+        let out = run(
+            &mut m,
+            &[
+                st(11, SK, Established, FinWait1),
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                st(13, SK, FinWait1, FinWait2),
+                st(15, SK, FinWait2, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!(
+            (f.end, f.time_wait, f.connection.opener, f.lifetime_ns()),
+            (EndReason::NormalClose, true, Opener::Active, Some(15 * MS))
+        );
+        assert_eq!(m.time_wait().count(), 1);
+        assert_eq!(m.connections().count(), 0);
     }
 
     #[test]
