@@ -113,6 +113,9 @@ pub struct Config {
     pub reconcile_interval: HumanDuration,
     /// Rows of per-endpoint and per-process metrics before `other`.
     pub top_n: usize,
+    /// Also export sockets by network namespace (`tcpwatch_netns_sockets`,
+    /// the top_n namespaces, then other).
+    pub netns_labels: bool,
     /// Live connection records the model keeps (the oldest are evicted).
     pub max_connections: usize,
     /// TIME_WAIT entries the model keeps (the oldest are evicted).
@@ -133,6 +136,7 @@ impl Default for Config {
             ring_kib: tcpwatch_common::DEFAULT_RING_BYTES / 1024,
             reconcile_interval: HumanDuration(crate::cli::DEFAULT_RECONCILE_INTERVAL),
             top_n: 10,
+            netns_labels: false,
             max_connections: limits.max_connections,
             max_time_wait: limits.max_time_wait,
             thresholds: ThresholdsConfig::default(),

@@ -38,6 +38,8 @@ pub struct Daemon {
     /// Settings and counters of tcpwatch's own namespace, from the last reconciliation.
     pub own_netns: Option<NetnsState>,
     pub top_n: usize,
+    /// Sockets by namespace in the metrics too.
+    pub netns_labels: bool,
     /// When the event loop last ran, for /healthz.
     pub last_loop_ns: u64,
     /// (time, events received, events lost), one sample a second.
@@ -123,7 +125,10 @@ pub fn router(shared: Shared) -> Router {
 async fn metrics(State(shared): State<Shared>) -> Response {
     let mut d = lock(&shared);
     let now = monotonic_ns();
-    let summary = summarize(&d.observer.model, now, &[], d.top_n);
+    let mut summary = summarize(&d.observer.model, now, &[], d.top_n);
+    if d.netns_labels {
+        summary.by_netns = crate::summary::by_netns(&d.observer.model, d.top_n);
+    }
     let counters: Counters = d.counters.read().unwrap_or_default();
     // Each scrape reports the ring buffer's peak fill since the previous one.
     if let Err(e) = d.counters.reset_ring_peak() {

@@ -37,6 +37,7 @@ pub struct Metrics {
     tw_reuse: IntCounter,
     findings_reported: IntCounterVec,
     sockets: IntGaugeVec,
+    netns_sockets: IntGaugeVec,
     time_wait: IntGaugeVec,
     close_wait: IntGaugeVec,
     close_wait_oldest: prometheus::GaugeVec,
@@ -138,6 +139,11 @@ impl Metrics {
             "TCP sockets by state, TIME_WAIT included, as the model knows them.",
             &["state"],
         )?;
+        let netns_sockets = g(
+            "tcpwatch_netns_sockets",
+            "TCP sockets by network namespace (inode; top N, then other) and state, when netns_labels is on.",
+            &["netns", "state"],
+        )?;
         let time_wait = g("tcpwatch_time_wait_sockets", "TIME_WAIT sockets by remote endpoint (top N, then other; server :PORT when this host closes first).", &["endpoint"])?;
         let close_wait = g(
             "tcpwatch_close_wait_sockets",
@@ -224,6 +230,7 @@ impl Metrics {
             tw_reuse,
             findings_reported,
             sockets,
+            netns_sockets,
             time_wait,
             close_wait,
             close_wait_oldest,
@@ -352,6 +359,12 @@ impl Metrics {
         for (state, n) in &summary.by_state {
             self.sockets
                 .with_label_values(&[state.name()])
+                .set(*n as i64);
+        }
+        self.netns_sockets.reset();
+        for (netns, state, n) in &summary.by_netns {
+            self.netns_sockets
+                .with_label_values(&[netns.as_str(), state.name()])
                 .set(*n as i64);
         }
         self.time_wait.reset();

@@ -33,6 +33,8 @@ pub struct Summary {
     /// each local port (`server :PORT`, this host as a server closing first).
     pub time_wait: Vec<Row>,
     pub close_wait: Vec<CloseWaitRow>,
+    /// Sockets by namespace and state ([`by_netns`]), when asked for.
+    pub by_netns: Vec<(String, TcpState, u64)>,
 }
 
 /// The label of the folded rows.
@@ -111,7 +113,44 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
         by_state,
         time_wait: top_n(tw.into_iter().collect(), top),
         close_wait,
+        by_netns: Vec::new(),
     }
+}
+
+/// Sockets by network namespace and state, for the namespaces holding the
+/// most sockets (the rest in `other`): label values stay bounded on hosts
+/// with thousands of containers.
+pub fn by_netns(model: &Model, top: usize) -> Vec<(String, TcpState, u64)> {
+    let mut counts: HashMap<u32, HashMap<TcpState, u64>> = HashMap::new();
+    for c in model.connections() {
+        *counts
+            .entry(c.tuple.netns)
+            .or_default()
+            .entry(c.state)
+            .or_default() += 1;
+    }
+    for (t, entry) in model.time_wait() {
+        *counts
+            .entry(t.netns)
+            .or_default()
+            .entry(entry.substate)
+            .or_default() += 1;
+    }
+    let mut namespaces: Vec<(u32, HashMap<TcpState, u64>)> = counts.into_iter().collect();
+    namespaces.sort_by_key(|(ns, states)| (std::cmp::Reverse(states.values().sum::<u64>()), *ns));
+    let mut other: HashMap<TcpState, u64> = HashMap::new();
+    let mut rows = Vec::new();
+    for (i, (ns, states)) in namespaces.into_iter().enumerate() {
+        if i < top {
+            rows.extend(states.into_iter().map(|(s, n)| (ns.to_string(), s, n)));
+        } else {
+            for (s, n) in states {
+                *other.entry(s).or_default() += n;
+            }
+        }
+    }
+    rows.extend(other.into_iter().map(|(s, n)| (OTHER.to_owned(), s, n)));
+    rows
 }
 
 #[cfg(test)]
@@ -205,6 +244,17 @@ mod tests {
         assert_eq!(
             summarize(&m, 10 * S, &[], 10).by_state,
             [(SynSent, 1), (TimeWait, 3), (CloseWait, 2)]
+        );
+        // By namespace: the busiest first, the rest folded.
+        let mut rows = by_netns(&m, 1);
+        rows.sort();
+        assert_eq!(
+            rows,
+            [
+                ("1".to_owned(), TimeWait, 3),
+                ("1".to_owned(), CloseWait, 2),
+                (OTHER.to_owned(), SynSent, 1)
+            ]
         );
     }
 }

@@ -35,7 +35,13 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         return;
     }
     let ns = Netns::new("run");
-    let daemon = RunningDaemon::start(&["--close-wait-age", "1s", "--reconcile-interval", "1s"]);
+    let daemon = RunningDaemon::start(&[
+        "--close-wait-age",
+        "1s",
+        "--reconcile-interval",
+        "1s",
+        "--netns-labels",
+    ]);
     let LeakAndBuildup {
         leaky,
         leaky_port,
@@ -61,6 +67,18 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     assert_eq!(sample(&body, &close_wait), Some(2.0), "{body}");
     let time_wait = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
     assert_eq!(sample(&body, &time_wait), Some(3.0), "{body}");
+    // The test's namespace on its own, as ss counts it there.
+    for (state, ss_state, n) in [
+        ("CLOSE_WAIT", "close-wait", 2.0),
+        ("TIME_WAIT", "time-wait", 3.0),
+    ] {
+        let series = format!(
+            "tcpwatch_netns_sockets{{netns=\"{}\",state=\"{state}\"}}",
+            ns.inode
+        );
+        assert_eq!(sample(&body, &series), Some(n), "{body}");
+        assert_eq!(ns.sockets(ss_state, &[]) as f64, n);
+    }
     assert!(
         sample(
             &body,

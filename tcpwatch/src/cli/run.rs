@@ -39,6 +39,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
 
+    /// Also export sockets by network namespace (tcpwatch_netns_sockets,
+    /// the top_n namespaces by sockets, then `other`).
+    #[arg(long)]
+    pub netns_labels: bool,
+
     #[command(flatten)]
     pub detect: DetectorArgs,
 }
@@ -52,6 +57,9 @@ impl RunArgs {
         };
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if self.netns_labels {
+            config.netns_labels = true;
         }
         self.detect.apply_to(&mut config);
         Ok(config)
@@ -95,6 +103,7 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
         counters,
         own_netns: None,
         top_n: config.top_n,
+        netns_labels: config.netns_labels,
         last_loop_ns: monotonic_ns(),
         loss_window: VecDeque::new(),
         received: 0,
@@ -195,9 +204,11 @@ fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
                 det.set_thresholds(fresh.thresholds.thresholds());
             }
             d.top_n = fresh.top_n;
+            d.netns_labels = fresh.netns_labels;
             config.thresholds = fresh.thresholds.clone();
             config.reconcile_interval = fresh.reconcile_interval;
             config.top_n = fresh.top_n;
+            config.netns_labels = fresh.netns_labels;
             warn!("configuration reloaded");
         }
         Err(e) => warn!("configuration not reloaded, keeping the previous one: {e:#}"),
