@@ -3,8 +3,10 @@
 //! detectors; ticks age the model; reconciliation checks it against the
 //! kernel's socket list. No output here: callers render what comes back.
 use crate::{
+    audit::NetnsState,
     clock::monotonic_ns,
     detect::{Detectors, Report},
+    diag::DiagSocket,
     event::TcpEvent,
     model::{FourTuple, KernelSocket, Model, Outcome},
     netns,
@@ -64,56 +66,80 @@ impl Observer {
     }
 
     /// Checks the model against sock_diag in every namespace (or those in
-    /// `only`) and reads each namespace's settings and counters. Blocking,
-    /// but cheap next to event handling for thousands of sockets.
+    /// `only`) and reads each namespace's settings and counters.
     pub fn reconcile(&mut self, only: &[u32]) -> Vec<Report> {
+        self.apply_dumps(dump_namespaces(only))
+    }
+
+    /// Corrects the model with dumps taken by [`dump_namespaces`], which
+    /// need not hold the observer while they run.
+    pub fn apply_dumps(&mut self, dumps: Vec<NetnsDump>) -> Vec<Report> {
         let mut reports = Vec::new();
-        for (inode, target) in netns::all() {
-            if !only.is_empty() && !only.contains(&inode) {
-                continue;
+        for dump in dumps {
+            let netns = dump.netns;
+            let (state, sockets) = dump.contents;
+            self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
+            if let Some(d) = self.detectors.as_mut() {
+                reports.extend(d.on_netns(netns, &state, dump.start_ns));
             }
-            let start = monotonic_ns();
-            match netns::observe(&target) {
-                Ok((inode, (state, sockets))) => {
-                    let netns = inode as u32;
-                    self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
-                    if let Some(d) = self.detectors.as_mut() {
-                        reports.extend(d.on_netns(netns, &state, start));
+            let sockets: Vec<KernelSocket> = sockets
+                .into_iter()
+                .map(|s| {
+                    let owner = self.snapshot.connections.get(&(
+                        netns,
+                        s.local,
+                        s.local_port,
+                        s.remote,
+                        s.remote_port,
+                    ));
+                    KernelSocket {
+                        tuple: FourTuple {
+                            netns,
+                            local: s.local,
+                            local_port: s.local_port,
+                            remote: s.remote,
+                            remote_port: s.remote_port,
+                        },
+                        state: s.state,
+                        orphan: s.inode == 0,
+                        time_wait_left_ns: s.time_wait_left_ms.map(|ms| u64::from(ms) * 1_000_000),
+                        pid: owner.map_or(0, |o| o.pid),
+                        comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
                     }
-                    let sockets: Vec<KernelSocket> = sockets
-                        .into_iter()
-                        .map(|s| {
-                            let owner = self.snapshot.connections.get(&(
-                                netns,
-                                s.local,
-                                s.local_port,
-                                s.remote,
-                                s.remote_port,
-                            ));
-                            KernelSocket {
-                                tuple: FourTuple {
-                                    netns,
-                                    local: s.local,
-                                    local_port: s.local_port,
-                                    remote: s.remote,
-                                    remote_port: s.remote_port,
-                                },
-                                state: s.state,
-                                orphan: s.inode == 0,
-                                time_wait_left_ns: s
-                                    .time_wait_left_ms
-                                    .map(|ms| u64::from(ms) * 1_000_000),
-                                pid: owner.map_or(0, |o| o.pid),
-                                comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
-                            }
-                        })
-                        .collect();
-                    self.model.reconcile(netns, &sockets, start, monotonic_ns());
-                }
-                // A namespace can vanish between listing and dumping.
-                Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
-            }
+                })
+                .collect();
+            self.model
+                .reconcile(netns, &sockets, dump.start_ns, monotonic_ns());
         }
         reports
     }
+}
+
+/// One namespace's settings, counters and sockets, dumped from `start_ns`.
+pub struct NetnsDump {
+    pub netns: u32,
+    pub start_ns: u64,
+    pub contents: (NetnsState, Vec<DiagSocket>),
+}
+
+/// Dumps every namespace (or those in `only`). Blocking: sock_diag and
+/// /proc reads, a few milliseconds per thousand sockets.
+pub fn dump_namespaces(only: &[u32]) -> Vec<NetnsDump> {
+    let mut dumps = Vec::new();
+    for (inode, target) in netns::all() {
+        if !only.is_empty() && !only.contains(&inode) {
+            continue;
+        }
+        let start_ns = monotonic_ns();
+        match netns::observe(&target) {
+            Ok((inode, contents)) => dumps.push(NetnsDump {
+                netns: inode as u32,
+                start_ns,
+                contents,
+            }),
+            // A namespace can vanish between listing and dumping.
+            Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
+        }
+    }
+    dumps
 }

@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     model::Model,
     netns::{self, Target},
-    observer::Observer,
+    observer::{dump_namespaces, Observer},
 };
 
 #[derive(Debug, Args)]
@@ -104,11 +104,13 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
         own_netns: None,
         top_n: config.top_n,
         netns_labels: config.netns_labels,
+        reconcile_every: config.reconcile_interval.0,
         last_loop_ns: monotonic_ns(),
         loss_window: VecDeque::new(),
         received: 0,
     }));
-    reconcile(&shared);
+    reconcile(&shared).await;
+    let reconciler = tokio::spawn(reconcile_periodically(shared.clone()));
 
     // Before announcing readiness: a signal sent after it must be handled.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -128,7 +130,6 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
 
     let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut last_reconcile = monotonic_ns();
     let mut last_watchdog = 0u64;
 
     loop {
@@ -157,11 +158,6 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
                     }
                     d.heartbeat(now);
                 }
-                let every = config.reconcile_interval.0.as_nanos() as u64;
-                if every > 0 && now.saturating_sub(last_reconcile) >= every {
-                    reconcile(&shared);
-                    last_reconcile = now;
-                }
                 if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                     last_watchdog = now;
@@ -174,21 +170,45 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.abort();
+    reconciler.abort();
     info!("stopping; detaching the programs");
     Ok(())
 }
 
 /// Checks the model against sock_diag and re-reads tcpwatch's own
-/// namespace's settings and counters for the metrics.
-fn reconcile(shared: &daemon::Shared) {
+/// namespace's settings and counters for the metrics. The dumps run on a
+/// blocking thread without the daemon's lock, so neither the ring buffer
+/// consumer nor scrapes wait for them; only applying them takes the lock.
+async fn reconcile(shared: &daemon::Shared) {
+    let dumped =
+        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::read_state(&Target::Current)))
+            .await;
+    let Ok((dumps, own)) = dumped else {
+        warn!("the reconciliation thread failed");
+        return;
+    };
     let mut d = daemon::lock(shared);
-    let reports = d.observer.reconcile(&[]);
+    let reports = d.observer.apply_dumps(dumps);
     for r in &reports {
         d.metrics.on_report(r.finding.kind, r.status.name());
     }
-    match netns::read_state(&Target::Current) {
+    match own {
         Ok((_, state)) => d.own_netns = Some(state),
         Err(e) => warn!("cannot read this namespace's TCP settings: {e}"),
+    }
+}
+
+/// Reconciles every `reconcile_interval` (read again after each round, so
+/// SIGHUP changes it); an interval of 0 reconciles only at start.
+async fn reconcile_periodically(shared: daemon::Shared) {
+    loop {
+        let every = daemon::lock(&shared).reconcile_every;
+        if every.is_zero() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        tokio::time::sleep(every).await;
+        reconcile(&shared).await;
     }
 }
 
@@ -207,6 +227,7 @@ fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
             d.netns_labels = fresh.netns_labels;
             config.thresholds = fresh.thresholds.clone();
             config.reconcile_interval = fresh.reconcile_interval;
+            d.reconcile_every = fresh.reconcile_interval.0;
             config.top_n = fresh.top_n;
             config.netns_labels = fresh.netns_labels;
             warn!("configuration reloaded");
