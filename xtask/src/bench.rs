@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::setup::run;
+use crate::{probe, setup::run};
 
 /// Runs the churn workload for `seconds`; returns the connections per second.
 pub fn churn(seconds: f64, clients: usize) -> Result<f64> {
@@ -70,7 +70,12 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Result<Netns> {
-        let name = format!("tcpwatch-bench-{}", std::process::id());
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "tcpwatch-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         run(Command::new("ip").args(["netns", "add", &name]))?;
         run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
         Ok(Netns(name))
@@ -84,26 +89,81 @@ impl Drop for Netns {
 }
 
 /// An observer of the host, stopped (SIGINT) when dropped.
-struct Observer(Child);
+struct Observer {
+    child: Child,
+    /// The daemon's HTTP port, for `tcpwatch run`.
+    metrics_port: Option<u16>,
+    /// Where its standard error goes, to read its exit summary.
+    stderr: PathBuf,
+}
 
-impl Drop for Observer {
-    fn drop(&mut self) {
+impl Observer {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it and returns its standard error.
+    fn stop(mut self) -> String {
+        self.interrupt();
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn interrupt(&mut self) {
         // SAFETY: kill on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
     }
 }
 
-fn start(program: &Path, args: &[&str], ready: Duration) -> Result<Observer> {
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.interrupt();
+        }
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+fn start(program: &Path, args: &[String], metrics_port: Option<u16>) -> Result<Observer> {
+    let stderr = std::env::temp_dir().join(format!(
+        "tcpwatch-bench-{}-{}.err",
+        std::process::id(),
+        probe::free_port()?
+    ));
     let child = Command::new(program)
         .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
-    // Loading and attaching takes well under this.
-    thread::sleep(ready);
-    Ok(Observer(child))
+    let observer = Observer {
+        child,
+        metrics_port,
+        stderr,
+    };
+    match metrics_port {
+        Some(port) => probe::wait_for_metrics(port, Duration::from_secs(20))?,
+        // Loading and attaching takes well under this.
+        None => thread::sleep(Duration::from_millis(1500)),
+    }
+    Ok(observer)
+}
+
+/// `tcpwatch run` on a free port, with `config` lines in a file if any.
+fn start_daemon(binary: &Path, config: &str, extra: &[&str]) -> Result<Observer> {
+    let port = probe::free_port()?;
+    let mut args = vec![
+        "run".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if !config.is_empty() {
+        let path = std::env::temp_dir().join(format!("tcpwatch-bench-{port}.toml"));
+        std::fs::write(&path, config)?;
+        args.extend(["--config".to_owned(), path.display().to_string()]);
+    }
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    start(binary, &args, Some(port))
 }
 
 /// Clients of the churn workload: enough to keep both CPUs busy, so the rate
@@ -111,9 +171,13 @@ fn start(program: &Path, args: &[&str], ready: Duration) -> Result<Observer> {
 pub const CLIENTS: usize = 8;
 
 fn churn_once(ns: &Netns, seconds: f64) -> Result<f64> {
+    churn_in(&ns.0, seconds)
+}
+
+fn churn_in(netns: &str, seconds: f64) -> Result<f64> {
     let me = std::env::current_exe().context("cannot find the xtask binary")?;
     let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
+        .args(["netns", "exec", netns])
         .arg(me)
         .args([
             "churn",
@@ -136,69 +200,360 @@ fn churn_once(ns: &Netns, seconds: f64) -> Result<f64> {
 /// What runs beside the workload.
 enum Mode {
     Baseline,
-    Observer(PathBuf, Vec<&'static str>),
+    Daemon,
+    Observer(PathBuf, Vec<String>),
     /// An observer that is not installed here.
     Missing,
 }
 
+/// One run of one mode.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    /// The observer's own CPU seconds during the churn.
+    cpu: Option<f64>,
+    events: Option<f64>,
+    lost: Option<f64>,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `N events received` and `N events lost` from trace's exit summary.
+fn trace_summary(stderr: &str) -> (Option<f64>, Option<f64>) {
+    let number_before = |what: &str| {
+        stderr.lines().find_map(|l| {
+            let at = l.find(what)?;
+            l[..at].split_whitespace().last()?.parse::<f64>().ok()
+        })
+    };
+    (
+        number_before(" events received"),
+        number_before(" events lost").or(Some(0.0)),
+    )
+}
+
+fn observed_churn(ns: &Netns, seconds: f64, observer: Observer) -> Result<Run> {
+    let before = probe::cpu_seconds(observer.pid())?;
+    let rate = churn_once(ns, seconds)?;
+    let cpu = Some(probe::cpu_seconds(observer.pid())? - before);
+    if let Some(port) = observer.metrics_port {
+        let (body, _) = probe::http_get(port, "/metrics")?;
+        let events = probe::sample(&body, "tcpwatch_events_received_total");
+        let lost = probe::sample(&body, "tcpwatch_events_lost_total");
+        drop(observer);
+        return Ok(Run {
+            rate,
+            cpu,
+            events: Some(events),
+            lost: Some(lost),
+        });
+    }
+    let (events, lost) = trace_summary(&observer.stop());
+    Ok(Run {
+        rate,
+        cpu,
+        events,
+        lost,
+    })
 }
 
 /// Measures every observer mode `runs` times, interleaved, and prints a
 /// Markdown table.
-pub fn bench(seconds: f64, runs: usize) -> Result<()> {
-    let binary: PathBuf = crate::tasks::build()?;
+fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> {
     let tcpstates = ["/usr/sbin/tcpstates", "/usr/bin/tcpstates"]
         .into_iter()
         .map(PathBuf::from)
         .find(|p| p.exists());
-    let ns = Netns::new()?;
     let modes: Vec<(&str, Mode)> = vec![
         ("no observer", Mode::Baseline),
-        (
-            "tcpwatch run (metrics)",
-            Mode::Observer(binary.clone(), vec!["run", "--listen", "127.0.0.1:0"]),
-        ),
+        ("tcpwatch run (metrics)", Mode::Daemon),
         (
             "tcpwatch trace --json > /dev/null",
-            Mode::Observer(binary.clone(), vec!["trace", "--json"]),
+            Mode::Observer(binary.to_owned(), vec!["trace".into(), "--json".into()]),
         ),
         (
             "libbpf-tools tcpstates > /dev/null",
             tcpstates.map_or(Mode::Missing, |p| Mode::Observer(p, vec![])),
         ),
     ];
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); modes.len()];
     for _ in 0..runs {
         for (i, (_, mode)) in modes.iter().enumerate() {
-            match mode {
-                Mode::Baseline => results[i].push(churn_once(&ns, seconds)?),
-                Mode::Missing => {}
+            let run = match mode {
+                Mode::Baseline => Run {
+                    rate: churn_once(ns, seconds)?,
+                    ..Run::default()
+                },
+                Mode::Missing => continue,
+                Mode::Daemon => observed_churn(ns, seconds, start_daemon(binary, "", &[])?)?,
                 Mode::Observer(program, args) => {
-                    let _running = start(program, args, Duration::from_millis(1500))?;
-                    results[i].push(churn_once(&ns, seconds)?);
+                    observed_churn(ns, seconds, start(program, args, None)?)?
                 }
-            }
+            };
+            results[i].push(run);
         }
     }
-    let baseline = median(results[0].clone());
-    println!("| observer | connections/s (median of {runs}) | min - max | ratio to no observer |");
-    println!("| --- | --- | --- | --- |");
+    let baseline = median(results[0].iter().map(|r| r.rate).collect());
+    println!("### Churn overhead ({runs} runs of {seconds} s per mode, interleaved)\n");
+    println!("| observer | connections/s (median) | min - max | ratio to no observer | observer CPU s per run | events per run | CPU µs per event | events lost |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for ((name, _), r) in modes.iter().zip(&results) {
         if r.is_empty() {
-            println!("| {name} | not installed | | |");
+            println!("| {name} | not installed | | | | | | |");
             continue;
         }
-        let m = median(r.clone());
-        let (lo, hi) = r
+        let rates: Vec<f64> = r.iter().map(|x| x.rate).collect();
+        let m = median(rates.clone());
+        let (lo, hi) = rates
             .iter()
             .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let pick = |f: fn(&Run) -> Option<f64>| {
+            let v: Vec<f64> = r.iter().filter_map(f).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        let cpu = pick(|x| x.cpu);
+        let events = pick(|x| x.events);
+        let lost: Option<f64> = r.iter().map(|x| x.lost).sum();
+        let show =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        let per_event = cpu
+            .zip(events)
+            .filter(|(_, e)| *e > 0.0)
+            .map(|(c, e)| c / e * 1e6);
         println!(
-            "| {name} | {m:.0} | {lo:.0} - {hi:.0} | {:.2} |",
-            m / baseline
+            "| {name} | {m:.0} | {lo:.0} - {hi:.0} | {:.2} | {} | {} | {} | {} |",
+            m / baseline,
+            show(cpu, 2),
+            show(events, 0),
+            show(per_event, 2),
+            show(lost, 0),
         );
+    }
+    println!();
+    Ok(())
+}
+
+/// Past capacity: the daemon with a ring buffer too small for the churn.
+/// Losses must be counted and reported, memory must stay flat, and the
+/// daemon must keep serving (with /healthz saying why it is unhealthy).
+fn capacity(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
+    println!("### Past capacity: a 16 KiB ring buffer under full churn\n");
+    let daemon = start_daemon(binary, "ring_kib = 16\n", &[])?;
+    let port = daemon.metrics_port.context("a daemon has a port")?;
+    let rss_before = probe::rss_bytes(daemon.pid())?;
+    let rate = churn_once(ns, seconds)?;
+    let (body, _) = probe::http_get(port, "/metrics")?;
+    let received = probe::sample(&body, "tcpwatch_events_received_total");
+    let lost = probe::sample(&body, "tcpwatch_events_lost_total");
+    let rss_after = probe::rss_bytes(daemon.pid())?;
+    let health = match probe::http_get(port, "/healthz") {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("{e}"),
+    };
+    let alive = daemon_alive(&daemon);
+    drop(daemon);
+    println!("| churn connections/s | events received | events lost (counted) | lost share | RSS before -> after | still serving | /healthz |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {rate:.0} | {received:.0} | {lost:.0} | {:.1}% | {:.1} -> {:.1} MiB | {alive} | {health} |\n",
+        100.0 * lost / (received + lost).max(1.0),
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+    );
+    Ok(())
+}
+
+fn daemon_alive(daemon: &Observer) -> bool {
+    daemon
+        .metrics_port
+        .is_some_and(|port| probe::http_get(port, "/metrics").is_ok())
+}
+
+/// tcpwatch's counts by state for the churn namespace against `ss`, during
+/// churn and after it stops, until they agree.
+fn accuracy(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
+    println!(
+        "### Accuracy against ss during and after {seconds} s of churn (reconcile_interval 5s)\n"
+    );
+    let inode = probe::netns_inode(&ns.0)?;
+    let daemon = start_daemon(binary, "reconcile_interval = \"5s\"\n", &["--netns-labels"])?;
+    let port = daemon.metrics_port.context("a daemon has a port")?;
+    let compare = || -> Result<(u64, String, u64)> {
+        let (body, _) = probe::http_get(port, "/metrics")?;
+        let ours = probe::tcpwatch_counts(&body, inode);
+        let truth = probe::ss_counts(&ns.0)?;
+        let (diff, state) = probe::largest_difference(&ours, &truth);
+        Ok((diff, state, truth.values().sum()))
+    };
+    let churn = {
+        let name = ns.0.clone();
+        thread::spawn(move || churn_in(&name, seconds))
+    };
+    let started = Instant::now();
+    let (mut worst, mut worst_state, mut worst_of) = (0, String::new(), 0);
+    while started.elapsed().as_secs_f64() < seconds {
+        let (diff, state, total) = compare()?;
+        if diff > worst {
+            (worst, worst_state, worst_of) = (diff, state, total);
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let rate = churn
+        .join()
+        .map_err(|_| anyhow::anyhow!("churn panicked"))??;
+    let stopped = Instant::now();
+    let mut converged = None;
+    let mut last = (0, String::new(), 0);
+    while stopped.elapsed() < Duration::from_secs(30) {
+        last = compare()?;
+        if last.0 == 0 {
+            converged = Some(stopped.elapsed().as_secs_f64());
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    let (body, _) = probe::http_get(port, "/metrics")?;
+    let corrections = probe::sample(&body, "tcpwatch_reconcile_corrections_total");
+    drop(daemon);
+    println!("| churn connections/s | largest disagreement during churn (state, of sockets) | after churn: equal to ss within | reconcile corrections |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| {rate:.0} | {worst} ({worst_state}, of {worst_of}) | {} | {corrections:.0} |\n",
+        converged.map_or(
+            format!("not in 30 s (still {} off in {})", last.0, last.1),
+            |s| format!("{s:.1} s")
+        ),
+    );
+    Ok(())
+}
+
+/// Daemon memory and scrape cost with `sockets` sockets held open in a
+/// namespace (half as many connections: both ends are tracked).
+fn memory(binary: &Path, sizes: &[usize]) -> Result<()> {
+    println!("### Memory and scrape cost by tracked sockets (established, both ends)\n");
+    println!("| tracked sockets | model connections | daemon RSS | RSS growth per socket | /metrics scrape (median of 5) |");
+    println!("| --- | --- | --- | --- | --- |");
+    let me = std::env::current_exe().context("cannot find the xtask binary")?;
+    for &sockets in sizes {
+        let ns = Netns::new()?;
+        let config = format!(
+            "max_connections = {}\nmax_time_wait = {}\n",
+            sockets * 2,
+            sockets * 2
+        );
+        let daemon = start_daemon(binary, &config, &[])?;
+        let port = daemon.metrics_port.context("a daemon has a port")?;
+        thread::sleep(Duration::from_secs(1));
+        let rss_before = probe::rss_bytes(daemon.pid())?;
+        let mut holders = Vec::new();
+        let mut left = sockets / 2;
+        while left > 0 {
+            let n = left.min(crate::hold::PER_HOLDER);
+            left -= n;
+            holders.push(
+                Command::new("ip")
+                    .args(["netns", "exec", &ns.0])
+                    .arg(&me)
+                    .args(["hold", "--connections", &n.to_string()])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .context("cannot start a holder")?,
+            );
+        }
+        for holder in &mut holders {
+            let mut ready = String::new();
+            if let Some(out) = holder.stdout.as_mut() {
+                let _ = out.read_to_string_until_ready(&mut ready);
+            }
+            if !ready.contains("ready") {
+                for h in &mut holders {
+                    let _ = h.kill();
+                }
+                bail!("a holder of the {sockets} sockets did not get ready");
+            }
+        }
+        // Let the daemon drain what the connects produced.
+        let mut model = 0.0;
+        for _ in 0..60 {
+            thread::sleep(Duration::from_millis(500));
+            let (body, _) = probe::http_get(port, "/metrics")?;
+            let now = probe::sample(&body, "tcpwatch_model_connections");
+            if now >= sockets as f64 && now == model {
+                break;
+            }
+            model = now;
+        }
+        let rss = probe::rss_bytes(daemon.pid())?;
+        let scrapes: Vec<f64> = (0..5)
+            .map(|_| probe::http_get(port, "/metrics").map(|(_, t)| t.as_secs_f64() * 1e3))
+            .collect::<Result<_>>()?;
+        for holder in &mut holders {
+            drop(holder.stdin.take());
+        }
+        for holder in &mut holders {
+            let _ = holder.wait();
+        }
+        drop(daemon);
+        println!(
+            "| {sockets} | {model:.0} | {:.1} MiB | {:.0} bytes | {:.1} ms |",
+            rss as f64 / 1048576.0,
+            rss.saturating_sub(rss_before) as f64 / sockets as f64,
+            median(scrapes),
+        );
+        drop(ns);
+    }
+    println!();
+    Ok(())
+}
+
+/// Reads lines until one says `ready` (or the stream ends).
+trait ReadyLine {
+    fn read_to_string_until_ready(&mut self, into: &mut String) -> std::io::Result<()>;
+}
+
+impl<R: Read> ReadyLine for R {
+    fn read_to_string_until_ready(&mut self, into: &mut String) -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        while self.read(&mut byte)? == 1 {
+            into.push(byte[0] as char);
+            if into.ends_with("ready\n") {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The benchmark sections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Overhead,
+    Capacity,
+    Accuracy,
+    Memory,
+}
+
+/// Runs the chosen sections (all by default) and prints Markdown.
+pub fn bench(seconds: f64, runs: usize, sizes: &[usize], only: &[Section]) -> Result<()> {
+    let binary: PathBuf = crate::tasks::build()?;
+    let wanted = |s: Section| only.is_empty() || only.contains(&s);
+    let ns = Netns::new()?;
+    if wanted(Section::Overhead) {
+        overhead(&binary, &ns, seconds, runs)?;
+    }
+    if wanted(Section::Capacity) {
+        capacity(&binary, &ns, seconds)?;
+    }
+    if wanted(Section::Accuracy) {
+        // A namespace of its own: no TIME_WAIT left over from other sections.
+        accuracy(&binary, &Netns::new()?, seconds.max(10.0))?;
+    }
+    if wanted(Section::Memory) {
+        memory(&binary, sizes)?;
     }
     Ok(())
 }

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod hold;
+mod probe;
 mod setup;
 mod tasks;
 
@@ -34,8 +36,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Measure what tcpwatch costs a host churning connections, next to no
-    /// observer and libbpf-tools' tcpstates (root; prints a Markdown table).
+    /// Measure tcpwatch (root; prints Markdown): its overhead on a host
+    /// churning connections next to no observer and libbpf-tools' tcpstates,
+    /// CPU per event, what happens past capacity, accuracy against ss, and
+    /// memory and scrape cost by tracked sockets.
     Bench {
         /// Seconds of churn per run.
         #[arg(long, default_value_t = 5.0)]
@@ -43,6 +47,19 @@ enum Task {
         /// Runs per observer, interleaved.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Tracked sockets for the memory section, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        sizes: Vec<usize>,
+        /// Only these sections (repeatable); all by default.
+        #[arg(long, value_enum)]
+        only: Vec<bench::Section>,
+    },
+    /// Opens N loopback connections and holds them until standard input
+    /// closes (the memory benchmark's workload).
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        connections: usize,
     },
     /// The churn workload of `bench` (connect, 16 bytes, close, as fast as
     /// possible); prints connections per second.
@@ -76,9 +93,13 @@ fn main() -> ExitCode {
         }),
         Task::Build => tasks::build().map(|_| ()),
         Task::Run { args } => tasks::run_tcpwatch(&args),
-        Task::Bench { seconds, runs } => {
-            setup::bench_packages().and_then(|()| bench::bench(seconds, runs))
-        }
+        Task::Bench {
+            seconds,
+            runs,
+            sizes,
+            only,
+        } => setup::bench_packages().and_then(|()| bench::bench(seconds, runs, &sizes, &only)),
+        Task::Hold { connections } => hold::hold(connections),
         Task::Churn { seconds, clients } => {
             bench::churn(seconds, clients).map(|rate| println!("{rate:.0}"))
         }
