@@ -247,7 +247,7 @@ async fn connections(State(shared): State<Shared>, Query(q): Query<ConnectionFil
             daddr: c.tuple.remote.to_string(),
             dport: c.tuple.remote_port,
             pid: c.pid,
-            comm: c.comm.clone(),
+            comm: c.comm.to_string(),
             opener: c.opener.name(),
             state_age_seconds: now.saturating_sub(c.state_since_ns) as f64 / 1e9,
             state_age_known: c.state_age_known,

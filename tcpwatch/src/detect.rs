@@ -495,7 +495,7 @@ impl Detectors {
                 let count = self.bump(kind, &key);
                 let who = Who {
                     pid: Some(c.pid),
-                    comm: Some(c.comm.clone()),
+                    comm: Some(c.comm.to_string()),
                     raddr: Some(t.remote),
                     rport: Some(t.remote_port),
                     ..Default::default()
@@ -642,7 +642,7 @@ impl Detectors {
             }
             let entry = waiting
                 .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
-                .or_insert((0, 0, c.comm.clone(), c.tuple.local, false));
+                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false));
             entry.0 += 1;
             entry.1 = entry.1.max(age);
             entry.4 |= !c.state_age_known;
@@ -699,7 +699,9 @@ impl Detectors {
             } else {
                 (tuple.netns, false, tuple.remote, tuple.remote_port)
             };
-            let e = tw.entry(key).or_insert((0, entry.pid, entry.comm.clone()));
+            let e = tw
+                .entry(key)
+                .or_insert((0, entry.pid, entry.comm.to_string()));
             e.0 += 1;
         }
         for ((netns, server, addr, port), (count, pid, comm)) in tw {
@@ -757,7 +759,7 @@ impl Detectors {
         let stalled: Vec<_> = model
             .connections()
             .filter(|c| matches!(c.state, TcpState::Established | TcpState::CloseWait))
-            .filter_map(|c| c.rtx_run.map(|run| (c, run)))
+            .filter_map(|c| c.rtx_run.as_deref().map(|run| (c, *run)))
             .filter(|(_, run)| {
                 run.count >= 3
                     && now.saturating_sub(run.start_ns) >= after
@@ -777,7 +779,7 @@ impl Detectors {
             let stalled_s = secs(stalled_for);
             let who = Who {
                 pid: Some(pid),
-                comm: Some(comm.clone()),
+                comm: Some(comm.to_string()),
                 laddr: Some(tuple.local),
                 lport: Some(tuple.local_port),
                 raddr: Some(tuple.remote),
@@ -823,7 +825,7 @@ impl Detectors {
         for (tuple, pid, comm) in outgoing {
             let e = in_use
                 .entry((tuple.netns, tuple.local, tuple.remote, tuple.remote_port))
-                .or_insert((0, pid, comm));
+                .or_insert((0, pid, comm.to_string()));
             e.0 += 1;
         }
         let mut previous = std::mem::take(&mut self.port_use);

@@ -46,7 +46,7 @@ impl Filter {
         let states: Vec<TcpState> = TcpState::ALL
             .iter()
             .zip(c.time_in_state)
-            .filter(|(_, ns)| *ns > 0)
+            .filter(|(_, secs)| *secs > 0.0)
             .map(|(s, _)| *s)
             .chain([c.state])
             .collect();

@@ -21,5 +21,6 @@ pub mod model;
 pub mod netns;
 pub mod observer;
 pub mod output;
+pub mod records;
 pub mod snapshot;
 pub mod summary;

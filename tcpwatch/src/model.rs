@@ -10,7 +10,10 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
+
+use crate::records::Records;
 
 use serde::Serialize;
 
@@ -125,10 +128,10 @@ impl EndReason {
 /// Retransmissions of one connection by phase of its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Retransmits {
-    pub syn: u32,
-    pub synack: u32,
-    pub data: u32,
-    pub fin: u32,
+    pub syn: u16,
+    pub synack: u16,
+    pub data: u16,
+    pub fin: u16,
 }
 
 /// A 4-tuple in a network namespace.
@@ -159,7 +162,8 @@ pub struct Connection {
     pub skaddr: u64,
     pub tuple: FourTuple,
     pub pid: u32,
-    pub comm: String,
+    /// Shared by every record of the same command name (interned).
+    pub comm: Arc<str>,
     pub opener: Opener,
     pub closer: Option<Closer>,
     /// Monotonic birth time; `None` when born before tcpwatch saw it.
@@ -169,15 +173,17 @@ pub struct Connection {
     /// False for connections found in a sock_diag dump in a state entered
     /// before tcpwatch saw them: `state_since_ns` is then a lower bound.
     pub state_age_known: bool,
-    /// Nanoseconds spent in each state, indexed by `state as usize`
-    /// (only states the record was seen to enter and leave).
-    pub time_in_state: [u64; 12],
+    /// Seconds spent in each state, indexed by [`state_index`] (only states
+    /// the record was seen to enter and leave). `f32` keeps microseconds on
+    /// loopback and hours of CLOSE_WAIT in half the room of nanoseconds.
+    pub time_in_state: [f32; 12],
     pub retransmits: Retransmits,
-    pub resets_sent: u32,
-    pub resets_received: u32,
+    pub resets_sent: u16,
+    pub resets_received: u16,
     /// The current run of data retransmits with growing backoff: what a
     /// peer that stopped answering looks like.
-    pub rtx_run: Option<RetransmitRun>,
+    /// Boxed: rare, and the record stays small without it.
+    pub rtx_run: Option<Box<RetransmitRun>>,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -250,7 +256,7 @@ impl Finished {
 pub struct TimeWait {
     pub entered_ns: u64,
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     /// Who opened the connection: `Passive` is the server-side case.
     pub opener: Opener,
     /// TIME_WAIT, or FIN_WAIT2 for an orphaned socket whose peer has not
@@ -339,7 +345,7 @@ pub struct Reconciled {
 #[derive(Debug, Default)]
 pub struct Model {
     limits: Limits,
-    connections: HashMap<u64, Connection>,
+    connections: Records<Connection>,
     /// Birth order of `connections`, for eviction; may hold stale addresses.
     order: VecDeque<(u64, u64)>,
     /// Per socket: a reset was received or sent since its last state event.
@@ -355,6 +361,8 @@ pub struct Model {
     /// net/ipv4/inet_timewait_sock.c).
     time_wait_per_netns: HashMap<u32, u64>,
     max_tw_buckets: HashMap<u32, u64>,
+    /// Command names shared by the records (a host has few distinct ones).
+    comms: std::collections::HashSet<Arc<str>>,
     /// Connections known only from the kernel's list, by 4-tuple, until an
     /// event names their socket address.
     seeded: HashMap<FourTuple, Connection>,
@@ -389,6 +397,20 @@ impl Model {
     }
 
     /// The TIME_WAIT entry of a 4-tuple, if the model holds one.
+    /// The shared copy of a command name.
+    fn intern(&mut self, comm: &str) -> Arc<str> {
+        if let Some(shared) = self.comms.get(comm) {
+            return shared.clone();
+        }
+        // Bounded: forgetting the set only costs later records a new copy.
+        if self.comms.len() >= 4096 {
+            self.comms.clear();
+        }
+        let shared: Arc<str> = Arc::from(comm);
+        self.comms.insert(shared.clone());
+        shared
+    }
+
     /// What the namespace's tcp_max_tw_buckets is; `None` forgets it.
     pub fn set_max_tw_buckets(&mut self, netns: u32, max: Option<u64>) {
         match max {
@@ -435,11 +457,12 @@ impl Model {
                             &mut c.retransmits.fin
                         }
                         _ => {
-                            c.rtx_run = Some(RetransmitRun::next(c.rtx_run, ev.ts_ns));
+                            let run = RetransmitRun::next(c.rtx_run.as_deref().copied(), ev.ts_ns);
+                            c.rtx_run = Some(Box::new(run));
                             &mut c.retransmits.data
                         }
                     };
-                    *phase += 1;
+                    *phase = phase.saturating_add(1);
                 }
             }
             // The listener retransmits for a request socket that has no
@@ -449,19 +472,21 @@ impl Model {
                 if ev.skaddr != 0 {
                     if let Some(c) = self.connections.get_mut(&ev.skaddr) {
                         if ev.kind == EventKind::ResetSent {
-                            c.resets_sent += 1;
+                            c.resets_sent = c.resets_sent.saturating_add(1);
                         } else {
-                            c.resets_received += 1;
+                            c.resets_received = c.resets_received.saturating_add(1);
                         }
                     }
                     if let Some(mut parked) = self.parked.remove(&ev.skaddr) {
                         // An abortive close: the kernel moves the socket to
                         // CLOSE first and sends the reset right after.
                         parked.end = if ev.kind == EventKind::ResetSent {
-                            parked.connection.resets_sent += 1;
+                            parked.connection.resets_sent =
+                                parked.connection.resets_sent.saturating_add(1);
                             EndReason::ResetSent
                         } else {
-                            parked.connection.resets_received += 1;
+                            parked.connection.resets_received =
+                                parked.connection.resets_received.saturating_add(1);
                             EndReason::ResetReceived
                         };
                         out.push(Outcome::Finished(parked));
@@ -494,6 +519,7 @@ impl Model {
             return;
         }
         let tuple = FourTuple::of(ev);
+        let comm = self.intern(&ev.comm);
         if !self.connections.contains_key(&ev.skaddr) {
             // First event of a connection known from the kernel's list.
             if let Some(mut c) = self.seeded.remove(&tuple) {
@@ -510,14 +536,14 @@ impl Model {
                     skaddr: ev.skaddr,
                     tuple,
                     pid: ev.pid,
-                    comm: ev.comm.clone(),
+                    comm,
                     opener: Opener::Unknown,
                     closer: closer_of(old, new),
                     born_ns: None,
                     state: new,
                     state_since_ns: ev.ts_ns,
                     state_age_known: true,
-                    time_in_state: [0; 12],
+                    time_in_state: [0.0; 12],
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
                     resets_received: 0,
@@ -528,7 +554,7 @@ impl Model {
         };
         if ev.pid != 0 {
             c.pid = ev.pid;
-            c.comm.clone_from(&ev.comm);
+            c.comm = comm;
         }
         // An older transition that another CPU delivered late: the record
         // has already moved past it (one ring buffer keeps reservation
@@ -541,7 +567,8 @@ impl Model {
         // Same-state events (FIN_WAIT1 -> FIN_WAIT1) change nothing.
         if old != new {
             if c.state == old {
-                c.time_in_state[state_index(old)] += ev.ts_ns.saturating_sub(c.state_since_ns);
+                c.time_in_state[state_index(old)] +=
+                    ev.ts_ns.saturating_sub(c.state_since_ns) as f32 / 1e9;
             }
             c.state = new;
             c.state_since_ns = ev.ts_ns;
@@ -598,18 +625,19 @@ impl Model {
                 });
             }
         }
+        let comm = self.intern(&ev.comm);
         self.insert(Connection {
             skaddr: ev.skaddr,
             tuple,
             pid: ev.pid,
-            comm: ev.comm.clone(),
+            comm,
             opener,
             closer: None,
             born_ns: Some(ev.ts_ns),
             state: new,
             state_since_ns: ev.ts_ns,
             state_age_known: true,
-            time_in_state: [0; 12],
+            time_in_state: [0.0; 12],
             retransmits: Retransmits::default(),
             resets_sent: 0,
             resets_received: 0,
@@ -649,8 +677,7 @@ impl Model {
             // so none are reported) for at least the initial RTO of 1 s.
             (TcpState::SynSent, _)
                 if connection.retransmits.syn > 0
-                    || connection.time_in_state[state_index(TcpState::SynSent)]
-                        >= 1_000_000_000 =>
+                    || connection.time_in_state[state_index(TcpState::SynSent)] >= 1.0 =>
             {
                 EndReason::ConnectTimeout
             }
@@ -790,12 +817,13 @@ impl Model {
                     }
                     _ => now_ns,
                 };
+                let comm = self.intern("");
                 self.tw_insert(
                     *t,
                     TimeWait {
                         entered_ns,
                         pid: 0,
-                        comm: String::new(),
+                        comm,
                         opener,
                         substate: *substate,
                     },
@@ -843,20 +871,21 @@ impl Model {
             } else {
                 Opener::Unknown
             };
+            let comm = self.intern(&k.comm);
             self.seeded.insert(
                 tuple,
                 Connection {
                     skaddr: 0,
                     tuple,
                     pid: k.pid,
-                    comm: k.comm.clone(),
+                    comm,
                     opener,
                     closer: closer_of(TcpState::Established, k.state),
                     born_ns: None,
                     state: k.state,
                     state_since_ns: now_ns,
                     state_age_known: false,
-                    time_in_state: [0; 12],
+                    time_in_state: [0.0; 12],
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
                     resets_received: 0,
@@ -1012,11 +1041,12 @@ mod tests {
         assert_eq!((c.opener, c.closer), (Opener::Active, Some(Closer::Active)));
         // The port chosen after SYN_SENT is the one recorded.
         assert_eq!(c.tuple, tuple());
-        assert_eq!(c.time_in_state[state_index(SynSent)], MS);
-        assert_eq!(c.time_in_state[state_index(Established)], 10 * MS);
+        let ms = |s: TcpState| (c.time_in_state[state_index(s)] * 1e3).round();
+        assert_eq!(ms(SynSent), 1.0);
+        assert_eq!(ms(Established), 10.0);
         // The same-state FIN_WAIT1 event does not split or double the time.
-        assert_eq!(c.time_in_state[state_index(FinWait1)], 2 * MS);
-        assert_eq!(c.time_in_state[state_index(FinWait2)], 2 * MS);
+        assert_eq!(ms(FinWait1), 2.0);
+        assert_eq!(ms(FinWait2), 2.0);
         assert_eq!(f.lifetime_ns(), Some(15 * MS));
         let tw: Vec<_> = m.time_wait().collect();
         assert_eq!(tw.len(), 1);
@@ -1099,7 +1129,7 @@ mod tests {
                 ..Default::default()
             }
         );
-        assert_eq!(f.connection.time_in_state[state_index(SynSent)], 3000 * MS);
+        assert_eq!(f.connection.time_in_state[state_index(SynSent)], 3.0);
     }
 
     #[test]
@@ -1552,5 +1582,16 @@ mod tests {
         )
         .is_empty());
         assert_eq!(m.connections().count(), 0);
+    }
+
+    #[test]
+    fn a_record_stays_small() {
+        // Memory per tracked socket is a stated bound (see BENCHMARKS.md).
+        assert!(
+            std::mem::size_of::<Connection>() <= 168,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
+        assert!(std::mem::size_of::<super::TimeWait>() <= 32);
     }
 }

@@ -81,8 +81,8 @@ struct JsonLifecycle<'a> {
     /// Milliseconds in each state the connection passed through.
     state_ms: BTreeMap<&'static str, f64>,
     retransmits: Retransmits,
-    resets_sent: u32,
-    resets_received: u32,
+    resets_sent: u16,
+    resets_received: u16,
 }
 
 /// How events are written.
@@ -201,8 +201,8 @@ impl Renderer {
         let state_ms: BTreeMap<&'static str, f64> = TcpState::ALL
             .iter()
             .zip(c.time_in_state)
-            .filter(|(_, ns)| *ns > 0)
-            .map(|(s, ns)| (s.name(), millis(ns)))
+            .filter(|(_, secs)| *secs > 0.0)
+            .map(|(s, secs)| (s.name(), f64::from(secs) * 1e3))
             .collect();
         match self.style {
             Style::Json => {
@@ -250,9 +250,9 @@ impl Renderer {
                     details.push_str(" time_wait");
                 }
                 for state in LIFECYCLE_ORDER {
-                    let ns = c.time_in_state[state_index(state)];
-                    if ns > 0 {
-                        let _ = write!(details, " {state}={:.3}", millis(ns));
+                    let secs = c.time_in_state[state_index(state)];
+                    if secs > 0.0 {
+                        let _ = write!(details, " {state}={:.3}", f64::from(secs) * 1e3);
                     }
                 }
                 let r = c.retransmits;

@@ -63,7 +63,7 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
                 .entry((c.pid, c.tuple.local_port))
                 .or_insert_with(|| CloseWaitRow {
                     pid: c.pid,
-                    comm: c.comm.clone(),
+                    comm: c.comm.to_string(),
                     local_port: c.tuple.local_port,
                     count: 0,
                     oldest_seconds: 0.0,
