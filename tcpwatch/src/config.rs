@@ -149,7 +149,9 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned() + &location(text, e.span()),
+            // toml's messages can span lines; a user-facing failure is one.
+            message: e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+                + &location(text, e.span()),
         })?;
         config.validate(path)?;
         Ok(config)

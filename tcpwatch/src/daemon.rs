@@ -76,13 +76,19 @@ impl Daemon {
     }
 
     /// A sample of the loss window and the loop's heartbeat.
-    pub fn heartbeat(&mut self, now: u64) {
+    /// Records a turn of the event loop; true when events were lost since
+    /// the previous one (the model may then be wrong until reconciled).
+    pub fn heartbeat(&mut self, now: u64) -> bool {
         self.last_loop_ns = now;
         let lost = self
             .counters
             .read()
             .map(|c| c.ringbuf_full + c.recursion_misses)
             .unwrap_or(0);
+        let lost_since_last = self
+            .loss_window
+            .back()
+            .is_some_and(|(_, _, before)| lost > *before);
         self.loss_window.push_back((now, self.received, lost));
         while self
             .loss_window
@@ -91,6 +97,7 @@ impl Daemon {
         {
             self.loss_window.pop_front();
         }
+        lost_since_last
     }
 
     /// None when healthy, else why not.

@@ -127,6 +127,9 @@ pub struct Detectors {
     /// Ports in use per (netns, local address, remote endpoint) at the last
     /// tick, for the rate towards exhaustion.
     port_use: HashMap<PortUseKey, (u64, u64)>,
+    /// Resets on or soon after a tcp_tw_reuse, since start (every one, not
+    /// only those reported).
+    pub tw_reuse_resets: u64,
 }
 
 /// (netns, local address, remote address, remote port).
@@ -193,6 +196,7 @@ impl Detectors {
             port_range: HashMap::new(),
             recent_reuse: HashMap::new(),
             port_use: HashMap::new(),
+            tw_reuse_resets: 0,
         }
     }
 
@@ -447,6 +451,7 @@ impl Detectors {
         since_ns: u64,
         what: &str,
     ) {
+        self.tw_reuse_resets += 1;
         let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
         let count = self.bump(kind::TW_REUSE_RESET, &key);
         let who = Who {

@@ -21,6 +21,7 @@ pub mod model;
 pub mod netns;
 pub mod observer;
 pub mod output;
+pub mod privilege;
 pub mod records;
 pub mod snapshot;
 pub mod summary;

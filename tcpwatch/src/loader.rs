@@ -12,7 +12,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use log::{debug, warn};
+use log::{debug, info, warn};
 use tcpwatch_common::{
     counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT,
     GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS, MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
@@ -606,6 +606,14 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
     let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
     let histograms = per_cpu(tcpwatch_common::MAP_HISTOGRAMS)?;
+    // Loaded, attached, seeded: from here on tcpwatch needs far less.
+    match crate::privilege::drop_after_attach() {
+        Ok(left) => info!(
+            "capabilities after attach: {}",
+            crate::privilege::names(left).join(", ")
+        ),
+        Err(e) => warn!("{e}; keeping the privileges tcpwatch started with"),
+    }
     Ok(Probe {
         ebpf,
         events,

@@ -35,6 +35,8 @@ pub struct Metrics {
     retransmits: IntCounterVec,
     resets: IntCounterVec,
     tw_reuse: IntCounter,
+    tw_reuse_resets: IntCounter,
+    ports_in_use: IntGaugeVec,
     findings_reported: IntCounterVec,
     sockets: IntGaugeVec,
     netns_sockets: IntGaugeVec,
@@ -139,6 +141,11 @@ impl Metrics {
             "TCP sockets by state, TIME_WAIT included, as the model knows them.",
             &["state"],
         )?;
+        let ports_in_use = g(
+            "tcpwatch_ephemeral_ports_in_use",
+            "Local ports this host holds as a client (connections plus TIME_WAIT) towards each remote endpoint (top N, then other).",
+            &["endpoint"],
+        )?;
         let netns_sockets = g(
             "tcpwatch_netns_sockets",
             "TCP sockets by network namespace (inode; top N, then other) and state, when netns_labels is on.",
@@ -178,6 +185,10 @@ impl Metrics {
         let tw_reuse = one(
             "tcpwatch_tw_reuse_total",
             "New connections that took a 4-tuple still in TIME_WAIT.",
+        )?;
+        let tw_reuse_resets = one(
+            "tcpwatch_tw_reuse_resets_total",
+            "Resets on a connection that reused a TIME_WAIT 4-tuple, from SYN_SENT or soon after.",
         )?;
         let events_received = one(
             "tcpwatch_events_received_total",
@@ -228,6 +239,8 @@ impl Metrics {
             retransmits,
             resets,
             tw_reuse,
+            tw_reuse_resets,
+            ports_in_use,
             findings_reported,
             sockets,
             netns_sockets,
@@ -360,6 +373,17 @@ impl Metrics {
             self.sockets
                 .with_label_values(&[state.name()])
                 .set(*n as i64);
+        }
+        self.ports_in_use.reset();
+        for (endpoint, n) in &summary.ports_in_use {
+            self.ports_in_use
+                .with_label_values(&[endpoint.as_str()])
+                .set(*n as i64);
+        }
+        if let Some(d) = detectors {
+            let counted = self.tw_reuse_resets.get();
+            self.tw_reuse_resets
+                .inc_by(d.tw_reuse_resets.saturating_sub(counted));
         }
         self.netns_sockets.reset();
         for (netns, state, n) in &summary.by_netns {

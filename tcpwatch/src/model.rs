@@ -750,6 +750,38 @@ impl Model {
         }
     }
 
+    /// Drops everything about namespaces not in `listed` (they are gone,
+    /// and their sockets with them); returns how many entries went.
+    pub fn forget_namespaces_except(&mut self, listed: &[u32]) -> u64 {
+        let gone = |netns: u32| !listed.contains(&netns);
+        let connections: Vec<u64> = self
+            .connections
+            .values()
+            .filter(|c| gone(c.tuple.netns))
+            .map(|c| c.skaddr)
+            .collect();
+        let time_wait: Vec<FourTuple> = self
+            .time_wait
+            .keys()
+            .filter(|t| gone(t.netns))
+            .copied()
+            .collect();
+        let mut removed = (connections.len() + time_wait.len()) as u64;
+        for addr in connections {
+            self.connections.remove(&addr);
+        }
+        for t in time_wait {
+            self.tw_remove(&t);
+        }
+        let before = self.seeded.len();
+        self.seeded.retain(|t, _| !gone(t.netns));
+        removed += (before - self.seeded.len()) as u64;
+        self.time_wait_per_netns.retain(|ns, _| !gone(*ns));
+        self.max_tw_buckets.retain(|ns, _| !gone(*ns));
+        self.stats.reconcile_corrections += removed;
+        removed
+    }
+
     /// Makes the model agree with the kernel's list of the sockets of
     /// `netns`, taken by a dump that started at `dump_start_ns`. Only what
     /// predates the dump is removed, so changes during it are not undone.
@@ -1582,6 +1614,18 @@ mod tests {
         )
         .is_empty());
         assert_eq!(m.connections().count(), 0);
+    }
+
+    #[test]
+    fn a_namespace_that_is_gone_is_forgotten() {
+        let mut m = Model::default();
+        active_close(&mut m, SK, 0);
+        let out = run(&mut m, &[st(20, SK + 64, Close, SynSent)]);
+        assert!(out.is_empty());
+        assert_eq!((m.connections().count(), m.time_wait().count()), (1, 1));
+        assert_eq!(m.forget_namespaces_except(&[7]), 0);
+        assert_eq!(m.forget_namespaces_except(&[1, 2]), 2);
+        assert_eq!((m.connections().count(), m.time_wait().count()), (0, 0));
     }
 
     #[test]

@@ -73,9 +73,13 @@ impl Observer {
 
     /// Corrects the model with dumps taken by [`dump_namespaces`], which
     /// need not hold the observer while they run.
-    pub fn apply_dumps(&mut self, dumps: Vec<NetnsDump>) -> Vec<Report> {
+    pub fn apply_dumps(&mut self, dumps: Dumps) -> Vec<Report> {
         let mut reports = Vec::new();
-        for dump in dumps {
+        if let Some(listed) = &dumps.listed {
+            // Namespaces that no longer exist took their sockets with them.
+            self.model.forget_namespaces_except(listed);
+        }
+        for dump in dumps.namespaces {
             let netns = dump.netns;
             let (state, sockets) = dump.contents;
             self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
@@ -122,11 +126,23 @@ pub struct NetnsDump {
     pub contents: (NetnsState, Vec<DiagSocket>),
 }
 
+/// The dumps of one reconciliation.
+pub struct Dumps {
+    pub namespaces: Vec<NetnsDump>,
+    /// Every namespace that exists, when all of them were dumped: the
+    /// model forgets the others.
+    pub listed: Option<Vec<u32>>,
+}
+
 /// Dumps every namespace (or those in `only`). Blocking: sock_diag and
 /// /proc reads, a few milliseconds per thousand sockets.
-pub fn dump_namespaces(only: &[u32]) -> Vec<NetnsDump> {
+pub fn dump_namespaces(only: &[u32]) -> Dumps {
     let mut dumps = Vec::new();
-    for (inode, target) in netns::all() {
+    let all = netns::all();
+    let listed = only
+        .is_empty()
+        .then(|| all.iter().map(|(inode, _)| *inode).collect());
+    for (inode, target) in all {
         if !only.is_empty() && !only.contains(&inode) {
             continue;
         }
@@ -141,5 +157,8 @@ pub fn dump_namespaces(only: &[u32]) -> Vec<NetnsDump> {
             Err(e) => log::debug!("cannot reconcile network namespace {inode}: {e}"),
         }
     }
-    dumps
+    Dumps {
+        namespaces: dumps,
+        listed,
+    }
 }

@@ -33,6 +33,9 @@ pub struct Summary {
     /// each local port (`server :PORT`, this host as a server closing first).
     pub time_wait: Vec<Row>,
     pub close_wait: Vec<CloseWaitRow>,
+    /// Local ports this host holds as a client (connections it opened and
+    /// their TIME_WAIT) towards each remote endpoint.
+    pub ports_in_use: Vec<Row>,
     /// Sockets by namespace and state ([`by_netns`]), when asked for.
     pub by_netns: Vec<(String, TcpState, u64)>,
 }
@@ -55,8 +58,14 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
     let wanted = |ns: u32| netns.is_empty() || netns.contains(&ns);
     let mut states: HashMap<TcpState, u64> = HashMap::new();
     let mut close_wait: HashMap<(u32, u16), CloseWaitRow> = HashMap::new();
+    let mut ports: HashMap<String, u64> = HashMap::new();
     for c in model.connections().filter(|c| wanted(c.tuple.netns)) {
         *states.entry(c.state).or_default() += 1;
+        if c.opener == Opener::Active {
+            *ports
+                .entry(endpoint(c.tuple.remote, c.tuple.remote_port))
+                .or_default() += 1;
+        }
         if c.state == TcpState::CloseWait {
             let age = now.saturating_sub(c.state_since_ns) as f64 / 1e9;
             let row = close_wait
@@ -77,6 +86,10 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
     let mut tw: HashMap<String, u64> = HashMap::new();
     for (t, entry) in model.time_wait().filter(|(t, _)| wanted(t.netns)) {
         *states.entry(entry.substate).or_default() += 1;
+        // An orphan in FIN_WAIT2 holds its port as much as a TIME_WAIT.
+        if entry.opener != Opener::Passive {
+            *ports.entry(endpoint(t.remote, t.remote_port)).or_default() += 1;
+        }
         if entry.substate != TcpState::TimeWait {
             continue;
         }
@@ -113,6 +126,7 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
         by_state,
         time_wait: top_n(tw.into_iter().collect(), top),
         close_wait,
+        ports_in_use: top_n(ports.into_iter().collect(), top),
         by_netns: Vec::new(),
     }
 }
@@ -223,6 +237,15 @@ mod tests {
         assert_eq!(s.by_state, [(TimeWait, 3), (CloseWait, 2)]);
         assert_eq!(
             s.time_wait,
+            [
+                ("10.0.0.9:8000".to_owned(), 1),
+                ("10.0.0.9:8001".to_owned(), 1),
+                (OTHER.to_owned(), 1)
+            ]
+        );
+        // The client side: one port towards each of the three endpoints.
+        assert_eq!(
+            s.ports_in_use,
             [
                 ("10.0.0.9:8000".to_owned(), 1),
                 ("10.0.0.9:8001".to_owned(), 1),

@@ -21,14 +21,6 @@ fn tcpwatch(args: &[&str]) -> std::process::Output {
         .expect("tcpwatch runs")
 }
 
-/// The value of the sample `name{labels}` in an exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
-}
-
 #[test]
 fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     if !privileged_or_skip("scraped_metrics_agree_with_ss_and_the_api_reports_findings") {
@@ -67,6 +59,14 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     assert_eq!(sample(&body, &close_wait), Some(2.0), "{body}");
     let time_wait = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
     assert_eq!(sample(&body, &time_wait), Some(3.0), "{body}");
+    // The client holds its two ports towards the leaky server (orphans in
+    // FIN_WAIT2: the server never closed); ss agrees.
+    let ports = format!("tcpwatch_ephemeral_ports_in_use{{endpoint=\"127.0.0.1:{leaky_port}\"}}");
+    assert_eq!(sample(&body, &ports), Some(2.0), "{body}");
+    assert_eq!(
+        ns.sockets("fin-wait-2", &["dport", "=", &format!(":{leaky_port}")]),
+        2
+    );
     // The test's namespace on its own, as ss counts it there.
     for (state, ss_state, n) in [
         ("CLOSE_WAIT", "close-wait", 2.0),

@@ -213,7 +213,10 @@ struct Run {
     /// The observer's own CPU seconds during the churn.
     cpu: Option<f64>,
     events: Option<f64>,
+    /// Events dropped because the ring buffer was full.
     lost: Option<f64>,
+    /// Program runs the kernel skipped (BPF recursion on a CPU).
+    missed: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -221,17 +224,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// `N events received` and `N events lost` from trace's exit summary.
-fn trace_summary(stderr: &str) -> (Option<f64>, Option<f64>) {
+/// Events received, lost (ring buffer full) and missed (BPF recursion)
+/// from trace's exit summary.
+fn trace_summary(stderr: &str) -> (Option<f64>, Option<f64>, Option<f64>) {
     let number_before = |what: &str| {
-        stderr.lines().find_map(|l| {
+        stderr.lines().rev().find_map(|l| {
             let at = l.find(what)?;
             l[..at].split_whitespace().last()?.parse::<f64>().ok()
         })
     };
     (
         number_before(" events received"),
-        number_before(" events lost").or(Some(0.0)),
+        number_before(" events LOST").or(Some(0.0)),
+        number_before(" events MISSED").or(Some(0.0)),
     )
 }
 
@@ -242,21 +247,24 @@ fn observed_churn(ns: &Netns, seconds: f64, observer: Observer) -> Result<Run> {
     if let Some(port) = observer.metrics_port {
         let (body, _) = probe::http_get(port, "/metrics")?;
         let events = probe::sample(&body, "tcpwatch_events_received_total");
-        let lost = probe::sample(&body, "tcpwatch_events_lost_total");
+        let lost = probe::sample(&body, "tcpwatch_events_lost_total{cause=\"ringbuf_full\"");
+        let missed = probe::sample(&body, "tcpwatch_events_lost_total{cause=\"bpf_recursion\"");
         drop(observer);
         return Ok(Run {
             rate,
             cpu,
             events: Some(events),
             lost: Some(lost),
+            missed: Some(missed),
         });
     }
-    let (events, lost) = trace_summary(&observer.stop());
+    let (events, lost, missed) = trace_summary(&observer.stop());
     Ok(Run {
         rate,
         cpu,
         events,
         lost,
+        missed,
     })
 }
 
@@ -298,7 +306,7 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
     }
     let baseline = median(results[0].iter().map(|r| r.rate).collect());
     println!("### Churn overhead ({runs} runs of {seconds} s per mode, interleaved)\n");
-    println!("| observer | connections/s (median) | min - max | ratio to no observer | observer CPU s per run | events per run | CPU µs per event | events lost |");
+    println!("| observer | connections/s (median) | min - max | ratio to no observer | observer CPU s per run | events per run | CPU µs per event | lost: ring full / skipped by the kernel (all runs) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for ((name, _), r) in modes.iter().zip(&results) {
         if r.is_empty() {
@@ -317,6 +325,7 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
         let cpu = pick(|x| x.cpu);
         let events = pick(|x| x.events);
         let lost: Option<f64> = r.iter().map(|x| x.lost).sum();
+        let missed: Option<f64> = r.iter().map(|x| x.missed).sum();
         let show =
             |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
         let per_event = cpu
@@ -324,12 +333,13 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
             .filter(|(_, e)| *e > 0.0)
             .map(|(c, e)| c / e * 1e6);
         println!(
-            "| {name} | {m:.0} | {lo:.0} - {hi:.0} | {:.2} | {} | {} | {} | {} |",
+            "| {name} | {m:.0} | {lo:.0} - {hi:.0} | {:.2} | {} | {} | {} | {} / {} |",
             m / baseline,
             show(cpu, 2),
             show(events, 0),
             show(per_event, 2),
             show(lost, 0),
+            show(missed, 0),
         );
     }
     println!();
@@ -541,19 +551,19 @@ pub enum Section {
 pub fn bench(seconds: f64, runs: usize, sizes: &[usize], only: &[Section]) -> Result<()> {
     let binary: PathBuf = crate::tasks::build()?;
     let wanted = |s: Section| only.is_empty() || only.contains(&s);
-    let ns = Netns::new()?;
-    if wanted(Section::Overhead) {
-        overhead(&binary, &ns, seconds, runs)?;
-    }
-    if wanted(Section::Capacity) {
-        capacity(&binary, &ns, seconds)?;
-    }
-    if wanted(Section::Accuracy) {
-        // A namespace of its own: no TIME_WAIT left over from other sections.
-        accuracy(&binary, &Netns::new()?, seconds.max(10.0))?;
-    }
+    // Each section in namespaces of its own, deleted after it (which purges
+    // their TIME_WAIT sockets): no section measures another's leftovers.
     if wanted(Section::Memory) {
         memory(&binary, sizes)?;
+    }
+    if wanted(Section::Overhead) {
+        overhead(&binary, &Netns::new()?, seconds, runs)?;
+    }
+    if wanted(Section::Capacity) {
+        capacity(&binary, &Netns::new()?, seconds)?;
+    }
+    if wanted(Section::Accuracy) {
+        accuracy(&binary, &Netns::new()?, seconds.max(10.0))?;
     }
     Ok(())
 }

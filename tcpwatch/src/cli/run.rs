@@ -131,6 +131,7 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
     let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_watchdog = 0u64;
+    let mut last_repair = 0u64;
 
     loop {
         tokio::select! {
@@ -156,7 +157,16 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
                     for r in &reports {
                         d.metrics.on_report(r.finding.kind, r.status.name());
                     }
-                    d.heartbeat(now);
+                    // Lost events leave the model unsure of some connections:
+                    // the kernel's socket list repairs it, at most every 5 s.
+                    if d.heartbeat(now) && now.saturating_sub(last_repair) >= 5_000_000_000 {
+                        last_repair = now;
+                        info!("events were lost; reconciling with sock_diag now");
+                        tokio::spawn({
+                            let shared = shared.clone();
+                            async move { reconcile(&shared).await }
+                        });
+                    }
                 }
                 if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);

@@ -545,6 +545,14 @@ pub fn server_closes_first(client: &mut Peer, server: &mut Peer, addr: &str, por
     client.ok("close");
 }
 
+/// The value of the sample `name{labels}` in an exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
 /// (status line, lower-cased headers, body) of a GET; empty strings while
 /// the server is not up yet.
 pub fn http_get(addr: &str, path: &str) -> (String, String, String) {

@@ -1,0 +1,259 @@
+//! Faults tcpwatch must survive without breaking the host, losing track
+//! silently or running with more privilege than it needs: a SIGKILL and a
+//! restart, a namespace that disappears while observed, clients that never
+//! read and a scrape storm, tracefs missing, and the capabilities left
+//! after attach.
+mod common;
+
+use std::{
+    io::Write,
+    net::TcpStream,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Not a test: the entry point of peer processes (see `common::Peer`).
+#[test]
+fn peer_main() {
+    if let Ok(comm) = std::env::var(PEER_ENV) {
+        peer_loop(&comm);
+    }
+}
+
+fn metrics(daemon: &RunningDaemon) -> String {
+    let (status, _, body) = http_get(&daemon.addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    body
+}
+
+fn netns_series(ns: &Netns, state: &str) -> String {
+    format!(
+        "tcpwatch_netns_sockets{{netns=\"{}\",state=\"{state}\"}}",
+        ns.inode
+    )
+}
+
+/// Every thread of the daemon runs with the four capabilities it keeps
+/// after attach (CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+/// CAP_DAC_READ_SEARCH), no bounding set beyond them, and no_new_privs.
+#[test]
+fn after_attach_only_the_needed_capabilities_remain() {
+    if !privileged_or_skip("after_attach_only_the_needed_capabilities_remain") {
+        return;
+    }
+    let daemon = RunningDaemon::start(&[]);
+    let _ = metrics(&daemon);
+    let kept: u64 = 1 << 39 | 1 << 21 | 1 << 19 | 1 << 2;
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.child.id())).expect("tasks");
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).expect("status");
+        let field = |name: &str| -> u64 {
+            let value = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {status}"));
+            u64::from_str_radix(value.trim(), 16).expect("hex")
+        };
+        for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(field(set), kept, "{set} of {:?}", task.path());
+        }
+        assert_eq!(field("CapAmb:"), 0);
+        assert_eq!(field("NoNewPrivs:"), 1);
+        threads += 1;
+    }
+    assert!(threads >= 1);
+}
+
+/// SIGKILL, then a new daemon: it rebuilds its view from sock_diag (the
+/// leak and the TIME_WAITs are back, agreeing with ss, the leak still
+/// attributed to its process), and connections that existed before it
+/// started are not counted again as opened.
+#[test]
+fn killed_and_restarted_the_daemon_rebuilds_from_sock_diag() {
+    if !privileged_or_skip("killed_and_restarted_the_daemon_rebuilds_from_sock_diag") {
+        return;
+    }
+    let ns = Netns::new("kill");
+    let args = [
+        "--netns-labels",
+        "--reconcile-interval",
+        "1s",
+        "--close-wait-age",
+        "1s",
+    ];
+    let first = RunningDaemon::start(&args);
+    let LeakAndBuildup {
+        leaky_port,
+        leaky: _leaky,
+        closer: _closer,
+        client: _client,
+        ..
+    } = leak_and_buildup(&ns, 2, 3);
+    thread::sleep(Duration::from_millis(1500));
+    let before = metrics(&first);
+    assert_eq!(
+        sample(&before, &netns_series(&ns, "CLOSE_WAIT")),
+        Some(2.0),
+        "{before}"
+    );
+    drop(first); // SIGKILL
+
+    let second = RunningDaemon::start(&args);
+    thread::sleep(Duration::from_millis(1500));
+    let after = metrics(&second);
+    assert_eq!(ns.sockets("close-wait", &[]), 2);
+    assert_eq!(ns.sockets("time-wait", &[]), 3);
+    assert_eq!(
+        sample(&after, &netns_series(&ns, "CLOSE_WAIT")),
+        Some(2.0),
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, &netns_series(&ns, "TIME_WAIT")),
+        Some(3.0),
+        "{after}"
+    );
+    let leak = format!("tcpwatch_close_wait_sockets{{comm=\"tw-leaky\",port=\"{leaky_port}\"}}");
+    assert_eq!(sample(&after, &leak), Some(2.0), "{after}");
+    // A counter reset, not a replay: nothing was opened since the restart.
+    assert_eq!(
+        sample(
+            &after,
+            "tcpwatch_connections_opened_total{opener=\"active\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{after}"
+    );
+}
+
+/// A namespace deleted while observed: its sockets leave the metrics at the
+/// next reconciliation and the daemon stays healthy.
+#[test]
+fn a_namespace_that_disappears_is_forgotten() {
+    if !privileged_or_skip("a_namespace_that_disappears_is_forgotten") {
+        return;
+    }
+    let daemon = RunningDaemon::start(&["--netns-labels", "--reconcile-interval", "1s"]);
+    let ns = Netns::new("gone");
+    let inode = ns.inode;
+    let series = netns_series(&ns, "TIME_WAIT");
+    {
+        let _peers = leak_and_buildup(&ns, 1, 2);
+        thread::sleep(Duration::from_millis(1500));
+        assert_eq!(sample(&metrics(&daemon), &series), Some(2.0));
+    }
+    drop(ns);
+    thread::sleep(Duration::from_millis(2500));
+    let body = metrics(&daemon);
+    // Namespace inode numbers are reused: another test's new namespace may
+    // carry it by now, and then its sockets rightly show.
+    if !namespace_inode_in_use(inode) {
+        assert!(!body.contains(&format!("netns=\"{inode}\"")), "{body}");
+    }
+    let (status, _, _) = http_get(&daemon.addr, "/healthz");
+    assert!(status.contains("200"), "{status}");
+}
+
+/// Whether a live namespace (named, or of a process) has this inode.
+fn namespace_inode_in_use(inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let of_processes = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("ns/net"));
+    named
+        .chain(of_processes)
+        .any(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == inode))
+}
+
+/// Clients that send a request and never read the answer, and a storm of
+/// scrapes from several threads: every scrape is answered, a fresh one
+/// stays quick, and events keep flowing.
+#[test]
+fn clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon() {
+    if !privileged_or_skip("clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon") {
+        return;
+    }
+    let ns = Netns::new("storm");
+    let daemon = RunningDaemon::start(&[]);
+    let _ = metrics(&daemon);
+    let silent: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(&daemon.addr).expect("connect");
+            let _ = s.set_nodelay(true);
+            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            s
+        })
+        .collect();
+    let storm: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = daemon.addr.clone();
+            thread::spawn(move || {
+                (0..40)
+                    .filter(|_| http_get(&addr, "/metrics").0.contains("200"))
+                    .count()
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let body = metrics(&daemon);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let answered: usize = storm
+        .into_iter()
+        .map(|t| t.join().expect("storm thread"))
+        .sum();
+    assert_eq!(answered, 8 * 40);
+    // Events still flow: a connection in the namespace is counted.
+    let received = |b: &str| sample(b, "tcpwatch_events_received_total").unwrap_or(0.0);
+    let before = received(&body);
+    let mut server = ns.peer("tw-server");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    client_closes_first(&mut client, &mut server, "127.0.0.1", port);
+    thread::sleep(Duration::from_millis(300));
+    assert!(received(&metrics(&daemon)) > before);
+    drop(silent);
+}
+
+/// tracefs not mounted (in a mount namespace of the test's own, so the
+/// host's mount is untouched): tcpwatch mounts it and traces.
+#[test]
+fn a_missing_tracefs_is_mounted() {
+    if !privileged_or_skip("a_missing_tracefs_is_mounted") {
+        return;
+    }
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .expect("mounts")
+            .contains(" tracefs ")
+    };
+    let host_had_it = mounted();
+    let script = "umount /sys/kernel/tracing 2>/dev/null; \
+                  umount /sys/kernel/debug/tracing 2>/dev/null; \
+                  if [ -d /sys/kernel/tracing/events ]; then echo still mounted; exit 3; fi; \
+                  exec timeout --preserve-status -s INT 2 \"$0\" trace --no-events";
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_tcpwatch"))
+        .output()
+        .expect("unshare runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("tracing TCP on"), "{stderr}");
+    assert_eq!(mounted(), host_had_it, "the host's mounts are untouched");
+}
