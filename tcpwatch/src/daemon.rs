@@ -47,6 +47,8 @@ pub struct Daemon {
     /// (time, events received, events lost), one sample a second.
     pub loss_window: VecDeque<(u64, u64, u64)>,
     pub received: u64,
+    /// Ring buffer overflows seen by the last heartbeat.
+    pub ring_full_seen: u64,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -75,20 +77,17 @@ impl Daemon {
         }
     }
 
-    /// A sample of the loss window and the loop's heartbeat.
-    /// Records a turn of the event loop; true when events were lost since
-    /// the previous one (the model may then be wrong until reconciled).
+    /// Records a turn of the event loop and a sample of the loss window;
+    /// true when the ring buffer overflowed since the previous turn (the
+    /// model may then be wrong until reconciled). Programs the kernel
+    /// skipped (BPF recursion) are a small steady background on a busy
+    /// host, left to the periodic reconciliation.
     pub fn heartbeat(&mut self, now: u64) -> bool {
         self.last_loop_ns = now;
-        let lost = self
-            .counters
-            .read()
-            .map(|c| c.ringbuf_full + c.recursion_misses)
-            .unwrap_or(0);
-        let lost_since_last = self
-            .loss_window
-            .back()
-            .is_some_and(|(_, _, before)| lost > *before);
+        let counters = self.counters.read().unwrap_or_default();
+        let lost = counters.ringbuf_full + counters.recursion_misses;
+        let overflowed = counters.ringbuf_full > self.ring_full_seen;
+        self.ring_full_seen = counters.ringbuf_full;
         self.loss_window.push_back((now, self.received, lost));
         while self
             .loss_window
@@ -97,7 +96,7 @@ impl Daemon {
         {
             self.loss_window.pop_front();
         }
-        lost_since_last
+        overflowed
     }
 
     /// None when healthy, else why not.

@@ -449,8 +449,10 @@ fn memory(binary: &Path, sizes: &[usize]) -> Result<()> {
     let me = std::env::current_exe().context("cannot find the xtask binary")?;
     for &sockets in sizes {
         let ns = Netns::new()?;
+        // Reconciliation only at start: its dumps are transient memory that
+        // would blur what the model itself holds.
         let config = format!(
-            "max_connections = {}\nmax_time_wait = {}\n",
+            "max_connections = {}\nmax_time_wait = {}\nreconcile_interval = \"0s\"\n",
             sockets * 2,
             sockets * 2
         );

@@ -59,16 +59,13 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .filter_map(|l| {
             let rest = l.strip_prefix(series)?;
             // `name{...} v` or `name v`; not a longer name sharing the prefix.
-            if !(rest.starts_with(' ')
-                || rest.starts_with('{')
-                || series.ends_with(',')
-                || series.ends_with('{'))
-            {
+            if !rest.starts_with([' ', '{', '}', ',']) && !series.ends_with([',', '{']) {
                 return None;
             }
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
-        .sum()
+        // Plain addition from 0: an empty sum is 0, not -0.
+        .fold(0.0, |a, b| a + b)
 }
 
 /// User plus system CPU seconds of a process so far.
@@ -175,6 +172,10 @@ mod tests {
             tcpwatch_netns_sockets{netns=\"8\",state=\"TIME_WAIT\"} 9\n";
         assert_eq!(sample(body, "tcpwatch_events_received_total"), 12.0);
         assert_eq!(sample(body, "tcpwatch_events_lost_total"), 4.0);
+        assert_eq!(
+            sample(body, "tcpwatch_events_lost_total{cause=\"ringbuf_full\""),
+            3.0
+        );
         assert_eq!(sample(body, "tcpwatch_events"), 0.0, "whole names only");
         let ours = tcpwatch_counts(body, 7);
         assert_eq!(ours, BTreeMap::from([("TIME_WAIT".to_owned(), 5)]));

@@ -108,6 +108,7 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
         last_loop_ns: monotonic_ns(),
         loss_window: VecDeque::new(),
         received: 0,
+        ring_full_seen: 0,
     }));
     reconcile(&shared).await;
     let reconciler = tokio::spawn(reconcile_periodically(shared.clone()));
