@@ -120,13 +120,35 @@ impl Daemon {
     }
 }
 
-/// The routes, read-only.
+/// Requests answered at once; more are refused with 503 rather than queued,
+/// so a scrape storm cannot pile work onto the event loop.
+pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Largest request body read (the API takes none).
+pub const MAX_REQUEST_BODY: usize = 1024;
+
+/// The routes, read-only, behind a concurrency limit.
 pub fn router(shared: Shared) -> Router {
+    let limits = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: axum::BoxError| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests at once; retry\n",
+                )
+            },
+        ))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/findings", get(findings))
         .route("/api/connections", get(connections))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(limits)
         .with_state(shared)
 }
 

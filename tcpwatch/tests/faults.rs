@@ -218,6 +218,17 @@ fn clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon() {
         .map(|t| t.join().expect("storm thread"))
         .sum();
     assert_eq!(answered, 8 * 40);
+    // Read-only: anything but GET is refused, whatever it carries.
+    let mut post = TcpStream::connect(&daemon.addr).expect("connect");
+    write!(
+        post,
+        "POST /api/findings HTTP/1.0\r\nContent-Length: 100000\r\n\r\n{}",
+        "x".repeat(100_000)
+    )
+    .expect("send");
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut post, &mut answer);
+    assert!(answer.starts_with("HTTP/1.0 405"), "{answer}");
     // Events still flow: a connection in the namespace is counted.
     let received = |b: &str| sample(b, "tcpwatch_events_received_total").unwrap_or(0.0);
     let before = received(&body);

@@ -24,18 +24,24 @@ use anyhow::{bail, Context as _, Result};
 use crate::{probe, setup::run};
 
 /// Runs the churn workload for `seconds`; returns the connections per second.
-pub fn churn(seconds: f64, clients: usize) -> Result<f64> {
+/// By default the server closes first: TIME_WAIT stays on its side, so
+/// clients never run out of ephemeral ports however fast they go. With
+/// `client_closes`, TIME_WAIT is the clients' (the soak test mixes both).
+pub fn churn(seconds: f64, clients: usize, client_closes: bool) -> Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen")?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    // The server closes first: TIME_WAIT stays on its side, so clients never
-    // run out of ephemeral ports however fast they go.
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 16];
-            let _ = s.read_exact(&mut buf);
+            if client_closes {
+                // Until the client's FIN.
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            } else {
+                let _ = s.read_exact(&mut buf);
+            }
         }
     });
     let workers: Vec<_> = (0..clients)
@@ -48,8 +54,10 @@ pub fn churn(seconds: f64, clients: usize) -> Result<f64> {
                         continue;
                     };
                     if s.write_all(&buf).is_ok() {
-                        // Until the server's FIN.
-                        let _ = s.read(&mut buf);
+                        if !client_closes {
+                            // Until the server's FIN.
+                            let _ = s.read(&mut buf);
+                        }
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -66,10 +74,10 @@ pub fn churn(seconds: f64, clients: usize) -> Result<f64> {
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
 }
 
-struct Netns(String);
+pub struct Netns(pub String);
 
 impl Netns {
-    fn new() -> Result<Netns> {
+    pub fn new() -> Result<Netns> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!(
             "tcpwatch-bench-{}-{}",
@@ -89,21 +97,21 @@ impl Drop for Netns {
 }
 
 /// An observer of the host, stopped (SIGINT) when dropped.
-struct Observer {
+pub struct Observer {
     child: Child,
     /// The daemon's HTTP port, for `tcpwatch run`.
-    metrics_port: Option<u16>,
+    pub metrics_port: Option<u16>,
     /// Where its standard error goes, to read its exit summary.
     stderr: PathBuf,
 }
 
 impl Observer {
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops it and returns its standard error.
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         self.interrupt();
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -150,7 +158,7 @@ fn start(program: &Path, args: &[String], metrics_port: Option<u16>) -> Result<O
 }
 
 /// `tcpwatch run` on a free port, with `config` lines in a file if any.
-fn start_daemon(binary: &Path, config: &str, extra: &[&str]) -> Result<Observer> {
+pub fn start_daemon(binary: &Path, config: &str, extra: &[&str]) -> Result<Observer> {
     let port = probe::free_port()?;
     let mut args = vec![
         "run".to_owned(),
@@ -175,19 +183,24 @@ fn churn_once(ns: &Netns, seconds: f64) -> Result<f64> {
 }
 
 fn churn_in(netns: &str, seconds: f64) -> Result<f64> {
+    churn_in_netns(netns, seconds, false)
+}
+
+/// Runs the churn workload in the named namespace.
+pub fn churn_in_netns(netns: &str, seconds: f64, client_closes: bool) -> Result<f64> {
     let me = std::env::current_exe().context("cannot find the xtask binary")?;
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(me)
-        .args([
-            "churn",
-            "--seconds",
-            &seconds.to_string(),
-            "--clients",
-            &CLIENTS.to_string(),
-        ])
-        .output()
-        .context("cannot run the churn workload")?;
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns]).arg(me).args([
+        "churn",
+        "--seconds",
+        &seconds.to_string(),
+        "--clients",
+        &CLIENTS.to_string(),
+    ]);
+    if client_closes {
+        command.arg("--client-closes");
+    }
+    let out = command.output().context("cannot run the churn workload")?;
     if !out.status.success() {
         bail!("churn failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -575,7 +588,9 @@ mod tests {
     /// A smoke run of the workload on loopback (no privileges needed).
     #[test]
     fn churn_completes_connections() {
-        let rate = super::churn(0.3, 2).expect("churn runs");
+        let rate = super::churn(0.3, 2, false).expect("churn runs");
+        assert!(rate > 10.0, "only {rate} connections/s");
+        let rate = super::churn(0.3, 2, true).expect("churn runs");
         assert!(rate > 10.0, "only {rate} connections/s");
     }
 }

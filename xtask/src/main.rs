@@ -10,6 +10,7 @@ mod bench;
 mod hold;
 mod probe;
 mod setup;
+mod soak;
 mod tasks;
 
 #[derive(Debug, Parser)]
@@ -69,6 +70,16 @@ enum Task {
         seconds: f64,
         #[arg(long, default_value_t = bench::CLIENTS)]
         clients: usize,
+        /// Clients close first (TIME_WAIT on the client side).
+        #[arg(long)]
+        client_closes: bool,
+    },
+    /// Run tcpwatch run for MINUTES under mixed churn (server and client
+    /// closing first, idle pauses) and report its memory curve, losses, and
+    /// its counts against ss at the end (root; prints Markdown).
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
     },
     /// Build a release tarball: binary, systemd unit, configuration and
     /// Prometheus files, laid out as they install (target/dist/).
@@ -100,9 +111,12 @@ fn main() -> ExitCode {
             only,
         } => setup::bench_packages().and_then(|()| bench::bench(seconds, runs, &sizes, &only)),
         Task::Hold { connections } => hold::hold(connections),
-        Task::Churn { seconds, clients } => {
-            bench::churn(seconds, clients).map(|rate| println!("{rate:.0}"))
-        }
+        Task::Churn {
+            seconds,
+            clients,
+            client_closes,
+        } => bench::churn(seconds, clients, client_closes).map(|rate| println!("{rate:.0}")),
+        Task::Soak { minutes } => soak::soak(minutes),
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
         Task::Test { args } => tasks::test(&args),
     };
