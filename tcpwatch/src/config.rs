@@ -116,6 +116,10 @@ pub struct Config {
     /// Also export sockets by network namespace (`tcpwatch_netns_sockets`,
     /// the top_n namespaces, then other).
     pub netns_labels: bool,
+    /// TLS and basic authentication of the endpoint (a Prometheus
+    /// exporter-toolkit web configuration file); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Live connection records the model keeps (the oldest are evicted).
     pub max_connections: usize,
     /// TIME_WAIT entries the model keeps (the oldest are evicted).
@@ -137,6 +141,7 @@ impl Default for Config {
             reconcile_interval: HumanDuration(crate::cli::DEFAULT_RECONCILE_INTERVAL),
             top_n: 10,
             netns_labels: false,
+            web_config_file: None,
             max_connections: limits.max_connections,
             max_time_wait: limits.max_time_wait,
             thresholds: ThresholdsConfig::default(),

@@ -25,3 +25,4 @@ pub mod privilege;
 pub mod records;
 pub mod snapshot;
 pub mod summary;
+pub mod web;

@@ -658,8 +658,9 @@ impl Model {
                 self.stats.connections_evicted += 1;
             }
         }
-        // Drop stale order entries so the queue cannot outgrow the map.
-        if self.order.len() > 2 * self.limits.max_connections.max(16) {
+        // Drop stale order entries (connections that died) once they
+        // outnumber the live ones: the queue stays within twice the map.
+        if self.order.len() > 2 * self.connections.len().max(1024) {
             let live = &self.connections;
             self.order.retain(|(a, _)| live.contains_key(a));
         }
@@ -961,8 +962,9 @@ impl Model {
                 self.stats.time_wait_expired += 1;
             }
         }
-        // Reuse and takeover remove entries without touching the queue.
-        if self.time_wait_order.len() > 2 * self.limits.max_time_wait.max(16) {
+        // Reuse and takeover remove entries without touching the queue:
+        // compact it once stale entries outnumber the live ones.
+        if self.time_wait_order.len() > 2 * self.time_wait.len().max(1024) {
             let live = &self.time_wait;
             self.time_wait_order
                 .retain(|(t, e)| live.get(t).is_some_and(|tw| tw.entered_ns == *e));

@@ -212,6 +212,31 @@ fn configuration_errors_are_one_sentence_and_nothing_starts() {
             "{err}"
         );
     }
+    // The web configuration file is checked the same way.
+    let web_cases = [
+        (
+            write("web-unknown.yml", "tls_server_config:\n  cert_fle: x\n"),
+            "cert_fle",
+        ),
+        (
+            write("web-plain.yml", "basic_auth_users:\n  prom: hunter2\n"),
+            "bcrypt",
+        ),
+        (
+            write(
+                "web-nocert.yml",
+                "tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n",
+            ),
+            "/nonexistent.pem",
+        ),
+    ];
+    for (path, expected) in &web_cases {
+        let out = tcpwatch(&["run", "--web-config-file", path, "--listen", "127.0.0.1:0"]);
+        assert_eq!(out.status.code(), Some(1), "{path}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
     // A port in use: refused before anything is loaded.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
@@ -262,5 +287,94 @@ fn config_prints_the_file_with_flags_over_it() {
             "{line} missing:\n{text}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One HTTPS request trusting only `cert`; the whole answer.
+fn tls_get(addr: &str, cert: &[u8], path: &str, credentials: Option<&str>) -> String {
+    use base64::Engine as _;
+    use std::{io::Read, sync::Arc};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.to_vec()))
+        .expect("the test certificate");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server_name = "localhost".try_into().expect("a name");
+    let connection = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
+    let socket = std::net::TcpStream::connect(addr).expect("connect");
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let authorization = credentials.map_or(String::new(), |c| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(c)
+        )
+    });
+    std::io::Write::write_all(
+        &mut tls,
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n").as_bytes(),
+    )
+    .expect("send");
+    let mut answer = Vec::new();
+    // A peer closing without close_notify ends the read with an error,
+    // after the answer.
+    let _ = tls.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// TLS and basic authentication from an exporter-toolkit web configuration
+/// file: plain HTTP gets no answer, no or wrong credentials get 401 with a
+/// challenge, the right ones the metrics.
+#[test]
+fn tls_and_basic_auth_from_a_web_config_file() {
+    if !privileged_or_skip("tls_and_basic_auth_from_a_web_config_file") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpwatch-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
+    std::fs::write(&cert_file, certified.cert.pem()).expect("write");
+    std::fs::write(&key_file, certified.key_pair.serialize_pem()).expect("write");
+    let hash = bcrypt::hash("s3cret", 4).expect("hash");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  prom: '{hash}'\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .expect("write");
+    let daemon = RunningDaemon::start(&["--web-config-file", &web.display().to_string()]);
+    let der = certified.cert.der().to_vec();
+
+    let (status, _, _) = http_get(&daemon.addr, "/metrics");
+    assert!(!status.contains("200"), "plain HTTP answered: {status}");
+    for credentials in [None, Some("prom:wrong"), Some("nobody:s3cret")] {
+        let answer = tls_get(&daemon.addr, &der, "/metrics", credentials);
+        assert!(
+            answer.starts_with("HTTP/1.0 401"),
+            "{credentials:?}: {answer}"
+        );
+        assert!(
+            answer.to_lowercase().contains("www-authenticate: basic"),
+            "{answer}"
+        );
+    }
+    let answer = tls_get(&daemon.addr, &der, "/metrics", Some("prom:s3cret"));
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains("tcpwatch_build_info"), "{answer}");
+    let answer = tls_get(&daemon.addr, &der, "/api/findings", Some("prom:s3cret"));
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let _ = std::fs::remove_dir_all(&dir);
 }

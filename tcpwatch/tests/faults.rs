@@ -86,13 +86,9 @@ fn killed_and_restarted_the_daemon_rebuilds_from_sock_diag() {
         "1s",
     ];
     let first = RunningDaemon::start(&args);
-    let LeakAndBuildup {
-        leaky_port,
-        leaky: _leaky,
-        closer: _closer,
-        client: _client,
-        ..
-    } = leak_and_buildup(&ns, 2, 3);
+    // Kept to the end: dropping them would end their sockets.
+    let peers = leak_and_buildup(&ns, 2, 3);
+    let leaky_port = peers.leaky_port;
     thread::sleep(Duration::from_millis(1500));
     let before = metrics(&first);
     assert_eq!(
@@ -267,4 +263,56 @@ fn a_missing_tracefs_is_mounted() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("tracing TCP on"), "{stderr}");
     assert_eq!(mounted(), host_had_it, "the host's mounts are untouched");
+}
+
+/// A burst while the consumer is stopped overflows a 4 KiB ring buffer: the
+/// losses are counted and reported, and the reconciliation that follows
+/// finds the CLOSE_WAIT leak made during the burst anyway.
+#[test]
+fn a_ring_buffer_overflow_is_counted_and_repaired() {
+    if !privileged_or_skip("a_ring_buffer_overflow_is_counted_and_repaired") {
+        return;
+    }
+    let ns = Netns::new("burst");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--ring-kib",
+            "4",
+            "--reconcile-interval",
+            "1s",
+            "--close-wait-age",
+            "1s",
+        ],
+    );
+    // SAFETY: signals to the tracer this test started and has not reaped.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    let mut server = ns.peer("tw-server");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = server.ok("listen 127.0.0.1 64").parse().unwrap();
+    for _ in 0..30 {
+        client_closes_first(&mut client, &mut server, "127.0.0.1", port);
+    }
+    // Kept to the end: dropping them would end their sockets.
+    let peers = leak_and_buildup(&ns, 2, 0);
+    let leaky_port = peers.leaky_port;
+    // SAFETY: as above.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    thread::sleep(Duration::from_millis(3000));
+    let (lines, stderr) = tracer.stop();
+    let summary = stderr.last().cloned().unwrap_or_default();
+    assert!(
+        summary.contains("events LOST (ring buffer full)"),
+        "{stderr:#?}"
+    );
+    assert!(
+        summary.contains("corrected the model"),
+        "the reconciliation repaired it: {stderr:#?}"
+    );
+    let leaks: Vec<_> = findings(&lines, "close_wait_leak")
+        .into_iter()
+        .filter(|f| f["lport"] == leaky_port)
+        .collect();
+    assert!(!leaks.is_empty(), "{lines:#?}");
 }

@@ -26,6 +26,7 @@ use crate::{
     model::Model,
     netns::{self, Target},
     observer::{dump_namespaces, Observer},
+    web::Web,
 };
 
 #[derive(Debug, Args)]
@@ -44,6 +45,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub netns_labels: bool,
 
+    /// TLS and basic authentication for the endpoint: a web configuration
+    /// file in the Prometheus exporter-toolkit format (tls_server_config,
+    /// basic_auth_users with bcrypt hashes).
+    #[arg(long, value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub detect: DetectorArgs,
 }
@@ -61,6 +68,9 @@ impl RunArgs {
         if self.netns_labels {
             config.netns_labels = true;
         }
+        if let Some(path) = &self.web_config_file {
+            config.web_config_file = Some(path.clone());
+        }
         self.detect.apply_to(&mut config);
         Ok(config)
     }
@@ -69,10 +79,14 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // The daemon never starts half-configured: everything is checked first.
     let config = args.effective()?;
-    super::block_on(serve(args, config))
+    let web = match &config.web_config_file {
+        Some(path) => Web::load(path)?,
+        None => Web::default(),
+    };
+    super::block_on(serve(args, config, web))
 }
 
-async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
+async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -117,12 +131,25 @@ async fn serve(args: RunArgs, mut config: Config) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let server = tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-        listener,
-        daemon::router(shared.clone()),
-    )));
+    let mut router = daemon::router(shared.clone());
+    if let Some(auth) = web.auth.clone() {
+        router = router.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::web::require_basic_auth,
+        ));
+    }
+    let scheme = if web.tls.is_some() { "https" } else { "http" };
+    let server = match web.tls.clone() {
+        Some(tls) => tokio::spawn(async move {
+            crate::web::serve_tls(listener, router, tls).await;
+            Ok(())
+        }),
+        None => tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
+            listener, router,
+        ))),
+    };
     eprintln!(
-        "tcpwatch: attached to {} tracepoints; serving http://{bound}/metrics",
+        "tcpwatch: attached to {} tracepoints; serving {scheme}://{bound}/metrics",
         attached.len()
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -199,9 +199,18 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                     last_reconcile = now;
                 }
                 if let Err(e) = pipeline.tick(now) { break Err(e) }
-                let now = counters.read().unwrap_or_default();
-                report_losses(&reported, &now);
-                reported = now;
+                let read = counters.read().unwrap_or_default();
+                report_losses(&reported, &read);
+                // A ring buffer overflow leaves the model unsure: repair it
+                // from the kernel's socket list now (at most every 5 s).
+                if read.ringbuf_full > reported.ringbuf_full
+                    && reconcile_every > 0
+                    && now.saturating_sub(last_reconcile) >= 5_000_000_000
+                {
+                    if let Err(e) = pipeline.reconcile(&args.netns) { break Err(e) }
+                    last_reconcile = now;
+                }
+                reported = read;
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),

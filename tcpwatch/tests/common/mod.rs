@@ -409,6 +409,10 @@ pub struct Tracer {
 }
 
 impl Tracer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(netns: &Netns, extra: &[&str]) -> Tracer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
             .args(["trace", "--json", "--netns", &netns.inode.to_string()])
@@ -597,7 +601,11 @@ impl RunningDaemon {
                 err.read_line(&mut line).expect("stderr") > 0,
                 "tcpwatch run exited early"
             );
-            if let Some(rest) = line.split("serving http://").nth(1) {
+            if let Some(rest) = line
+                .split("serving https://")
+                .nth(1)
+                .or_else(|| line.split("serving http://").nth(1))
+            {
                 break rest.trim().trim_end_matches("/metrics").to_owned();
             }
         };
