@@ -241,6 +241,8 @@ struct ConnectionView {
     state_age_seconds: f64,
     /// False when the state was entered before tcpwatch saw the socket.
     state_age_known: bool,
+    /// Events were lost during its life; the next reconciliation checks it.
+    uncertain: bool,
 }
 
 #[derive(Serialize)]
@@ -279,6 +281,7 @@ async fn connections(State(shared): State<Shared>, Query(q): Query<ConnectionFil
             opener: c.opener.name(),
             state_age_seconds: now.saturating_sub(c.state_since_ns) as f64 / 1e9,
             state_age_known: c.state_age_known,
+            uncertain: c.uncertain,
         })
         .collect();
     let truncated = matching.next().is_some();

@@ -10,6 +10,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    num::NonZeroU64,
     sync::Arc,
 };
 
@@ -156,6 +157,21 @@ impl FourTuple {
     }
 }
 
+/// A birth time in nanoseconds, kept in a non-zero integer (plus one) so
+/// that `Option<Birth>` takes 8 bytes of the record instead of 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Birth(NonZeroU64);
+
+impl Birth {
+    pub fn at(ns: u64) -> Option<Birth> {
+        NonZeroU64::new(ns.wrapping_add(1)).map(Birth)
+    }
+
+    pub fn ns(self) -> u64 {
+        self.0.get() - 1
+    }
+}
+
 /// One connection's record.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Connection {
@@ -167,12 +183,15 @@ pub struct Connection {
     pub opener: Opener,
     pub closer: Option<Closer>,
     /// Monotonic birth time; `None` when born before tcpwatch saw it.
-    pub born_ns: Option<u64>,
+    pub born_ns: Option<Birth>,
     pub state: TcpState,
     pub state_since_ns: u64,
     /// False for connections found in a sock_diag dump in a state entered
     /// before tcpwatch saw them: `state_since_ns` is then a lower bound.
     pub state_age_known: bool,
+    /// Events were lost while it was alive: its state may be stale until
+    /// the next reconciliation checks it against the kernel's list.
+    pub uncertain: bool,
     /// Seconds spent in each state, indexed by [`state_index`] (only states
     /// the record was seen to enter and leave). `f32` keeps microseconds on
     /// loopback and hours of CLOSE_WAIT in half the room of nanoseconds.
@@ -247,7 +266,7 @@ impl Finished {
     pub fn lifetime_ns(&self) -> Option<u64> {
         self.connection
             .born_ns
-            .map(|b| self.end_ns.saturating_sub(b))
+            .map(|b| self.end_ns.saturating_sub(b.ns()))
     }
 }
 
@@ -339,6 +358,8 @@ pub struct Reconciled {
     pub connections_added: u64,
     /// Connections the model kept that the kernel no longer has.
     pub connections_removed: u64,
+    /// Connections whose state the kernel's list corrected.
+    pub states_corrected: u64,
 }
 
 /// All live connections and the TIME_WAIT table.
@@ -543,6 +564,7 @@ impl Model {
                     state: new,
                     state_since_ns: ev.ts_ns,
                     state_age_known: true,
+                    uncertain: false,
                     time_in_state: [0.0; 12],
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
@@ -606,7 +628,7 @@ impl Model {
             // The birth arrived after a later event of the same socket had
             // already opened a record for it: complete that record.
             if c.born_ns.is_none() && c.state_since_ns > ev.ts_ns {
-                c.born_ns = Some(ev.ts_ns);
+                c.born_ns = Birth::at(ev.ts_ns);
                 c.opener = opener;
                 return;
             }
@@ -633,10 +655,11 @@ impl Model {
             comm,
             opener,
             closer: None,
-            born_ns: Some(ev.ts_ns),
+            born_ns: Birth::at(ev.ts_ns),
             state: new,
             state_since_ns: ev.ts_ns,
             state_age_known: true,
+            uncertain: false,
             time_in_state: [0.0; 12],
             retransmits: Retransmits::default(),
             resets_sent: 0,
@@ -749,6 +772,17 @@ impl Model {
                 self.stats.time_wait_evicted += 1;
             }
         }
+    }
+
+    /// Events were lost: every live record may have missed transitions.
+    /// Marks them until a reconciliation checks them; returns how many.
+    pub fn mark_uncertain(&mut self) -> usize {
+        let mut marked = 0;
+        for c in self.connections.values_mut() {
+            c.uncertain = true;
+            marked += 1;
+        }
+        marked
     }
 
     /// Drops everything about namespaces not in `listed` (they are gone,
@@ -868,6 +902,22 @@ impl Model {
             }
         }
 
+        // Known connections the kernel still has: their state is the
+        // kernel's (a lost event may have hidden a transition).
+        for c in self.connections.values_mut() {
+            if c.tuple.netns != netns || c.state_since_ns >= dump_start_ns {
+                continue;
+            }
+            if let Some(k) = kernel_live.get(&c.tuple) {
+                if k.state != c.state {
+                    c.state = k.state;
+                    c.state_since_ns = now_ns;
+                    c.state_age_known = false;
+                    r.states_corrected += 1;
+                }
+                c.uncertain = false;
+            }
+        }
         let known: std::collections::HashSet<FourTuple> =
             self.connections().map(|c| c.tuple).collect();
         let gone: Vec<u64> = self
@@ -918,6 +968,7 @@ impl Model {
                     state: k.state,
                     state_since_ns: now_ns,
                     state_age_known: false,
+                    uncertain: false,
                     time_in_state: [0.0; 12],
                     retransmits: Retransmits::default(),
                     resets_sent: 0,
@@ -927,8 +978,11 @@ impl Model {
             );
             r.connections_added += 1;
         }
-        self.stats.reconcile_corrections +=
-            r.time_wait_added + r.time_wait_removed + r.connections_added + r.connections_removed;
+        self.stats.reconcile_corrections += r.time_wait_added
+            + r.time_wait_removed
+            + r.connections_added
+            + r.connections_removed
+            + r.states_corrected;
         r
     }
 
@@ -1277,7 +1331,7 @@ mod tests {
         let c: Vec<_> = m.connections().collect();
         assert_eq!(c.len(), 1);
         assert_eq!(
-            (c[0].opener, c[0].born_ns),
+            (c[0].opener, c[0].born_ns.map(Birth::ns)),
             (Opener::Passive, Some(100 * MS))
         );
     }
@@ -1454,7 +1508,8 @@ mod tests {
                 time_wait_added: 1,
                 time_wait_removed: 1,
                 connections_added: 1,
-                connections_removed: 0
+                connections_removed: 0,
+                states_corrected: 0
             }
         );
         let tw: Vec<_> = m.time_wait().collect();
@@ -1619,6 +1674,25 @@ mod tests {
     }
 
     #[test]
+    fn after_lost_events_reconciliation_corrects_states_and_clears_doubt() {
+        let mut m = Model::default();
+        run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
+        );
+        assert_eq!(m.mark_uncertain(), 1);
+        assert!(m.connections().all(|c| c.uncertain));
+        // The kernel says CLOSE_WAIT: the event that said so was lost.
+        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 100 * MS, 100 * MS);
+        assert_eq!(r.states_corrected, 1);
+        let c: Vec<_> = m.connections().collect();
+        assert_eq!(
+            (c[0].state, c[0].uncertain, c[0].state_age_known),
+            (CloseWait, false, false)
+        );
+    }
+
+    #[test]
     fn a_namespace_that_is_gone_is_forgotten() {
         let mut m = Model::default();
         active_close(&mut m, SK, 0);
@@ -1628,6 +1702,37 @@ mod tests {
         assert_eq!(m.forget_namespaces_except(&[7]), 0);
         assert_eq!(m.forget_namespaces_except(&[1, 2]), 2);
         assert_eq!((m.connections().count(), m.time_wait().count()), (0, 0));
+    }
+
+    /// A million sockets entering TIME_WAIT against a cap of 4096: the table
+    /// stays at the cap and every eviction is counted.
+    #[test]
+    fn a_million_time_waits_stay_within_the_cap() {
+        let limits = Limits {
+            max_connections: 4096,
+            max_time_wait: 4096,
+        };
+        let mut m = Model::new(limits);
+        for i in 0..1_000_000u64 {
+            let sk = SK + i * 64;
+            let mut a = st(i, sk, FinWait1, FinWait2);
+            let mut b = st(i, sk, FinWait2, Close);
+            // Distinct 4-tuples: 64 local addresses of 16k ports.
+            let port = 1024 + (i % 16_000) as u16;
+            let local: std::net::IpAddr = format!("10.1.{}.{}", i / 16_000 % 256, i / 4_096_000)
+                .parse()
+                .unwrap();
+            for e in [&mut a, &mut b] {
+                e.sport = port;
+                e.saddr = local;
+            }
+            m.apply(&a);
+            m.apply(&b);
+        }
+        assert_eq!(m.time_wait().count(), 4096);
+        let stats = m.stats();
+        assert_eq!(stats.time_wait_evicted, 1_000_000 - 4096);
+        assert!(m.connections().count() <= 4096);
     }
 
     #[test]

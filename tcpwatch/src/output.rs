@@ -83,6 +83,9 @@ struct JsonLifecycle<'a> {
     retransmits: Retransmits,
     resets_sent: u16,
     resets_received: u16,
+    /// Present (true) when events were lost during its life.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    uncertain: bool,
 }
 
 /// How events are written.
@@ -227,6 +230,7 @@ impl Renderer {
                     retransmits: c.retransmits,
                     resets_sent: c.resets_sent,
                     resets_received: c.resets_received,
+                    uncertain: c.uncertain,
                 };
                 serde_json::to_writer(&mut *out, &line)?;
                 out.write_all(b"\n")

@@ -94,6 +94,10 @@ impl<T> Records<T> {
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten().filter_map(Option::as_ref)
     }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.chunks.iter_mut().flatten().filter_map(Option::as_mut)
+    }
 }
 
 #[cfg(test)]

@@ -189,7 +189,8 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                     // the kernel's socket list repairs it, at most every 5 s.
                     if d.heartbeat(now) && now.saturating_sub(last_repair) >= 5_000_000_000 {
                         last_repair = now;
-                        info!("events were lost; reconciling with sock_diag now");
+                        let marked = d.observer.model.mark_uncertain();
+                        info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
                         tokio::spawn({
                             let shared = shared.clone();
                             async move { reconcile(&shared).await }

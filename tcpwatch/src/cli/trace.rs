@@ -207,6 +207,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                     && reconcile_every > 0
                     && now.saturating_sub(last_reconcile) >= 5_000_000_000
                 {
+                    pipeline.observer.model.mark_uncertain();
                     if let Err(e) = pipeline.reconcile(&args.netns) { break Err(e) }
                     last_reconcile = now;
                 }
