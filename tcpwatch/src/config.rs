@@ -154,9 +154,7 @@ impl Config {
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            // toml's messages can span lines; a user-facing failure is one.
-            message: e.message().split_whitespace().collect::<Vec<_>>().join(" ")
-                + &location(text, e.span()),
+            message: one_line(e.message()) + &location(text, e.span()),
         })?;
         config.validate(path)?;
         Ok(config)
@@ -227,6 +225,12 @@ pub fn check_ring_kib(kib: u32) -> Result<u32, String> {
             "{kib} KiB is not a power of two between 4 and 1048576"
         ))
     }
+}
+
+/// A parser's message folded onto one line: toml's and YAML's can span
+/// several, and a user-facing failure is one sentence.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// ` (line L)` for an error's byte span, when known.

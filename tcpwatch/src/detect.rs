@@ -355,12 +355,7 @@ impl Detectors {
                 let since = model
                     .time_wait_entry(&tuple)
                     .map(|tw| tw.entered_ns)
-                    .or_else(|| {
-                        self.recent_reuse
-                            .get(&tuple)
-                            .copied()
-                            .filter(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS)
-                    });
+                    .or_else(|| self.reused_recently(&tuple, now));
                 if let Some(since) = since {
                     self.reuse_reset(
                         &mut out,
@@ -437,6 +432,15 @@ impl Detectors {
             self.on_outcome(outcome, now, &mut out);
         }
         out
+    }
+
+    /// When `tuple` was taken over from TIME_WAIT, if that was within the
+    /// window in which a reset is blamed on the reuse.
+    fn reused_recently(&self, tuple: &FourTuple, now: u64) -> Option<u64> {
+        self.recent_reuse
+            .get(tuple)
+            .copied()
+            .filter(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS)
     }
 
     /// A connection that skipped TIME_WAIT met the old connection's ghost.
@@ -541,14 +545,10 @@ impl Detectors {
             }
             Outcome::Finished(f)
                 if matches!(f.end, EndReason::ResetReceived | EndReason::ResetSent)
-                    && self
-                        .recent_reuse
-                        .get(&f.connection.tuple)
-                        .is_some_and(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS) =>
+                    && self.reused_recently(&f.connection.tuple, now).is_some() =>
             {
                 let c = &f.connection;
-                let age =
-                    now.saturating_sub(self.recent_reuse.get(&c.tuple).copied().unwrap_or(now));
+                let age = now.saturating_sub(self.reused_recently(&c.tuple, now).unwrap_or(now));
                 let what = if f.end == EndReason::ResetReceived {
                     "was reset"
                 } else {

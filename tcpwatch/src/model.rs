@@ -157,6 +157,26 @@ impl FourTuple {
     }
 }
 
+/// Interned command names: records of one process share one copy.
+#[derive(Debug, Default)]
+struct Comms(std::collections::HashSet<Arc<str>>);
+
+impl Comms {
+    /// The shared copy of `comm`.
+    fn share(&mut self, comm: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(comm) {
+            return shared.clone();
+        }
+        // Bounded: forgetting the set only costs later records a new copy.
+        if self.0.len() >= 4096 {
+            self.0.clear();
+        }
+        let shared: Arc<str> = Arc::from(comm);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 /// A birth time in nanoseconds, kept in a non-zero integer (plus one) so
 /// that `Option<Birth>` takes 8 bytes of the record instead of 16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,7 +403,7 @@ pub struct Model {
     time_wait_per_netns: HashMap<u32, u64>,
     max_tw_buckets: HashMap<u32, u64>,
     /// Command names shared by the records (a host has few distinct ones).
-    comms: std::collections::HashSet<Arc<str>>,
+    comms: Comms,
     /// Connections known only from the kernel's list, by 4-tuple, until an
     /// event names their socket address.
     seeded: HashMap<FourTuple, Connection>,
@@ -417,21 +437,6 @@ impl Model {
         self.time_wait.iter()
     }
 
-    /// The TIME_WAIT entry of a 4-tuple, if the model holds one.
-    /// The shared copy of a command name.
-    fn intern(&mut self, comm: &str) -> Arc<str> {
-        if let Some(shared) = self.comms.get(comm) {
-            return shared.clone();
-        }
-        // Bounded: forgetting the set only costs later records a new copy.
-        if self.comms.len() >= 4096 {
-            self.comms.clear();
-        }
-        let shared: Arc<str> = Arc::from(comm);
-        self.comms.insert(shared.clone());
-        shared
-    }
-
     /// What the namespace's tcp_max_tw_buckets is; `None` forgets it.
     pub fn set_max_tw_buckets(&mut self, netns: u32, max: Option<u64>) {
         match max {
@@ -461,6 +466,7 @@ impl Model {
         Some(removed)
     }
 
+    /// The TIME_WAIT entry of a 4-tuple, if the model holds one.
     pub fn time_wait_entry(&self, tuple: &FourTuple) -> Option<&TimeWait> {
         self.time_wait.get(tuple)
     }
@@ -540,7 +546,6 @@ impl Model {
             return;
         }
         let tuple = FourTuple::of(ev);
-        let comm = self.intern(&ev.comm);
         if !self.connections.contains_key(&ev.skaddr) {
             // First event of a connection known from the kernel's list.
             if let Some(mut c) = self.seeded.remove(&tuple) {
@@ -553,6 +558,7 @@ impl Model {
             if new == TcpState::Close {
                 self.pending_reset.remove(&ev.skaddr);
             } else {
+                let comm = self.comms.share(&ev.comm);
                 self.insert(Connection {
                     skaddr: ev.skaddr,
                     tuple,
@@ -576,7 +582,10 @@ impl Model {
         };
         if ev.pid != 0 {
             c.pid = ev.pid;
-            c.comm = comm;
+            // Most events carry the owner the record already has.
+            if *c.comm != *ev.comm {
+                c.comm = self.comms.share(&ev.comm);
+            }
         }
         // An older transition that another CPU delivered late: the record
         // has already moved past it (one ring buffer keeps reservation
@@ -647,7 +656,7 @@ impl Model {
                 });
             }
         }
-        let comm = self.intern(&ev.comm);
+        let comm = self.comms.share(&ev.comm);
         self.insert(Connection {
             skaddr: ev.skaddr,
             tuple,
@@ -788,6 +797,8 @@ impl Model {
     /// Drops everything about namespaces not in `listed` (they are gone,
     /// and their sockets with them); returns how many entries went.
     pub fn forget_namespaces_except(&mut self, listed: &[u32]) -> u64 {
+        // A set: every record is looked up, and a host may have thousands.
+        let listed: std::collections::HashSet<u32> = listed.iter().copied().collect();
         let gone = |netns: u32| !listed.contains(&netns);
         let connections: Vec<u64> = self
             .connections
@@ -884,7 +895,7 @@ impl Model {
                     }
                     _ => now_ns,
                 };
-                let comm = self.intern("");
+                let comm = self.comms.share("");
                 self.tw_insert(
                     *t,
                     TimeWait {
@@ -902,35 +913,38 @@ impl Model {
             }
         }
 
-        // Known connections the kernel still has: their state is the
-        // kernel's (a lost event may have hidden a transition).
+        // One pass over this namespace's records: those the kernel still has
+        // take its state (a lost event may have hidden a transition), those
+        // it no longer has go.
+        let mut known: std::collections::HashSet<FourTuple> = self
+            .seeded
+            .keys()
+            .filter(|t| t.netns == netns)
+            .copied()
+            .collect();
+        let mut gone = Vec::new();
         for c in self.connections.values_mut() {
-            if c.tuple.netns != netns || c.state_since_ns >= dump_start_ns {
+            if c.tuple.netns != netns {
                 continue;
             }
-            if let Some(k) = kernel_live.get(&c.tuple) {
-                if k.state != c.state {
-                    c.state = k.state;
-                    c.state_since_ns = now_ns;
-                    c.state_age_known = false;
-                    r.states_corrected += 1;
+            known.insert(c.tuple);
+            if c.state_since_ns >= dump_start_ns {
+                continue;
+            }
+            match kernel_live.get(&c.tuple) {
+                Some(k) => {
+                    if k.state != c.state {
+                        c.state = k.state;
+                        c.state_since_ns = now_ns;
+                        c.state_age_known = false;
+                        r.states_corrected += 1;
+                    }
+                    c.uncertain = false;
                 }
-                c.uncertain = false;
+                None if c.state != TcpState::SynSent => gone.push(c.skaddr),
+                None => {}
             }
         }
-        let known: std::collections::HashSet<FourTuple> =
-            self.connections().map(|c| c.tuple).collect();
-        let gone: Vec<u64> = self
-            .connections
-            .values()
-            .filter(|c| {
-                c.tuple.netns == netns
-                    && c.state_since_ns < dump_start_ns
-                    && c.state != TcpState::SynSent
-                    && !kernel_live.contains_key(&c.tuple)
-            })
-            .map(|c| c.skaddr)
-            .collect();
         for addr in gone {
             self.connections.remove(&addr);
             r.connections_removed += 1;
@@ -954,7 +968,7 @@ impl Model {
             } else {
                 Opener::Unknown
             };
-            let comm = self.intern(&k.comm);
+            let comm = self.comms.share(&k.comm);
             self.seeded.insert(
                 tuple,
                 Connection {

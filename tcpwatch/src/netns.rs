@@ -63,6 +63,11 @@ impl Target {
     }
 }
 
+/// The inode of the network namespace tcpwatch runs in.
+pub fn current_inode() -> std::io::Result<u64> {
+    fs::metadata(Target::Current.path()).map(|m| m.ino())
+}
+
 /// Runs `f` inside the network namespace `target`, on a thread of its own
 /// (setns() changes only the calling thread's namespace; /proc/thread-self
 /// and new sockets follow it). Returns the namespace's inode with the result.

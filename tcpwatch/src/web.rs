@@ -99,11 +99,7 @@ impl Web {
         } else {
             serde_norway::from_str(text).map_err(|e| WebError::Parse {
                 path: path.to_owned(),
-                message: e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                message: crate::config::one_line(&e.to_string()),
             })?
         };
         for (user, hash) in &file.basic_auth_users {

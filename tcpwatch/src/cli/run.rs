@@ -24,7 +24,7 @@ use crate::{
     loader::{self, LoadOptions},
     metrics::Metrics,
     model::Model,
-    netns::{self, Target},
+    netns,
     observer::{dump_namespaces, Observer},
     web::Web,
 };
@@ -214,26 +214,33 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     Ok(())
 }
 
-/// Checks the model against sock_diag and re-reads tcpwatch's own
-/// namespace's settings and counters for the metrics. The dumps run on a
-/// blocking thread without the daemon's lock, so neither the ring buffer
-/// consumer nor scrapes wait for them; only applying them takes the lock.
+/// Checks the model against sock_diag and keeps tcpwatch's own
+/// namespace's settings and counters (from the same dumps) for the metrics.
+/// The dumps run on a blocking thread without the daemon's lock, so neither
+/// the ring buffer consumer nor scrapes wait for them; only applying them
+/// takes the lock.
 async fn reconcile(shared: &daemon::Shared) {
     let dumped =
-        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::read_state(&Target::Current)))
-            .await;
+        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::current_inode())).await;
     let Ok((dumps, own)) = dumped else {
         warn!("the reconciliation thread failed");
         return;
     };
+    let own_state = own.ok().and_then(|inode| {
+        dumps
+            .namespaces
+            .iter()
+            .find(|n| u64::from(n.netns) == inode)
+            .map(|n| n.contents.0.clone())
+    });
     let mut d = daemon::lock(shared);
     let reports = d.observer.apply_dumps(dumps);
     for r in &reports {
         d.metrics.on_report(r.finding.kind, r.status.name());
     }
-    match own {
-        Ok((_, state)) => d.own_netns = Some(state),
-        Err(e) => warn!("cannot read this namespace's TCP settings: {e}"),
+    match own_state {
+        Some(state) => d.own_netns = Some(state),
+        None => warn!("cannot read this namespace's TCP settings"),
     }
     drop(d);
     // A dump of many sockets leaves freed memory in the allocator's arenas;
