@@ -913,9 +913,10 @@ impl Model {
             }
         }
 
-        // One pass over this namespace's records: those the kernel still has
-        // take its state (a lost event may have hidden a transition), those
-        // it no longer has go.
+        // One pass over this namespace's records: those it no longer has go;
+        // those marked uncertain (events were lost) take the kernel's state.
+        // A record that is not uncertain and differs is only behind its
+        // events still in the ring buffer: correcting it would race them.
         let mut known: std::collections::HashSet<FourTuple> = self
             .seeded
             .keys()
@@ -933,9 +934,11 @@ impl Model {
             }
             match kernel_live.get(&c.tuple) {
                 Some(k) => {
-                    if k.state != c.state {
+                    if c.uncertain && k.state != c.state {
                         c.state = k.state;
-                        c.state_since_ns = now_ns;
+                        // The kernel was read after the dump started: events
+                        // from then on still apply.
+                        c.state_since_ns = dump_start_ns;
                         c.state_age_known = false;
                         r.states_corrected += 1;
                     }
@@ -1694,16 +1697,25 @@ mod tests {
             &mut m,
             &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
         );
+        // Without losses a difference is events still on their way: kept.
+        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 50 * MS, 50 * MS);
+        assert_eq!(r.states_corrected, 0);
+        assert_eq!(m.connections().next().map(|c| c.state), Some(Established));
         assert_eq!(m.mark_uncertain(), 1);
         assert!(m.connections().all(|c| c.uncertain));
-        // The kernel says CLOSE_WAIT: the event that said so was lost.
-        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 100 * MS, 100 * MS);
+        // The kernel says CLOSE_WAIT: the event that said so was lost. The
+        // dump started at 100 ms and is applied at 200 ms.
+        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 100 * MS, 200 * MS);
         assert_eq!(r.states_corrected, 1);
         let c: Vec<_> = m.connections().collect();
         assert_eq!(
             (c[0].state, c[0].uncertain, c[0].state_age_known),
             (CloseWait, false, false)
         );
+        // Events after the dump started still apply, even those consumed
+        // only after it was applied.
+        run(&mut m, &[st(150, SK, CloseWait, LastAck)]);
+        assert_eq!(m.connections().next().map(|c| c.state), Some(LastAck));
     }
 
     #[test]
