@@ -2,8 +2,6 @@
 //! `ss` and the namespace's own counters as ground truth.
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -16,10 +14,7 @@ fn peer_main() {
 }
 
 fn audit(netns: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-        .args(["audit", "--json", "--netns", netns])
-        .output()
-        .expect("tcpwatch runs");
+    let out = tcpwatch(&["audit", "--json", "--netns", netns]);
     assert!(
         out.status.success(),
         "{}",
@@ -95,10 +90,7 @@ fn audit_reads_the_namespace_it_is_given() {
 
 #[test]
 fn audit_of_a_missing_namespace_is_one_sentence() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-        .args(["audit", "--netns", "tcpwatch-no-such-netns"])
-        .output()
-        .expect("tcpwatch runs");
+    let out = tcpwatch(&["audit", "--netns", "tcpwatch-no-such-netns"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -3,12 +3,7 @@ mod common;
 
 use std::process::Command;
 
-fn tcpwatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-        .args(args)
-        .output()
-        .expect("tcpwatch runs")
-}
+use common::tcpwatch;
 
 #[test]
 fn every_trace_flag_is_documented() {

@@ -2,7 +2,7 @@
 //! HTTP and checked against `ss`; and its configuration errors.
 mod common;
 
-use std::{process::Command, thread, time::Duration};
+use std::{thread, time::Duration};
 
 use common::*;
 
@@ -12,13 +12,6 @@ fn peer_main() {
     if let Ok(comm) = std::env::var(PEER_ENV) {
         peer_loop(&comm);
     }
-}
-
-fn tcpwatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
-        .args(args)
-        .output()
-        .expect("tcpwatch runs")
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! namespace's events like any other. Figures are reported, never asserted:
 //! machines are noisy.
 use std::{
-    io::{Read, Write},
+    io::{BufRead as _, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -404,13 +404,6 @@ fn accuracy(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
     let inode = probe::netns_inode(&ns.0)?;
     let daemon = start_daemon(binary, "reconcile_interval = \"5s\"\n", &["--netns-labels"])?;
     let port = daemon.metrics_port.context("a daemon has a port")?;
-    let compare = || -> Result<(u64, String, u64)> {
-        let (body, _) = probe::http_get(port, "/metrics")?;
-        let ours = probe::tcpwatch_counts(&body, inode);
-        let truth = probe::ss_counts(&ns.0)?;
-        let (diff, state) = probe::largest_difference(&ours, &truth);
-        Ok((diff, state, truth.values().sum()))
-    };
     let churn = {
         let name = ns.0.clone();
         thread::spawn(move || churn_in(&name, seconds))
@@ -418,7 +411,7 @@ fn accuracy(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
     let started = Instant::now();
     let (mut worst, mut worst_state, mut worst_of) = (0, String::new(), 0);
     while started.elapsed().as_secs_f64() < seconds {
-        let (diff, state, total) = compare()?;
+        let (diff, state, total) = probe::disagreement(port, inode, &ns.0)?;
         if diff > worst {
             (worst, worst_state, worst_of) = (diff, state, total);
         }
@@ -427,17 +420,13 @@ fn accuracy(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
     let rate = churn
         .join()
         .map_err(|_| anyhow::anyhow!("churn panicked"))??;
-    let stopped = Instant::now();
-    let mut converged = None;
-    let mut last = (0, String::new(), 0);
-    while stopped.elapsed() < Duration::from_secs(30) {
-        last = compare()?;
-        if last.0 == 0 {
-            converged = Some(stopped.elapsed().as_secs_f64());
-            break;
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
+    let agreed = probe::time_to_agree(
+        port,
+        inode,
+        &ns.0,
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+    )?;
     let (body, _) = probe::http_get(port, "/metrics")?;
     let corrections = probe::sample(&body, "tcpwatch_reconcile_corrections_total");
     drop(daemon);
@@ -445,10 +434,10 @@ fn accuracy(binary: &Path, ns: &Netns, seconds: f64) -> Result<()> {
     println!("| --- | --- | --- | --- |");
     println!(
         "| {rate:.0} | {worst} ({worst_state}, of {worst_of}) | {} | {corrections:.0} |\n",
-        converged.map_or(
-            format!("not in 30 s (still {} off in {})", last.0, last.1),
-            |s| format!("{s:.1} s")
-        ),
+        match agreed {
+            Ok(s) => format!("{s:.1} s"),
+            Err((diff, state)) => format!("not in 30 s (still {diff} off in {state})"),
+        },
     );
     Ok(())
 }
@@ -490,9 +479,10 @@ fn memory(binary: &Path, sizes: &[usize]) -> Result<()> {
             );
         }
         for holder in &mut holders {
+            // It prints one line, `ready`, once every connection is up.
             let mut ready = String::new();
-            if let Some(out) = holder.stdout.as_mut() {
-                let _ = out.read_to_string_until_ready(&mut ready);
+            if let Some(out) = holder.stdout.take() {
+                let _ = std::io::BufReader::new(out).read_line(&mut ready);
             }
             if !ready.contains("ready") {
                 for h in &mut holders {
@@ -533,24 +523,6 @@ fn memory(binary: &Path, sizes: &[usize]) -> Result<()> {
     }
     println!();
     Ok(())
-}
-
-/// Reads lines until one says `ready` (or the stream ends).
-trait ReadyLine {
-    fn read_to_string_until_ready(&mut self, into: &mut String) -> std::io::Result<()>;
-}
-
-impl<R: Read> ReadyLine for R {
-    fn read_to_string_until_ready(&mut self, into: &mut String) -> std::io::Result<()> {
-        let mut byte = [0u8; 1];
-        while self.read(&mut byte)? == 1 {
-            into.push(byte[0] as char);
-            if into.ends_with("ready\n") {
-                break;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The benchmark sections.

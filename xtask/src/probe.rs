@@ -157,6 +157,39 @@ pub fn largest_difference(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) 
         .unwrap_or((0, String::new()))
 }
 
+/// The daemon on `port` against `ss` for the namespace `netns` (inode
+/// `inode`): the largest difference by state, that state, and how many
+/// sockets `ss` listed.
+pub fn disagreement(port: u16, inode: u64, netns: &str) -> Result<(u64, String, u64)> {
+    let (body, _) = http_get(port, "/metrics")?;
+    let ours = tcpwatch_counts(&body, inode);
+    let truth = ss_counts(netns)?;
+    let (diff, state) = largest_difference(&ours, &truth);
+    Ok((diff, state, truth.values().sum()))
+}
+
+/// Compares every `every` until the daemon and `ss` agree: how long that
+/// took, or the last difference and its state if not within `within`.
+pub fn time_to_agree(
+    port: u16,
+    inode: u64,
+    netns: &str,
+    within: Duration,
+    every: Duration,
+) -> Result<std::result::Result<f64, (u64, String)>> {
+    let started = Instant::now();
+    loop {
+        let (diff, state, _) = disagreement(port, inode, netns)?;
+        if diff == 0 {
+            return Ok(Ok(started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() >= within {
+            return Ok(Err((diff, state)));
+        }
+        std::thread::sleep(every);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,19 +70,13 @@ pub fn soak(minutes: f64) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("the workload panicked"))??;
 
     // After the churn: equal to ss within one reconciliation (10 s)?
-    let quiet = Instant::now();
-    let mut agreed = None;
-    let mut last = (0, String::new());
-    while quiet.elapsed() < Duration::from_secs(15) {
-        let (body, _) = probe::http_get(port, "/metrics")?;
-        let truth = probe::ss_counts(&ns.0)?;
-        last = probe::largest_difference(&probe::tcpwatch_counts(&body, inode), &truth);
-        if last.0 == 0 {
-            agreed = Some(quiet.elapsed().as_secs_f64());
-            break;
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
+    let agreed = probe::time_to_agree(
+        port,
+        inode,
+        &ns.0,
+        Duration::from_secs(15),
+        Duration::from_millis(500),
+    )?;
     let alive = probe::http_get(port, "/healthz").is_ok();
     let stderr = daemon.stop();
     let panics = stderr.matches("panicked").count();
@@ -96,9 +90,10 @@ pub fn soak(minutes: f64) -> Result<()> {
         first as f64 / 1048576.0,
         peak_rss as f64 / 1048576.0,
         last_rss as f64 / 1048576.0,
-        agreed.map_or(format!("no: {} off in {}", last.0, last.1), |s| format!(
-            "within {s:.1} s"
-        )),
+        match agreed {
+            Ok(s) => format!("within {s:.1} s"),
+            Err((diff, state)) => format!("no: {diff} off in {state}"),
+        },
     );
     Ok(())
 }

@@ -45,6 +45,14 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Runs the tcpwatch binary under test to completion.
+pub fn tcpwatch(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .args(args)
+        .output()
+        .expect("tcpwatch runs")
+}
+
 fn binary_has_ebpf() -> bool {
     Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
         .arg("--version")
