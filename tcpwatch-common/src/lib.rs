@@ -346,6 +346,9 @@ pub struct KernelOffsets {
     pub sock_net: u32,
     /// `struct net` -> `ns.inum`.
     pub net_inum: u32,
+    /// `struct sock` -> `__sk_common.skc_family` (a `u16`), read where a
+    /// tracepoint has no `family` field (5.10).
+    pub sock_family: u32,
     /// `struct sk_buff` -> `dev` (a `struct net_device *`).
     pub skb_dev: u32,
     /// `struct net_device` -> `nd_net.net` (a `struct net *`).
@@ -365,7 +368,6 @@ pub struct KernelOffsets {
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
-    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -374,6 +376,7 @@ impl KernelOffsets {
         Self {
             sock_net: 0,
             net_inum: 0,
+            sock_family: 0,
             skb_dev: 0,
             netdev_net: 0,
             task_files: 0,
@@ -383,12 +386,11 @@ impl KernelOffsets {
             file_private_data: 0,
             socket_sk: 0,
             valid: 0,
-            _pad: 0,
         }
     }
 }
 
-/// `KernelOffsets::valid` bit for `sock_net` and `net_inum`.
+/// `KernelOffsets::valid` bit for `sock_net`, `net_inum` and `sock_family`.
 pub const OFFSETS_SOCK: u32 = 1;
 /// `KernelOffsets::valid` bit for `skb_dev` and `netdev_net`.
 pub const OFFSETS_SKB: u32 = 2;

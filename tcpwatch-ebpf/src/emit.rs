@@ -131,9 +131,10 @@ pub fn field<T>(ctx: &TracePointContext, offset: u16) -> Res<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.inspect_err(|_| bump(counter::READ_FAILED))
 }
 
-/// Fills family, ports and addresses of `ev` from the record.
+/// Fills family, ports and addresses of `ev` from the record; `sk` is the
+/// record's socket, read for its family where the record has none.
 #[inline(always)]
-pub fn read_endpoints(rec: &Record, tp: &TpLayout, ev: &mut Event) -> Res<()> {
+pub fn read_endpoints(rec: &Record, tp: &TpLayout, sk: u64, ev: &mut Event) -> Res<()> {
     if tp.sockaddr != 0 {
         // struct sockaddr_in / sockaddr_in6: family, then the port in network order.
         let family: u16 = rec.get(tp.saddr)?;
@@ -149,7 +150,11 @@ pub fn read_endpoints(rec: &Record, tp: &TpLayout, ev: &mut Event) -> Res<()> {
         }
         return Ok(());
     }
-    let family: u16 = rec.get(tp.family)?;
+    let family: u16 = if tp.family != FIELD_ABSENT {
+        rec.get(tp.family)?
+    } else {
+        family_without_field(rec, tp, sk)?
+    };
     ev.family = family;
     ev.sport = rec.get(tp.sport)?;
     ev.dport = rec.get(tp.dport)?;
@@ -161,6 +166,26 @@ pub fn read_endpoints(rec: &Record, tp: &TpLayout, ev: &mut Event) -> Res<()> {
         rec.bytes(tp.daddr, &mut ev.daddr[..4])?;
     }
     Ok(())
+}
+
+/// The family of a record from a kernel whose `tcp:*` tracepoints have no
+/// `family` field (before 5.12's "tcp: add the family field", so 5.10).
+/// `TP_STORE_ADDRS` (include/trace/events/tcp.h) fills the IPv6 arrays from
+/// `sk->sk_family`: the socket's own family is the exact answer. Without a
+/// socket (a reset answering a segment for no socket) the IPv6 array tells:
+/// the macro stores IPv4 addresses as v4-mapped (`::ffff:a.b.c.d`).
+#[inline(always)]
+fn family_without_field(rec: &Record, tp: &TpLayout, sk: u64) -> Res<u16> {
+    let k = kernel_offsets();
+    if sk != 0 && k.valid & OFFSETS_SOCK != 0 {
+        if let Some(family) = read_kernel::<u16>(sk + k.sock_family as u64) {
+            return Ok(family);
+        }
+    }
+    let mut v6 = [0u8; 16];
+    rec.bytes(tp.saddr_v6, &mut v6)?;
+    let mapped = v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff;
+    Ok(if mapped { AF_INET } else { AF_INET6 })
 }
 
 #[inline(always)]

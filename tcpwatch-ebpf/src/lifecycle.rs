@@ -195,7 +195,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         ev.pid = owner.pid;
         ev.owner_source = owner.source;
         ev.comm = owner.comm;
-        read_endpoints(&rec, &tp, ev)
+        read_endpoints(&rec, &tp, sk, ev)
     })
 }
 

@@ -47,7 +47,7 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Res<()> {
     };
     bump_in(&RESETS, u32::from(reason) & 63);
     emit_for_socket(sk, skb, kind::RESET_SENT, state, reason, |ev| {
-        read_endpoints(&rec, &tp, ev)
+        read_endpoints(&rec, &tp, sk, ev)
     })
 }
 
@@ -65,6 +65,6 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let sk: u64 = rec.get(tp.skaddr)?;
     bump_in(&RESETS, RESETS_RECEIVED_INDEX);
     emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
-        read_endpoints(&rec, &tp, ev)
+        read_endpoints(&rec, &tp, sk, ev)
     })
 }

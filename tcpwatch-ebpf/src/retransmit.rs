@@ -48,7 +48,7 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Res<()> {
     };
     bump_in(&RETRANSMITS, which);
     emit_for_socket(sk, 0, kind::RETRANSMIT, Some(state), 0, |ev| {
-        read_endpoints(&rec, &tp, ev)
+        read_endpoints(&rec, &tp, sk, ev)
     })
 }
 
@@ -72,6 +72,8 @@ fn try_tcp_retransmit_synack(ctx: &TracePointContext) -> Res<()> {
         kind::SYNACK_RETRANSMIT,
         Some(SYN_RECV),
         0,
-        |ev| read_endpoints(&rec, &tp, ev),
+        // The listener's family is the request's: TP_STORE_ADDRS reads it
+        // from the listener on kernels without a `family` field.
+        |ev| read_endpoints(&rec, &tp, listener, ev),
     )
 }
