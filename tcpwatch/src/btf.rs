@@ -227,6 +227,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let mut offsets = KernelOffsets {
         sock_net: btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.member_offset("net", &["ns", "inum"])?,
+        sock_family: btf.member_offset("sock", &["__sk_common", "skc_family"])?,
         valid: OFFSETS_SOCK,
         ..KernelOffsets::unknown()
     };

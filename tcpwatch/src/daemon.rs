@@ -166,6 +166,9 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     }
     let totals = d.counters.totals();
     let d = &mut *d;
+    d.metrics
+        .sock_diag_available
+        .set(i64::from(d.observer.sock_diag_available.unwrap_or(false)));
     let body = d.metrics.render(
         &totals,
         &d.reasons,
@@ -179,7 +182,15 @@ async fn metrics(State(shared): State<Shared>) -> Response {
 }
 
 async fn healthz(State(shared): State<Shared>) -> Response {
-    match lock(&shared).unhealthy(monotonic_ns()) {
+    let d = lock(&shared);
+    match d.unhealthy(monotonic_ns()) {
+        // Degraded but alive: a restart would not load the modules, so the
+        // status stays 200 and the body says what is missing.
+        None if d.observer.sock_diag_available == Some(false) => (
+            StatusCode::OK,
+            format!("ok, degraded: {}\n", crate::diag::UNAVAILABLE),
+        )
+            .into_response(),
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

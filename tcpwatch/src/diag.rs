@@ -27,6 +27,44 @@ pub enum DiagError {
     Decode(String),
     #[error("the kernel refused the sock_diag dump (error {0})")]
     Kernel(i32),
+    /// ENOENT: no handler for TCP is registered, because the `inet_diag`
+    /// and `tcp_diag` modules are not loaded (`sock_diag_lock_handler()` in
+    /// net/core/sock_diag.c, `inet_diag_lock_handler()` in
+    /// net/ipv4/inet_diag.c).
+    #[error("{UNAVAILABLE}")]
+    Unavailable,
+}
+
+/// What is missing and what stops working without it, in one sentence.
+pub const UNAVAILABLE: &str = "the kernel's socket list (sock_diag) is unavailable because the \
+inet_diag and tcp_diag modules are not loaded: TIME_WAIT sockets and connections older than \
+tcpwatch go unseen and the model is not repaired after lost events, while events, counters, \
+settings and findings from events keep working";
+
+/// Loads `inet_diag` and `tcp_diag` when the kernel has no sock_diag handler
+/// for TCP; needs CAP_SYS_MODULE, so it runs before tcpwatch gives up its
+/// privileges. Ok when sock_diag answers (now or already), else why not.
+pub fn ensure_loaded() -> Result<(), String> {
+    match dump_tcp() {
+        Err(DiagError::Unavailable) => {}
+        _ => return Ok(()),
+    }
+    for module in ["inet_diag", "tcp_diag"] {
+        match std::process::Command::new("modprobe")
+            .args(["-q", module])
+            .status()
+        {
+            Ok(status) if status.success() => {}
+            Ok(status) => return Err(format!("modprobe {module} failed ({status})")),
+            Err(e) => return Err(format!("cannot run modprobe {module}: {e}")),
+        }
+    }
+    match dump_tcp() {
+        Err(DiagError::Unavailable) => {
+            Err("the modules loaded but sock_diag still has no TCP handler".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One socket as the kernel lists it.
@@ -130,7 +168,10 @@ fn dump_family(
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
-                    return Err(DiagError::Kernel(e.code.map_or(0, |c| c.get())));
+                    return Err(match e.code.map_or(0, |c| c.get()) {
+                        code if code == -libc::ENOENT => DiagError::Unavailable,
+                        code => DiagError::Kernel(code),
+                    });
                 }
                 _ => {}
             }

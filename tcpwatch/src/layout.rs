@@ -184,11 +184,13 @@ fn parse_field(rest: &str) -> Result<(String, Field), LayoutError> {
 }
 
 /// Ports, family and the two address arrays of the `TP_STORE_ADDRS` family
-/// of tracepoints.
+/// of tracepoints. The `tcp:*` tracepoints gained `family` in 5.12; before,
+/// the programs read the socket's own family (see `family_without_field` in
+/// the eBPF crate).
 fn classic_endpoints(f: &Format, l: &mut TpLayout) -> Result<(), LayoutError> {
     l.sport = f.offset("sport", 2)?;
     l.dport = f.offset("dport", 2)?;
-    l.family = f.offset("family", 2)?;
+    l.family = f.optional("family", 2)?;
     l.saddr = f.offset("saddr", 4)?;
     l.daddr = f.offset("daddr", 4)?;
     l.saddr_v6 = f.offset("saddr_v6", 16)?;

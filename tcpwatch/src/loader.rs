@@ -606,6 +606,10 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
     let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
     let histograms = per_cpu(tcpwatch_common::MAP_HISTOGRAMS)?;
+    // Loading modules needs CAP_SYS_MODULE, which is about to go.
+    if let Err(why) = crate::diag::ensure_loaded() {
+        debug!("sock_diag modules not loaded: {why}");
+    }
     // Loaded, attached, seeded: from here on tcpwatch needs far less.
     match crate::privilege::drop_after_attach() {
         Ok(left) => info!(

@@ -52,6 +52,8 @@ pub struct Metrics {
     malformed: IntCounter,
     model_connections: IntGauge,
     model_time_wait: IntGauge,
+    /// 1 when the kernel's socket list answered the last reconciliation.
+    pub sock_diag_available: IntGauge,
     evictions: IntCounterVec,
     reconcile_corrections: IntCounter,
     scrape_seconds: prometheus::Gauge,
@@ -215,6 +217,10 @@ impl Metrics {
             "tcpwatch_model_time_wait_entries",
             "TIME_WAIT entries the model holds.",
         )?;
+        let sock_diag_available = gauge(
+            "tcpwatch_sock_diag_available",
+            "1 when the kernel's socket list (sock_diag, the inet_diag and tcp_diag modules) answered the last reconciliation, 0 when it did not: TIME_WAIT sockets and connections older than tcpwatch are then unseen.",
+        )?;
         let scrape_seconds = prometheus::Gauge::new(
             "tcpwatch_scrape_duration_seconds",
             "Time the previous scrape took to prepare.",
@@ -256,6 +262,7 @@ impl Metrics {
             malformed,
             model_connections,
             model_time_wait,
+            sock_diag_available,
             evictions,
             reconcile_corrections,
             scrape_seconds,

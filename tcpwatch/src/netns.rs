@@ -170,14 +170,24 @@ fn read_here() -> Result<NetnsState, NetnsError> {
     Ok(state)
 }
 
-/// The TCP sockets of a namespace (sock_diag) and its settings and
-/// counters, read from inside it in one visit.
-pub fn observe(target: &Target) -> Result<(u64, (NetnsState, Vec<DiagSocket>)), NetnsError> {
+/// The TCP sockets of a namespace (sock_diag; None when the kernel has no
+/// sock_diag handler for TCP) and its settings and counters, read from
+/// inside it in one visit.
+pub type Observed = (NetnsState, Option<Vec<DiagSocket>>);
+
+pub fn observe(target: &Target) -> Result<(u64, Observed), NetnsError> {
     in_netns(target, || {
-        let sockets = diag::dump_tcp().map_err(|e| NetnsError::Read {
-            what: "sock_diag".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let sockets = match diag::dump_tcp() {
+            Ok(sockets) => Some(sockets),
+            // Settings and counters come from /proc and stay readable.
+            Err(diag::DiagError::Unavailable) => None,
+            Err(e) => {
+                return Err(NetnsError::Read {
+                    what: "sock_diag".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            }
+        };
         Ok((read_here()?, sockets))
     })
 }

@@ -3,10 +3,9 @@
 //! detectors; ticks age the model; reconciliation checks it against the
 //! kernel's socket list. No output here: callers render what comes back.
 use crate::{
-    audit::NetnsState,
     clock::monotonic_ns,
     detect::{Detectors, Report},
-    diag::DiagSocket,
+    diag,
     event::TcpEvent,
     model::{FourTuple, KernelSocket, Model, Outcome},
     netns,
@@ -25,6 +24,9 @@ pub struct Observer {
     /// None when findings are not wanted.
     pub detectors: Option<Detectors>,
     snapshot: Snapshot,
+    /// Whether the kernel's socket list answered the last reconciliation;
+    /// None before the first.
+    pub sock_diag_available: Option<bool>,
 }
 
 impl Observer {
@@ -33,6 +35,7 @@ impl Observer {
             model,
             detectors,
             snapshot,
+            sock_diag_available: None,
         }
     }
 
@@ -79,6 +82,17 @@ impl Observer {
             // Namespaces that no longer exist took their sockets with them.
             self.model.forget_namespaces_except(listed);
         }
+        if !dumps.namespaces.is_empty() {
+            let available = dumps.namespaces.iter().all(|n| n.contents.1.is_some());
+            match (self.sock_diag_available, available) {
+                (Some(false), false) | (Some(true), true) | (None, true) => {}
+                (_, false) => log::warn!("{}", diag::UNAVAILABLE),
+                (Some(false), true) => {
+                    log::info!("the kernel's socket list (sock_diag) answers again")
+                }
+            }
+            self.sock_diag_available = Some(available);
+        }
         for dump in dumps.namespaces {
             let netns = dump.netns;
             let (state, sockets) = dump.contents;
@@ -86,6 +100,9 @@ impl Observer {
             if let Some(d) = self.detectors.as_mut() {
                 reports.extend(d.on_netns(netns, &state, dump.start_ns));
             }
+            let Some(sockets) = sockets else {
+                continue;
+            };
             let sockets: Vec<KernelSocket> = sockets
                 .into_iter()
                 .map(|s| {
@@ -123,7 +140,7 @@ impl Observer {
 pub struct NetnsDump {
     pub netns: u32,
     pub start_ns: u64,
-    pub contents: (NetnsState, Vec<DiagSocket>),
+    pub contents: netns::Observed,
 }
 
 /// The dumps of one reconciliation.
@@ -160,5 +177,68 @@ pub fn dump_namespaces(only: &[u32]) -> Dumps {
     Dumps {
         namespaces: dumps,
         listed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::{audit::NetnsState, detect::Thresholds, event::TcpState, model::Limits};
+
+    fn dump(netns: u32, sockets: Option<Vec<diag::DiagSocket>>) -> Dumps {
+        let mut state = NetnsState::default();
+        // A risky setting, so the sysctl detector has something to say.
+        state.sysctls.insert("tcp_syncookies".into(), "0".into());
+        Dumps {
+            namespaces: vec![NetnsDump {
+                netns,
+                start_ns: 1,
+                contents: (state, sockets),
+            }],
+            listed: Some(vec![netns]),
+        }
+    }
+
+    fn time_wait_socket(port: u16) -> diag::DiagSocket {
+        diag::DiagSocket {
+            state: TcpState::TimeWait,
+            local: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            local_port: port,
+            remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            remote_port: 80,
+            inode: 0,
+            time_wait_left_ms: Some(30_000),
+        }
+    }
+
+    #[test]
+    fn without_sock_diag_settings_still_count_and_the_model_is_left_alone() {
+        let mut observer = Observer::new(
+            Model::new(Limits::default()),
+            Some(Detectors::new(Thresholds::default())),
+            Snapshot::default(),
+        );
+        let reports = observer.apply_dumps(dump(7, None));
+        assert_eq!(observer.sock_diag_available, Some(false));
+        // The sysctl findings come from /proc, not from sock_diag.
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.finding.kind == crate::finding::kind::SYSCTL_RISK),
+            "sysctl findings stop without sock_diag"
+        );
+        assert_eq!(observer.model.time_wait().count(), 0);
+
+        // Once the modules are loaded, the next reconciliation learns the kernel's list.
+        observer.apply_dumps(dump(7, Some(vec![time_wait_socket(40_000)])));
+        assert_eq!(observer.sock_diag_available, Some(true));
+        assert_eq!(observer.model.time_wait().count(), 1);
+
+        // And losing it again leaves what the model knows in place.
+        observer.apply_dumps(dump(7, None));
+        assert_eq!(observer.sock_diag_available, Some(false));
+        assert_eq!(observer.model.time_wait().count(), 1);
     }
 }

@@ -240,7 +240,9 @@ async fn reconcile(shared: &daemon::Shared) {
     }
     match own_state {
         Some(state) => d.own_netns = Some(state),
-        None => warn!("cannot read this namespace's TCP settings"),
+        None => {
+            warn!("cannot read the TCP settings and counters of tcpwatch's own network namespace")
+        }
     }
     drop(d);
     // A dump of many sockets leaves freed memory in the allocator's arenas;
