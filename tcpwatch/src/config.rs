@@ -71,6 +71,8 @@ pub struct ThresholdsConfig {
     pub port_use_fraction: f64,
     /// Minimum time between two reports of a finding.
     pub finding_interval: HumanDuration,
+    /// An event-driven finding without new evidence for this long is resolved.
+    pub resolve_after: HumanDuration,
 }
 
 impl Default for ThresholdsConfig {
@@ -83,6 +85,7 @@ impl Default for ThresholdsConfig {
             peer_unresponsive_after: HumanDuration(t.peer_unresponsive_after),
             port_use_fraction: t.port_use_fraction,
             finding_interval: HumanDuration(t.update_every),
+            resolve_after: HumanDuration(t.resolve_after),
         }
     }
 }
@@ -96,6 +99,7 @@ impl ThresholdsConfig {
             peer_unresponsive_after: self.peer_unresponsive_after.0,
             port_use_fraction: self.port_use_fraction,
             update_every: self.finding_interval.0,
+            resolve_after: self.resolve_after.0,
         }
     }
 }

@@ -57,6 +57,9 @@ pub struct Thresholds {
     pub port_use_fraction: f64,
     /// Minimum time between two reports of the same finding.
     pub update_every: Duration,
+    /// An event-driven finding (a refused connect, a retransmitted SYN-ACK,
+    /// a TIME_WAIT reuse...) with no new evidence for this long is resolved.
+    pub resolve_after: Duration,
 }
 
 impl Default for Thresholds {
@@ -68,6 +71,7 @@ impl Default for Thresholds {
             peer_unresponsive_after: Duration::from_secs(30),
             port_use_fraction: 0.5,
             update_every: Duration::from_secs(10),
+            resolve_after: Duration::from_secs(300),
         }
     }
 }
@@ -99,17 +103,37 @@ pub struct Report {
     pub finding: Finding,
 }
 
+/// What keeps a finding open, and so what ends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driver {
+    /// Events (a refused connect, a retransmitted SYN-ACK, a reuse): open
+    /// while new evidence comes within [`Thresholds::resolve_after`].
+    Event,
+    /// The periodic look at the model: open while each tick still sees it.
+    Tick,
+    /// A namespace's settings: open while each read of them still shows it.
+    Settings,
+}
+
 #[derive(Debug)]
 struct Open {
     finding: Finding,
     netns: u32,
+    /// The evidence's count now; `finding` is always built from it.
     count: u64,
     last_report_ns: u64,
+    /// The count the last report showed: a difference is owed an update.
     reported_count: u64,
-    /// Tick-driven findings are resolved when a tick no longer sees them.
-    seen_at_tick: bool,
-    tick_driven: bool,
+    /// When the evidence last grew (events) or was last seen (ticks, settings).
+    last_evidence_ns: u64,
+    /// Seen by the current tick (Tick) or settings read (Settings).
+    seen: bool,
+    driver: Driver,
 }
+
+/// Open findings kept at most; beyond, the one with the oldest evidence
+/// is dropped and counted in [`Detectors::evicted`].
+pub const MAX_OPEN_FINDINGS: usize = 10_000;
 
 /// The detectors and their open findings.
 #[derive(Debug, Default)]
@@ -130,6 +154,8 @@ pub struct Detectors {
     /// Resets on or soon after a tcp_tw_reuse, since start (every one, not
     /// only those reported).
     pub tw_reuse_resets: u64,
+    /// Open findings dropped at [`MAX_OPEN_FINDINGS`], since start.
+    pub evicted: u64,
 }
 
 /// (netns, local address, remote address, remote port).
@@ -197,6 +223,7 @@ impl Detectors {
             recent_reuse: HashMap::new(),
             port_use: HashMap::new(),
             tw_reuse_resets: 0,
+            evicted: 0,
         }
     }
 
@@ -211,6 +238,11 @@ impl Detectors {
     /// the audit's warnings (its informational notes are for `audit`).
     pub fn on_netns(&mut self, netns: u32, state: &NetnsState, now: u64) -> Vec<Report> {
         let mut out = Vec::new();
+        for open in self.open.values_mut() {
+            if open.driver == Driver::Settings && open.netns == netns {
+                open.seen = false;
+            }
+        }
         if let Some(r) = state
             .sysctls
             .get("tcp_retries2")
@@ -253,8 +285,57 @@ impl Detectors {
                 .and_then(|v| v.as_u64())
                 .unwrap_or(1);
             let kind = finding.kind;
-            self.observe(&mut out, kind, key, netns, now, count, false, |_| finding);
+            // Overflows are events counted by the kernel: they end when the
+            // counter stops moving. A risky setting ends when it is changed.
+            let driver = if kind == crate::finding::kind::TIME_WAIT_OVERFLOW {
+                Driver::Event
+            } else {
+                Driver::Settings
+            };
+            self.observe(&mut out, kind, key, netns, now, count, driver, |_| finding);
         }
+        self.resolve(&mut out, now, |o| {
+            o.driver == Driver::Settings && o.netns == netns && !o.seen
+        });
+        out
+    }
+
+    /// Resolves every open finding that `over` says is over.
+    fn resolve(&mut self, out: &mut Vec<Report>, now: u64, over: impl Fn(&Open) -> bool) {
+        let gone: Vec<(&'static str, String)> = self
+            .open
+            .iter()
+            .filter(|(_, o)| over(o))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            let Some(o) = self.open.remove(&key) else {
+                continue;
+            };
+            // The overflows it reported are history once it is resolved.
+            if o.finding.kind == crate::finding::kind::TIME_WAIT_OVERFLOW {
+                *self.overflow_baseline.entry(o.netns).or_insert(0) += o.count;
+            }
+            out.push(Report {
+                status: Status::Resolved,
+                ts_ns: now,
+                netns: o.netns,
+                finding: o.finding,
+            });
+        }
+    }
+
+    /// Namespaces that no longer exist: their findings are resolved and what
+    /// was learnt of them forgotten, so a new namespace that gets a deleted
+    /// one's inode starts clean.
+    pub fn forget_namespaces_except(&mut self, alive: &[u32], now: u64) -> Vec<Report> {
+        let mut out = Vec::new();
+        self.resolve(&mut out, now, |o| !alive.contains(&o.netns));
+        self.overflow_baseline.retain(|n, _| alive.contains(n));
+        self.retries2.retain(|n, _| alive.contains(n));
+        self.port_range.retain(|n, _| alive.contains(n));
+        self.recent_reuse.retain(|t, _| alive.contains(&t.netns));
+        self.port_use.retain(|k, _| alive.contains(&k.0));
         out
     }
 
@@ -283,12 +364,15 @@ impl Detectors {
         netns: u32,
         now: u64,
         count: u64,
-        tick_driven: bool,
+        driver: Driver,
         make: impl FnOnce(u64) -> Finding,
     ) {
         let every = self.thresholds.update_every.as_nanos() as u64;
         match self.open.get_mut(&(kind, key.clone())) {
             None => {
+                if self.open.len() >= MAX_OPEN_FINDINGS {
+                    self.evict_oldest();
+                }
                 let finding = make(count);
                 out.push(Report {
                     status: Status::Raised,
@@ -304,17 +388,25 @@ impl Detectors {
                         count,
                         last_report_ns: now,
                         reported_count: count,
-                        seen_at_tick: true,
-                        tick_driven,
+                        last_evidence_ns: now,
+                        seen: true,
+                        driver,
                     },
                 );
             }
             Some(open) => {
+                open.seen = true;
+                // The finding always shows the evidence as it is now (ages
+                // move every tick), even while its report waits for the
+                // interval: a burst is reported with its final count by the
+                // next tick, not frozen at its first event.
+                if driver != Driver::Event || count != open.count {
+                    open.last_evidence_ns = now;
+                    open.finding = make(count);
+                }
                 open.count = count;
-                open.seen_at_tick = true;
                 if count != open.reported_count && now.saturating_sub(open.last_report_ns) >= every
                 {
-                    open.finding = make(count);
                     open.last_report_ns = now;
                     open.reported_count = count;
                     out.push(Report {
@@ -325,6 +417,20 @@ impl Detectors {
                     });
                 }
             }
+        }
+    }
+
+    /// Drops the open finding whose evidence is oldest, to stay within
+    /// [`MAX_OPEN_FINDINGS`].
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .open
+            .iter()
+            .min_by_key(|(_, o)| o.last_evidence_ns)
+            .map(|(k, _)| k.clone());
+        if let Some(key) = oldest {
+            self.open.remove(&key);
+            self.evicted += 1;
         }
     }
 
@@ -378,7 +484,7 @@ impl Detectors {
                     ..Default::default()
                 };
                 let listener = endpoint(ev.saddr, ev.sport);
-                self.observe(&mut out, kind::SYNACK_RETRANSMIT, key, ev.netns, now, count, false, |count| {
+                self.observe(&mut out, kind::SYNACK_RETRANSMIT, key, ev.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             kind::SYNACK_RETRANSMIT,
@@ -410,7 +516,7 @@ impl Detectors {
                     ..Default::default()
                 };
                 let peer = endpoint(ev.daddr, ev.dport);
-                self.observe(&mut out, kind::FIN_RETRANSMIT, key, ev.netns, now, count, false, |count| {
+                self.observe(&mut out, kind::FIN_RETRANSMIT, key, ev.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             kind::FIN_RETRANSMIT,
@@ -468,7 +574,7 @@ impl Detectors {
         };
         let peer = endpoint(tuple.remote, tuple.remote_port);
         let age = secs(since_ns);
-        self.observe(out, kind::TW_REUSE_RESET, key, tuple.netns, now, count, false, |count| {
+        self.observe(out, kind::TW_REUSE_RESET, key, tuple.netns, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
                     kind::TW_REUSE_RESET,
@@ -513,7 +619,7 @@ impl Detectors {
                 let syn_retransmits = c.retransmits.syn;
                 let waited = secs(f.lifetime_ns().unwrap_or(0));
                 let comm = c.comm.clone();
-                self.observe(out, kind, key, t.netns, now, count, false, |count| {
+                self.observe(out, kind, key, t.netns, now, count, Driver::Event, |count| {
                     let finding = if refused {
                         Finding::new(
                             kind,
@@ -575,7 +681,7 @@ impl Detectors {
                 };
                 let peer = endpoint(tuple.remote, tuple.remote_port);
                 let age = secs(*age_ns);
-                self.observe(out, kind::TW_REUSE, key, tuple.netns, now, count, false, |count| {
+                self.observe(out, kind::TW_REUSE, key, tuple.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             kind::TW_REUSE,
@@ -603,7 +709,7 @@ impl Detectors {
                 };
                 let age = secs(*age_ns);
                 let port = tuple.local_port;
-                self.observe(out, kind::TIME_WAIT_SYN_REUSE, key, tuple.netns, now, count, false, |count| {
+                self.observe(out, kind::TIME_WAIT_SYN_REUSE, key, tuple.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             kind::TIME_WAIT_SYN_REUSE,
@@ -629,7 +735,9 @@ impl Detectors {
     pub fn tick(&mut self, now: u64, model: &Model) -> Vec<Report> {
         let mut out = Vec::new();
         for open in self.open.values_mut() {
-            open.seen_at_tick = false;
+            if open.driver == Driver::Tick {
+                open.seen = false;
+            }
         }
         let t = self.thresholds;
 
@@ -663,7 +771,7 @@ impl Detectors {
                 ..Default::default()
             };
             let oldest_s = secs(oldest);
-            self.observe(&mut out, kind, key, netns, now, count, true, |count| {
+            self.observe(&mut out, kind, key, netns, now, count, Driver::Tick, |count| {
                 let f = if kind == kind::CLOSE_WAIT_LEAK {
                     Finding::new(
                         kind,
@@ -732,7 +840,7 @@ impl Detectors {
                     ..Default::default()
                 }
             };
-            self.observe(&mut out, kind::TIME_WAIT_BUILDUP, key, netns, now, count, true, |count| {
+            self.observe(&mut out, kind::TIME_WAIT_BUILDUP, key, netns, now, count, Driver::Tick, |count| {
                 let f = if server {
                     Finding::new(
                         kind::TIME_WAIT_BUILDUP,
@@ -791,7 +899,7 @@ impl Detectors {
                 rport: Some(tuple.remote_port),
             };
             let peer = endpoint(tuple.remote, tuple.remote_port);
-            self.observe(&mut out, kind::PEER_UNRESPONSIVE, key, tuple.netns, now, u64::from(run.count), true, |count| {
+            self.observe(&mut out, kind::PEER_UNRESPONSIVE, key, tuple.netns, now, u64::from(run.count), Driver::Tick, |count| {
                 who.apply(
                     Finding::new(
                         kind::PEER_UNRESPONSIVE,
@@ -869,7 +977,7 @@ impl Detectors {
             };
             let peer = endpoint(raddr, rport);
             let key = format!("{netns}|{laddr}|{raddr}|{rport}");
-            self.observe(&mut out, kind::PORT_EXHAUSTION_RISK, key, netns, now, count, true, |count| {
+            self.observe(&mut out, kind::PORT_EXHAUSTION_RISK, key, netns, now, count, Driver::Tick, |count| {
                 let when = match exhausted_in {
                     Some(s) => format!("; at the current rate the rest lasts {s} s"),
                     None => String::new(),
@@ -897,20 +1005,28 @@ impl Detectors {
             });
         }
 
-        // Whatever a tick no longer sees is over.
-        let gone: Vec<(&'static str, String)> = self
-            .open
-            .iter()
-            .filter(|(_, o)| o.tick_driven && !o.seen_at_tick)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            if let Some(o) = self.open.remove(&key) {
+        // Whatever a tick no longer sees is over, and so is an event-driven
+        // finding without new evidence for `resolve_after`.
+        let quiet = t.resolve_after.as_nanos() as u64;
+        self.resolve(&mut out, now, |o| match o.driver {
+            Driver::Tick => !o.seen,
+            Driver::Event => now.saturating_sub(o.last_evidence_ns) >= quiet,
+            Driver::Settings => false,
+        });
+
+        // Evidence that grew since its last report (a burst between two
+        // reports) is reported once the interval allows.
+        let every = t.update_every.as_nanos() as u64;
+        for open in self.open.values_mut() {
+            if open.count != open.reported_count && now.saturating_sub(open.last_report_ns) >= every
+            {
+                open.last_report_ns = now;
+                open.reported_count = open.count;
                 out.push(Report {
-                    status: Status::Resolved,
+                    status: Status::Updated,
                     ts_ns: now,
-                    netns: o.netns,
-                    finding: o.finding,
+                    netns: open.netns,
+                    finding: open.finding.clone(),
                 });
             }
         }
@@ -1273,5 +1389,155 @@ mod tests {
                 (kind::FIN_RETRANSMIT, Status::Raised)
             ]
         );
+    }
+
+    /// One refused connect from `sk` at `ts` towards port 9.
+    fn refused(ts: u64, sk: u64) -> Vec<TcpEvent> {
+        let mut rst = st(ts + 1, sk, SynSent, SynSent, 40000, 9);
+        rst.kind = EventKind::ResetReceived;
+        vec![
+            st(ts, sk, Close, SynSent, 0, 9),
+            rst,
+            st(ts + 2, sk, SynSent, Close, 40000, 9),
+        ]
+    }
+
+    #[test]
+    fn event_driven_findings_resolve_after_a_quiet_period() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            resolve_after: Duration::from_secs(5),
+            ..Thresholds::default()
+        });
+        let r = feed(&mut m, &mut d, &refused(0, 0x3000));
+        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        // New evidence at 3 s keeps it open past 5 s from the first.
+        feed(&mut m, &mut d, &refused(3 * S, 0x3040));
+        assert!(d.tick(6 * S, &m).is_empty());
+        assert_eq!(d.open_findings().count(), 1);
+        let r = d.tick(8 * S + 2, &m);
+        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Resolved)]);
+        assert_eq!(d.open_findings().count(), 0);
+        // A later refusal is a new finding, counted from one.
+        let r = feed(&mut m, &mut d, &refused(20 * S, 0x3080));
+        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(r[0].finding.evidence["count"], 1);
+    }
+
+    #[test]
+    fn a_burst_inside_one_interval_is_reported_with_its_final_count() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let mut reports = Vec::new();
+        // 2,000 refusals within one second: one report at the first.
+        for i in 0..2000u64 {
+            reports.extend(feed(
+                &mut m,
+                &mut d,
+                &refused(i * 400_000, 0x10_000 + i * 64),
+            ));
+        }
+        assert_eq!(kinds(&reports), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        // What is open shows the truth at once...
+        let (open, _) = d.open_findings().next().expect("open");
+        assert_eq!(open.evidence["count"], 2000);
+        // ...and the next tick past the interval reports it.
+        assert!(d.tick(5 * S, &m).is_empty());
+        let r = d.tick(11 * S, &m);
+        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Updated)]);
+        assert_eq!(r[0].finding.evidence["count"], 2000);
+        // Nothing new, nothing more to report.
+        assert!(d.tick(30 * S, &m).is_empty());
+    }
+
+    #[test]
+    fn a_fixed_setting_and_a_deleted_namespace_end_their_findings() {
+        let mut d = Detectors::new(Thresholds::default());
+        let mut risky = NetnsState::default();
+        risky.sysctls.insert("tcp_syncookies".into(), "0".into());
+        let r = d.on_netns(9, &risky, S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::SYSCTL_RISK, Status::Raised)]
+        );
+        // Still risky: still open, nothing new.
+        assert!(d.on_netns(9, &risky, 2 * S).is_empty());
+        // Fixed: resolved at the next read of the settings.
+        let mut fixed = risky.clone();
+        fixed.sysctls.insert("tcp_syncookies".into(), "1".into());
+        let r = d.on_netns(9, &fixed, 3 * S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::SYSCTL_RISK, Status::Resolved)]
+        );
+
+        // Another namespace's finding ends with the namespace; its
+        // settings are forgotten, so a namespace that gets the inode
+        // again starts clean.
+        d.on_netns(12, &risky, 4 * S);
+        d.set_retries2(12, 3);
+        assert!(d.forget_namespaces_except(&[9, 12], 5 * S).is_empty());
+        let r = d.forget_namespaces_except(&[9], 6 * S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::SYSCTL_RISK, Status::Resolved)]
+        );
+        assert_eq!(r[0].netns, 12);
+        assert!(!d.retries2.contains_key(&12));
+        assert_eq!(d.open_findings().count(), 0);
+    }
+
+    #[test]
+    fn time_wait_overflows_end_when_the_counter_stops_moving() {
+        let mut d = Detectors::new(Thresholds {
+            resolve_after: Duration::from_secs(5),
+            ..Thresholds::default()
+        });
+        let mut state = NetnsState::default();
+        state.tcpext.insert("TCPTimeWaitOverflow".into(), 10);
+        assert!(d.on_netns(9, &state, 0).is_empty());
+        state.tcpext.insert("TCPTimeWaitOverflow".into(), 14);
+        let r = d.on_netns(9, &state, S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
+        );
+        let m = Model::new(Limits::default());
+        // The counter stays at 14: resolved after the quiet period, and not
+        // raised again by the same 4 overflows.
+        d.on_netns(9, &state, 3 * S);
+        let r = d.tick(7 * S, &m);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Resolved)]
+        );
+        assert!(d.on_netns(9, &state, 8 * S).is_empty());
+        state.tcpext.insert("TCPTimeWaitOverflow".into(), 15);
+        let r = d.on_netns(9, &state, 9 * S);
+        assert_eq!(
+            kinds(&r),
+            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
+        );
+        assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 1);
+    }
+
+    #[test]
+    fn the_open_set_is_bounded_and_evictions_counted() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        // Each refusal from a different pid is a finding of its own.
+        for i in 0..(MAX_OPEN_FINDINGS as u64 + 5) {
+            let mut evs = refused(i * 1000, 0x100_000 + i * 64);
+            for e in &mut evs {
+                e.pid = 1000 + i as u32;
+            }
+            feed(&mut m, &mut d, &evs);
+        }
+        assert_eq!(d.open_findings().count(), MAX_OPEN_FINDINGS);
+        assert_eq!(d.evicted, 5);
+        // The oldest went first.
+        assert!(d
+            .open_findings()
+            .all(|(f, _)| f.evidence["pid"].as_u64() >= Some(1005)));
     }
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     malformed: IntCounter,
     model_connections: IntGauge,
     model_time_wait: IntGauge,
+    findings_evicted: IntCounter,
     /// 1 when the kernel's socket list answered the last reconciliation.
     pub sock_diag_available: IntGauge,
     evictions: IntCounterVec,
@@ -192,6 +193,10 @@ impl Metrics {
             "tcpwatch_tw_reuse_resets_total",
             "Resets on a connection that reused a TIME_WAIT 4-tuple, from SYN_SENT or soon after.",
         )?;
+        let findings_evicted = one(
+            "tcpwatch_findings_evicted_total",
+            "Open findings dropped because more than 10000 were open at once.",
+        )?;
         let events_received = one(
             "tcpwatch_events_received_total",
             "Events received from the kernel.",
@@ -262,6 +267,7 @@ impl Metrics {
             malformed,
             model_connections,
             model_time_wait,
+            findings_evicted,
             sock_diag_available,
             evictions,
             reconcile_corrections,
@@ -391,6 +397,9 @@ impl Metrics {
             let counted = self.tw_reuse_resets.get();
             self.tw_reuse_resets
                 .inc_by(d.tw_reuse_resets.saturating_sub(counted));
+            let counted = self.findings_evicted.get();
+            self.findings_evicted
+                .inc_by(d.evicted.saturating_sub(counted));
         }
         self.netns_sockets.reset();
         for (netns, state, n) in &summary.by_netns {

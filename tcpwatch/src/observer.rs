@@ -79,8 +79,13 @@ impl Observer {
     pub fn apply_dumps(&mut self, dumps: Dumps) -> Vec<Report> {
         let mut reports = Vec::new();
         if let Some(listed) = &dumps.listed {
-            // Namespaces that no longer exist took their sockets with them.
+            // Namespaces that no longer exist took their sockets with them,
+            // and their findings are over.
             self.model.forget_namespaces_except(listed);
+            if let Some(d) = self.detectors.as_mut() {
+                let start = dumps.namespaces.first().map_or(0, |n| n.start_ns);
+                reports.extend(d.forget_namespaces_except(listed, start));
+            }
         }
         if !dumps.namespaces.is_empty() {
             let available = dumps.namespaces.iter().all(|n| n.contents.1.is_some());

@@ -80,6 +80,11 @@ pub struct DetectorArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub finding_interval: Option<Duration>,
 
+    /// Resolve an event-driven finding (connect_refused, synack_retransmit,
+    /// tw_reuse, ...) after this long without new evidence [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub resolve_after: Option<Duration>,
+
     /// How often the model is checked against the kernel's socket list
     /// (sock_diag, as `ss`): TIME_WAIT sockets, and connections older than
     /// tcpwatch; 0s checks only at start [default: 10s].
@@ -103,6 +108,7 @@ impl DetectorArgs {
                 .unwrap_or(base.peer_unresponsive_after),
             port_use_fraction: self.port_use_fraction.unwrap_or(base.port_use_fraction),
             update_every: self.finding_interval.unwrap_or(base.update_every),
+            resolve_after: self.resolve_after.unwrap_or(base.resolve_after),
         }
     }
 
@@ -131,6 +137,9 @@ impl DetectorArgs {
         }
         if let Some(v) = self.finding_interval {
             t.finding_interval = HumanDuration(v);
+        }
+        if let Some(v) = self.resolve_after {
+            t.resolve_after = HumanDuration(v);
         }
         if let Some(v) = self.reconcile_interval {
             config.reconcile_interval = HumanDuration(v);
