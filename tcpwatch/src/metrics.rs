@@ -2,6 +2,8 @@
 //! and model outcomes, gauges refreshed from the model at scrape time.
 //! Every label is bounded: kernel states and reasons are fixed sets,
 //! endpoints and processes are the top N with the rest in `other`.
+use std::collections::BTreeMap;
+
 use prometheus::{
     proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType},
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -415,18 +417,29 @@ impl Metrics {
         }
         self.close_wait.reset();
         self.close_wait_oldest.reset();
+        // Rows are per process; the labels are not (two workers of one
+        // program on one port share them), so counts add up and the oldest
+        // is the oldest of all.
+        let mut by_label: BTreeMap<(&str, String), (u64, f64)> = BTreeMap::new();
         for row in &summary.close_wait {
             let port = if row.local_port == 0 {
                 String::new()
             } else {
                 row.local_port.to_string()
             };
+            let entry = by_label
+                .entry((row.comm.as_str(), port))
+                .or_insert((0, 0.0));
+            entry.0 += row.count;
+            entry.1 = entry.1.max(row.oldest_seconds);
+        }
+        for ((comm, port), (count, oldest)) in &by_label {
             self.close_wait
-                .with_label_values(&[row.comm.as_str(), port.as_str()])
-                .set(row.count as i64);
+                .with_label_values(&[comm, port.as_str()])
+                .set(*count as i64);
             self.close_wait_oldest
-                .with_label_values(&[row.comm.as_str(), port.as_str()])
-                .set(row.oldest_seconds);
+                .with_label_values(&[comm, port.as_str()])
+                .set(*oldest);
         }
         self.findings_open.reset();
         for (f, _) in detectors.into_iter().flat_map(|d| d.open_findings()) {
@@ -702,5 +715,37 @@ mod tests {
         {
             assert!(line.starts_with("tcpwatch_"), "{line}");
         }
+    }
+
+    #[test]
+    fn close_wait_of_two_workers_with_one_comm_on_one_port_adds_up() {
+        let mut m = Metrics::new().unwrap();
+        let model = Model::new(Limits::default());
+        let mut summary = summarize(&model, 0, &[], 10);
+        let row = |pid, count, oldest_seconds| crate::summary::CloseWaitRow {
+            pid,
+            comm: "nginx".into(),
+            local_port: 8080,
+            count,
+            oldest_seconds,
+            at_least: false,
+        };
+        summary.close_wait = vec![row(11, 5, 70.0), row(12, 3, 90.0)];
+        let text = m.render(
+            &KernelTotals::default(),
+            &ResetReasons::default(),
+            &summary,
+            &model,
+            None,
+            &Counters::default(),
+            None,
+        );
+        assert!(
+            text.contains("tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\"} 8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpwatch_close_wait_oldest_seconds{comm=\"nginx\",port=\"8080\"} 90\n")
+        );
     }
 }
