@@ -223,6 +223,9 @@ pub struct Connection {
     /// peer that stopped answering looks like.
     /// Boxed: rare, and the record stays small without it.
     pub rtx_run: Option<Box<RetransmitRun>>,
+    /// Which insertion of its socket address this record is: eviction
+    /// skips birth-order entries left by an earlier record at the address.
+    pub insert_seq: u32,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -387,8 +390,14 @@ pub struct Reconciled {
 pub struct Model {
     limits: Limits,
     connections: Records<Connection>,
-    /// Birth order of `connections`, for eviction; may hold stale addresses.
-    order: VecDeque<(u64, u64)>,
+    /// Insertion order of `connections` (address, `insert_seq`), for
+    /// eviction; may hold entries of records that are gone.
+    order: VecDeque<(u64, u32)>,
+    next_insert_seq: u32,
+    /// 4-tuples whose records ended, with when, since the last
+    /// reconciliation started: a dump taken before a close must not bring
+    /// the connection back. Bounded by `max_connections`.
+    recently_closed: VecDeque<(FourTuple, u64)>,
     /// Per socket: a reset was received or sent since its last state event.
     pending_reset: HashMap<u64, EventKind>,
     /// Closes without a reset yet, from states a reset may follow (an
@@ -576,6 +585,7 @@ impl Model {
                     resets_sent: 0,
                     resets_received: 0,
                     rtx_run: None,
+                    insert_seq: 0,
                 });
             }
             return;
@@ -674,19 +684,28 @@ impl Model {
             resets_sent: 0,
             resets_received: 0,
             rtx_run: None,
+            insert_seq: 0,
         });
     }
 
-    fn insert(&mut self, c: Connection) {
+    fn insert(&mut self, mut c: Connection) {
         let addr = c.skaddr;
-        let since = c.state_since_ns;
+        let seq = self.next_insert_seq;
+        self.next_insert_seq = seq.wrapping_add(1);
+        c.insert_seq = seq;
         self.connections.insert(addr, c);
-        self.order.push_back((addr, since));
+        self.order.push_back((addr, seq));
         while self.connections.len() > self.limits.max_connections {
-            let Some((victim, _)) = self.order.pop_front() else {
+            let Some((victim, victim_seq)) = self.order.pop_front() else {
                 break;
             };
-            if self.connections.remove(&victim).is_some() {
+            // The address may hold a newer record since: that one stays.
+            if self
+                .connections
+                .get(&victim)
+                .is_some_and(|c| c.insert_seq == victim_seq)
+            {
+                self.connections.remove(&victim);
                 self.stats.connections_evicted += 1;
             }
         }
@@ -702,6 +721,10 @@ impl Model {
         let Some(connection) = self.connections.remove(&ev.skaddr) else {
             return;
         };
+        self.recently_closed.push_back((connection.tuple, ev.ts_ns));
+        if self.recently_closed.len() > self.limits.max_connections {
+            self.recently_closed.pop_front();
+        }
         let reset = self.pending_reset.remove(&ev.skaddr);
         let mut end = match (old, reset) {
             (TcpState::SynSent, Some(EventKind::ResetReceived)) => EndReason::ConnectRefused,
@@ -768,6 +791,11 @@ impl Model {
             },
         );
         self.time_wait_order.push_back((tuple, now));
+        self.evict_time_wait_past_cap();
+    }
+
+    /// Drops the oldest TIME_WAIT entries beyond `max_time_wait`.
+    fn evict_time_wait_past_cap(&mut self) {
         while self.time_wait.len() > self.limits.max_time_wait {
             let Some((victim, entered)) = self.time_wait_order.pop_front() else {
                 break;
@@ -912,6 +940,7 @@ impl Model {
                 r.time_wait_added += 1;
             }
         }
+        self.evict_time_wait_past_cap();
 
         // One pass over this namespace's records: those it no longer has go;
         // those marked uncertain (events were lost) take the kernel's state.
@@ -962,8 +991,26 @@ impl Model {
             self.seeded.remove(&t);
             r.connections_removed += 1;
         }
+        // Connections that ended after the dump started are in it, but
+        // over: they must not come back as seeded records.
+        let closed_during_dump: std::collections::HashSet<FourTuple> = self
+            .recently_closed
+            .iter()
+            .filter(|(_, at)| *at >= dump_start_ns)
+            .map(|(t, _)| *t)
+            .collect();
+        while self
+            .recently_closed
+            .front()
+            .is_some_and(|(_, at)| *at < dump_start_ns)
+        {
+            self.recently_closed.pop_front();
+        }
         for (tuple, k) in kernel_live {
-            if known.contains(&tuple) || self.seeded.len() >= self.limits.max_connections {
+            if known.contains(&tuple)
+                || closed_during_dump.contains(&tuple)
+                || self.seeded.len() >= self.limits.max_connections
+            {
                 continue;
             }
             let opener = if listening.contains(&tuple.local_port) {
@@ -991,6 +1038,7 @@ impl Model {
                     resets_sent: 0,
                     resets_received: 0,
                     rtx_run: None,
+                    insert_seq: 0,
                 },
             );
             r.connections_added += 1;
@@ -1770,5 +1818,67 @@ mod tests {
             std::mem::size_of::<Connection>()
         );
         assert!(std::mem::size_of::<super::TimeWait>() <= 32);
+    }
+
+    #[test]
+    fn reconciliation_keeps_the_time_wait_cap() {
+        let mut m = Model::new(Limits {
+            max_connections: 16,
+            max_time_wait: 4,
+        });
+        let sockets: Vec<KernelSocket> = (0..100u16)
+            .map(|i| {
+                let mut t = tuple();
+                t.local_port = 30_000 + i;
+                kernel(t, TimeWait)
+            })
+            .collect();
+        m.reconcile(7, &sockets, 0, 10 * MS);
+        assert_eq!(m.time_wait().count(), 4);
+        assert_eq!(m.stats().time_wait_evicted, 96);
+    }
+
+    #[test]
+    fn eviction_at_the_cap_spares_a_reused_address() {
+        let mut m = Model::new(Limits {
+            max_connections: 2,
+            max_time_wait: 16,
+        });
+        // A connection at SK dies; another is born at SK + 64; then SK is
+        // reused by the newest connection.
+        run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Close)],
+        );
+        run(&mut m, &[st(2, SK + 64, Close, SynSent)]);
+        run(&mut m, &[st(3, SK, Close, SynSent)]);
+        // A third live connection pushes the model past its cap of two: the
+        // oldest live record (SK + 64) goes, not the newest one at SK that
+        // the stale entry of SK's first life points at.
+        run(&mut m, &[st(4, SK + 128, Close, SynSent)]);
+        let mut live: Vec<u64> = m.connections().map(|c| c.skaddr).collect();
+        live.sort_unstable();
+        assert_eq!(live, [SK, SK + 128]);
+        assert_eq!(m.stats().connections_evicted, 1);
+    }
+
+    #[test]
+    fn a_close_during_the_dump_does_not_come_back() {
+        let mut m = Model::default();
+        run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
+        );
+        // The dump starts at 5 ms and lists the connection; it closes at
+        // 6 ms (a reset), before the dump is applied at 8 ms.
+        let dump = [kernel(tuple(), Established)];
+        run(&mut m, &[st(6, SK, Established, Close)]);
+        m.reconcile(7, &dump, 5 * MS, 8 * MS);
+        assert_eq!(m.connections().count(), 0, "a ghost came back");
+        // A connection the kernel lists that closed before the dump started
+        // is another one on the same 4-tuple: it is learnt.
+        let r = m.reconcile(7, &dump, 9 * MS, 10 * MS);
+        assert_eq!(m.connections().count(), 1);
+        assert_eq!(r.connections_added, 1);
     }
 }

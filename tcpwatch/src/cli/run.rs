@@ -220,6 +220,10 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
 /// the ring buffer consumer nor scrapes wait for them; only applying them
 /// takes the lock.
 async fn reconcile(shared: &daemon::Shared) {
+    // The periodic and the loss-triggered reconciliations take turns: two
+    // at once would apply dumps out of order and double the cost.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let dumped =
         tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::current_inode())).await;
     let Ok((dumps, own)) = dumped else {
