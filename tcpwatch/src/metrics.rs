@@ -58,14 +58,16 @@ pub struct Metrics {
     /// 1 when the kernel's socket list answered the last reconciliation.
     pub sock_diag_available: IntGauge,
     evictions: IntCounterVec,
-    reconcile_corrections: IntCounter,
+    reconcile_corrections: IntCounterVec,
+    reconcile_seeded: IntCounterVec,
     scrape_seconds: prometheus::Gauge,
     ring_peak_fill: prometheus::Gauge,
     /// Last values of cumulative sources, to add only what is new.
     last_tcpext: std::collections::HashMap<String, u64>,
     last_counters: Counters,
     last_evicted: (u64, u64),
-    last_corrections: u64,
+    /// Corrections and seeding already counted, and namespace records dropped.
+    last_corrections: (crate::model::Reconciled, crate::model::Reconciled, u64),
     last_totals: std::collections::HashMap<String, u64>,
 }
 
@@ -207,9 +209,15 @@ impl Metrics {
             "tcpwatch_events_malformed_total",
             "Events that could not be decoded and were skipped.",
         )?;
-        let reconcile_corrections = one(
+        let reconcile_corrections = c(
             "tcpwatch_reconcile_corrections_total",
-            "Corrections of the model made by comparing it with sock_diag.",
+            "Corrections of the model made by comparing it with sock_diag, by kind: TIME_WAIT entries added or removed, connections added or removed, states corrected (after lost events), records of vanished namespaces dropped.",
+            &["kind"],
+        )?;
+        let reconcile_seeded = c(
+            "tcpwatch_reconcile_seeded_total",
+            "What the first look at each namespace's socket list learnt (sockets older than tcpwatch), by kind.",
+            &["kind"],
         )?;
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let g = IntGauge::new(name, help)?;
@@ -273,12 +281,13 @@ impl Metrics {
             sock_diag_available,
             evictions,
             reconcile_corrections,
+            reconcile_seeded,
             scrape_seconds,
             ring_peak_fill,
             last_tcpext: Default::default(),
             last_counters: Counters::default(),
             last_evicted: (0, 0),
-            last_corrections: 0,
+            last_corrections: Default::default(),
             last_totals: Default::default(),
         })
     }
@@ -476,12 +485,34 @@ impl Metrics {
             stats.time_wait_evicted,
         );
         self.last_evicted = (stats.connections_evicted, stats.time_wait_evicted);
+        let (corrected, seeded, gone) = self.last_corrections;
+        for ((kind, now), (_, before)) in stats
+            .corrections
+            .by_kind()
+            .into_iter()
+            .zip(corrected.by_kind())
+        {
+            grow(
+                &self.reconcile_corrections.with_label_values(&[kind]),
+                before,
+                now,
+            );
+        }
         grow(
-            &self.reconcile_corrections,
-            self.last_corrections,
-            stats.reconcile_corrections,
+            &self
+                .reconcile_corrections
+                .with_label_values(&["namespace_gone"]),
+            gone,
+            stats.namespace_gone,
         );
-        self.last_corrections = stats.reconcile_corrections;
+        for ((kind, now), (_, before)) in stats.seeded.by_kind().into_iter().zip(seeded.by_kind()) {
+            grow(
+                &self.reconcile_seeded.with_label_values(&[kind]),
+                before,
+                now,
+            );
+        }
+        self.last_corrections = (stats.corrections, stats.seeded, stats.namespace_gone);
         self.model_connections
             .set(model.connections().count() as i64);
         self.model_time_wait.set(model.time_wait().count() as i64);

@@ -351,8 +351,14 @@ pub struct ModelStats {
     pub connections_evicted: u64,
     pub time_wait_evicted: u64,
     pub time_wait_expired: u64,
-    /// Corrections made by reconciliation with the kernel's socket list.
-    pub reconcile_corrections: u64,
+    /// Corrections made by reconciliation with the kernel's socket list,
+    /// by kind; a namespace's first reconciliation is in `seeded` instead.
+    pub corrections: Reconciled,
+    /// What the first reconciliation of each namespace learnt: sockets
+    /// older than tcpwatch (or than its first look at the namespace).
+    pub seeded: Reconciled,
+    /// Records dropped because their namespace disappeared.
+    pub namespace_gone: u64,
 }
 
 /// A socket the kernel listed (sock_diag), with its owner where known.
@@ -385,6 +391,33 @@ pub struct Reconciled {
     pub states_corrected: u64,
 }
 
+impl Reconciled {
+    /// Each kind with its count, named as the metrics label them.
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+        [
+            ("time_wait_added", self.time_wait_added),
+            ("time_wait_removed", self.time_wait_removed),
+            ("added", self.connections_added),
+            ("removed", self.connections_removed),
+            ("state", self.states_corrected),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_kind().iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl std::ops::AddAssign for Reconciled {
+    fn add_assign(&mut self, o: Reconciled) {
+        self.time_wait_added += o.time_wait_added;
+        self.time_wait_removed += o.time_wait_removed;
+        self.connections_added += o.connections_added;
+        self.connections_removed += o.connections_removed;
+        self.states_corrected += o.states_corrected;
+    }
+}
+
 /// All live connections and the TIME_WAIT table.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -411,6 +444,8 @@ pub struct Model {
     /// net/ipv4/inet_timewait_sock.c).
     time_wait_per_netns: HashMap<u32, u64>,
     max_tw_buckets: HashMap<u32, u64>,
+    /// Namespaces reconciled at least once: the first look is seeding.
+    reconciled_netns: std::collections::HashSet<u32>,
     /// Command names shared by the records (a host has few distinct ones).
     comms: Comms,
     /// Connections known only from the kernel's list, by 4-tuple, until an
@@ -852,7 +887,8 @@ impl Model {
         removed += (before - self.seeded.len()) as u64;
         self.time_wait_per_netns.retain(|ns, _| !gone(*ns));
         self.max_tw_buckets.retain(|ns, _| !gone(*ns));
-        self.stats.reconcile_corrections += removed;
+        self.reconciled_netns.retain(|ns| !gone(*ns));
+        self.stats.namespace_gone += removed;
         removed
     }
 
@@ -1043,11 +1079,11 @@ impl Model {
             );
             r.connections_added += 1;
         }
-        self.stats.reconcile_corrections += r.time_wait_added
-            + r.time_wait_removed
-            + r.connections_added
-            + r.connections_removed
-            + r.states_corrected;
+        if self.reconciled_netns.insert(netns) {
+            self.stats.seeded += r;
+        } else {
+            self.stats.corrections += r;
+        }
         r
     }
 
@@ -1584,7 +1620,9 @@ mod tests {
             (c[0].state, c[0].state_age_known, c[0].pid, c[0].opener),
             (CloseWait, false, 99, Opener::Passive)
         );
-        assert_eq!(m.stats().reconcile_corrections, 3);
+        // The first look at a namespace is seeding, counted apart.
+        assert_eq!(m.stats().seeded.total(), 3);
+        assert_eq!(m.stats().corrections.total(), 0);
         // Agreeing again changes nothing.
         assert_eq!(
             m.reconcile(7, &sockets, 300 * MS, 300 * MS),

@@ -226,7 +226,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e).context("cannot write events"),
     }
-    pipeline.tally.reconcile_corrections = pipeline.observer.model.stats().reconcile_corrections;
+    pipeline.tally.reconcile = pipeline.observer.model.stats();
     report(
         &pipeline.tally,
         &counters.read().unwrap_or_default(),
@@ -243,7 +243,7 @@ struct Tally {
     lifecycle: u64,
     findings: u64,
     malformed: u64,
-    reconcile_corrections: u64,
+    reconcile: crate::model::ModelStats,
 }
 
 /// Everything between the ring buffer and stdout: decoding, attribution of
@@ -365,10 +365,25 @@ fn report(tally: &Tally, counters: &Counters, attached: usize) {
     if tally.findings > 0 {
         line.push_str(&format!(", {} finding reports", tally.findings));
     }
-    if tally.reconcile_corrections > 0 {
+    let seeded = tally.reconcile.seeded;
+    if seeded.total() > 0 {
         line.push_str(&format!(
-            "; the kernel's socket list (sock_diag) corrected the model {} times",
-            tally.reconcile_corrections
+            "; the kernel's socket list (sock_diag) showed {} connections and {} TIME_WAIT sockets older than tcpwatch",
+            seeded.connections_added, seeded.time_wait_added
+        ));
+    }
+    let corrected = tally.reconcile.corrections;
+    if corrected.total() > 0 {
+        let kinds: Vec<String> = corrected
+            .by_kind()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        line.push_str(&format!(
+            "; sock_diag corrected the model {} times ({})",
+            corrected.total(),
+            kinds.join(", ")
         ));
     }
     if counters.ringbuf_full > 0 {
