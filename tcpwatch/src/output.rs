@@ -99,6 +99,8 @@ pub struct Renderer {
     style: Style,
     clock: WallClock,
     reasons: ResetReasons,
+    /// tcpwatch's own network namespace: findings elsewhere name theirs.
+    own_netns: u32,
 }
 
 /// Width of the EVENT column: `ESTABLISHED -> CLOSE_WAIT` and most resets fit.
@@ -119,6 +121,49 @@ impl Renderer {
             style,
             clock,
             reasons,
+            own_netns: 0,
+        }
+    }
+
+    /// Findings in other namespaces than `inode` name their namespace.
+    pub fn with_own_netns(mut self, inode: u32) -> Self {
+        self.own_netns = inode;
+        self
+    }
+
+    /// Who and where a finding is about, from its evidence: `comm (pid N),
+    /// local -> remote, netns I` (the namespace only when not tcpwatch's).
+    fn finding_subject(&self, r: &Report) -> String {
+        let e = &r.finding.evidence;
+        let text = |k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let number = |k: &str| e.get(k).and_then(|v| v.as_u64());
+        let mut parts = Vec::new();
+        match (text("comm"), number("pid")) {
+            (Some(comm), Some(pid)) => parts.push(format!("{comm} (pid {pid})")),
+            (None, Some(pid)) => parts.push(format!("pid {pid}")),
+            _ => {}
+        }
+        let side = |addr: Option<String>, port: Option<u64>| match (addr, port) {
+            (Some(a), Some(p)) => a.parse::<IpAddr>().map(|ip| endpoint(ip, p as u16)).ok(),
+            (None, Some(p)) => Some(format!(":{p}")),
+            _ => None,
+        };
+        match (
+            side(text("laddr"), number("lport")),
+            side(text("raddr"), number("rport")),
+        ) {
+            (Some(l), Some(r)) => parts.push(format!("{l} -> {r}")),
+            (Some(l), None) => parts.push(l),
+            (None, Some(r)) => parts.push(format!("-> {r}")),
+            (None, None) => {}
+        }
+        if r.netns != 0 && r.netns != self.own_netns {
+            parts.push(format!("netns {}", r.netns));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", parts.join(", "))
         }
     }
 
@@ -186,8 +231,9 @@ impl Renderer {
                 };
                 writeln!(
                     out,
-                    "{:<12} {head}: {}",
+                    "{:<12} {head}{}: {}",
                     self.clock.time_of_day(r.ts_ns),
+                    self.finding_subject(r),
                     f.summary
                 )?;
                 if r.status != Status::Resolved {
@@ -479,6 +525,42 @@ mod tests {
         assert!(
             reset.contains("RESET SENT in ESTABLISHED (TCP_ABORT_ON_LINGER)"),
             "{reset}"
+        );
+    }
+
+    #[test]
+    fn terminal_finding_lines_name_the_process_endpoint_and_foreign_namespace() {
+        use crate::{
+            detect::{Report, Status},
+            finding::{Finding, Severity},
+        };
+        let report = |netns| Report {
+            status: Status::Raised,
+            ts_ns: 0,
+            netns,
+            finding: Finding::new("connect_refused", Severity::Warning, "refused 3 times")
+                .evidence("pid", 12)
+                .evidence("comm", "curl")
+                .evidence("laddr", "10.0.0.1")
+                .evidence("lport", 40000)
+                .evidence("raddr", "::1")
+                .evidence("rport", 9)
+                .remedy("start the server"),
+        };
+        let r = renderer(Style::Human { color: false }).with_own_netns(7);
+        let mut buf = Vec::new();
+        r.write_finding(&mut buf, &report(7)).unwrap();
+        let own = String::from_utf8(buf).unwrap();
+        assert!(
+            own.contains("RAISED warning connect_refused [curl (pid 12), 10.0.0.1:40000 -> [::1]:9]: refused 3 times"),
+            "{own}"
+        );
+        let mut buf = Vec::new();
+        r.write_finding(&mut buf, &report(4026532180)).unwrap();
+        let foreign = String::from_utf8(buf).unwrap();
+        assert!(
+            foreign.contains("[::1]:9, netns 4026532180]: refused"),
+            "{foreign}"
         );
     }
 }

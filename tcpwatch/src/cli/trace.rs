@@ -156,7 +156,8 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Style::Human { color }
     };
     let mut pipeline = Pipeline {
-        renderer: Renderer::new(style, WallClock::now(), reasons),
+        renderer: Renderer::new(style, WallClock::now(), reasons)
+            .with_own_netns(crate::netns::current_inode().map_or(0, |i| i as u32)),
         filter: args.filter(),
         observer: Observer::new(
             Model::new(Limits::default()),
