@@ -382,4 +382,58 @@ mod tests {
             Err(LayoutError::BadField(_))
         ));
     }
+
+    /// Every kernel whose format files are stored (captured in Debian's
+    /// kernels by `cargo xtask vm-test --save-formats`): the layout of each
+    /// tracepoint tcpwatch attaches to is discovered, with the fields each
+    /// release has or lacks.
+    #[test]
+    fn layouts_of_every_stored_kernel() {
+        let root = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+        let mut kernels: Vec<(u32, u32, String)> = std::fs::read_dir(&root)
+            .expect("test data directory")
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let version = name.strip_prefix("formats-")?.to_owned();
+                let (major, minor) = version.split_once('.')?;
+                Some((major.parse().ok()?, minor.parse().ok()?, version))
+            })
+            .collect();
+        kernels.sort();
+        let whole: Vec<_> = kernels
+            .iter()
+            .filter(|(_, _, v)| {
+                std::path::Path::new(&format!("{root}/formats-{v}/sock__inet_sock_set_state"))
+                    .exists()
+            })
+            .collect();
+        assert!(
+            whole.len() >= 5,
+            "format files of 5.10, 6.1, 6.12, 6.18 and 7.x are stored: {kernels:?}"
+        );
+        for (major, minor, version) in whole {
+            let at = |name: &str| data(&format!("formats-{version}/{name}"));
+            let newer = |m: u32, n: u32| (*major, *minor) >= (m, n);
+            let ss = set_state(&at("sock__inet_sock_set_state")).unwrap();
+            assert_ne!(ss.family, FIELD_ABSENT, "{version}");
+            let rtx = retransmit_skb(&at("tcp__tcp_retransmit_skb")).unwrap();
+            // `family` came to the tcp:* tracepoints in 5.12, `err` in 6.17.
+            assert_eq!(rtx.family == FIELD_ABSENT, !newer(5, 12), "{version}");
+            assert_eq!(rtx.err == FIELD_ABSENT, !newer(6, 17), "{version}");
+            let synack = retransmit_synack(&at("tcp__tcp_retransmit_synack")).unwrap();
+            assert_eq!(synack.family == FIELD_ABSENT, !newer(5, 12), "{version}");
+            let rst = send_reset(&at("tcp__tcp_send_reset")).unwrap();
+            // Sockaddrs and a reason since 6.10.
+            assert_eq!(rst.sockaddr == 1, newer(6, 10), "{version}");
+            assert_eq!(rst.reason == FIELD_ABSENT, !newer(6, 10), "{version}");
+            for name in ["tcp__tcp_receive_reset", "tcp__tcp_destroy_sock"] {
+                let l = event_sk(&at(name)).unwrap();
+                assert_ne!(l.skaddr, FIELD_ABSENT, "{version} {name}");
+            }
+            for name in ["syscalls__sys_exit_accept", "syscalls__sys_exit_accept4"] {
+                assert!(syscall_ret(&at(name)).is_ok(), "{version} {name}");
+            }
+        }
+    }
 }
