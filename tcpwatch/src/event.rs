@@ -282,12 +282,15 @@ impl ResetReasons {
         Self(names)
     }
 
-    /// The reason's kernel name, or its number when the kernel did not name it.
+    /// The reason's kernel name, or its number when the kernel did not name
+    /// it. Kernels before 6.10 give no reason: 0 is then the kernel's own
+    /// name for it (`SK_RST_REASON_NOT_SPECIFIED`).
     pub fn name(&self, reason: u16) -> String {
-        self.0
-            .get(&u32::from(reason))
-            .cloned()
-            .unwrap_or_else(|| reason.to_string())
+        match self.0.get(&u32::from(reason)) {
+            Some(name) => name.clone(),
+            None if reason == 0 => "NOT_SPECIFIED".to_owned(),
+            None => reason.to_string(),
+        }
     }
 }
 
