@@ -7,11 +7,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod guest;
 mod hold;
+mod initramfs;
+mod kernels;
 mod probe;
 mod setup;
 mod soak;
 mod tasks;
+mod vm;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "tcpwatch's developer tasks")]
@@ -28,6 +32,9 @@ enum Task {
         /// Also install the Debian packages the privileged tests use.
         #[arg(long)]
         tests: bool,
+        /// Also install what vm-test uses: QEMU, busybox, xz and zstd.
+        #[arg(long)]
+        vm: bool,
     },
     /// Set up, then build tcpwatch (release) with its eBPF programs.
     Build,
@@ -84,7 +91,39 @@ enum Task {
     /// Build a release tarball: binary, systemd unit, configuration and
     /// Prometheus files, laid out as they install (target/dist/).
     Dist,
-    /// Set up everything and run the whole test suite, privileged tests included.
+    /// Boot Debian's cloud kernels under QEMU and run tcpwatch's guest suite
+    /// in each (trace, findings, run's /metrics, TIME_WAIT against the
+    /// kernel's list, audit); one line per kernel. Kernels are cached in
+    /// ~/.cache/tcpwatch/kernels/ (delete one to fetch its series' newest).
+    VmTest {
+        /// Kernel series, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,7.2")]
+        kernels: Vec<String>,
+        /// Also write each kernel's tracepoint format files to
+        /// tcpwatch/tests/data/formats-<series>/.
+        #[arg(long)]
+        save_formats: bool,
+        /// Test this tcpwatch binary instead of building one (e.g. a
+        /// release's, or an older commit's).
+        #[arg(long)]
+        tcpwatch: Option<std::path::PathBuf>,
+    },
+    /// The suite vm-test runs inside each guest (also runs on a host, as root).
+    #[command(hide = true)]
+    GuestSuite {
+        /// The tcpwatch binary to test.
+        #[arg(long)]
+        tcpwatch: std::path::PathBuf,
+        /// Print the tracepoint format files first, between markers.
+        #[arg(long)]
+        dump_formats: bool,
+    },
+    /// A guest-suite peer: socket commands on stdin, one reply line each.
+    #[command(hide = true)]
+    GuestPeer,
+    /// Set up everything and run the whole test suite, privileged tests
+    /// included; under CI=true (or TCPWATCH_VM_TEST=1) vm-test on every
+    /// kernel follows.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -95,13 +134,15 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup { tests } => setup::toolchain().and_then(|()| {
-            if tests {
-                setup::test_packages()
-            } else {
-                Ok(())
-            }
-        }),
+        Task::Setup { tests, vm } => setup::toolchain()
+            .and_then(|()| {
+                if tests {
+                    setup::test_packages()
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| if vm { setup::vm_packages() } else { Ok(()) }),
         Task::Build => tasks::build().map(|_| ()),
         Task::Run { args } => tasks::run_tcpwatch(&args),
         Task::Bench {
@@ -118,6 +159,16 @@ fn main() -> ExitCode {
         } => bench::churn(seconds, clients, client_closes).map(|rate| println!("{rate:.0}")),
         Task::Soak { minutes } => soak::soak(minutes),
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
+        Task::VmTest {
+            kernels,
+            save_formats,
+            tcpwatch,
+        } => vm::vm_test(&kernels, tcpwatch.as_deref(), save_formats),
+        Task::GuestSuite {
+            tcpwatch,
+            dump_formats,
+        } => guest::suite(&tcpwatch, dump_formats),
+        Task::GuestPeer => guest::peer(),
         Task::Test { args } => tasks::test(&args),
     };
     match result {

@@ -23,6 +23,17 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
 ];
 
+/// Debian packages `cargo xtask vm-test` drives: QEMU to boot Debian's
+/// kernels, a static busybox for the guest's shell and tools (a dynamic one
+/// would do too: the initramfs carries whatever libraries `ldd` lists), and
+/// the decompressors for the kernels' `.ko.xz` / `.ko.zst` modules.
+const VM_PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "busybox"),
+    ("xz-utils", "xz"),
+    ("zstd", "zstd"),
+];
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
@@ -33,7 +44,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot start {cmd:?}"))?;
@@ -124,7 +135,7 @@ pub fn linker_dir() -> Result<LinkerDir> {
     })
 }
 
-fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf> {
     let base = match env::var_os("XDG_CACHE_HOME") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
@@ -132,7 +143,7 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(base.join("tcpwatch"))
 }
 
-fn has_program(name: &str) -> bool {
+pub fn has_program(name: &str) -> bool {
     env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
         .unwrap_or(false)
@@ -143,7 +154,22 @@ fn has_program(name: &str) -> bool {
 
 /// Debian packages for the privileged tests, installed only when missing.
 pub fn test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    install_missing(TEST_PACKAGES, "the tests need")
+}
+
+/// Debian packages for `cargo xtask vm-test`, installed only when missing.
+pub fn vm_packages() -> Result<()> {
+    for program in ["apt-get", "apt-cache", "dpkg-deb", "ldd"] {
+        if !has_program(program) {
+            bail!("cargo xtask vm-test fetches Debian's kernels with apt and dpkg-deb and reads libraries with ldd; `{program}` is missing");
+        }
+    }
+    install_missing(VM_PACKAGES, "cargo xtask vm-test needs")
+}
+
+/// Installs with apt-get the packages of `wanted` whose program is missing.
+fn install_missing(wanted: &[(&str, &str)], who_needs: &str) -> Result<()> {
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|(_, program)| !has_program(program))
         .map(|(pkg, _)| *pkg)
@@ -152,7 +178,7 @@ pub fn test_packages() -> Result<()> {
         return Ok(());
     }
     if !has_program("apt-get") {
-        bail!("the tests need the programs of {missing:?}; install them with your package manager");
+        bail!("{who_needs} the programs of {missing:?}; install them with your package manager");
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;

@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 
 use crate::setup::{self, run};
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -22,10 +22,14 @@ fn cargo() -> Command {
 pub fn build() -> Result<PathBuf> {
     setup::toolchain()?;
     run(cargo().args(["build", "--release", "--package", "tcpwatch"]))?;
-    let target = env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir().join("release").join("tcpwatch"))
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` or the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("release").join("tcpwatch"))
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 pub fn run_tcpwatch(args: &[String]) -> Result<()> {
@@ -44,7 +48,7 @@ pub fn run_tcpwatch(args: &[String]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -55,14 +59,26 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs every test; privileged tests must run, not skip.
+/// Runs every test; privileged tests must run, not skip. Under CI (or with
+/// `TCPWATCH_VM_TEST=1`) the kernel matrix follows: `vm-test` on every
+/// Debian kernel series.
 pub fn test(extra: &[String]) -> Result<()> {
     setup::toolchain()?;
     setup::test_packages()?;
     run(cargo()
         .args(["test", "--workspace", "--exclude", "tcpwatch-ebpf"])
         .args(extra)
-        .env("TCPWATCH_REQUIRE_PRIVILEGED_TESTS", "1"))
+        .env("TCPWATCH_REQUIRE_PRIVILEGED_TESTS", "1"))?;
+    if vm_test_wanted() {
+        crate::vm::vm_test(&crate::vm::all_series(), None, false)?;
+    }
+    Ok(())
+}
+
+/// `CI=true` (as the privileged tests read it) or `TCPWATCH_VM_TEST=1`.
+fn vm_test_wanted() -> bool {
+    let set = |name: &str| env::var(name).is_ok_and(|v| v == "true" || v == "1");
+    set("CI") || set("TCPWATCH_VM_TEST")
 }
 
 /// `target/dist/tcpwatch-VERSION-ARCH-linux.tar.gz`, unpacking to paths an
