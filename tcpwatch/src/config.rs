@@ -67,6 +67,8 @@ pub struct ThresholdsConfig {
     pub time_wait_count: u64,
     /// Data retransmitted without an answer for this long: peer_unresponsive.
     pub peer_unresponsive_after: HumanDuration,
+    /// A peer's zero window this long while data waits: zero_window_stall.
+    pub zero_window_after: HumanDuration,
     /// Share of the ephemeral port range that makes a port_exhaustion_risk.
     pub port_use_fraction: f64,
     /// Minimum time between two reports of a finding.
@@ -83,6 +85,7 @@ impl Default for ThresholdsConfig {
             fin_wait2_age: HumanDuration(t.fin_wait2_age),
             time_wait_count: t.time_wait_count,
             peer_unresponsive_after: HumanDuration(t.peer_unresponsive_after),
+            zero_window_after: HumanDuration(t.zero_window_after),
             port_use_fraction: t.port_use_fraction,
             finding_interval: HumanDuration(t.update_every),
             resolve_after: HumanDuration(t.resolve_after),
@@ -97,6 +100,7 @@ impl ThresholdsConfig {
             fin_wait2_age: self.fin_wait2_age.0,
             time_wait_count: self.time_wait_count,
             peer_unresponsive_after: self.peer_unresponsive_after.0,
+            zero_window_after: self.zero_window_after.0,
             port_use_fraction: self.port_use_fraction,
             update_every: self.finding_interval.0,
             resolve_after: self.resolve_after.0,

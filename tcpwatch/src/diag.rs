@@ -10,7 +10,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, SocketId, SocketIdBuffer, StateFlags, Timer},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, SocketIdBuffer, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -80,6 +80,174 @@ pub struct DiagSocket {
     /// Time left on a timewait socket's timer (TIME_WAIT, or FIN_WAIT2 of
     /// an orphan), in milliseconds.
     pub time_wait_left_ms: Option<u32>,
+    /// The pending retransmit, zero-window probe or keep-alive timer.
+    pub timer: Option<KernelTimer>,
+    /// Receive and send queues (`idiag_rqueue`, `idiag_wqueue`); for a
+    /// listener, the accept queue's length and its limit.
+    pub recv_queue: u32,
+    pub send_queue: u32,
+}
+
+/// A socket's pending timer as sock_diag reports it (`idiag_timer`,
+/// `idiag_expires`, `idiag_retrans`: `inet_sk_diag_fill()` in
+/// net/ipv4/inet_diag.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTimer {
+    /// Retransmission timer; `retransmits` is `icsk_retransmits`, the RTO
+    /// timeouts since data was last acknowledged.
+    Retransmit {
+        expires_ms: u32,
+        retransmits: u8,
+    },
+    /// The persist timer: the peer advertised a zero window and the kernel
+    /// probes it (`ICSK_TIME_PROBE0`).
+    ZeroWindowProbe {
+        expires_ms: u32,
+    },
+    KeepAlive {
+        expires_ms: u32,
+    },
+}
+
+impl KernelTimer {
+    fn of(timer: &Option<Timer>) -> Option<KernelTimer> {
+        let ms = |d: &std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        match timer {
+            Some(Timer::Retransmit(d, retransmits)) => Some(KernelTimer::Retransmit {
+                expires_ms: ms(d),
+                retransmits: *retransmits,
+            }),
+            Some(Timer::Probe(d)) => Some(KernelTimer::ZeroWindowProbe { expires_ms: ms(d) }),
+            Some(Timer::KeepAlive(d)) => Some(KernelTimer::KeepAlive { expires_ms: ms(d) }),
+            Some(Timer::TimeWait) | None => None,
+        }
+    }
+}
+
+/// What the kernel knows of one connection's progress: its `tcp_info`
+/// (INET_DIAG_INFO) and pending timer. The evidence a finding about a
+/// peer's health is checked against before it accuses the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpHealth {
+    pub timer: Option<KernelTimer>,
+    /// `tcpi_retransmits`: RTO timeouts since the last acknowledgement.
+    pub retransmits: u8,
+    /// `tcpi_probes`: zero-window (or keep-alive) probes unanswered.
+    pub probes: u8,
+    /// `tcpi_backoff`: how many times the RTO was doubled.
+    pub backoff: u8,
+    /// The current retransmission timeout, backoff included.
+    pub rto_us: u32,
+    /// Segments sent and not acknowledged.
+    pub unacked: u32,
+    pub last_data_sent_ms: u32,
+    /// Time since an ACK last came from the peer.
+    pub last_ack_recv_ms: u32,
+    /// Bytes the peer acknowledged (4.2+).
+    pub bytes_acked: Option<u64>,
+    /// The peer's receive window (5.4+).
+    pub snd_wnd: Option<u32>,
+    /// Bytes written and not yet acknowledged (`idiag_wqueue`).
+    pub send_queue: u32,
+}
+
+/// Reads the fields of `struct tcp_info` (include/uapi/linux/tcp.h) that
+/// exist in `raw`: the struct only grows, so older kernels send a prefix.
+pub fn parse_tcp_info(raw: &[u8]) -> Option<TcpHealth> {
+    let u8_at = |at: usize| raw.get(at).copied();
+    let u32_at = |at: usize| {
+        raw.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+    };
+    let u64_at = |at: usize| {
+        raw.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    Some(TcpHealth {
+        timer: None,
+        retransmits: u8_at(2)?,
+        probes: u8_at(3)?,
+        backoff: u8_at(4)?,
+        rto_us: u32_at(8)?,
+        unacked: u32_at(24)?,
+        last_data_sent_ms: u32_at(44)?,
+        last_ack_recv_ms: u32_at(56)?,
+        bytes_acked: u64_at(120),
+        snd_wnd: u32_at(228),
+        send_queue: 0,
+    })
+}
+
+/// The kernel's view of one connection of the caller's network namespace,
+/// or None when the kernel has no such socket (closed since).
+pub fn inspect(
+    local: IpAddr,
+    local_port: u16,
+    remote: IpAddr,
+    remote_port: u16,
+) -> Result<Option<TcpHealth>, DiagError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Socket)?;
+    socket.bind_auto().map_err(DiagError::Socket)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(DiagError::Socket)?;
+    let mut socket_id = if local.is_ipv4() {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    socket_id.source_address = local;
+    socket_id.source_port = local_port;
+    socket_id.destination_address = remote;
+    socket_id.destination_port = remote_port;
+    // INET_DIAG_NOCOOKIE: find the socket by its 4-tuple alone.
+    socket_id.cookie = [0xff; 8];
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states: StateFlags::all(),
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut buf = vec![0; request.buffer_len()];
+    request.serialize(&mut buf);
+    socket.send(&buf, 0).map_err(DiagError::Io)?;
+    let mut receive = vec![0u8; 1 << 14];
+    let size = socket
+        .recv(&mut &mut receive[..], 0)
+        .map_err(DiagError::Io)?;
+    let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&receive[..size])
+        .map_err(|e| DiagError::Decode(e.to_string()))?;
+    match message.payload {
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+            let info = response.nlas.iter().find_map(|nla| match nla {
+                Nla::TcpInfo(raw) => parse_tcp_info(raw),
+                _ => None,
+            });
+            Ok(info.map(|mut health| {
+                health.timer = KernelTimer::of(&response.header.timer);
+                health.send_queue = response.header.send_queue;
+                health
+            }))
+        }
+        NetlinkPayload::Error(e) => match e.code.map_or(0, |c| c.get()) {
+            // No such socket: it closed since it was asked about.
+            code if code == -libc::ENOENT => Ok(None),
+            code => Err(DiagError::Kernel(code)),
+        },
+        _ => Err(DiagError::Decode(
+            "unexpected reply to an exact lookup".into(),
+        )),
+    }
 }
 
 /// The `idiag_expires` of a timewait socket's reply. The crate decodes its
@@ -163,6 +331,9 @@ fn dump_family(
                                 Some(Timer::TimeWait) => time_wait_left_ms(bytes),
                                 _ => None,
                             },
+                            timer: KernelTimer::of(&h.timer),
+                            recv_queue: h.recv_queue,
+                            send_queue: h.send_queue,
                         });
                     }
                 }
@@ -218,5 +389,51 @@ mod tests {
         message.serialize(&mut bytes);
         assert_eq!(time_wait_left_ms(&bytes), Some(41_234));
         assert_eq!(time_wait_left_ms(&bytes[..60]), None);
+    }
+
+    #[test]
+    fn tcp_info_fields_at_their_uapi_offsets_and_short_structs() {
+        let mut raw = vec![0u8; 232];
+        raw[2] = 4; // retransmits
+        raw[3] = 1; // probes
+        raw[4] = 5; // backoff
+        raw[8..12].copy_from_slice(&6_400_000u32.to_ne_bytes());
+        raw[24..28].copy_from_slice(&3u32.to_ne_bytes());
+        raw[56..60].copy_from_slice(&31_000u32.to_ne_bytes());
+        raw[120..128].copy_from_slice(&1_000u64.to_ne_bytes());
+        let h = parse_tcp_info(&raw).unwrap();
+        assert_eq!((h.retransmits, h.probes, h.backoff), (4, 1, 5));
+        assert_eq!(
+            (h.rto_us, h.unacked, h.last_ack_recv_ms),
+            (6_400_000, 3, 31_000)
+        );
+        assert_eq!((h.bytes_acked, h.snd_wnd), (Some(1_000), Some(0)));
+        // A 4.x kernel's shorter struct: the fields it lacks are None.
+        let old = parse_tcp_info(&raw[..104]).unwrap();
+        assert_eq!((old.bytes_acked, old.snd_wnd), (None, None));
+        assert!(parse_tcp_info(&raw[..40]).is_none());
+    }
+
+    /// An exact lookup of a live loopback connection, and of one that is gone.
+    #[test]
+    fn inspects_one_connection_by_its_four_tuple() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(&[7u8; 5000]).unwrap();
+        let mut got = vec![0u8; 5000];
+        server.read_exact(&mut got).unwrap();
+        let (l, r) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        let h = match inspect(l.ip(), l.port(), r.ip(), r.port()) {
+            Err(DiagError::Unavailable) if std::env::var_os("CI").is_none() => return,
+            other => other.unwrap().expect("the connection is listed"),
+        };
+        assert_eq!(h.retransmits, 0);
+        assert_eq!(h.bytes_acked, Some(5001), "5000 bytes and the SYN");
+        assert!(h.last_ack_recv_ms < 60_000);
+        drop((client, server));
+        // The 4-tuple of a connection that never existed.
+        assert_eq!(inspect(l.ip(), 1, r.ip(), 2).unwrap(), None);
     }
 }

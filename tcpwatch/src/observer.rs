@@ -2,6 +2,8 @@
 //! through attribution of old sockets, the connection model and the
 //! detectors; ticks age the model; reconciliation checks it against the
 //! kernel's socket list. No output here: callers render what comes back.
+use std::collections::HashMap;
+
 use crate::{
     clock::monotonic_ns,
     detect::{Detectors, Report},
@@ -27,6 +29,9 @@ pub struct Observer {
     /// Whether the kernel's socket list answered the last reconciliation;
     /// None before the first.
     pub sock_diag_available: Option<bool>,
+    /// How to enter each namespace seen by the last reconciliation, for
+    /// the health checks between reconciliations.
+    namespaces: HashMap<u32, netns::Target>,
 }
 
 impl Observer {
@@ -36,6 +41,7 @@ impl Observer {
             detectors,
             snapshot,
             sock_diag_available: None,
+            namespaces: HashMap::new(),
         }
     }
 
@@ -53,11 +59,19 @@ impl Observer {
         }
     }
 
-    /// Ages the model and looks for buildups, leaks and stalls.
+    /// Ages the model and looks for buildups, leaks and stalls; the
+    /// connections whose health is in doubt are checked with the kernel
+    /// first (a few exact sock_diag lookups).
     pub fn tick(&mut self, now: u64) -> (Vec<Outcome>, Vec<Report>) {
         let outcomes = self.model.expire(now);
         let reports = match self.detectors.as_mut() {
-            Some(d) => d.tick(now, &self.model),
+            Some(d) => {
+                let wanted = d.wanted_health(&self.model);
+                if !wanted.is_empty() && self.sock_diag_available != Some(false) {
+                    d.set_health(inspect(&self.namespaces, &wanted), now);
+                }
+                d.tick(now, &self.model)
+            }
             None => Vec::new(),
         };
         (outcomes, reports)
@@ -82,6 +96,7 @@ impl Observer {
             // Namespaces that no longer exist took their sockets with them,
             // and their findings are over.
             self.model.forget_namespaces_except(listed);
+            self.namespaces.retain(|inode, _| listed.contains(inode));
             if let Some(d) = self.detectors.as_mut() {
                 let start = dumps.namespaces.first().map_or(0, |n| n.start_ns);
                 reports.extend(d.forget_namespaces_except(listed, start));
@@ -100,6 +115,7 @@ impl Observer {
         }
         for dump in dumps.namespaces {
             let netns = dump.netns;
+            self.namespaces.insert(netns, dump.target);
             let (state, sockets) = dump.contents;
             self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
             if let Some(d) = self.detectors.as_mut() {
@@ -108,6 +124,9 @@ impl Observer {
             let Some(sockets) = sockets else {
                 continue;
             };
+            if let Some(d) = self.detectors.as_mut() {
+                d.on_kernel_sockets(netns, &sockets, dump.start_ns);
+            }
             let sockets: Vec<KernelSocket> = sockets
                 .into_iter()
                 .map(|s| {
@@ -144,6 +163,8 @@ impl Observer {
 /// One namespace's settings, counters and sockets, dumped from `start_ns`.
 pub struct NetnsDump {
     pub netns: u32,
+    /// How it was entered.
+    pub target: netns::Target,
     pub start_ns: u64,
     pub contents: netns::Observed,
 }
@@ -151,8 +172,7 @@ pub struct NetnsDump {
 /// The dumps of one reconciliation.
 pub struct Dumps {
     pub namespaces: Vec<NetnsDump>,
-    /// Every namespace that exists, when all of them were dumped: the
-    /// model forgets the others.
+    /// Every namespace that exists: the model forgets the others.
     pub listed: Option<Vec<u32>>,
 }
 
@@ -161,9 +181,9 @@ pub struct Dumps {
 pub fn dump_namespaces(only: &[u32]) -> Dumps {
     let mut dumps = Vec::new();
     let all = netns::all();
-    let listed = only
-        .is_empty()
-        .then(|| all.iter().map(|(inode, _)| *inode).collect());
+    // Every namespace is listed even when only some are dumped: what is
+    // not listed is gone, and so are its sockets and findings.
+    let listed = Some(all.iter().map(|(inode, _)| *inode).collect());
     for (inode, target) in all {
         if !only.is_empty() && !only.contains(&inode) {
             continue;
@@ -172,6 +192,7 @@ pub fn dump_namespaces(only: &[u32]) -> Dumps {
         match netns::observe(&target) {
             Ok((inode, contents)) => dumps.push(NetnsDump {
                 netns: inode as u32,
+                target,
                 start_ns,
                 contents,
             }),
@@ -183,6 +204,48 @@ pub fn dump_namespaces(only: &[u32]) -> Dumps {
         namespaces: dumps,
         listed,
     }
+}
+
+/// The kernel's view of each connection in `wanted`, namespace by
+/// namespace: Some(health), None for a connection the kernel no longer
+/// has. A namespace that cannot be entered answers nothing (its
+/// connections keep their previous answer).
+fn inspect(
+    namespaces: &HashMap<u32, netns::Target>,
+    wanted: &[FourTuple],
+) -> Vec<(FourTuple, Option<diag::TcpHealth>)> {
+    let mut by_netns: HashMap<u32, Vec<FourTuple>> = HashMap::new();
+    for t in wanted {
+        by_netns.entry(t.netns).or_default().push(*t);
+    }
+    let own = netns::current_inode().ok().map(|i| i as u32);
+    let mut answers = Vec::new();
+    for (inode, tuples) in by_netns {
+        let target = if Some(inode) == own {
+            netns::Target::Current
+        } else if let Some(target) = namespaces.get(&inode) {
+            target.clone()
+        } else {
+            continue;
+        };
+        let looked_up = netns::in_netns(&target, || {
+            Ok(tuples
+                .iter()
+                .filter_map(|t| {
+                    diag::inspect(t.local, t.local_port, t.remote, t.remote_port)
+                        .ok()
+                        .map(|h| (*t, h))
+                })
+                .collect::<Vec<_>>())
+        });
+        match looked_up {
+            // The inode may have been reused by another namespace since.
+            Ok((entered, found)) if entered as u32 == inode => answers.extend(found),
+            Ok(_) => {}
+            Err(e) => log::debug!("cannot check connections in namespace {inode}: {e}"),
+        }
+    }
+    answers
 }
 
 #[cfg(test)]
@@ -199,6 +262,7 @@ mod tests {
         Dumps {
             namespaces: vec![NetnsDump {
                 netns,
+                target: netns::Target::Current,
                 start_ns: 1,
                 contents: (state, sockets),
             }],
@@ -215,6 +279,9 @@ mod tests {
             remote_port: 80,
             inode: 0,
             time_wait_left_ms: Some(30_000),
+            timer: None,
+            recv_queue: 0,
+            send_queue: 0,
         }
     }
 

@@ -292,3 +292,320 @@ fn tw_reuse_reset_when_the_final_ack_was_lost() {
         .copied();
     assert_eq!(recycled, Some(1), "the kernel counted the reuse too");
 }
+
+/// A server and a connected client in `ns` over `addr`.
+fn pair(ns: &Netns, addr: &str) -> (Peer, Peer, u16, u16) {
+    let mut server = ns.peer("tw-server");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
+    let client_port: u16 = client
+        .ok(&format!("connect {addr} {port}"))
+        .parse()
+        .unwrap();
+    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
+    (server, client, port, client_port)
+}
+
+/// The TcpExt counter `name` of a namespace (`nstat`'s view of /proc/net/netstat).
+fn tcpext(ns: &Netns, name: &str) -> u64 {
+    let text = ns.exec(&["cat", "/proc/net/netstat"]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A healthy bulk transfer through a 1 mbit bottleneck (a tbf qdisc with a
+/// short queue on the sender's veth) retransmits what the queue drops, with
+/// growing gaps, for a minute; its ACKs keep coming, so the kernel says the
+/// peer answers and no peer_unresponsive is raised.
+#[test]
+fn bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer() {
+    if !privileged_or_skip("bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer") {
+        return;
+    }
+    let sender = Netns::new("bks");
+    let receiver = Netns::new("bkr");
+    let octet = 1 + (sender.inode % 250);
+    let (a, b) = (format!("10.231.{octet}.1"), format!("10.231.{octet}.2"));
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "ip {args:?}");
+    };
+    run(&[
+        "link",
+        "add",
+        "bkveth0",
+        "netns",
+        &sender.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "bkveth1",
+        "netns",
+        &receiver.name,
+    ]);
+    sender.exec(&["ip", "addr", "add", &format!("{a}/24"), "dev", "bkveth0"]);
+    receiver.exec(&["ip", "addr", "add", &format!("{b}/24"), "dev", "bkveth1"]);
+    sender.exec(&["ip", "link", "set", "bkveth0", "up"]);
+    receiver.exec(&["ip", "link", "set", "bkveth1", "up"]);
+    sender.exec(&[
+        "tc", "qdisc", "add", "dev", "bkveth0", "root", "tbf", "rate", "1mbit", "burst", "10kb",
+        "limit", "20kb",
+    ]);
+    let tracer = Tracer::start(
+        &sender,
+        &[
+            "--no-events",
+            "--peer-unresponsive-after",
+            "15s",
+            "--reconcile-interval",
+            "2s",
+        ],
+    );
+    let mut server = receiver.peer("tw-server");
+    let mut client = sender.peer("tw-client");
+    let port: u16 = server.ok(&format!("listen {b} 4")).parse().unwrap();
+    client.ok(&format!("connect {b} {port}"));
+    server.ok("accept");
+    server.ok("drain");
+    let retransmitted_before = tcpext(&sender, "TCPLostRetransmit") + {
+        let snmp = sender.exec(&["cat", "/proc/net/snmp"]);
+        retrans_segs(&snmp)
+    };
+    let sent: u64 = client.ok("stream 60").parse().unwrap();
+    let retransmitted = retrans_segs(&sender.exec(&["cat", "/proc/net/snmp"]))
+        + tcpext(&sender, "TCPLostRetransmit")
+        - retransmitted_before;
+    let (lines, stderr) = tracer.stop();
+    assert!(sent > 1_000_000, "a minute at 1 mbit: {sent} bytes");
+    assert!(
+        retransmitted > 0,
+        "the bottleneck made the sender retransmit (the situation under test)"
+    );
+    assert!(
+        findings(&lines, "peer_unresponsive").is_empty(),
+        "a false alarm on a healthy transfer: {lines:#?}\n{stderr:?}"
+    );
+}
+
+/// `Tcp: ... RetransSegs ...` of /proc/net/snmp.
+fn retrans_segs(snmp: &str) -> u64 {
+    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RetransSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The server's packets are dropped: the client's data goes unacknowledged,
+/// peer_unresponsive is raised (the kernel agreeing) and resolved when the
+/// drop is lifted. Then, dropped for good with tcp_retries2 lowered, the
+/// predicted abort comes within one backoff step of the retransmit_timeout.
+#[test]
+fn unresponsive_peer_is_confirmed_resolved_and_its_abort_predicted() {
+    if !privileged_or_skip("unresponsive_peer_is_confirmed_resolved_and_its_abort_predicted") {
+        return;
+    }
+    let ns = Netns::new("unr");
+    ns.sysctl("net.ipv4.tcp_retries2", "6");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--lifecycle",
+            "--peer-unresponsive-after",
+            "2s",
+            "--finding-interval",
+            "1s",
+            "--reconcile-interval",
+            "1s",
+        ],
+    );
+    // First: a drop that is lifted.
+    let (_server, mut client, port, client_port) = pair(&ns, "127.0.0.1");
+    ns.nft(&drop_rules(&[&format!("tcp sport {port} drop")]));
+    client.ok("send hello");
+    thread::sleep(Duration::from_secs(5));
+    ns.exec(&["nft", "delete", "table", "inet", "tw"]);
+    thread::sleep(Duration::from_secs(5));
+    // Then: dropped for good.
+    let (_server2, mut client2, port2, client2_port) = pair(&ns, "127.0.0.1");
+    ns.nft(&drop_rules(&[&format!("tcp sport {port2} drop")]));
+    client2.ok("send hello");
+    let established = || ns.sockets("established", &["dport", "=", &format!(":{port2}")]);
+    // tcp_retries2=6: 25.4 s of budget, the abort at the first expiry past it.
+    assert!(
+        wait_until(Duration::from_secs(60), || established() == 0),
+        "the kernel aborts the connection"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let (lines, stderr) = tracer.stop();
+
+    let about = |lport: u16| -> Vec<&Value> {
+        findings(&lines, "peer_unresponsive")
+            .into_iter()
+            .filter(|f| f["lport"] == lport)
+            .collect()
+    };
+    let first = about(client_port);
+    assert_eq!(first[0]["status"], "raised", "{lines:#?}\n{stderr:?}");
+    assert_eq!(first[0]["pid"].as_u64(), Some(client.pid.into()));
+    assert_eq!(first[0]["comm"], "tw-client");
+    assert_eq!(
+        first.last().map(|f| f["status"].clone()),
+        Some("resolved".into()),
+        "resolved once the ACKs came back: {first:#?}"
+    );
+
+    let second = about(client2_port);
+    let raised = second
+        .iter()
+        .find(|f| f["status"] == "raised")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(raised["tcp_retries2"], 6);
+    let ended = lines
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["sport"] == client2_port)
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(ended["end"], "retransmit_timeout");
+    let end_ns = ended["ts_ns"].as_u64().expect("ts_ns");
+    // Each report predicts the abort: the latest is the most informed.
+    let last = second
+        .iter()
+        .rfind(|f| f["status"] != "resolved")
+        .expect("a report");
+    let predicted_ns =
+        last["ts_ns"].as_u64().unwrap() as f64 + last["seconds_left"].as_f64().unwrap() * 1e9;
+    let step = last["rto_seconds"].as_f64().unwrap() * 2.0 * 1e9;
+    let off = (end_ns as f64 - predicted_ns).abs();
+    assert!(
+        off <= step.max(1e9),
+        "predicted {:.1} s after the report, ended {:.1} s after it (one backoff step: {:.1} s): {last}",
+        last["seconds_left"].as_f64().unwrap(),
+        (end_ns as f64 - last["ts_ns"].as_f64().unwrap()) / 1e9,
+        step / 1e9
+    );
+}
+
+/// A reader that stops reading: its window shuts and the writer's data
+/// waits (zero_window_stall, the peer answering the probes); then the
+/// reader's packets are dropped and the probes go unanswered.
+#[test]
+fn zero_window_stall_when_the_reader_stops_and_vanishes() {
+    if !privileged_or_skip("zero_window_stall_when_the_reader_stops_and_vanishes") {
+        return;
+    }
+    let ns = Netns::new("zwin");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--zero-window-after",
+            "2s",
+            "--finding-interval",
+            "1s",
+            "--reconcile-interval",
+            "1s",
+        ],
+    );
+    let (_server, mut client, port, client_port) = pair(&ns, "127.0.0.1");
+    let filled: u64 = client.ok("fill").parse().unwrap();
+    assert!(filled > 0);
+    thread::sleep(Duration::from_secs(5));
+    ns.nft(&drop_rules(&[&format!("tcp sport {port} drop")]));
+    thread::sleep(Duration::from_secs(8));
+    let (lines, stderr) = tracer.stop();
+    let stalls = findings(&lines, "zero_window_stall");
+    let raised = stalls
+        .iter()
+        .find(|f| f["status"] == "raised")
+        .unwrap_or_else(|| panic!("{lines:#?}\n{stderr:?}"));
+    assert_eq!(raised["pid"].as_u64(), Some(client.pid.into()));
+    assert_eq!(raised["lport"].as_u64(), Some(client_port.into()));
+    assert_eq!(raised["rport"].as_u64(), Some(port.into()));
+    assert_eq!(
+        raised["probes"], 0,
+        "the reader is alive and answers: {raised}"
+    );
+    assert!(
+        raised["bytes_waiting"].as_u64().is_some_and(|b| b > 0),
+        "{raised}"
+    );
+    assert!(
+        stalls
+            .iter()
+            .any(|f| f["probes"].as_u64().is_some_and(|p| p > 0)),
+        "probes unanswered once the reader vanished: {stalls:#?}"
+    );
+}
+
+/// Event-driven findings end: a refused connect after `--resolve-after`,
+/// a risky sysctl once fixed, and everything of a deleted namespace.
+#[test]
+fn findings_end_when_quiet_fixed_or_their_namespace_is_gone() {
+    if !privileged_or_skip("findings_end_when_quiet_fixed_or_their_namespace_is_gone") {
+        return;
+    }
+    let ns = Netns::new("end");
+    let doomed = Netns::new("doom");
+    ns.sysctl("net.ipv4.tcp_syncookies", "0");
+    doomed.sysctl("net.ipv4.tcp_syncookies", "0");
+    let doomed_inode = doomed.inode.to_string();
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--netns",
+            &doomed_inode,
+            "--resolve-after",
+            "2s",
+            "--reconcile-interval",
+            "1s",
+        ],
+    );
+    let mut client = ns.peer("tw-client");
+    assert_eq!(client.cmd("connect 127.0.0.1 9"), "err ConnectionRefused");
+    thread::sleep(Duration::from_secs(2));
+    ns.sysctl("net.ipv4.tcp_syncookies", "1");
+    drop(doomed);
+    thread::sleep(Duration::from_secs(4));
+    let (lines, stderr) = tracer.stop();
+    let statuses = |kind: &str, netns: u64| -> Vec<String> {
+        findings(&lines, kind)
+            .into_iter()
+            .filter(|f| f["netns"] == netns)
+            .map(|f| f["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        statuses("connect_refused", ns.inode),
+        ["raised", "resolved"],
+        "{lines:#?}\n{stderr:?}"
+    );
+    assert_eq!(
+        statuses("sysctl_risk", ns.inode),
+        ["raised", "resolved"],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        statuses("sysctl_risk", doomed_inode.parse().unwrap()),
+        ["raised", "resolved"],
+        "{lines:#?}"
+    );
+}

@@ -69,6 +69,11 @@ pub struct DetectorArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub peer_unresponsive_after: Option<Duration>,
 
+    /// A peer's receive window that stays zero this long while data waits
+    /// makes a zero_window_stall finding [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub zero_window_after: Option<Duration>,
+
     /// Share of the ephemeral port range that connections plus TIME_WAIT
     /// towards one remote endpoint may take before a port_exhaustion_risk
     /// [default: 0.5].
@@ -106,6 +111,7 @@ impl DetectorArgs {
             peer_unresponsive_after: self
                 .peer_unresponsive_after
                 .unwrap_or(base.peer_unresponsive_after),
+            zero_window_after: self.zero_window_after.unwrap_or(base.zero_window_after),
             port_use_fraction: self.port_use_fraction.unwrap_or(base.port_use_fraction),
             update_every: self.finding_interval.unwrap_or(base.update_every),
             resolve_after: self.resolve_after.unwrap_or(base.resolve_after),
@@ -131,6 +137,9 @@ impl DetectorArgs {
         }
         if let Some(v) = self.peer_unresponsive_after {
             t.peer_unresponsive_after = HumanDuration(v);
+        }
+        if let Some(v) = self.zero_window_after {
+            t.zero_window_after = HumanDuration(v);
         }
         if let Some(v) = self.port_use_fraction {
             t.port_use_fraction = v;

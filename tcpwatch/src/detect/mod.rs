@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+mod peer_health;
+
 use crate::{
     audit::{self, NetnsState},
     event::{EventKind, TcpEvent, TcpState},
@@ -33,6 +35,7 @@ pub mod kind {
     pub const PEER_UNRESPONSIVE: &str = "peer_unresponsive";
     pub const TW_REUSE_RESET: &str = "tw_reuse_reset";
     pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
+    pub const ZERO_WINDOW_STALL: &str = "zero_window_stall";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -52,6 +55,8 @@ pub struct Thresholds {
     /// Data retransmitted without progress for this long means the peer
     /// stopped answering.
     pub peer_unresponsive_after: Duration,
+    /// A peer's zero window that lasts this long while data waits is a stall.
+    pub zero_window_after: Duration,
     /// Share of the ephemeral port range that connections and TIME_WAIT
     /// towards one remote endpoint from one local address may take.
     pub port_use_fraction: f64,
@@ -69,6 +74,7 @@ impl Default for Thresholds {
             fin_wait2_age: Duration::from_secs(60),
             time_wait_count: 1000,
             peer_unresponsive_after: Duration::from_secs(30),
+            zero_window_after: Duration::from_secs(60),
             port_use_fraction: 0.5,
             update_every: Duration::from_secs(10),
             resolve_after: Duration::from_secs(300),
@@ -156,6 +162,8 @@ pub struct Detectors {
     pub tw_reuse_resets: u64,
     /// Open findings dropped at [`MAX_OPEN_FINDINGS`], since start.
     pub evicted: u64,
+    /// What the kernel said of the connections whose health is in doubt.
+    health: peer_health::Health,
 }
 
 /// (netns, local address, remote address, remote port).
@@ -224,6 +232,7 @@ impl Detectors {
             port_use: HashMap::new(),
             tw_reuse_resets: 0,
             evicted: 0,
+            health: Default::default(),
         }
     }
 
@@ -867,58 +876,8 @@ impl Detectors {
             });
         }
 
-        // Data retransmitted with growing backoff for too long.
-        let after = t.peer_unresponsive_after.as_nanos() as u64;
-        let stalled: Vec<_> = model
-            .connections()
-            .filter(|c| matches!(c.state, TcpState::Established | TcpState::CloseWait))
-            .filter_map(|c| c.rtx_run.as_deref().map(|run| (c, *run)))
-            .filter(|(_, run)| {
-                run.count >= 3
-                    && now.saturating_sub(run.start_ns) >= after
-                    && now.saturating_sub(run.last_ns) <= 130_000_000_000
-            })
-            .map(|(c, run)| (c.tuple, c.pid, c.comm.clone(), run))
-            .collect();
-        for (tuple, pid, comm, run) in stalled {
-            let key = format!(
-                "{}|{}|{}|{}|{}",
-                tuple.netns, tuple.local, tuple.local_port, tuple.remote, tuple.remote_port
-            );
-            let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
-            let give_up_ns = crate::audit::model_timeout_ms(retries2, 200) * 1_000_000;
-            let stalled_for = now.saturating_sub(run.start_ns);
-            let left = secs(give_up_ns.saturating_sub(stalled_for));
-            let stalled_s = secs(stalled_for);
-            let who = Who {
-                pid: Some(pid),
-                comm: Some(comm.to_string()),
-                laddr: Some(tuple.local),
-                lport: Some(tuple.local_port),
-                raddr: Some(tuple.remote),
-                rport: Some(tuple.remote_port),
-            };
-            let peer = endpoint(tuple.remote, tuple.remote_port);
-            self.observe(&mut out, kind::PEER_UNRESPONSIVE, key, tuple.netns, now, u64::from(run.count), Driver::Tick, |count| {
-                who.apply(
-                    Finding::new(
-                        kind::PEER_UNRESPONSIVE,
-                        Severity::Warning,
-                        format!("{comm} (pid {pid}) has retransmitted data to {peer} {count} times over {stalled_s} s without an answer; the kernel gives up in about {left} s"),
-                    )
-                    .evidence("count", count)
-                    .evidence("age_seconds", stalled_s)
-                    .evidence("seconds_left", left)
-                    .evidence("tcp_retries2", retries2)
-                    .remedy(
-                        "The peer host crashed, lost power or its network, or a firewall drops its packets: \
-                         TCP cannot tell, and retransmits with backoff until tcp_retries2 runs out. \
-                         Set TCP_USER_TIMEOUT (or lower net.ipv4.tcp_retries2) where a dead peer must \
-                         be noticed sooner, and check the peer.",
-                    ),
-                )
-            });
-        }
+        self.peer_unresponsive(&mut out, now, model);
+        self.zero_window_stall(&mut out, now, model);
 
         // Ephemeral ports towards one remote endpoint from one local address:
         // open outgoing connections plus the active closer's TIME_WAIT.
@@ -1231,17 +1190,38 @@ mod tests {
             evs.push(e);
         }
         feed(&mut m, &mut d, &evs);
+        let tuple = m.connections().next().unwrap().tuple;
+        assert_eq!(d.wanted_health(&m), [tuple]);
+        // What the kernel says at 2.5 s and at 4.1 s: five RTO timeouts,
+        // nothing acknowledged since the data was sent at 1 s minus the
+        // first RTO; the next expiry 3.2 s away with the RTO at 3.2 s.
+        let kernel = |silent_ms: u32| crate::diag::TcpHealth {
+            timer: Some(crate::diag::KernelTimer::Retransmit {
+                expires_ms: 3200,
+                retransmits: 5,
+            }),
+            retransmits: 5,
+            backoff: 4,
+            rto_us: 3_200_000,
+            unacked: 2,
+            last_data_sent_ms: silent_ms,
+            last_ack_recv_ms: silent_ms,
+            ..Default::default()
+        };
+        d.set_health([(tuple, Some(kernel(1700)))], 2_500_000_000);
         assert!(d.tick(2_500_000_000, &m).is_empty(), "not yet 2 s of stall");
+        d.set_health([(tuple, Some(kernel(3300)))], 4_100_000_000);
         let r = d.tick(4_100_000_000, &m);
         assert_eq!(kinds(&r), [(kind::PEER_UNRESPONSIVE, Status::Raised)]);
         let f = &r[0].finding;
-        // tcp_retries2=4: the kernel gives up after 6.2 s of backoff.
+        // tcp_retries2=4: a budget of 6.2 s from the first retransmit (at
+        // 0.8 s); stalled 3.3 s, the next expiry at +3.2 s is past it.
         assert_eq!(
             (
                 f.evidence["count"].as_u64(),
                 f.evidence["seconds_left"].as_f64()
             ),
-            (Some(5), Some(3.1))
+            (Some(5), Some(3.2))
         );
         assert_eq!(f.evidence["rport"], 443);
         // The connection ends (retransmit timeout): resolved.
@@ -1250,9 +1230,125 @@ mod tests {
             &mut d,
             &[st(6_200_000_000, 0x8000, Established, Close, 40000, 443)],
         );
+        d.set_health([(tuple, None)], 6_300_000_000);
         assert_eq!(
             kinds(&d.tick(6_300_000_000, &m)),
             [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+        );
+    }
+
+    /// A bulk transfer through a bottleneck retransmits what the queue
+    /// dropped, with gaps that grow, but its ACKs keep coming: the kernel
+    /// says so and no peer is accused; when the ACKs stop, it is raised,
+    /// and resolved once they come back.
+    #[test]
+    fn retransmits_with_acks_flowing_are_no_unresponsive_peer() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            peer_unresponsive_after: Duration::from_secs(2),
+            ..Default::default()
+        });
+        let mut evs = vec![
+            st(0, 0x9000, Close, SynSent, 0, 443),
+            st(1, 0x9000, SynSent, Established, 40000, 443),
+        ];
+        for ms in [1000u64, 1300, 1900, 3100, 5500] {
+            let mut e = st(ms * 1_000_000, 0x9000, Established, Established, 40000, 443);
+            e.kind = EventKind::Retransmit;
+            evs.push(e);
+        }
+        feed(&mut m, &mut d, &evs);
+        let tuple = m.connections().next().unwrap().tuple;
+        let flowing = crate::diag::TcpHealth {
+            retransmits: 1,
+            unacked: 40,
+            rto_us: 1_000_000,
+            last_ack_recv_ms: 30,
+            last_data_sent_ms: 10,
+            ..Default::default()
+        };
+        for s in 6..30u64 {
+            d.set_health([(tuple, Some(flowing))], s * S);
+            assert!(d.tick(s * S, &m).is_empty(), "false alarm at {s} s");
+        }
+        let dead = crate::diag::TcpHealth {
+            last_ack_recv_ms: 4_000,
+            last_data_sent_ms: 4_000,
+            retransmits: 3,
+            ..flowing
+        };
+        d.set_health([(tuple, Some(dead))], 31 * S);
+        assert_eq!(
+            kinds(&d.tick(31 * S, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+        );
+        d.set_health([(tuple, Some(flowing))], 32 * S);
+        assert_eq!(
+            kinds(&d.tick(32 * S, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+        );
+    }
+
+    #[test]
+    fn zero_window_stall_from_the_persist_timer() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            zero_window_after: Duration::from_secs(5),
+            ..Default::default()
+        });
+        feed(
+            &mut m,
+            &mut d,
+            &[
+                st(0, 0xa000, Listen, SynRecv, 443, 40000),
+                st(1, 0xa000, SynRecv, Established, 443, 40000),
+            ],
+        );
+        let c = m.connections().next().unwrap();
+        let listed = crate::diag::DiagSocket {
+            state: Established,
+            local: c.tuple.local,
+            local_port: 443,
+            remote: c.tuple.remote,
+            remote_port: 40000,
+            inode: 5,
+            time_wait_left_ms: None,
+            timer: Some(crate::diag::KernelTimer::ZeroWindowProbe { expires_ms: 800 }),
+            recv_queue: 0,
+            send_queue: 65_536,
+        };
+        let tuple = c.tuple;
+        d.on_kernel_sockets(1, &[listed], S);
+        assert_eq!(d.wanted_health(&m), [tuple]);
+        let shut = crate::diag::TcpHealth {
+            timer: Some(crate::diag::KernelTimer::ZeroWindowProbe { expires_ms: 800 }),
+            snd_wnd: Some(0),
+            send_queue: 65_536,
+            ..Default::default()
+        };
+        d.set_health([(tuple, Some(shut))], 2 * S);
+        assert!(d.tick(2 * S, &m).is_empty(), "not yet 5 s");
+        d.set_health([(tuple, Some(shut))], 6 * S);
+        let r = d.tick(6 * S, &m);
+        assert_eq!(kinds(&r), [(kind::ZERO_WINDOW_STALL, Status::Raised)]);
+        assert_eq!(r[0].finding.evidence["bytes_waiting"], 65_536);
+        assert_eq!(r[0].finding.evidence["pid"], 7);
+        // The peer stops answering the probes: updated with their count.
+        let unanswered = crate::diag::TcpHealth { probes: 3, ..shut };
+        d.set_health([(tuple, Some(unanswered))], 20 * S);
+        let r = d.tick(20 * S, &m);
+        assert_eq!(kinds(&r), [(kind::ZERO_WINDOW_STALL, Status::Updated)]);
+        assert_eq!(r[0].finding.evidence["probes"], 3);
+        // The window opens: resolved.
+        let open = crate::diag::TcpHealth {
+            timer: None,
+            snd_wnd: Some(65_536),
+            ..shut
+        };
+        d.set_health([(tuple, Some(open))], 21 * S);
+        assert_eq!(
+            kinds(&d.tick(21 * S, &m)),
+            [(kind::ZERO_WINDOW_STALL, Status::Resolved)]
         );
     }
 

@@ -336,6 +336,57 @@ pub fn peer_loop(comm: &str) {
                     }
                 }
             })(),
+            // Writes for SECS seconds, as fast as the path takes it; replies
+            // with the bytes written.
+            ["stream", secs] => (|| {
+                let c = conn.as_ref().ok_or("no connection".to_owned())?;
+                let secs: f64 = secs.parse().map_err(|_| "bad seconds".to_owned())?;
+                let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+                let chunk = [7u8; 16384];
+                let mut sent = 0usize;
+                while std::time::Instant::now() < until {
+                    sent += c.send(&chunk).map_err(|e| e.to_string())?;
+                }
+                Ok(sent.to_string())
+            })(),
+            // Reads the connection to its end on a thread of its own.
+            ["drain"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| c.try_clone().map_err(|e| e.to_string()))
+                .map(|c| {
+                    std::thread::spawn(move || {
+                        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 65536];
+                        while matches!(c.recv(&mut buf), Ok(n) if n > 0) {}
+                    });
+                    String::new()
+                }),
+            // Writes until the send buffer is full (the peer's window shut);
+            // replies with the bytes written.
+            ["fill"] => (|| {
+                let c = conn.as_ref().ok_or("no connection".to_owned())?;
+                c.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let chunk = [7u8; 65536];
+                let mut sent = 0usize;
+                let mut idle = 0;
+                // Autotuning grows the buffers while the first bytes land:
+                // full means EAGAIN several times in a row.
+                while idle < 20 {
+                    match c.send(&chunk) {
+                        Ok(n) => {
+                            sent += n;
+                            idle = 0;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            idle += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                c.set_nonblocking(false).map_err(|e| e.to_string())?;
+                Ok(sent.to_string())
+            })(),
             ["close"] => {
                 conn = None;
                 Ok(String::new())
