@@ -63,7 +63,9 @@ pub struct Metrics {
     scrape_seconds: prometheus::Gauge,
     ring_peak_fill: prometheus::Gauge,
     /// Last values of cumulative sources, to add only what is new.
-    last_tcpext: std::collections::HashMap<String, u64>,
+    /// Per namespace: the last reading of each TcpExt counter, and the
+    /// increments counted since start (to rank namespaces for the top N).
+    last_tcpext: std::collections::HashMap<u32, ([u64; crate::audit::TCPEXT.len()], u64)>,
     last_counters: Counters,
     last_evicted: (u64, u64),
     /// Corrections and seeding already counted, and namespace records dropped.
@@ -129,8 +131,8 @@ impl Metrics {
         )?;
         let tcpext = c(
             "tcpwatch_tcpext_total",
-            "TcpExt counters of tcpwatch's network namespace (TW, TWRecycled, ...).",
-            &["counter"],
+            "TcpExt counters (TW, TWRecycled, ListenOverflows, ...) by network namespace (inode; the top N by activity, then other), counted from tcpwatch's start.",
+            &["netns", "counter"],
         )?;
         let events_lost = c(
             "tcpwatch_events_lost_total",
@@ -378,6 +380,56 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts the TcpExt counters of every namespace read by the last
+    /// reconciliation: each increment goes to its namespace's series when
+    /// that namespace is among the `top_n` busiest, to `other` otherwise,
+    /// so the label set stays bounded and every counter only grows.
+    pub fn count_tcpext(
+        &mut self,
+        namespaces: &std::collections::HashMap<u32, NetnsState>,
+        top_n: usize,
+    ) {
+        use crate::audit::TCPEXT;
+        let mut moved: Vec<(u32, [u64; TCPEXT.len()])> = Vec::new();
+        for (netns, state) in namespaces {
+            let now: [u64; TCPEXT.len()] =
+                std::array::from_fn(|i| state.tcpext.get(TCPEXT[i]).copied().unwrap_or(0));
+            // The first reading sets the baseline: counts from before
+            // tcpwatch started (or saw the namespace) are not counted.
+            let (last, total) = self.last_tcpext.entry(*netns).or_insert((now, 0));
+            let delta: [u64; TCPEXT.len()] =
+                std::array::from_fn(|i| now[i].saturating_sub(last[i]));
+            *total += delta.iter().sum::<u64>();
+            *last = now;
+            moved.push((*netns, delta));
+        }
+        // Namespaces gone are forgotten.
+        self.last_tcpext.retain(|n, _| namespaces.contains_key(n));
+        let mut busiest: Vec<(u64, u32)> = self
+            .last_tcpext
+            .iter()
+            .filter(|(_, (_, total))| *total > 0)
+            .map(|(n, (_, total))| (*total, *n))
+            .collect();
+        busiest.sort_unstable_by(|a, b| b.cmp(a));
+        let top: std::collections::HashSet<u32> =
+            busiest.iter().take(top_n).map(|(_, n)| *n).collect();
+        for (netns, delta) in moved {
+            let label = if top.contains(&netns) {
+                netns.to_string()
+            } else {
+                "other".to_owned()
+            };
+            for (name, d) in TCPEXT.iter().zip(delta) {
+                if d > 0 {
+                    self.tcpext
+                        .with_label_values(&[label.as_str(), name])
+                        .inc_by(d);
+                }
+            }
+        }
+    }
+
     /// Refreshes what is read rather than counted, then encodes everything.
     #[allow(clippy::too_many_arguments)]
     pub fn render(
@@ -517,16 +569,6 @@ impl Metrics {
             .set(model.connections().count() as i64);
         self.model_time_wait.set(model.time_wait().count() as i64);
         if let Some(state) = own_netns {
-            for name in crate::audit::TCPEXT {
-                let now = state.tcpext.get(name).copied().unwrap_or(0);
-                // The first reading sets the baseline: counts from before
-                // tcpwatch started are not re-counted.
-                let before = *self.last_tcpext.entry(name.to_owned()).or_insert(now);
-                self.tcpext
-                    .with_label_values(&[name])
-                    .inc_by(now.saturating_sub(before));
-                self.last_tcpext.insert(name.to_owned(), now);
-            }
             for name in SYSCTLS {
                 if let Some(v) = state.sysctls.get(name).and_then(|v| v.parse::<i64>().ok()) {
                     self.sysctl.with_label_values(&[name]).set(v);
@@ -778,5 +820,51 @@ mod tests {
         assert!(
             text.contains("tcpwatch_close_wait_oldest_seconds{comm=\"nginx\",port=\"8080\"} 90\n")
         );
+    }
+
+    #[test]
+    fn tcpext_by_namespace_top_n_then_other() {
+        let mut m = Metrics::new().unwrap();
+        let state = |overflows: u64, tw: u64| {
+            let mut s = NetnsState::default();
+            s.tcpext.insert("ListenOverflows".into(), overflows);
+            s.tcpext.insert("TW".into(), tw);
+            s
+        };
+        let mut namespaces = std::collections::HashMap::new();
+        namespaces.insert(11u32, state(100, 50));
+        namespaces.insert(22u32, state(0, 0));
+        // The first reading is the baseline.
+        m.count_tcpext(&namespaces, 1);
+        namespaces.insert(11, state(428, 50));
+        namespaces.insert(22, state(0, 3));
+        m.count_tcpext(&namespaces, 1);
+        let text = render_plain(&mut m);
+        assert!(
+            text.contains("tcpwatch_tcpext_total{counter=\"ListenOverflows\",netns=\"11\"} 328\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpwatch_tcpext_total{counter=\"TW\",netns=\"other\"} 3\n"),
+            "{text}"
+        );
+        // A namespace that disappears is forgotten.
+        namespaces.remove(&22);
+        m.count_tcpext(&namespaces, 1);
+        assert!(!m.last_tcpext.contains_key(&22));
+    }
+
+    fn render_plain(m: &mut Metrics) -> String {
+        let model = Model::new(Limits::default());
+        let summary = summarize(&model, 0, &[], 10);
+        m.render(
+            &KernelTotals::default(),
+            &ResetReasons::default(),
+            &summary,
+            &model,
+            None,
+            &Counters::default(),
+            None,
+        )
     }
 }

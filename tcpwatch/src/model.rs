@@ -375,6 +375,20 @@ pub struct KernelSocket {
     pub time_wait_left_ns: Option<u64>,
 }
 
+/// A listening socket: learnt from `listen()` (CLOSE -> LISTEN, in process
+/// context) or from the kernel's socket list.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    pub tuple: FourTuple,
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub since_ns: u64,
+}
+
+/// Keys of listeners learnt from the kernel's list: below any kernel
+/// address, so they never collide with a socket address.
+const SEEDED_LISTENER_KEYS: u64 = 1 << 40;
+
 /// What one reconciliation changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
@@ -389,17 +403,23 @@ pub struct Reconciled {
     pub connections_removed: u64,
     /// Connections whose state the kernel's list corrected.
     pub states_corrected: u64,
+    /// Listeners the kernel has that the model did not know, and those it
+    /// no longer has.
+    pub listeners_added: u64,
+    pub listeners_removed: u64,
 }
 
 impl Reconciled {
     /// Each kind with its count, named as the metrics label them.
-    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 7] {
         [
             ("time_wait_added", self.time_wait_added),
             ("time_wait_removed", self.time_wait_removed),
             ("added", self.connections_added),
             ("removed", self.connections_removed),
             ("state", self.states_corrected),
+            ("listener_added", self.listeners_added),
+            ("listener_removed", self.listeners_removed),
         ]
     }
 
@@ -415,6 +435,8 @@ impl std::ops::AddAssign for Reconciled {
         self.connections_added += o.connections_added;
         self.connections_removed += o.connections_removed;
         self.states_corrected += o.states_corrected;
+        self.listeners_added += o.listeners_added;
+        self.listeners_removed += o.listeners_removed;
     }
 }
 
@@ -446,6 +468,10 @@ pub struct Model {
     max_tw_buckets: HashMap<u32, u64>,
     /// Namespaces reconciled at least once: the first look is seeding.
     reconciled_netns: std::collections::HashSet<u32>,
+    /// Listening sockets by socket address (or a key below
+    /// [`SEEDED_LISTENER_KEYS`] for those learnt from the kernel's list).
+    listeners: HashMap<u64, Listener>,
+    next_seeded_listener: u64,
     /// Command names shared by the records (a host has few distinct ones).
     comms: Comms,
     /// Connections known only from the kernel's list, by 4-tuple, until an
@@ -475,6 +501,11 @@ impl Model {
 
     pub fn connections(&self) -> impl Iterator<Item = &Connection> {
         self.connections.values().chain(self.seeded.values())
+    }
+
+    /// Listening sockets.
+    pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.values()
     }
 
     pub fn time_wait(&self) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
@@ -579,10 +610,35 @@ impl Model {
         let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
             return;
         };
-        if old == TcpState::Close && new == TcpState::Listen
-            || old == TcpState::Listen && new == TcpState::Close
-        {
-            // Listeners are not connections.
+        if old == TcpState::Close && new == TcpState::Listen {
+            // Listeners are not connections; they are counted apart.
+            if self.listeners.len() < self.limits.max_connections {
+                let comm = self.comms.share(&ev.comm);
+                self.listeners.insert(
+                    ev.skaddr,
+                    Listener {
+                        tuple: FourTuple::of(ev),
+                        pid: ev.pid,
+                        comm,
+                        since_ns: ev.ts_ns,
+                    },
+                );
+            }
+            return;
+        }
+        if old == TcpState::Listen && new == TcpState::Close {
+            if self.listeners.remove(&ev.skaddr).is_none() {
+                // A listener known only from the kernel's list.
+                let tuple = FourTuple::of(ev);
+                let seeded = self
+                    .listeners
+                    .iter()
+                    .find(|(k, l)| **k < SEEDED_LISTENER_KEYS && l.tuple == tuple)
+                    .map(|(k, _)| *k);
+                if let Some(key) = seeded {
+                    self.listeners.remove(&key);
+                }
+            }
             return;
         }
         if is_birth(old, new) {
@@ -888,6 +944,9 @@ impl Model {
         self.time_wait_per_netns.retain(|ns, _| !gone(*ns));
         self.max_tw_buckets.retain(|ns, _| !gone(*ns));
         self.reconciled_netns.retain(|ns| !gone(*ns));
+        let before = self.listeners.len();
+        self.listeners.retain(|_, l| !gone(l.tuple.netns));
+        removed += (before - self.listeners.len()) as u64;
         self.stats.namespace_gone += removed;
         removed
     }
@@ -1079,12 +1138,70 @@ impl Model {
             );
             r.connections_added += 1;
         }
+        self.reconcile_listeners(netns, sockets, dump_start_ns, &mut r);
         if self.reconciled_netns.insert(netns) {
             self.stats.seeded += r;
         } else {
             self.stats.corrections += r;
         }
         r
+    }
+
+    /// Listeners: as many per address and port as the kernel lists. Those
+    /// the kernel no longer has go (unless learnt after the dump started);
+    /// those it has beyond the model's are added with their owner from
+    /// `/proc` where known.
+    fn reconcile_listeners(
+        &mut self,
+        netns: u32,
+        sockets: &[KernelSocket],
+        dump_start_ns: u64,
+        r: &mut Reconciled,
+    ) {
+        let mut kernel: HashMap<FourTuple, Vec<&KernelSocket>> = HashMap::new();
+        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+            kernel.entry(s.tuple).or_default().push(s);
+        }
+        let mut model: HashMap<FourTuple, Vec<(u64, u64)>> = HashMap::new();
+        for (key, l) in self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.tuple.netns == netns)
+        {
+            model.entry(l.tuple).or_default().push((l.since_ns, *key));
+        }
+        for (tuple, mut known) in model {
+            let listed = kernel.get(&tuple).map_or(0, Vec::len);
+            // Seeded ones first, then the oldest.
+            known.sort_by_key(|(since, key)| (*key >= SEEDED_LISTENER_KEYS, *since));
+            let extra = known.len().saturating_sub(listed);
+            for (since, key) in known.into_iter().take(extra) {
+                if since < dump_start_ns {
+                    self.listeners.remove(&key);
+                    r.listeners_removed += 1;
+                }
+            }
+        }
+        for (tuple, listed) in kernel {
+            let known = self.listeners.values().filter(|l| l.tuple == tuple).count();
+            for s in listed.into_iter().skip(known) {
+                if self.listeners.len() >= self.limits.max_connections {
+                    return;
+                }
+                self.next_seeded_listener = (self.next_seeded_listener + 1) % SEEDED_LISTENER_KEYS;
+                let comm = self.comms.share(&s.comm);
+                self.listeners.insert(
+                    self.next_seeded_listener,
+                    Listener {
+                        tuple,
+                        pid: s.pid,
+                        comm,
+                        since_ns: dump_start_ns,
+                    },
+                );
+                r.listeners_added += 1;
+            }
+        }
     }
 
     /// Ages the model to `now_ns` (monotonic): closes parked past their
@@ -1610,7 +1727,9 @@ mod tests {
                 time_wait_removed: 1,
                 connections_added: 1,
                 connections_removed: 0,
-                states_corrected: 0
+                states_corrected: 0,
+                listeners_added: 1,
+                listeners_removed: 0,
             }
         );
         let tw: Vec<_> = m.time_wait().collect();
@@ -1620,8 +1739,11 @@ mod tests {
             (c[0].state, c[0].state_age_known, c[0].pid, c[0].opener),
             (CloseWait, false, 99, Opener::Passive)
         );
-        // The first look at a namespace is seeding, counted apart.
-        assert_eq!(m.stats().seeded.total(), 3);
+        // The first look at a namespace is seeding, counted apart: the
+        // TIME_WAIT, the CLOSE_WAIT, the inferred TIME_WAIT dropped and the
+        // listener.
+        assert_eq!(m.stats().seeded.total(), 4);
+        assert_eq!(m.listeners().count(), 1);
         assert_eq!(m.stats().corrections.total(), 0);
         // Agreeing again changes nothing.
         assert_eq!(
@@ -1918,5 +2040,34 @@ mod tests {
         let r = m.reconcile(7, &dump, 9 * MS, 10 * MS);
         assert_eq!(m.connections().count(), 1);
         assert_eq!(r.connections_added, 1);
+    }
+
+    #[test]
+    fn listeners_from_listen_and_from_the_kernel_list() {
+        let mut m = Model::default();
+        let mut listen = st(0, SK, Close, Listen);
+        listen.sport = 8080;
+        listen.daddr = "0.0.0.0".parse().unwrap();
+        listen.dport = 0;
+        run(&mut m, &[listen.clone()]);
+        let l: Vec<_> = m.listeners().collect();
+        assert_eq!((l.len(), l[0].pid, l[0].tuple.local_port), (1, 42, 8080));
+        // The kernel lists it and a second one on 9090 (older than tcpwatch).
+        let mut other = l[0].tuple;
+        other.local_port = 9090;
+        let listed = [kernel(l[0].tuple, Listen), kernel(other, Listen)];
+        let r = m.reconcile(7, &listed, 10 * MS, 10 * MS);
+        assert_eq!((r.listeners_added, r.listeners_removed), (1, 0));
+        assert_eq!(m.listeners().count(), 2);
+        // 8080 closes by an event; 9090 vanishes from the kernel's list.
+        let mut closed = listen;
+        closed.ts_ns = 20 * MS;
+        closed.old_state = Some(Listen);
+        closed.new_state = Some(Close);
+        run(&mut m, &[closed]);
+        assert_eq!(m.listeners().count(), 1);
+        let r = m.reconcile(7, &[], 30 * MS, 30 * MS);
+        assert_eq!(r.listeners_removed, 1);
+        assert_eq!(m.listeners().count(), 0);
     }
 }

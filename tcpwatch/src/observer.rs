@@ -32,6 +32,8 @@ pub struct Observer {
     /// How to enter each namespace seen by the last reconciliation, for
     /// the health checks between reconciliations.
     namespaces: HashMap<u32, netns::Target>,
+    /// Each namespace's settings and counters from the last reconciliation.
+    pub netns_states: HashMap<u32, crate::audit::NetnsState>,
 }
 
 impl Observer {
@@ -42,6 +44,7 @@ impl Observer {
             snapshot,
             sock_diag_available: None,
             namespaces: HashMap::new(),
+            netns_states: HashMap::new(),
         }
     }
 
@@ -97,6 +100,7 @@ impl Observer {
             // and their findings are over.
             self.model.forget_namespaces_except(listed);
             self.namespaces.retain(|inode, _| listed.contains(inode));
+            self.netns_states.retain(|inode, _| listed.contains(inode));
             if let Some(d) = self.detectors.as_mut() {
                 let start = dumps.namespaces.first().map_or(0, |n| n.start_ns);
                 reports.extend(d.forget_namespaces_except(listed, start));
@@ -118,6 +122,7 @@ impl Observer {
             self.namespaces.insert(netns, dump.target);
             let (state, sockets) = dump.contents;
             self.model.set_max_tw_buckets(netns, state.max_tw_buckets());
+            self.netns_states.insert(netns, state.clone());
             if let Some(d) = self.detectors.as_mut() {
                 reports.extend(d.on_netns(netns, &state, dump.start_ns));
             }

@@ -83,6 +83,10 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
             row.at_least |= !c.state_age_known;
         }
     }
+    let listening = model.listeners().filter(|l| wanted(l.tuple.netns)).count() as u64;
+    if listening > 0 {
+        *states.entry(TcpState::Listen).or_default() += listening;
+    }
     let mut tw: HashMap<String, u64> = HashMap::new();
     for (t, entry) in model.time_wait().filter(|(t, _)| wanted(t.netns)) {
         *states.entry(entry.substate).or_default() += 1;
@@ -141,6 +145,13 @@ pub fn by_netns(model: &Model, top: usize) -> Vec<(String, TcpState, u64)> {
             .entry(c.tuple.netns)
             .or_default()
             .entry(c.state)
+            .or_default() += 1;
+    }
+    for l in model.listeners() {
+        *counts
+            .entry(l.tuple.netns)
+            .or_default()
+            .entry(TcpState::Listen)
             .or_default() += 1;
     }
     for (t, entry) in model.time_wait() {

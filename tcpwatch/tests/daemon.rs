@@ -371,3 +371,71 @@ fn tls_and_basic_auth_from_a_web_config_file() {
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two worker processes of one program leak CLOSE_WAIT on one port (5 and
+/// 3 sockets): the series labelled by comm and port sums them, as `ss`
+/// counts them.
+#[test]
+fn close_wait_of_workers_sharing_a_comm_and_port_adds_up() {
+    if !privileged_or_skip("close_wait_of_workers_sharing_a_comm_and_port_adds_up") {
+        return;
+    }
+    let ns = Netns::new("cww");
+    let daemon = RunningDaemon::start(&["--reconcile-interval", "1s"]);
+    let mut master = ns.peer("tw-worker");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = master.ok("listen 127.0.0.1 64").parse().unwrap();
+    let mut workers = Vec::new();
+    for k in [5, 3] {
+        master.send(&format!("fork_accept_leak {k}"));
+        for _ in 0..k {
+            client.ok(&format!("connect 127.0.0.1 {port}"));
+            client.ok("keep");
+        }
+        let pid: u32 = master
+            .reply()
+            .strip_prefix("ok ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0);
+        workers.push(pid);
+    }
+    assert!(
+        workers.iter().all(|p| *p != 0) && workers[0] != workers[1],
+        "{workers:?}"
+    );
+    client.ok("close_kept");
+    let series = format!("tcpwatch_close_wait_sockets{{comm=\"tw-worker\",port=\"{port}\"}}");
+    let want = || ns.sockets("close-wait", &["sport", "=", &format!(":{port}")]);
+    assert!(
+        wait_until(Duration::from_secs(5), || want() == 8),
+        "ss: {}",
+        want()
+    );
+    let mut last = String::new();
+    let agreed = wait_until(Duration::from_secs(10), || {
+        let (_, _, body) = http_get(&daemon.addr, "/metrics");
+        last = body;
+        sample(&last, &series) == Some(8.0)
+    });
+    assert!(agreed, "{series} should be 8 (ss: {}):\n{last}", want());
+    // Two rows behind the one series: each worker holds its own.
+    let (_, _, body) = http_get(
+        &daemon.addr,
+        &format!("/api/connections?state=CLOSE_WAIT&port={port}"),
+    );
+    let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let rows = view["connections"].as_array().cloned().unwrap_or_default();
+    let mut holders: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["netns"] == ns.inode && r["sport"] == port)
+        .filter_map(|r| r["pid"].as_u64())
+        .collect();
+    holders.sort_unstable();
+    let mut expected: Vec<u64> = [5usize, 3]
+        .iter()
+        .zip(&workers)
+        .flat_map(|(k, pid)| std::iter::repeat_n(u64::from(*pid), *k))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(holders, expected, "{body}");
+}

@@ -609,3 +609,43 @@ fn findings_end_when_quiet_fixed_or_their_namespace_is_gone() {
         "{lines:#?}"
     );
 }
+
+/// 2,000 SYNs take over server-side TIME_WAIT 4-tuples within a second:
+/// the finding reports (nearly) all of them, not the first.
+#[test]
+fn a_burst_of_time_wait_takeovers_is_counted() {
+    if !privileged_or_skip("a_burst_of_time_wait_takeovers_is_counted") {
+        return;
+    }
+    let ns = Netns::new("twb");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--finding-interval",
+            "1s",
+            "--ring-kib",
+            "16384",
+        ],
+    );
+    let mut peer = ns.peer("tw-burst");
+    let n = 2000u64;
+    let port: u16 = peer.ok(&format!("tw_burst {n} 20000")).parse().unwrap();
+    // Every TIME_WAIT was taken over: none left on the server's port.
+    assert_eq!(
+        ns.sockets("time-wait", &["sport", "=", &format!(":{port}")]),
+        0
+    );
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+    let reports = findings(&lines, "time_wait_syn_reuse");
+    let last = reports
+        .iter()
+        .rfind(|f| f["lport"] == port)
+        .unwrap_or_else(|| panic!("{lines:#?}\n{stderr:?}"));
+    let count = last["count"].as_u64().unwrap_or(0);
+    assert!(
+        count * 100 >= n * 95 && count <= n,
+        "reported {count} takeovers of {n}: {reports:#?}"
+    );
+}

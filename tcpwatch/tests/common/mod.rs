@@ -312,6 +312,29 @@ pub fn peer_loop(comm: &str) {
                     _ => continue,
                 }
             }
+            // A worker process of the same comm that accepts K connections
+            // and never closes them (CLOSE_WAIT once the peers close); it
+            // replies with its pid once it has accepted them all and dies
+            // with this peer.
+            ["fork_accept_leak", k] => {
+                let Some(fd) = listener.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) else {
+                    reply("err no listener".into());
+                    continue;
+                };
+                let k: usize = match k.parse() {
+                    Ok(k) => k,
+                    Err(_) => {
+                        reply("err bad count".into());
+                        continue;
+                    }
+                };
+                // SAFETY: the child only makes raw system calls before _exit.
+                match unsafe { libc::fork() } {
+                    0 => unsafe { forked_leaker(fd, k) },
+                    -1 => Err(std::io::Error::last_os_error().to_string()),
+                    _ => continue,
+                }
+            }
             ["linger0"] => conn
                 .as_ref()
                 .ok_or("no connection".to_owned())
@@ -348,6 +371,47 @@ pub fn peer_loop(comm: &str) {
                     sent += c.send(&chunk).map_err(|e| e.to_string())?;
                 }
                 Ok(sent.to_string())
+            })(),
+            // N connections from fixed source ports that the server closes
+            // first (server-side TIME_WAIT), then, after a pause, N new
+            // connections from the same ports within a moment, each taking
+            // over its TIME_WAIT 4-tuple. Replies with the server's port.
+            ["tw_burst", n, base] => (|| {
+                let n: u16 = n.parse().map_err(|_| "bad count".to_owned())?;
+                let base: u16 = base.parse().map_err(|_| "bad port".to_owned())?;
+                let server =
+                    std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                let port = server.local_addr().map_err(|e| e.to_string())?.port();
+                let dial = |source: u16| -> Result<Socket, String> {
+                    let s =
+                        Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+                    s.set_reuse_address(true).map_err(|e| e.to_string())?;
+                    let local: SocketAddr = format!("127.0.0.1:{source}")
+                        .parse()
+                        .map_err(|e| format!("{e}"))?;
+                    s.bind(&SockAddr::from(local))
+                        .map_err(|e| format!("bind {source}: {e}"))?;
+                    let remote: SocketAddr = format!("127.0.0.1:{port}")
+                        .parse()
+                        .map_err(|e| format!("{e}"))?;
+                    s.connect(&SockAddr::from(remote))
+                        .map_err(|e| format!("connect {source}: {e}"))?;
+                    Ok(s)
+                };
+                for i in 0..n {
+                    let c = dial(base + i)?;
+                    let (accepted, _) = server.accept().map_err(|e| e.to_string())?;
+                    drop(accepted);
+                    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16];
+                    while matches!(c.recv(&mut buf), Ok(k) if k > 0) {}
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1100));
+                let mut kept = Vec::new();
+                for i in 0..n {
+                    let c = dial(base + i)?;
+                    kept.push((c, server.accept().map_err(|e| e.to_string())?));
+                }
+                Ok(port.to_string())
             })(),
             // Reads the connection to its end on a thread of its own.
             ["drain"] => conn
@@ -441,6 +505,36 @@ unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
         while conn >= 0 && libc::recv(conn, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
         libc::close(conn);
         libc::_exit(0)
+    }
+}
+
+/// The child of `fork_accept_leak`: accept `k` connections, reply with its
+/// pid, hold them until the parent peer dies.
+///
+/// # Safety
+/// Must run in a freshly forked child: only system calls, then `_exit`.
+unsafe fn forked_leaker(listener: libc::c_int, k: usize) -> ! {
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut ok = true;
+        for _ in 0..k {
+            ok &= libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) >= 0;
+        }
+        let line = if ok {
+            format!("@@ ok {}\n", libc::getpid())
+        } else {
+            "@@ err accept\n".to_owned()
+        };
+        libc::write(1, line.as_ptr().cast(), line.len());
+        loop {
+            libc::pause();
+        }
     }
 }
 
