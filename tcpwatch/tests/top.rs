@@ -122,6 +122,49 @@ fn top_shows_states_close_wait_by_process_and_findings() {
         "{text}"
     );
     assert!(text.contains("Open findings (2)"), "{text}");
+    // Listeners are counted with the other states.
+    assert_eq!(state_row("LISTEN"), ["LISTEN", "2"], "{text}");
+
+    // Enter shows the selected finding's evidence and remedy; Down selects
+    // the next one.
+    let details_of = |text: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.contains("(netns "))
+            .map(|l| l.to_owned())
+    };
+    tmux(&["send-keys", "-t", &session, "Enter"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let s = screen();
+            s.contains("Remedy:") && s.contains("Evidence:")
+        }),
+        "{}",
+        screen()
+    );
+    let first = details_of(&screen()).unwrap_or_default();
+    assert!(first.contains("warning"), "{first}");
+    tmux(&["send-keys", "-t", &session, "Down"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            details_of(&screen()).is_some_and(|d| d != first)
+        }),
+        "{}",
+        screen()
+    );
+    let shown: Vec<String> = [first, details_of(&screen()).unwrap_or_default()].into();
+    assert!(
+        shown.iter().any(|d| d.contains("close_wait_leak"))
+            && shown.iter().any(|d| d.contains("time_wait_buildup")),
+        "{shown:?}"
+    );
+    // The leak's remedy, in full.
+    assert!(screen().contains("Remedy:"));
+    tmux(&["send-keys", "-t", &session, "Escape"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !screen().contains("Remedy:")),
+        "{}",
+        screen()
+    );
 
     // `q` quits and gives the terminal back.
     tmux(&["send-keys", "-t", &session, "q"]);

@@ -9,7 +9,7 @@ use ratatui::{
     layout::{Constraint, Layout},
     style::{Color, Modifier, Style},
     text::Line,
-    widgets::{Block, Cell, Paragraph, Row, Table},
+    widgets::{Block, Cell, Paragraph, Row, Table, Wrap},
     DefaultTerminal, Frame,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -57,6 +57,21 @@ struct Header {
     attached: usize,
 }
 
+/// What the user chose: the selected finding and whether its details show.
+#[derive(Default)]
+struct Selection {
+    index: usize,
+    details: bool,
+}
+
+/// What a key asks for.
+enum Keys {
+    Quit,
+    /// The selection moved or the details were opened or closed.
+    Redraw,
+    Nothing,
+}
+
 async fn top(args: TopArgs) -> anyhow::Result<()> {
     let loader::Probe {
         ebpf: _attached_while_in_scope,
@@ -80,6 +95,8 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut findings: Vec<(Finding, u32)> = Vec::new();
+    let mut selection = Selection::default();
+    let mut summary = Summary::default();
     let mut last_draw = 0u64;
     let mut last_reconcile = monotonic_ns();
     let mut events_at_last_draw = 0u64;
@@ -100,7 +117,8 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                     }
                 }
                 _ = keys.tick() => {
-                    if quit_requested()? {
+                    let asked = read_keys(&mut selection, findings.len())?;
+                    if matches!(asked, Keys::Quit) {
                         return Ok(());
                     }
                     let now = monotonic_ns();
@@ -116,8 +134,11 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                         last_draw = now;
                         header.lost = counters.read().map(|c| c.ringbuf_full + c.recursion_misses).unwrap_or(0);
                         findings = open_findings(&observer, &args.netns);
-                        let summary = summarize(&observer.model, now, &args.netns, args.top);
-                        draw(&mut terminal, &summary, &findings, &header)?;
+                        selection.index = selection.index.min(findings.len().saturating_sub(1));
+                        summary = summarize(&observer.model, now, &args.netns, args.top);
+                        draw(&mut terminal, &summary, &findings, &header, &selection)?;
+                    } else if matches!(asked, Keys::Redraw) {
+                        draw(&mut terminal, &summary, &findings, &header, &selection)?;
                     }
                 }
                 _ = sigterm.recv() => return Ok(()),
@@ -129,21 +150,65 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
     result
 }
 
-/// `q`, Esc or Ctrl-C (raw mode turns Ctrl-C into a key).
-fn quit_requested() -> io::Result<bool> {
+/// `q` or Ctrl-C quits (raw mode turns Ctrl-C into a key); Up/Down (or
+/// k/j) select a finding, Enter shows or hides its evidence and remedy, Esc
+/// hides them (or quits when they are hidden).
+fn read_keys(selection: &mut Selection, findings: usize) -> io::Result<Keys> {
+    let mut asked = Keys::Nothing;
     while event::poll(Duration::ZERO)? {
-        if let Event::Key(key) = event::read()? {
-            if key.kind != KeyEventKind::Press {
-                continue;
-            }
-            let ctrl_c =
-                key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-            if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
-                return Ok(true);
-            }
+        let Event::Key(key) = event::read()? else {
+            continue;
+        };
+        if key.kind != KeyEventKind::Press {
+            continue;
         }
+        let ctrl_c =
+            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+        match key.code {
+            _ if ctrl_c => return Ok(Keys::Quit),
+            KeyCode::Char('q') => return Ok(Keys::Quit),
+            KeyCode::Esc if !selection.details => return Ok(Keys::Quit),
+            KeyCode::Esc => selection.details = false,
+            KeyCode::Down | KeyCode::Char('j') => {
+                selection.index = (selection.index + 1).min(findings.saturating_sub(1));
+            }
+            KeyCode::Up | KeyCode::Char('k') => selection.index = selection.index.saturating_sub(1),
+            KeyCode::Enter => selection.details = !selection.details,
+            _ => continue,
+        }
+        asked = Keys::Redraw;
     }
-    Ok(false)
+    Ok(asked)
+}
+
+/// Splits `text` into lines of at most `width` characters at spaces (a
+/// longer word is cut).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(8);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word = word.to_owned();
+        while word.chars().count() > width {
+            if !line.is_empty() {
+                lines.push(std::mem::take(&mut line));
+            }
+            let head: String = word.chars().take(width).collect();
+            word = word.chars().skip(width).collect();
+            lines.push(head);
+        }
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 fn open_findings(observer: &Observer, netns: &[u32]) -> Vec<(Finding, u32)> {
@@ -167,9 +232,10 @@ fn draw(
     s: &Summary,
     findings: &[(Finding, u32)],
     header: &Header,
+    selection: &Selection,
 ) -> io::Result<()> {
     terminal
-        .draw(|frame| render(frame, s, findings, header))
+        .draw(|frame| render(frame, s, findings, header, selection))
         .map(|_| ())
 }
 
@@ -181,7 +247,13 @@ fn severity_style(severity: Severity) -> Style {
     }
 }
 
-fn render(frame: &mut Frame, s: &Summary, findings: &[(Finding, u32)], header: &Header) {
+fn render(
+    frame: &mut Frame,
+    s: &Summary,
+    findings: &[(Finding, u32)],
+    header: &Header,
+    selection: &Selection,
+) {
     let [head, upper, middle, lower] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(12),
@@ -196,7 +268,7 @@ fn render(frame: &mut Frame, s: &Summary, findings: &[(Finding, u32)], header: &
     };
     frame.render_widget(
         Paragraph::new(Line::from(format!(
-            "tcpwatch top - {} tracepoints - {} events ({:.0}/s){lost} - q quits",
+            "tcpwatch top - {} tracepoints - {} events ({:.0}/s){lost} - up/down select, enter details, q quits",
             header.attached, header.events, header.rate
         )))
         .style(Style::new().add_modifier(Modifier::REVERSED)),
@@ -269,13 +341,31 @@ fn render(frame: &mut Frame, s: &Summary, findings: &[(Finding, u32)], header: &
         middle,
     );
 
-    let finding_rows = findings.iter().map(|(f, _)| {
+    let (list_area, details_area) = if selection.details && !findings.is_empty() {
+        let [list, details] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)])
+                .areas(lower);
+        (list, Some(details))
+    } else {
+        (lower, None)
+    };
+    // The summary wraps within its column: borders, two spacings and the
+    // two fixed columns take the rest.
+    let summary_width = usize::from(list_area.width).saturating_sub(2 + 2 + 9 + 22);
+    let finding_rows = findings.iter().enumerate().map(|(i, (f, _))| {
+        let lines = wrap(&f.summary, summary_width);
+        let height = lines.len() as u16;
+        let mut style = severity_style(f.severity);
+        if i == selection.index {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
         Row::new([
             Cell::from(f.severity.name()),
             Cell::from(f.kind),
-            Cell::from(f.summary.as_str()),
+            Cell::from(lines.join("\n")),
         ])
-        .style(severity_style(f.severity))
+        .height(height)
+        .style(style)
     });
     frame.render_widget(
         Table::new(
@@ -287,6 +377,49 @@ fn render(frame: &mut Frame, s: &Summary, findings: &[(Finding, u32)], header: &
             ],
         )
         .block(Block::bordered().title(format!("Open findings ({})", findings.len()))),
-        lower,
+        list_area,
     );
+    if let (Some(area), Some((f, netns))) = (details_area, findings.get(selection.index)) {
+        let mut text = vec![
+            Line::from(format!("{} {} (netns {netns})", f.severity.name(), f.kind)),
+            Line::from(""),
+            Line::from(f.summary.clone()),
+            Line::from(""),
+            Line::from("Evidence:").style(Style::new().add_modifier(Modifier::BOLD)),
+        ];
+        for (name, value) in &f.evidence {
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            text.push(Line::from(format!("  {name}: {value}")));
+        }
+        text.push(Line::from(""));
+        text.push(Line::from("Remedy:").style(Style::new().add_modifier(Modifier::BOLD)));
+        text.push(Line::from(f.remedy.clone()));
+        frame.render_widget(
+            Paragraph::new(text)
+                .wrap(Wrap { trim: true })
+                .block(Block::bordered().title("Finding (enter or esc closes)")),
+            area,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wraps_at_spaces_and_cuts_long_words() {
+        assert_eq!(
+            wrap("tw-leaky (pid 12) holds 2 connections", 16),
+            ["tw-leaky (pid", "12) holds 2", "connections"]
+        );
+        assert_eq!(
+            wrap("aaaaaaaaaaaaaaaaaaaa b", 8),
+            ["aaaaaaaa", "aaaaaaaa", "aaaa b"]
+        );
+        assert_eq!(wrap("", 10), [""]);
+    }
 }
