@@ -527,10 +527,21 @@ fn zero_window_stall_when_the_reader_stops_and_vanishes() {
     let (_server, mut client, port, client_port) = pair(&ns, "127.0.0.1");
     let filled: u64 = client.ok("fill").parse().unwrap();
     assert!(filled > 0);
+    // A second writer closes with its data still queued: FIN_WAIT1, pinned
+    // by the zero window (the orphan case of the teardown material).
+    let (_server2, mut closer, _, closer_port) = pair(&ns, "127.0.0.1");
+    closer.ok("fill");
+    closer.ok("close");
     thread::sleep(Duration::from_secs(5));
     ns.nft(&drop_rules(&[&format!("tcp sport {port} drop")]));
     thread::sleep(Duration::from_secs(8));
     let (lines, stderr) = tracer.stop();
+    let pinned = findings(&lines, "zero_window_stall")
+        .into_iter()
+        .find(|f| f["lport"] == closer_port && f["status"] == "raised")
+        .unwrap_or_else(|| panic!("FIN_WAIT1 behind a zero window: {lines:#?}"));
+    assert_eq!(pinned["state"], "FIN_WAIT1", "{pinned}");
+    assert_eq!(pinned["pid"].as_u64(), Some(closer.pid.into()), "{pinned}");
     let stalls = findings(&lines, "zero_window_stall");
     let raised = stalls
         .iter()
