@@ -226,6 +226,9 @@ pub struct Connection {
     /// Which insertion of its socket address this record is: eviction
     /// skips birth-order entries left by an earlier record at the address.
     pub insert_seq: u32,
+    /// Processes holding the socket at the last reconciliation (0 until
+    /// one has looked).
+    pub holders: u16,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -373,6 +376,27 @@ pub struct KernelSocket {
     pub orphan: bool,
     /// Time left on a timewait socket's timer, as the kernel reports it.
     pub time_wait_left_ns: Option<u64>,
+    /// The processes holding it now (`/proc/PID/fd`, as `ss -p`), lowest
+    /// pid first, a few at most; and how many hold it in all.
+    pub holders: Vec<(u32, String)>,
+    pub holder_count: u32,
+}
+
+impl KernelSocket {
+    /// Whom to name for a socket the model attributes to `current`: the
+    /// current owner while it still holds the socket (it used it last as
+    /// far as the kernel said), else the first holder. None when nobody is
+    /// known to hold it.
+    fn owner_for(&self, current: u32) -> Option<(u32, &str)> {
+        if self.holders.is_empty() {
+            return (self.pid != 0).then_some((self.pid, self.comm.as_str()));
+        }
+        self.holders
+            .iter()
+            .find(|(pid, _)| *pid == current)
+            .or(self.holders.first())
+            .map(|(pid, comm)| (*pid, comm.as_str()))
+    }
 }
 
 /// A listening socket: learnt from `listen()` (CLOSE -> LISTEN, in process
@@ -407,11 +431,14 @@ pub struct Reconciled {
     /// no longer has.
     pub listeners_added: u64,
     pub listeners_removed: u64,
+    /// Connections and listeners whose owner no longer held them (fork,
+    /// exec, a daemon's exit), now named after the process that does.
+    pub owners_corrected: u64,
 }
 
 impl Reconciled {
     /// Each kind with its count, named as the metrics label them.
-    pub fn by_kind(&self) -> [(&'static str, u64); 7] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 8] {
         [
             ("time_wait_added", self.time_wait_added),
             ("time_wait_removed", self.time_wait_removed),
@@ -420,6 +447,7 @@ impl Reconciled {
             ("state", self.states_corrected),
             ("listener_added", self.listeners_added),
             ("listener_removed", self.listeners_removed),
+            ("owner", self.owners_corrected),
         ]
     }
 
@@ -437,6 +465,7 @@ impl std::ops::AddAssign for Reconciled {
         self.states_corrected += o.states_corrected;
         self.listeners_added += o.listeners_added;
         self.listeners_removed += o.listeners_removed;
+        self.owners_corrected += o.owners_corrected;
     }
 }
 
@@ -466,8 +495,9 @@ pub struct Model {
     /// net/ipv4/inet_timewait_sock.c).
     time_wait_per_netns: HashMap<u32, u64>,
     max_tw_buckets: HashMap<u32, u64>,
-    /// Namespaces reconciled at least once: the first look is seeding.
-    reconciled_netns: std::collections::HashSet<u32>,
+    /// Namespaces reconciled at least once (the first look is seeding),
+    /// with the start of their last dump.
+    reconciled_netns: HashMap<u32, u64>,
     /// Listening sockets by socket address (or a key below
     /// [`SEEDED_LISTENER_KEYS`] for those learnt from the kernel's list).
     listeners: HashMap<u64, Listener>,
@@ -506,6 +536,19 @@ impl Model {
     /// Listening sockets.
     pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
         self.listeners.values()
+    }
+
+    /// The listener on `port` in `netns` with a known owner, if any.
+    pub fn listener_on(&self, netns: u32, port: u16) -> Option<&Listener> {
+        self.listeners
+            .values()
+            .find(|l| l.tuple.netns == netns && l.tuple.local_port == port && l.pid != 0)
+    }
+
+    /// When the last reconciliation of `netns` started (its owners were
+    /// checked against the processes holding the sockets then).
+    pub fn reconciled_at(&self, netns: u32) -> Option<u64> {
+        self.reconciled_netns.get(&netns).copied()
     }
 
     pub fn time_wait(&self) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
@@ -677,6 +720,7 @@ impl Model {
                     resets_received: 0,
                     rtx_run: None,
                     insert_seq: 0,
+                    holders: 0,
                 });
             }
             return;
@@ -776,6 +820,7 @@ impl Model {
             resets_received: 0,
             rtx_run: None,
             insert_seq: 0,
+            holders: 0,
         });
     }
 
@@ -943,7 +988,7 @@ impl Model {
         removed += (before - self.seeded.len()) as u64;
         self.time_wait_per_netns.retain(|ns, _| !gone(*ns));
         self.max_tw_buckets.retain(|ns, _| !gone(*ns));
-        self.reconciled_netns.retain(|ns| !gone(*ns));
+        self.reconciled_netns.retain(|ns, _| !gone(*ns));
         let before = self.listeners.len();
         self.listeners.retain(|_, l| !gone(l.tuple.netns));
         removed += (before - self.listeners.len()) as u64;
@@ -1058,6 +1103,14 @@ impl Model {
             }
             match kernel_live.get(&c.tuple) {
                 Some(k) => {
+                    if let Some((pid, comm)) = k.owner_for(c.pid) {
+                        if pid != c.pid || *c.comm != *comm {
+                            c.pid = pid;
+                            c.comm = self.comms.share(comm);
+                            r.owners_corrected += 1;
+                        }
+                    }
+                    c.holders = u16::try_from(k.holder_count).unwrap_or(u16::MAX);
                     if c.uncertain && k.state != c.state {
                         c.state = k.state;
                         // The kernel was read after the dump started: events
@@ -1075,6 +1128,19 @@ impl Model {
         for addr in gone {
             self.connections.remove(&addr);
             r.connections_removed += 1;
+        }
+        for c in self.seeded.values_mut().filter(|c| c.tuple.netns == netns) {
+            let Some(k) = kernel_live.get(&c.tuple) else {
+                continue;
+            };
+            if let Some((pid, comm)) = k.owner_for(c.pid) {
+                if pid != c.pid || *c.comm != *comm {
+                    c.pid = pid;
+                    c.comm = self.comms.share(comm);
+                    r.owners_corrected += 1;
+                }
+            }
+            c.holders = u16::try_from(k.holder_count).unwrap_or(u16::MAX);
         }
         let gone_seeded: Vec<FourTuple> = self
             .seeded
@@ -1113,13 +1179,14 @@ impl Model {
             } else {
                 Opener::Unknown
             };
-            let comm = self.comms.share(&k.comm);
+            let (pid, comm) = k.owner_for(0).unwrap_or((0, ""));
+            let comm = self.comms.share(comm);
             self.seeded.insert(
                 tuple,
                 Connection {
                     skaddr: 0,
                     tuple,
-                    pid: k.pid,
+                    pid,
                     comm,
                     opener,
                     closer: closer_of(TcpState::Established, k.state),
@@ -1134,12 +1201,13 @@ impl Model {
                     resets_received: 0,
                     rtx_run: None,
                     insert_seq: 0,
+                    holders: 0,
                 },
             );
             r.connections_added += 1;
         }
         self.reconcile_listeners(netns, sockets, dump_start_ns, &mut r);
-        if self.reconciled_netns.insert(netns) {
+        if self.reconciled_netns.insert(netns, dump_start_ns).is_none() {
             self.stats.seeded += r;
         } else {
             self.stats.corrections += r;
@@ -1182,6 +1250,24 @@ impl Model {
                 }
             }
         }
+        // A listener passed on by a daemonizing fork, or shared by a
+        // pre-fork server's workers: named after a process that holds it.
+        for l in self
+            .listeners
+            .values_mut()
+            .filter(|l| l.tuple.netns == netns)
+        {
+            let Some(k) = kernel.get(&l.tuple).and_then(|listed| listed.first()) else {
+                continue;
+            };
+            if let Some((pid, comm)) = k.owner_for(l.pid) {
+                if pid != l.pid || *l.comm != *comm {
+                    l.pid = pid;
+                    l.comm = self.comms.share(comm);
+                    r.owners_corrected += 1;
+                }
+            }
+        }
         for (tuple, listed) in kernel {
             let known = self.listeners.values().filter(|l| l.tuple == tuple).count();
             for s in listed.into_iter().skip(known) {
@@ -1189,12 +1275,13 @@ impl Model {
                     return;
                 }
                 self.next_seeded_listener = (self.next_seeded_listener + 1) % SEEDED_LISTENER_KEYS;
-                let comm = self.comms.share(&s.comm);
+                let (pid, comm) = s.owner_for(0).unwrap_or((0, ""));
+                let comm = self.comms.share(comm);
                 self.listeners.insert(
                     self.next_seeded_listener,
                     Listener {
                         tuple,
-                        pid: s.pid,
+                        pid,
                         comm,
                         since_ns: dump_start_ns,
                     },
@@ -1697,6 +1784,8 @@ mod tests {
             comm: "old".into(),
             orphan: matches!(state, TimeWait),
             time_wait_left_ns: None,
+            holders: Vec::new(),
+            holder_count: 0,
         }
     }
 
@@ -1730,6 +1819,7 @@ mod tests {
                 states_corrected: 0,
                 listeners_added: 1,
                 listeners_removed: 0,
+                owners_corrected: 0,
             }
         );
         let tw: Vec<_> = m.time_wait().collect();
@@ -1825,6 +1915,8 @@ mod tests {
             comm: String::new(),
             orphan: true,
             time_wait_left_ns: None,
+            holders: Vec::new(),
+            holder_count: 0,
         };
         // ...until the kernel's list says which substate it is in.
         let r = m.reconcile(7, std::slice::from_ref(&orphan), 100 * MS, 100 * MS);
@@ -2069,5 +2161,55 @@ mod tests {
         let r = m.reconcile(7, &[], 30 * MS, 30 * MS);
         assert_eq!(r.listeners_removed, 1);
         assert_eq!(m.listeners().count(), 0);
+    }
+
+    #[test]
+    fn owners_follow_the_processes_that_hold_the_socket() {
+        let mut m = Model::default();
+        // Accepted by a parent that forks a handler and closes its copy.
+        run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
+        );
+        let held_by = |holders: &[(u32, &str)]| KernelSocket {
+            holders: holders.iter().map(|(p, c)| (*p, (*c).to_owned())).collect(),
+            holder_count: holders.len() as u32,
+            ..kernel(tuple(), Established)
+        };
+        let r = m.reconcile(7, &[held_by(&[(77, "handler")])], 10 * MS, 10 * MS);
+        assert_eq!(r.owners_corrected, 1);
+        let c = m.connections().next().unwrap();
+        assert_eq!((c.pid, &*c.comm, c.holders), (77, "handler", 1));
+        // The handler execs: same pid, new comm.
+        m.reconcile(7, &[held_by(&[(77, "sleep")])], 20 * MS, 20 * MS);
+        assert_eq!(&*m.connections().next().unwrap().comm, "sleep");
+        // Shared with another process: the owner the model has is kept
+        // while it still holds the socket, and the count says two.
+        let r = m.reconcile(
+            7,
+            &[held_by(&[(12, "master"), (77, "sleep")])],
+            30 * MS,
+            30 * MS,
+        );
+        assert_eq!(r.owners_corrected, 0);
+        let c = m.connections().next().unwrap();
+        assert_eq!((c.pid, c.holders), (77, 2));
+
+        // A daemon's listener: the launcher that called listen() exited.
+        let mut listen = st(40, SK + 64, Close, Listen);
+        listen.sport = 8080;
+        listen.daddr = "0.0.0.0".parse().unwrap();
+        listen.dport = 0;
+        listen.comm = "launcher".into();
+        run(&mut m, &[listen]);
+        let l = m.listeners().next().unwrap().tuple;
+        let daemon = KernelSocket {
+            holders: vec![(90, "daemon".into())],
+            holder_count: 1,
+            ..kernel(l, Listen)
+        };
+        m.reconcile(7, &[held_by(&[(77, "sleep")]), daemon], 50 * MS, 50 * MS);
+        let l = m.listeners().next().unwrap();
+        assert_eq!((l.pid, &*l.comm), (90, "daemon"));
     }
 }

@@ -8,11 +8,14 @@ use crate::{
     clock::monotonic_ns,
     detect::{Detectors, Report},
     diag,
-    event::TcpEvent,
+    event::{TcpEvent, TcpState},
     model::{FourTuple, KernelSocket, Model, Outcome},
     netns,
     snapshot::Snapshot,
 };
+
+/// How often one exited owner may make tcpwatch look at its namespace again.
+const RECHECK_EXITED_NS: u64 = 10_000_000_000;
 
 /// What one event led to.
 pub struct Observed {
@@ -34,6 +37,10 @@ pub struct Observer {
     namespaces: HashMap<u32, netns::Target>,
     /// Each namespace's settings and counters from the last reconciliation.
     pub netns_states: HashMap<u32, crate::audit::NetnsState>,
+    /// Owners found exited and looked up again, and when: each is looked
+    /// up at most every [`RECHECK_EXITED_NS`] (a socket nobody holds keeps
+    /// its last owner).
+    exited_rechecked: HashMap<u32, u64>,
 }
 
 impl Observer {
@@ -45,11 +52,13 @@ impl Observer {
             sock_diag_available: None,
             namespaces: HashMap::new(),
             netns_states: HashMap::new(),
+            exited_rechecked: Default::default(),
         }
     }
 
     pub fn record(&mut self, mut event: TcpEvent) -> Observed {
         self.snapshot.attribute(&mut event);
+        self.attribute_to_listener(&mut event);
         let outcomes = self.model.apply(&event);
         let reports = match self.detectors.as_mut() {
             Some(d) => d.on_event(&event, &outcomes, &self.model),
@@ -62,11 +71,70 @@ impl Observer {
         }
     }
 
+    /// Never name a process that has exited: the owners of what findings are
+    /// made of (CLOSE_WAIT and FIN_WAIT2 sockets, connections retransmitting,
+    /// listeners) are checked to be alive, and the namespaces of those that
+    /// are not are reconciled now, which names the processes holding the
+    /// sockets instead.
+    fn recheck_exited_owners(&mut self, now: u64) {
+        if self.detectors.is_none() || self.sock_diag_available != Some(true) {
+            return;
+        }
+        self.exited_rechecked
+            .retain(|_, at| now.saturating_sub(*at) < RECHECK_EXITED_NS);
+        let mut owners: HashMap<u32, u32> = HashMap::new();
+        for c in self.model.connections().filter(|c| {
+            matches!(c.state, TcpState::CloseWait | TcpState::FinWait2) || c.rtx_run.is_some()
+        }) {
+            owners.entry(c.pid).or_insert(c.tuple.netns);
+        }
+        for l in self.model.listeners() {
+            owners.entry(l.pid).or_insert(l.tuple.netns);
+        }
+        let exited: Vec<(u32, u32)> = owners
+            .into_iter()
+            .filter(|(pid, _)| *pid != 0 && !self.exited_rechecked.contains_key(pid))
+            .filter(|(pid, _)| !crate::snapshot::alive(*pid))
+            .collect();
+        self.exited_rechecked
+            .extend(exited.iter().map(|(pid, _)| (*pid, now)));
+        let mut namespaces: Vec<u32> = exited.into_iter().map(|(_, netns)| netns).collect();
+        if namespaces.is_empty() {
+            return;
+        }
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        self.reconcile(&namespaces);
+    }
+
+    /// Events the kernel attributed to a listener's owner (a SYN-ACK
+    /// retransmit, a connection born before anyone accepted it) name the
+    /// process that holds the listener now: the kernel learnt the owner at
+    /// listen(), and a daemon that forked and let its launcher exit, or a
+    /// listener passed on with exec, has another one since.
+    fn attribute_to_listener(&self, event: &mut TcpEvent) {
+        use crate::event::{EventKind, OwnerSource};
+        let from_listener = event.kind == EventKind::SynackRetransmit
+            || event.kind == EventKind::State
+                && event.owner == OwnerSource::Listener
+                && event.old_state == Some(crate::event::TcpState::Listen);
+        if !from_listener {
+            return;
+        }
+        if let Some(l) = self.model.listener_on(event.netns, event.sport) {
+            if l.pid != event.pid {
+                event.pid = l.pid;
+                event.comm = l.comm.to_string();
+            }
+        }
+    }
+
     /// Ages the model and looks for buildups, leaks and stalls; the
     /// connections whose health is in doubt are checked with the kernel
     /// first (a few exact sock_diag lookups).
     pub fn tick(&mut self, now: u64) -> (Vec<Outcome>, Vec<Report>) {
         let outcomes = self.model.expire(now);
+        self.recheck_exited_owners(now);
         let reports = match self.detectors.as_mut() {
             Some(d) => {
                 let wanted = d.wanted_health(&self.model);
@@ -135,13 +203,8 @@ impl Observer {
             let sockets: Vec<KernelSocket> = sockets
                 .into_iter()
                 .map(|s| {
-                    let owner = self.snapshot.connections.get(&(
-                        netns,
-                        s.local,
-                        s.local_port,
-                        s.remote,
-                        s.remote_port,
-                    ));
+                    let (holders, holder_count) = dumps.holders.of(u64::from(s.inode));
+                    let owner = holders.first();
                     KernelSocket {
                         tuple: FourTuple {
                             netns,
@@ -155,6 +218,8 @@ impl Observer {
                         time_wait_left_ns: s.time_wait_left_ms.map(|ms| u64::from(ms) * 1_000_000),
                         pid: owner.map_or(0, |o| o.pid),
                         comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
+                        holders: holders.iter().map(|o| (o.pid, o.comm.clone())).collect(),
+                        holder_count,
                     }
                 })
                 .collect();
@@ -179,6 +244,8 @@ pub struct Dumps {
     pub namespaces: Vec<NetnsDump>,
     /// Every namespace that exists: the model forgets the others.
     pub listed: Option<Vec<u32>>,
+    /// Who holds each socket, scanned right after the dumps.
+    pub holders: crate::snapshot::Holders,
 }
 
 /// Dumps every namespace (or those in `only`). Blocking: sock_diag and
@@ -208,6 +275,7 @@ pub fn dump_namespaces(only: &[u32]) -> Dumps {
     Dumps {
         namespaces: dumps,
         listed,
+        holders: crate::snapshot::Holders::scan(),
     }
 }
 
@@ -272,6 +340,7 @@ mod tests {
                 contents: (state, sockets),
             }],
             listed: Some(vec![netns]),
+            holders: Default::default(),
         }
     }
 

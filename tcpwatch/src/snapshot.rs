@@ -122,46 +122,104 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
+/// Who holds each socket now: the processes with a descriptor of its inode
+/// in `/proc/PID/fd`, what `ss -p` shows. A socket passed on by fork (and
+/// exec) is held by whoever still has it open, not by who opened it.
+#[derive(Clone, Debug, Default)]
+pub struct Holders {
+    /// By socket inode: up to [`HOLDERS_KEPT`] holders, lowest pid first,
+    /// and how many processes hold it in all.
+    by_inode: HashMap<u64, (Vec<Owner>, u32)>,
+    /// One process per network namespace, to read that namespace's tables.
+    namespaces: HashMap<u32, u32>,
+}
+
+/// Holders remembered per socket (the count goes on).
+pub const HOLDERS_KEPT: usize = 4;
+
+impl Holders {
+    /// Scans `/proc`. Processes that vanish or cannot be read are skipped:
+    /// the scan is best effort, by nature racy.
+    pub fn scan() -> Holders {
+        let mut holders = Holders::default();
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return holders;
+        };
+        let mut pids: Vec<u32> = procs
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        for pid in pids {
+            let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            holders.namespaces.entry(netns.ino() as u32).or_insert(pid);
+            let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            let mut comm: Option<String> = None;
+            let mut seen_here = std::collections::HashSet::new();
+            for fd in fds.filter_map(Result::ok) {
+                let Ok(link) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let Some(inode) = link.to_str().and_then(socket_inode) else {
+                    continue;
+                };
+                // Two descriptors of one socket in one process are one holder.
+                if !seen_here.insert(inode) {
+                    continue;
+                }
+                let comm = comm
+                    .get_or_insert_with(|| {
+                        fs::read_to_string(format!("/proc/{pid}/comm"))
+                            .map(|c| c.trim_end().to_owned())
+                            .unwrap_or_default()
+                    })
+                    .clone();
+                let (kept, count) = holders.by_inode.entry(inode).or_default();
+                *count += 1;
+                if kept.len() < HOLDERS_KEPT {
+                    kept.push(Owner { pid, comm });
+                }
+            }
+        }
+        holders
+    }
+
+    /// The processes holding socket `inode` (lowest pid first, at most
+    /// [`HOLDERS_KEPT`]) and how many hold it in all.
+    pub fn of(&self, inode: u64) -> (&[Owner], u32) {
+        self.by_inode
+            .get(&inode)
+            .map_or((&[], 0), |(kept, count)| (kept.as_slice(), *count))
+    }
+}
+
+/// Whether process `pid` is alive (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// Takes the snapshot from `/proc`. Processes that vanish or cannot be read
 /// are skipped: the snapshot is best effort, by nature racy.
 pub fn take() -> Snapshot {
-    let mut owners: HashMap<u64, Owner> = HashMap::new();
-    // One process per network namespace, to read that namespace's tables.
-    let mut namespaces: HashMap<u32, u32> = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Snapshot::default();
-    };
-    let mut pids: Vec<u32> = procs
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
+    let holders = Holders::scan();
     // The lowest pid wins a shared socket: the parent of a pre-fork server.
-    pids.sort_unstable();
-    for pid in pids {
-        let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        namespaces.entry(netns.ino() as u32).or_insert(pid);
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end().to_owned())
-            .unwrap_or_default();
-        for fd in fds.filter_map(Result::ok) {
-            let Ok(link) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            if let Some(inode) = link.to_str().and_then(socket_inode) {
-                owners.entry(inode).or_insert_with(|| Owner {
-                    pid,
-                    comm: comm.clone(),
-                });
-            }
-        }
-    }
+    let owners: HashMap<u64, Owner> = holders
+        .by_inode
+        .iter()
+        .filter_map(|(inode, (kept, _))| Some((*inode, kept.first()?.clone())))
+        .collect();
+    let namespaces = &holders.namespaces;
     let mut snapshot = Snapshot::default();
-    for (netns, pid) in namespaces {
+    for (&netns, &pid) in namespaces {
         for (file, v6) in [("tcp", false), ("tcp6", true)] {
             let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
                 continue;

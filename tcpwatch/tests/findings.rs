@@ -660,3 +660,226 @@ fn a_burst_of_time_wait_takeovers_is_counted() {
         "reported {count} takeovers of {n}: {reports:#?}"
     );
 }
+
+/// When tcpwatch starts, relative to the workload.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Start {
+    Before,
+    After,
+}
+
+fn attribution_tracer(ns: &Netns, extra: &[&str]) -> Tracer {
+    let mut args = vec!["--close-wait-age", "1s", "--reconcile-interval", "1s"];
+    args.extend_from_slice(extra);
+    Tracer::start(ns, &args)
+}
+
+/// Fork after accept (inetd, `socat fork`, sshd): a parent accepts, forks
+/// a handler per connection and closes its copy; the handlers leak
+/// CLOSE_WAIT. The findings name the handlers (as `sleep` when they exec
+/// it), never the parent, whether tcpwatch started before or after.
+fn fork_after_accept(start: Start, exec: bool) {
+    let ns = Netns::new(if exec { "fxe" } else { "fxa" });
+    let early = (start == Start::Before).then(|| attribution_tracer(&ns, &["--no-events"]));
+    let mut parent = ns.peer("tw-parent");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = parent.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut handlers = Vec::new();
+    for _ in 0..3 {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        client.ok("keep");
+        let mode = if exec { "exec" } else { "keep" };
+        handlers.push(
+            parent
+                .ok(&format!("fork_handler {mode}"))
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    client.ok("close_kept");
+    assert_eq!(
+        ns.sockets("close-wait", &["sport", "=", &format!(":{port}")]),
+        3
+    );
+    let tracer = early.unwrap_or_else(|| attribution_tracer(&ns, &["--no-events"]));
+    thread::sleep(Duration::from_millis(3500));
+    let (lines, stderr) = tracer.stop();
+    let leaks = raised(&lines, "close_wait_leak");
+    let mut named: Vec<u64> = leaks.iter().filter_map(|f| f["pid"].as_u64()).collect();
+    named.sort_unstable();
+    handlers.sort_unstable();
+    assert_eq!(named, handlers, "{start:?}: {lines:#?}\n{stderr:?}");
+    assert!(
+        leaks
+            .iter()
+            .all(|f| f["pid"].as_u64() != Some(parent.pid.into())),
+        "the parent holds none of them"
+    );
+    if exec {
+        assert!(leaks.iter().all(|f| f["comm"] == "sleep"), "{leaks:#?}");
+    }
+}
+
+#[test]
+fn fork_after_accept_names_the_handlers_tcpwatch_first() {
+    if privileged_or_skip("fork_after_accept_names_the_handlers_tcpwatch_first") {
+        fork_after_accept(Start::Before, false);
+    }
+}
+
+#[test]
+fn fork_after_accept_names_the_handlers_tcpwatch_last() {
+    if privileged_or_skip("fork_after_accept_names_the_handlers_tcpwatch_last") {
+        fork_after_accept(Start::After, false);
+    }
+}
+
+#[test]
+fn exec_after_fork_names_the_program_tcpwatch_first() {
+    if privileged_or_skip("exec_after_fork_names_the_program_tcpwatch_first") {
+        fork_after_accept(Start::Before, true);
+    }
+}
+
+#[test]
+fn exec_after_fork_names_the_program_tcpwatch_last() {
+    if privileged_or_skip("exec_after_fork_names_the_program_tcpwatch_last") {
+        fork_after_accept(Start::After, true);
+    }
+}
+
+/// A daemonizing server: the launcher that called listen() forks the daemon
+/// and exits. SYN-ACK retransmits on the listener (final ACKs dropped) name
+/// the live daemon, not the launcher.
+fn daemonized_listener(start: Start) {
+    let ns = Netns::new(if start == Start::Before { "dmb" } else { "dma" });
+    let early = (start == Start::Before).then(|| attribution_tracer(&ns, &["--no-events"]));
+    let mut server = ns.peer("tw-server");
+    let reply = server.ok("daemonize tw-daemon");
+    let words: Vec<u64> = reply
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [port, daemon, launcher] = words[..] else {
+        panic!("daemonize replied {reply:?}");
+    };
+    let tracer = early.unwrap_or_else(|| attribution_tracer(&ns, &["--no-events"]));
+    // Long enough for a look at who holds the listener.
+    thread::sleep(Duration::from_millis(1500));
+    ns.nft(&drop_rules(&[&format!(
+        "tcp dport {port} tcp flags & (syn|fin|rst|ack) == ack drop"
+    )]));
+    let mut client = ns.peer("tw-client");
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+    let f = raised(&lines, "synack_retransmit");
+    assert_eq!(f.len(), 1, "{start:?}: {lines:#?}\n{stderr:?}");
+    assert_eq!(
+        (
+            f[0]["pid"].as_u64(),
+            f[0]["comm"].as_str(),
+            f[0]["lport"].as_u64()
+        ),
+        (Some(daemon), Some("tw-daemon"), Some(port)),
+        "not the launcher {launcher}: {}",
+        f[0]
+    );
+}
+
+#[test]
+fn daemonized_listener_names_the_daemon_tcpwatch_first() {
+    if privileged_or_skip("daemonized_listener_names_the_daemon_tcpwatch_first") {
+        daemonized_listener(Start::Before);
+    }
+}
+
+#[test]
+fn daemonized_listener_names_the_daemon_tcpwatch_last() {
+    if privileged_or_skip("daemonized_listener_names_the_daemon_tcpwatch_last") {
+        daemonized_listener(Start::After);
+    }
+}
+
+/// A pre-fork server: the master listens, two workers accept two
+/// connections each and leak them. Each connection's events and the
+/// findings name its worker, never the master.
+fn pre_fork(start: Start) {
+    let ns = Netns::new(if start == Start::Before { "pfb" } else { "pfa" });
+    let early = (start == Start::Before).then(|| attribution_tracer(&ns, &[]));
+    let mut master = ns.peer("tw-master");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = master.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut workers = Vec::new();
+    let mut by_worker: Vec<(u64, Vec<u16>)> = Vec::new();
+    for _ in 0..2 {
+        master.send("fork_accept_leak 2");
+        let mut ports = Vec::new();
+        for _ in 0..2 {
+            ports.push(
+                client
+                    .ok(&format!("connect 127.0.0.1 {port}"))
+                    .parse::<u16>()
+                    .unwrap(),
+            );
+            client.ok("keep");
+        }
+        let pid: u64 = master
+            .reply()
+            .strip_prefix("ok ")
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the worker's pid");
+        workers.push(pid);
+        by_worker.push((pid, ports));
+    }
+    client.ok("close_kept");
+    let tracer = early.unwrap_or_else(|| attribution_tracer(&ns, &[]));
+    thread::sleep(Duration::from_millis(3500));
+    let (lines, stderr) = tracer.stop();
+    let leaks = raised(&lines, "close_wait_leak");
+    let mut named: Vec<(u64, u64)> = leaks
+        .iter()
+        .filter_map(|f| Some((f["pid"].as_u64()?, f["count"].as_u64()?)))
+        .collect();
+    named.sort_unstable();
+    let mut expected: Vec<(u64, u64)> = workers.iter().map(|w| (*w, 2)).collect();
+    expected.sort_unstable();
+    assert_eq!(named, expected, "{start:?}: {lines:#?}\n{stderr:?}");
+    if start == Start::Before {
+        // Every event after accept() names the worker that accepted.
+        for (worker, ports) in &by_worker {
+            for client_port in ports {
+                let to_close_wait: Vec<&Value> = lines
+                    .iter()
+                    .filter(|e| {
+                        e["kind"] == "state"
+                            && e["new_state"] == "CLOSE_WAIT"
+                            && e["sport"] == port
+                            && e["dport"] == *client_port
+                    })
+                    .collect();
+                assert_eq!(to_close_wait.len(), 1, "{lines:#?}");
+                assert_eq!(
+                    to_close_wait[0]["pid"].as_u64(),
+                    Some(*worker),
+                    "{}",
+                    to_close_wait[0]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pre_fork_workers_are_named_tcpwatch_first() {
+    if privileged_or_skip("pre_fork_workers_are_named_tcpwatch_first") {
+        pre_fork(Start::Before);
+    }
+}
+
+#[test]
+fn pre_fork_workers_are_named_tcpwatch_last() {
+    if privileged_or_skip("pre_fork_workers_are_named_tcpwatch_last") {
+        pre_fork(Start::After);
+    }
+}

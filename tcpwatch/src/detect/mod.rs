@@ -762,6 +762,16 @@ impl Detectors {
             if age < limit.as_nanos() as u64 {
                 continue;
             }
+            // Who holds it is confirmed by the kernel's list (and /proc)
+            // at each reconciliation: a leak is reported once one has
+            // looked at the socket in this state, so a socket handed to a
+            // forked handler is never blamed on the process that accepted it.
+            if model
+                .reconciled_at(c.tuple.netns)
+                .is_some_and(|at| at <= c.state_since_ns)
+            {
+                continue;
+            }
             let entry = waiting
                 .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
                 .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false));

@@ -243,6 +243,7 @@ pub fn peer_loop(comm: &str) {
     let mut listener: Option<Socket> = None;
     let mut conn: Option<Socket> = None;
     let mut kept: Vec<Socket> = Vec::new();
+    let mut daemon_pipes: Vec<libc::c_int> = Vec::new();
     let reply = |s: String| {
         println!("@@ {s}");
         let _ = std::io::stdout().flush();
@@ -334,6 +335,62 @@ pub fn peer_loop(comm: &str) {
                     -1 => Err(std::io::Error::last_os_error().to_string()),
                     _ => continue,
                 }
+            }
+            // Fork after accept (inetd, socat fork, sshd): this process
+            // accepts, forks a handler that keeps the connection (and, with
+            // `exec`, runs `sleep` with it inherited), and closes its own
+            // copy. Replies with the handler's pid.
+            ["fork_handler", mode] => {
+                let Some(fd) = listener.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) else {
+                    reply("err no listener".into());
+                    continue;
+                };
+                let exec = *mode == "exec";
+                // SAFETY: plain system calls; the child only makes system
+                // calls (and exec) before _exit.
+                unsafe {
+                    // No SOCK_CLOEXEC: the handler's exec keeps it.
+                    let accepted = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
+                    if accepted < 0 {
+                        Err(std::io::Error::last_os_error().to_string())
+                    } else {
+                        match libc::fork() {
+                            0 => forked_handler(accepted, exec),
+                            -1 => Err(std::io::Error::last_os_error().to_string()),
+                            child => {
+                                libc::close(accepted);
+                                Ok(child.to_string())
+                            }
+                        }
+                    }
+                }
+            }
+            // A daemon: a launcher process calls listen(), forks the daemon
+            // (comm NAME) and exits; the daemon accepts connections and
+            // keeps them until this peer ends. The launcher replies with
+            // the port, the daemon's pid and its own.
+            ["daemonize", name] => {
+                let name = std::ffi::CString::new(*name).expect("comm has no NUL");
+                let mut pipe = [0 as libc::c_int; 2];
+                // SAFETY: pipe() fills the array; fork's children only make
+                // system calls before _exit.
+                unsafe {
+                    if libc::pipe(pipe.as_mut_ptr()) != 0 {
+                        reply(format!("err pipe: {}", std::io::Error::last_os_error()));
+                        continue;
+                    }
+                    match libc::fork() {
+                        0 => daemon_launcher(pipe, &name),
+                        -1 => reply(format!("err fork: {}", std::io::Error::last_os_error())),
+                        launcher => {
+                            libc::close(pipe[0]);
+                            // The daemon sees EOF on the pipe once this peer ends.
+                            daemon_pipes.push(pipe[1]);
+                            libc::waitpid(launcher, std::ptr::null_mut(), 0);
+                        }
+                    }
+                }
+                continue;
             }
             ["linger0"] => conn
                 .as_ref()
@@ -504,6 +561,95 @@ unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
         let mut buf = [0u8; 512];
         while conn >= 0 && libc::recv(conn, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
         libc::close(conn);
+        libc::_exit(0)
+    }
+}
+
+/// The handler of `fork_handler`: keeps the accepted connection until the
+/// peer that forked it ends; with `exec`, as `sleep`.
+///
+/// # Safety
+/// Must run in a freshly forked child: only system calls, then exec or `_exit`.
+unsafe fn forked_handler(conn: libc::c_int, exec: bool) -> ! {
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let _ = conn;
+        if exec {
+            let sleep = c"/bin/sleep";
+            let seconds = c"600";
+            let argv = [sleep.as_ptr(), seconds.as_ptr(), std::ptr::null()];
+            libc::execv(sleep.as_ptr(), argv.as_ptr());
+        }
+        loop {
+            libc::pause();
+        }
+    }
+}
+
+/// The launcher of `daemonize`: listen, fork the daemon, reply, exit.
+///
+/// # Safety
+/// Must run in a freshly forked child: only system calls, then `_exit`.
+unsafe fn daemon_launcher(pipe: [libc::c_int; 2], name: &std::ffi::CStr) -> ! {
+    unsafe {
+        libc::close(pipe[1]);
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"tw-launcher".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let listener = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(listener, (&raw const addr).cast(), len) == 0
+            && libc::listen(listener, 16) == 0;
+        let mut got = len;
+        libc::getsockname(listener, (&raw mut addr).cast(), &mut got);
+        let port = u16::from_be(addr.sin_port);
+        let daemon = libc::fork();
+        if daemon == 0 {
+            libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+            let mut fds = [
+                libc::pollfd {
+                    fd: listener,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: pipe[0],
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            loop {
+                if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                    libc::_exit(1);
+                }
+                if fds[1].revents != 0 {
+                    libc::_exit(0);
+                }
+                if fds[0].revents != 0 {
+                    // Kept open, never read: the connection stays.
+                    libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+                }
+            }
+        }
+        let line = if bound && daemon > 0 {
+            format!("@@ ok {port} {daemon} {}\n", libc::getpid())
+        } else {
+            "@@ err daemonize\n".to_owned()
+        };
+        libc::write(1, line.as_ptr().cast(), line.len());
         libc::_exit(0)
     }
 }
