@@ -255,6 +255,8 @@ struct ConnectionView {
     state_age_known: bool,
     /// Events were lost during its life; the next reconciliation checks it.
     uncertain: bool,
+    /// Processes holding the socket at the last reconciliation (`ss -p`).
+    holders: u16,
 }
 
 #[derive(Serialize)]
@@ -294,6 +296,7 @@ async fn connections(State(shared): State<Shared>, Query(q): Query<ConnectionFil
             state_age_seconds: now.saturating_sub(c.state_since_ns) as f64 / 1e9,
             state_age_known: c.state_age_known,
             uncertain: c.uncertain,
+            holders: c.holders,
         })
         .collect();
     let truncated = matching.next().is_some();

@@ -178,10 +178,16 @@ struct Who {
     lport: Option<u16>,
     raddr: Option<IpAddr>,
     rport: Option<u16>,
+    /// Processes holding the socket(s) at the last look (`ss -p`); shown
+    /// when more than one does.
+    holders: Option<u16>,
 }
 
 impl Who {
     fn apply(self, mut f: Finding) -> Finding {
+        if let Some(n) = self.holders.filter(|n| *n > 1) {
+            f = f.evidence("holders", n);
+        }
         if let Some(pid) = self.pid {
             f = f.evidence("pid", pid);
         }
@@ -208,7 +214,7 @@ impl Who {
 type WaitKey = (&'static str, u32, u32, u16);
 /// Count, oldest age, comm, local address of such a group, and whether
 /// some ages are only lower bounds (sockets older than tcpwatch).
-type Group = (u64, u64, String, IpAddr, bool);
+type Group = (u64, u64, String, IpAddr, bool, u16);
 /// (netns, server side, address, port) of a TIME_WAIT group.
 type TimeWaitKey = (u32, bool, IpAddr, u16);
 
@@ -580,6 +586,7 @@ impl Detectors {
             lport: Some(tuple.local_port),
             raddr: Some(tuple.remote),
             rport: Some(tuple.remote_port),
+            holders: None,
         };
         let peer = endpoint(tuple.remote, tuple.remote_port);
         let age = secs(since_ns);
@@ -687,6 +694,7 @@ impl Detectors {
                     lport: Some(tuple.local_port),
                     raddr: Some(tuple.remote),
                     rport: Some(tuple.remote_port),
+                    holders: None,
                 };
                 let peer = endpoint(tuple.remote, tuple.remote_port);
                 let age = secs(*age_ns);
@@ -774,12 +782,15 @@ impl Detectors {
             }
             let entry = waiting
                 .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
-                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false));
+                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false, 0));
             entry.0 += 1;
             entry.1 = entry.1.max(age);
             entry.4 |= !c.state_age_known;
+            entry.5 = entry.5.max(c.holders);
         }
-        for ((kind, netns, pid, lport), (count, oldest, comm, laddr, lower_bound)) in waiting {
+        for ((kind, netns, pid, lport), (count, oldest, comm, laddr, lower_bound, holders)) in
+            waiting
+        {
             let at_least = if lower_bound { "at least " } else { "" };
             let key = format!("{netns}|{pid}|{lport}");
             let who = Who {
@@ -787,6 +798,7 @@ impl Detectors {
                 comm: Some(comm.clone()),
                 laddr: Some(laddr),
                 lport: Some(lport),
+                holders: Some(holders),
                 ..Default::default()
             };
             let oldest_s = secs(oldest);
@@ -1645,5 +1657,48 @@ mod tests {
         assert!(d
             .open_findings()
             .all(|(f, _)| f.evidence["pid"].as_u64() >= Some(1005)));
+    }
+
+    /// A CLOSE_WAIT socket two processes hold (a forked child that kept
+    /// the descriptor): the finding names the owner and says two hold it;
+    /// it waits for a reconciliation to have looked at it in CLOSE_WAIT.
+    #[test]
+    fn close_wait_findings_wait_for_a_look_and_count_holders() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            close_wait_age: Duration::from_secs(1),
+            ..Default::default()
+        });
+        feed(
+            &mut m,
+            &mut d,
+            &[
+                st(0, 0xb000, Listen, SynRecv, 8080, 40000),
+                st(1, 0xb000, SynRecv, Established, 8080, 40000),
+                st(S, 0xb000, Established, CloseWait, 8080, 40000),
+            ],
+        );
+        let tuple = m.connections().next().unwrap().tuple;
+        // A look before the socket reached CLOSE_WAIT does not vouch for it.
+        m.reconcile(1, &[], S / 2, S / 2);
+        assert!(
+            d.tick(3 * S, &m).is_empty(),
+            "not looked at in CLOSE_WAIT yet"
+        );
+        let listed = crate::model::KernelSocket {
+            tuple,
+            state: CloseWait,
+            pid: 7,
+            comm: "app".into(),
+            orphan: false,
+            time_wait_left_ns: None,
+            holders: vec![(7, "app".into()), (9, "app".into())],
+            holder_count: 2,
+        };
+        m.reconcile(1, &[listed], 3 * S, 3 * S);
+        let r = d.tick(4 * S, &m);
+        assert_eq!(kinds(&r), [(kind::CLOSE_WAIT_LEAK, Status::Raised)]);
+        assert_eq!(r[0].finding.evidence["pid"], 7);
+        assert_eq!(r[0].finding.evidence["holders"], 2);
     }
 }

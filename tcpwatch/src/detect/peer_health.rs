@@ -183,9 +183,9 @@ impl Detectors {
                 Some(run) => run.start_ns.min(now.saturating_sub(kernel_stall_ns)),
                 None => now.saturating_sub(kernel_stall_ns),
             };
-            stalled.push((*tuple, c.pid, c.comm.to_string(), *h, start));
+            stalled.push((*tuple, c.pid, c.comm.to_string(), c.holders, *h, start));
         }
-        for (tuple, pid, comm, h, start) in stalled {
+        for (tuple, pid, comm, holders, h, start) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let stalled_for = now.saturating_sub(start);
             let next_ns = match h.timer {
@@ -213,6 +213,7 @@ impl Detectors {
                 lport: Some(tuple.local_port),
                 raddr: Some(tuple.remote),
                 rport: Some(tuple.remote_port),
+                holders: Some(holders),
             };
             let peer = endpoint(tuple.remote, tuple.remote_port);
             let count = u64::from(h.retransmits);
@@ -266,9 +267,17 @@ impl Detectors {
             {
                 continue;
             }
-            stalled.push((*tuple, c.pid, c.comm.to_string(), c.state, *h, *since));
+            stalled.push((
+                *tuple,
+                c.pid,
+                c.comm.to_string(),
+                c.state,
+                c.holders,
+                *h,
+                *since,
+            ));
         }
-        for (tuple, pid, comm, state, h, since) in stalled {
+        for (tuple, pid, comm, state, holders, h, since) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let age_s = secs(now.saturating_sub(since));
             let peer = endpoint(tuple.remote, tuple.remote_port);
@@ -283,6 +292,7 @@ impl Detectors {
                 lport: Some(tuple.local_port),
                 raddr: Some(tuple.remote),
                 rport: Some(tuple.remote_port),
+                holders: Some(holders),
             };
             let probes = u64::from(h.probes);
             let waiting = h.send_queue;
