@@ -106,6 +106,8 @@ pub mod owner_source {
     pub const STARTUP: u8 = 5;
     /// Bound in `accept()` by the process that accepted the connection.
     pub const ACCEPT: u8 = 6;
+    /// Bound when a process sent or received on the socket (it holds it).
+    pub const IO: u8 = 7;
 }
 
 /// Address families as the kernel numbers them.
@@ -409,13 +411,16 @@ pub struct Layout {
     pub send_reset: TpLayout,
     pub receive_reset: TpLayout,
     pub destroy_sock: TpLayout,
+    /// `sock:sock_send_length` and `sock:sock_recv_length` (6.2+): the
+    /// socket and its protocol, in process context.
+    pub sock_io: TpLayout,
     /// Offset of `ret` in `syscalls:sys_exit_accept` and `sys_exit_accept4`.
     pub accept_ret: FieldOffset,
-    pub _pad: u16,
+    pub _pad: [u16; 2],
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 6 * 30 + 4 + 48);
+const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 48);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.
@@ -427,8 +432,9 @@ impl Layout {
             send_reset: TpLayout::absent(),
             receive_reset: TpLayout::absent(),
             destroy_sock: TpLayout::absent(),
+            sock_io: TpLayout::absent(),
             accept_ret: FIELD_ABSENT,
-            _pad: 0,
+            _pad: [0; 2],
             kernel: KernelOffsets::unknown(),
         }
     }

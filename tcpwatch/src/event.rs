@@ -152,6 +152,7 @@ pub enum OwnerSource {
     Close,
     Startup,
     Accept,
+    Io,
 }
 
 impl OwnerSource {
@@ -164,6 +165,7 @@ impl OwnerSource {
             OwnerSource::Close => "close",
             OwnerSource::Startup => "startup",
             OwnerSource::Accept => "accept",
+            OwnerSource::Io => "io",
         }
     }
 }
@@ -179,6 +181,7 @@ impl TryFrom<u8> for OwnerSource {
             owner_source::CLOSE => OwnerSource::Close,
             owner_source::STARTUP => OwnerSource::Startup,
             owner_source::ACCEPT => OwnerSource::Accept,
+            owner_source::IO => OwnerSource::Io,
             other => return Err(DecodeError::UnknownOwnerSource(other)),
         })
     }

@@ -253,6 +253,15 @@ pub fn event_sk(f: &Format) -> Result<TpLayout, LayoutError> {
     Ok(l)
 }
 
+/// `sock:sock_send_length` and `sock:sock_recv_length`: the socket and its
+/// protocol.
+pub fn sock_io(f: &Format) -> Result<TpLayout, LayoutError> {
+    let mut l = TpLayout::absent();
+    l.skaddr = f.offset("sk", 8)?;
+    l.protocol = f.offset("protocol", 2)?;
+    Ok(l)
+}
+
 /// `syscalls:sys_exit_*`: the return value.
 pub fn syscall_ret(f: &Format) -> Result<FieldOffset, LayoutError> {
     f.offset("ret", 8)
@@ -433,6 +442,15 @@ mod tests {
             }
             for name in ["syscalls__sys_exit_accept", "syscalls__sys_exit_accept4"] {
                 assert!(syscall_ret(&at(name)).is_ok(), "{version} {name}");
+            }
+            // Attribution on use: sock_send_length/sock_recv_length from 6.2.
+            for name in ["sock__sock_send_length", "sock__sock_recv_length"] {
+                let path = format!("{root}/formats-{version}/{name}");
+                assert_eq!(std::path::Path::new(&path).exists(), newer(6, 2), "{version} {name}");
+                if newer(6, 2) {
+                    let io = sock_io(&at(name)).unwrap();
+                    assert_eq!((io.skaddr, io.protocol), (8, 18), "{version} {name}");
+                }
             }
         }
     }

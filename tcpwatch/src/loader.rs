@@ -81,7 +81,7 @@ struct Hook {
     required: bool,
 }
 
-const HOOKS: [Hook; 8] = [
+const HOOKS: [Hook; 10] = [
     Hook {
         category: "sock",
         name: "inet_sock_set_state",
@@ -128,6 +128,18 @@ const HOOKS: [Hook; 8] = [
         category: "syscalls",
         name: "sys_exit_accept",
         program: "sys_exit_accept",
+        required: false,
+    },
+    Hook {
+        category: "sock",
+        name: "sock_send_length",
+        program: "sock_send_length",
+        required: false,
+    },
+    Hook {
+        category: "sock",
+        name: "sock_recv_length",
+        program: "sock_recv_length",
         required: false,
     },
 ];
@@ -470,6 +482,9 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
             }
             "sys_exit_accept4" | "sys_exit_accept" => {
                 layout.accept_ret = layout::syscall_ret(&format).map_err(wrap)?
+            }
+            "sock_send_length" | "sock_recv_length" => {
+                layout.sock_io = layout::sock_io(&format).map_err(wrap)?
             }
             _ => continue,
         }

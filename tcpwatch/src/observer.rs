@@ -107,6 +107,28 @@ impl Observer {
         self.reconcile(&namespaces);
     }
 
+    /// CLOSE_WAIT and FIN_WAIT2 sockets that just crossed their threshold
+    /// and that no reconciliation has seen in that state: their namespaces
+    /// are reconciled now (at most once a second each), so the leak is
+    /// reported on time and named after the process that holds it.
+    fn confirm_owners_of_waits(&mut self, now: u64) {
+        if self.sock_diag_available != Some(true) {
+            return;
+        }
+        let Some(d) = self.detectors.as_ref() else {
+            return;
+        };
+        let mut namespaces = d.unconfirmed_waits(&self.model, now);
+        namespaces.retain(|n| {
+            self.model
+                .reconciled_at(*n)
+                .is_none_or(|at| now.saturating_sub(at) >= 1_000_000_000)
+        });
+        if !namespaces.is_empty() {
+            self.reconcile(&namespaces);
+        }
+    }
+
     /// Events the kernel attributed to a listener's owner (a SYN-ACK
     /// retransmit, a connection born before anyone accepted it) name the
     /// process that holds the listener now: the kernel learnt the owner at
@@ -135,6 +157,7 @@ impl Observer {
     pub fn tick(&mut self, now: u64) -> (Vec<Outcome>, Vec<Report>) {
         let outcomes = self.model.expire(now);
         self.recheck_exited_owners(now);
+        self.confirm_owners_of_waits(now);
         let reports = match self.detectors.as_mut() {
             Some(d) => {
                 let wanted = d.wanted_health(&self.model);
@@ -197,6 +220,15 @@ impl Observer {
             let Some(sockets) = sockets else {
                 continue;
             };
+            // A dump older than one already applied (a reconciliation that
+            // overtook this one) would undo what the newer one learnt.
+            if self
+                .model
+                .reconciled_at(netns)
+                .is_some_and(|at| at > dump.start_ns)
+            {
+                continue;
+            }
             if let Some(d) = self.detectors.as_mut() {
                 d.on_kernel_sockets(netns, &sockets, dump.start_ns);
             }

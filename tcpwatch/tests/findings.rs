@@ -545,7 +545,7 @@ fn zero_window_stall_when_the_reader_stops_and_vanishes() {
     let stalls = findings(&lines, "zero_window_stall");
     let raised = stalls
         .iter()
-        .find(|f| f["status"] == "raised")
+        .find(|f| f["status"] == "raised" && f["lport"] == client_port)
         .unwrap_or_else(|| panic!("{lines:#?}\n{stderr:?}"));
     assert_eq!(raised["pid"].as_u64(), Some(client.pid.into()));
     assert_eq!(raised["lport"].as_u64(), Some(client_port.into()));
@@ -561,6 +561,7 @@ fn zero_window_stall_when_the_reader_stops_and_vanishes() {
     assert!(
         stalls
             .iter()
+            .filter(|f| f["lport"] == client_port)
             .any(|f| f["probes"].as_u64().is_some_and(|p| p > 0)),
         "probes unanswered once the reader vanished: {stalls:#?}"
     );

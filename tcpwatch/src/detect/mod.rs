@@ -747,6 +747,31 @@ impl Detectors {
         }
     }
 
+    /// Namespaces with CLOSE_WAIT or FIN_WAIT2 sockets past their threshold
+    /// that no reconciliation has looked at in that state: their owners
+    /// are to be confirmed before the next tick reports them.
+    pub fn unconfirmed_waits(&self, model: &Model, now: u64) -> Vec<u32> {
+        let t = self.thresholds;
+        let mut namespaces: Vec<u32> = model
+            .connections()
+            .filter(|c| {
+                let limit = match c.state {
+                    TcpState::CloseWait => t.close_wait_age,
+                    TcpState::FinWait2 => t.fin_wait2_age,
+                    _ => return false,
+                };
+                now.saturating_sub(c.state_since_ns) >= limit.as_nanos() as u64
+                    && model
+                        .reconciled_at(c.tuple.netns)
+                        .is_some_and(|at| at <= c.state_since_ns)
+            })
+            .map(|c| c.tuple.netns)
+            .collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        namespaces
+    }
+
     /// Periodic look at the model: buildup, leaks and stalls; resolves
     /// tick-driven findings whose condition is gone.
     pub fn tick(&mut self, now: u64, model: &Model) -> Vec<Report> {
