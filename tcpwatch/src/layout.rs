@@ -446,7 +446,11 @@ mod tests {
             // Attribution on use: sock_send_length/sock_recv_length from 6.2.
             for name in ["sock__sock_send_length", "sock__sock_recv_length"] {
                 let path = format!("{root}/formats-{version}/{name}");
-                assert_eq!(std::path::Path::new(&path).exists(), newer(6, 2), "{version} {name}");
+                assert_eq!(
+                    std::path::Path::new(&path).exists(),
+                    newer(6, 2),
+                    "{version} {name}"
+                );
                 if newer(6, 2) {
                     let io = sock_io(&at(name)).unwrap();
                     assert_eq!((io.skaddr, io.protocol), (8, 18), "{version} {name}");

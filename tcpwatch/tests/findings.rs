@@ -884,3 +884,55 @@ fn pre_fork_workers_are_named_tcpwatch_last() {
         pre_fork(Start::After);
     }
 }
+
+/// A handler forked after accept that reads the request: from its first
+/// read on (sock_recv_length, 6.2+), the connection's events name it, before
+/// any look at /proc.
+#[test]
+fn a_handler_that_reads_is_named_from_its_first_read() {
+    if !privileged_or_skip("a_handler_that_reads_is_named_from_its_first_read") {
+        return;
+    }
+    let tracepoint = "/sys/kernel/tracing/events/sock/sock_recv_length";
+    if !std::path::Path::new(tracepoint).exists() {
+        eprintln!("skipped: this kernel has no sock:sock_recv_length (6.2+)");
+        return;
+    }
+    let ns = Netns::new("hrd");
+    // No reconciliation during the test: only the kernel programs attribute.
+    let tracer = Tracer::start(&ns, &["--reconcile-interval", "0s"]);
+    let mut parent = ns.peer("tw-parent");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = parent.ok("listen 127.0.0.1 16").parse().unwrap();
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    let handler: u64 = parent.ok("fork_handler read").parse().unwrap();
+    client.ok("send hello");
+    thread::sleep(Duration::from_millis(300));
+    client.ok("close");
+    thread::sleep(Duration::from_millis(500));
+    let (lines, stderr) = tracer.stop();
+    let to_close_wait: Vec<&Value> = lines
+        .iter()
+        .filter(|e| {
+            e["kind"] == "state"
+                && e["new_state"] == "CLOSE_WAIT"
+                && e["sport"] == port
+                && e["dport"] == client_port
+        })
+        .collect();
+    assert_eq!(to_close_wait.len(), 1, "{lines:#?}\n{stderr:?}");
+    assert_eq!(
+        to_close_wait[0]["pid"].as_u64(),
+        Some(handler),
+        "{}",
+        to_close_wait[0]
+    );
+    assert_eq!(
+        to_close_wait[0]["owner_source"], "io",
+        "{}",
+        to_close_wait[0]
+    );
+}

@@ -346,6 +346,7 @@ pub fn peer_loop(comm: &str) {
                     continue;
                 };
                 let exec = *mode == "exec";
+                let read = *mode == "read";
                 // SAFETY: plain system calls; the child only makes system
                 // calls (and exec) before _exit.
                 unsafe {
@@ -355,7 +356,7 @@ pub fn peer_loop(comm: &str) {
                         Err(std::io::Error::last_os_error().to_string())
                     } else {
                         match libc::fork() {
-                            0 => forked_handler(accepted, exec),
+                            0 => forked_handler(accepted, exec, read),
                             -1 => Err(std::io::Error::last_os_error().to_string()),
                             child => {
                                 libc::close(accepted);
@@ -566,11 +567,12 @@ unsafe fn forked_acceptor(listener: libc::c_int, name: &std::ffi::CStr) -> ! {
 }
 
 /// The handler of `fork_handler`: keeps the accepted connection until the
-/// peer that forked it ends; with `exec`, as `sleep`.
+/// peer that forked it ends; with `exec`, as `sleep`; with `read`, after
+/// reading a request.
 ///
 /// # Safety
 /// Must run in a freshly forked child: only system calls, then exec or `_exit`.
-unsafe fn forked_handler(conn: libc::c_int, exec: bool) -> ! {
+unsafe fn forked_handler(conn: libc::c_int, exec: bool, read: bool) -> ! {
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -579,7 +581,11 @@ unsafe fn forked_handler(conn: libc::c_int, exec: bool) -> ! {
             0,
             0,
         );
-        let _ = conn;
+        if read {
+            // Reads the request (one segment), then leaks the connection.
+            let mut buf = [0u8; 512];
+            libc::recv(conn, buf.as_mut_ptr().cast(), buf.len(), 0);
+        }
         if exec {
             let sleep = c"/bin/sleep";
             let seconds = c"600";
