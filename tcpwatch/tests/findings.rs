@@ -930,9 +930,5 @@ fn a_handler_that_reads_is_named_from_its_first_read() {
         "{}",
         to_close_wait[0]
     );
-    assert_eq!(
-        to_close_wait[0]["owner_source"], "io",
-        "{}",
-        to_close_wait[0]
-    );
+    assert_eq!(to_close_wait[0]["owner"], "io", "{}", to_close_wait[0]);
 }
