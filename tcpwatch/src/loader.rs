@@ -502,6 +502,11 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
         // Without the fd -> socket path the accept hooks can do nothing.
         present.retain(|h| h.category != "syscalls");
     }
+    // A developer's knob, for measuring what an optional hook costs
+    // (`cargo xtask bench`): names of tracepoints to leave alone.
+    if let Ok(skip) = std::env::var("TCPWATCH_SKIP_HOOKS") {
+        present.retain(|h| h.required || !skip.split(',').any(|name| name.trim() == h.name));
+    }
     let tracepoints = present
         .iter()
         .map(|h| format!("{}:{}", h.category, h.name))

@@ -133,6 +133,15 @@ impl Drop for Observer {
 }
 
 fn start(program: &Path, args: &[String], metrics_port: Option<u16>) -> Result<Observer> {
+    start_with_env(program, args, metrics_port, &[])
+}
+
+fn start_with_env(
+    program: &Path,
+    args: &[String],
+    metrics_port: Option<u16>,
+    env: &[(&str, &str)],
+) -> Result<Observer> {
     let stderr = std::env::temp_dir().join(format!(
         "tcpwatch-bench-{}-{}.err",
         std::process::id(),
@@ -140,6 +149,7 @@ fn start(program: &Path, args: &[String], metrics_port: Option<u16>) -> Result<O
     ));
     let child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr)?)
         .spawn()
@@ -159,6 +169,15 @@ fn start(program: &Path, args: &[String], metrics_port: Option<u16>) -> Result<O
 
 /// `tcpwatch run` on a free port, with `config` lines in a file if any.
 pub fn start_daemon(binary: &Path, config: &str, extra: &[&str]) -> Result<Observer> {
+    start_daemon_with_env(binary, config, extra, &[])
+}
+
+fn start_daemon_with_env(
+    binary: &Path,
+    config: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Observer> {
     let port = probe::free_port()?;
     let mut args = vec![
         "run".to_owned(),
@@ -171,7 +190,7 @@ pub fn start_daemon(binary: &Path, config: &str, extra: &[&str]) -> Result<Obser
         args.extend(["--config".to_owned(), path.display().to_string()]);
     }
     args.extend(extra.iter().map(|a| (*a).to_owned()));
-    start(binary, &args, Some(port))
+    start_with_env(binary, &args, Some(port), env)
 }
 
 /// Clients of the churn workload: enough to keep both CPUs busy, so the rate
@@ -214,6 +233,9 @@ pub fn churn_in_netns(netns: &str, seconds: f64, client_closes: bool) -> Result<
 enum Mode {
     Baseline,
     Daemon,
+    /// The daemon without some optional hooks (TCPWATCH_SKIP_HOOKS), to
+    /// measure what they cost.
+    DaemonWithout(&'static str),
     Observer(PathBuf, Vec<String>),
     /// An observer that is not installed here.
     Missing,
@@ -292,6 +314,10 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
         ("no observer", Mode::Baseline),
         ("tcpwatch run (metrics)", Mode::Daemon),
         (
+            "tcpwatch run without the send/receive owner hooks",
+            Mode::DaemonWithout("sock_send_length,sock_recv_length"),
+        ),
+        (
             "tcpwatch trace --json > /dev/null",
             Mode::Observer(binary.to_owned(), vec!["trace".into(), "--json".into()]),
         ),
@@ -310,6 +336,11 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
                 },
                 Mode::Missing => continue,
                 Mode::Daemon => observed_churn(ns, seconds, start_daemon(binary, "", &[])?)?,
+                Mode::DaemonWithout(hooks) => observed_churn(
+                    ns,
+                    seconds,
+                    start_daemon_with_env(binary, "", &[], &[("TCPWATCH_SKIP_HOOKS", hooks)])?,
+                )?,
                 Mode::Observer(program, args) => {
                     observed_churn(ns, seconds, start(program, args, None)?)?
                 }
