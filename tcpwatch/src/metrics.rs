@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Per namespace: the last reading of each TcpExt counter, and the
     /// increments counted since start (to rank namespaces for the top N).
     last_tcpext: std::collections::HashMap<u32, ([u64; crate::audit::TCPEXT.len()], u64)>,
+    /// Namespaces with series of their own in `tcpext` (the top N).
+    tcpext_labelled: std::collections::HashSet<u32>,
     last_counters: Counters,
     last_evicted: (u64, u64),
     /// Corrections and seeding already counted, and namespace records dropped.
@@ -287,6 +289,7 @@ impl Metrics {
             scrape_seconds,
             ring_peak_fill,
             last_tcpext: Default::default(),
+            tcpext_labelled: Default::default(),
             last_counters: Counters::default(),
             last_evicted: (0, 0),
             last_corrections: Default::default(),
@@ -414,6 +417,16 @@ impl Metrics {
         busiest.sort_unstable_by(|a, b| b.cmp(a));
         let top: std::collections::HashSet<u32> =
             busiest.iter().take(top_n).map(|(_, n)| *n).collect();
+        // A namespace that is gone or left the top N loses its series (its
+        // later counts go to `other`): the series stay bounded.
+        for netns in self.tcpext_labelled.difference(&top) {
+            for name in TCPEXT {
+                let _ = self
+                    .tcpext
+                    .remove_label_values(&[netns.to_string().as_str(), name]);
+            }
+        }
+        self.tcpext_labelled.clone_from(&top);
         for (netns, delta) in moved {
             let label = if top.contains(&netns) {
                 netns.to_string()
@@ -866,5 +879,45 @@ mod tests {
             &Counters::default(),
             None,
         )
+    }
+}
+
+/// Regressions found in review: each failed before its fix.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use prometheus::core::Collector;
+
+    /// Namespaces come and go (a pod each): each busy one gets a series
+    /// `tcpwatch_tcpext_total{netns="<inode>",...}` while among the top N,
+    /// and keeps it after it is gone or has left the top N: the series of
+    /// every namespace ever in the top N stay, frozen, for the life of the
+    /// daemon (`last_tcpext` forgets the namespace; the counter vec does not).
+    #[test]
+    fn tcpext_series_of_vanished_namespaces_are_dropped() {
+        let mut m = Metrics::new().unwrap();
+        let top_n = 10;
+        for netns in 1..=200u32 {
+            let mut state = NetnsState::default();
+            state.tcpext.insert("TW".into(), 0);
+            let mut namespaces = std::collections::HashMap::new();
+            namespaces.insert(netns, state.clone());
+            m.count_tcpext(&namespaces, top_n);
+            state.tcpext.insert("TW".into(), 100);
+            namespaces.insert(netns, state);
+            m.count_tcpext(&namespaces, top_n);
+        }
+        // All of them are gone now.
+        m.count_tcpext(&std::collections::HashMap::new(), top_n);
+        let series: usize = m
+            .tcpext
+            .collect()
+            .iter()
+            .map(|f| f.get_metric().len())
+            .sum();
+        assert!(
+            series <= top_n + 1,
+            "{series} tcpwatch_tcpext_total series for 0 live namespaces (top N = {top_n})"
+        );
     }
 }

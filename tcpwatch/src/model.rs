@@ -146,7 +146,7 @@ pub struct FourTuple {
 }
 
 impl FourTuple {
-    fn of(ev: &TcpEvent) -> Self {
+    pub fn of(ev: &TcpEvent) -> Self {
         FourTuple {
             netns: ev.netns,
             local: ev.saddr,
@@ -845,11 +845,13 @@ impl Model {
                 self.stats.connections_evicted += 1;
             }
         }
-        // Drop stale order entries (connections that died) once they
-        // outnumber the live ones: the queue stays within twice the map.
+        // Drop stale order entries (connections that died, earlier lives
+        // of a reused address) once they outnumber the live ones: the queue
+        // stays within twice the map.
         if self.order.len() > 2 * self.connections.len().max(1024) {
             let live = &self.connections;
-            self.order.retain(|(a, _)| live.contains_key(a));
+            self.order
+                .retain(|(a, seq)| live.get(a).is_some_and(|c| c.insert_seq == *seq));
         }
     }
 
@@ -2211,5 +2213,59 @@ mod tests {
         m.reconcile(7, &[held_by(&[(77, "sleep")]), daemon], 50 * MS, 50 * MS);
         let l = m.listeners().next().unwrap();
         assert_eq!((l.pid, &*l.comm), (90, "daemon"));
+    }
+}
+
+/// Regressions found in review: each failed before its fix.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use crate::event::OwnerSource;
+    use TcpState::*;
+
+    fn st(ts_ns: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
+        TcpEvent {
+            ts_ns,
+            skaddr: sk,
+            kind: EventKind::State,
+            pid: 42,
+            comm: "client".into(),
+            owner: OwnerSource::Connect,
+            netns: 7,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 80,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+        }
+    }
+
+    /// A connect/close loop whose `struct sock` the slab allocator hands
+    /// back at the same address every time (its per-CPU free list is LIFO):
+    /// the compaction in `insert` runs right after the newest record at that
+    /// address is inserted, so `live.contains_key(addr)` keeps every stale
+    /// (address, seq) entry of it. The insertion-order queue grows by one
+    /// entry per connection, forever, and every insert past 2048 entries
+    /// runs a full `retain` over it (quadratic time).
+    #[test]
+    fn insertion_order_queue_is_bounded_when_one_address_is_reused() {
+        let mut m = Model::default();
+        const SK: u64 = 0xffff_8880_0000_1000;
+        for i in 0..5_000u64 {
+            let t = i * 10_000_000;
+            m.apply(&st(t, SK, Close, SynSent, 0));
+            m.apply(&st(t + 1_000, SK, SynSent, Established, 40_000));
+            m.apply(&st(t + 2_000, SK, Established, Close, 40_000));
+        }
+        m.expire(u64::MAX);
+        assert!(m.connections().count() <= 1);
+        assert!(
+            m.order.len() <= 2 * 1024 + 1,
+            "the insertion-order queue holds {} entries for at most one live connection",
+            m.order.len()
+        );
     }
 }

@@ -351,6 +351,7 @@ impl Detectors {
         self.port_range.retain(|n, _| alive.contains(n));
         self.recent_reuse.retain(|t, _| alive.contains(&t.netns));
         self.port_use.retain(|k, _| alive.contains(&k.0));
+        self.health.forget_namespaces_except(alive);
         out
     }
 
@@ -460,6 +461,9 @@ impl Detectors {
     pub fn on_event(&mut self, ev: &TcpEvent, outcomes: &[Outcome], model: &Model) -> Vec<Report> {
         let mut out = Vec::new();
         let now = ev.ts_ns;
+        if ev.kind == EventKind::Retransmit {
+            self.note_retransmit(ev);
+        }
         match ev.kind {
             // A reset sent from SYN_SENT on a 4-tuple still in TIME_WAIT: the
             // old peer answered the reused SYN with a challenge ACK.
@@ -1725,5 +1729,300 @@ mod tests {
         assert_eq!(kinds(&r), [(kind::CLOSE_WAIT_LEAK, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["pid"], 7);
         assert_eq!(r[0].finding.evidence["holders"], 2);
+    }
+}
+
+/// Regressions found in review: each failed before its fix.
+#[cfg(test)]
+mod regressions {
+    use super::*;
+    use crate::{
+        diag::{DiagSocket, KernelTimer, TcpHealth},
+        event::OwnerSource,
+        model::Limits,
+    };
+    use TcpState::*;
+
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+
+    fn ev(ts: u64, sk: u64, kind: EventKind, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
+        TcpEvent {
+            ts_ns: ts,
+            skaddr: sk,
+            kind,
+            pid: 7,
+            comm: "app".into(),
+            owner: OwnerSource::Connect,
+            netns: 1,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 443,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+        }
+    }
+
+    /// An established connection at `sk` from local port `sport`, with
+    /// data retransmits at `rtx_ms` (milliseconds).
+    fn connection(
+        m: &mut Model,
+        d: &mut Detectors,
+        sk: u64,
+        sport: u16,
+        rtx_ms: &[u64],
+    ) -> FourTuple {
+        let mut evs = vec![
+            ev(0, sk, EventKind::State, Close, SynSent, 0),
+            ev(MS, sk, EventKind::State, SynSent, Established, sport),
+        ];
+        for ms in rtx_ms {
+            evs.push(ev(
+                ms * MS,
+                sk,
+                EventKind::Retransmit,
+                Established,
+                Established,
+                sport,
+            ));
+        }
+        for e in &evs {
+            let outcomes = m.apply(e);
+            d.on_event(e, &outcomes, m);
+        }
+        m.connections().find(|c| c.skaddr == sk).unwrap().tuple
+    }
+
+    fn dead(silent_ms: u32) -> TcpHealth {
+        TcpHealth {
+            timer: Some(KernelTimer::Retransmit {
+                expires_ms: 3200,
+                retransmits: 5,
+            }),
+            retransmits: 5,
+            rto_us: 3_200_000,
+            unacked: 2,
+            last_data_sent_ms: 500,
+            last_ack_recv_ms: silent_ms,
+            ..Default::default()
+        }
+    }
+
+    /// An idle connection (no ACK for 10 minutes because nothing was sent)
+    /// retransmits twice in 0.6 s. With the default 30 s threshold,
+    /// peer_unresponsive is raised at once, its own evidence saying the
+    /// stall is 1 s old: the threshold is compared with tcpi_last_ack_recv
+    /// (the idle time), not with how long the retransmissions have lasted.
+    #[test]
+    fn an_idle_connection_is_not_unresponsive_after_one_second_of_retransmits() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let tuple = connection(&mut m, &mut d, 0x8000, 40_000, &[600_000, 600_200, 600_600]);
+        let kernel = TcpHealth {
+            timer: Some(KernelTimer::Retransmit {
+                expires_ms: 800,
+                retransmits: 2,
+            }),
+            retransmits: 2,
+            backoff: 2,
+            rto_us: 800_000,
+            unacked: 1,
+            last_data_sent_ms: 400,
+            last_ack_recv_ms: 601_000,
+            ..Default::default()
+        };
+        d.set_health([(tuple, Some(kernel))], 601 * S);
+        let r = d.tick(601 * S, &m);
+        assert!(
+            r.iter().all(|r| r.finding.kind != kind::PEER_UNRESPONSIVE),
+            "raised after a 1 s stall with a 30 s threshold: {:?}",
+            r.iter().map(|r| &r.finding.summary).collect::<Vec<_>>()
+        );
+    }
+
+    /// What a reconciliation learnt about a namespace's sockets (a pending
+    /// zero-window probe) outlives the namespace: forget_namespaces_except
+    /// forgets retries2, port ranges... but not the health candidates, and
+    /// the observer can no longer look them up (it cannot enter a namespace
+    /// that is gone, so no answer ever removes them). Each vanished
+    /// namespace leaves its entries behind, and they keep taking the
+    /// MAX_INSPECTED slots of every tick.
+    #[test]
+    fn health_candidates_of_a_vanished_namespace_are_forgotten() {
+        let m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        for netns in 1..=300u32 {
+            let s = DiagSocket {
+                state: Established,
+                local: "10.0.0.1".parse().unwrap(),
+                local_port: 443,
+                remote: "10.0.0.2".parse().unwrap(),
+                remote_port: 40_000,
+                inode: 5,
+                time_wait_left_ms: None,
+                timer: Some(KernelTimer::ZeroWindowProbe { expires_ms: 800 }),
+                recv_queue: 0,
+                send_queue: 65_536,
+            };
+            d.on_kernel_sockets(netns, &[s], u64::from(netns) * S);
+            // The namespace is deleted before the next reconciliation.
+            d.forget_namespaces_except(&[], u64::from(netns) * S + 1);
+        }
+        let wanted = d.wanted_health(&m);
+        assert!(
+            wanted.is_empty(),
+            "{} connections of deleted namespaces are still to be inspected",
+            wanted.len()
+        );
+    }
+
+    /// A connection with an open peer_unresponsive (the kernel still says
+    /// nothing is acknowledged) is dropped from the inspected set once more
+    /// than MAX_INSPECTED other connections have had two retransmits at
+    /// some point (rtx_run is never cleared, and wanted_health truncates a
+    /// list sorted by 4-tuple): its answer is pruned and the finding is
+    /// resolved although the peer is as dead as before.
+    #[test]
+    fn an_open_peer_unresponsive_is_not_resolved_while_the_kernel_says_stalled() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            peer_unresponsive_after: std::time::Duration::from_secs(2),
+            ..Default::default()
+        });
+        let stalled = connection(
+            &mut m,
+            &mut d,
+            0x10_0000,
+            60_000,
+            &[1000, 1200, 1600, 2400, 4000],
+        );
+        d.set_health([(stalled, Some(dead(4_000)))], 5 * S);
+        assert_eq!(
+            kinds(&d.tick(5 * S, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+        );
+        // Busy, healthy connections that each lost two segments once (a
+        // burst of loss, recovered: their ACKs flow).
+        for i in 0..300u64 {
+            connection(
+                &mut m,
+                &mut d,
+                0x20_0000 + i * 64,
+                40_000 + i as u16,
+                &[5100, 5300],
+            );
+        }
+        let healthy = TcpHealth {
+            retransmits: 0,
+            unacked: 10,
+            rto_us: 200_000,
+            last_ack_recv_ms: 5,
+            last_data_sent_ms: 5,
+            ..Default::default()
+        };
+        // What the observer does each tick: look up what is wanted.
+        for s in 6..10u64 {
+            let wanted = d.wanted_health(&m);
+            d.set_health(
+                wanted.iter().map(|t| {
+                    let h = if *t == stalled {
+                        dead(4_000 + (s as u32 - 5) * 1000)
+                    } else {
+                        healthy
+                    };
+                    (*t, Some(h))
+                }),
+                s * S,
+            );
+            let r = d.tick(s * S, &m);
+            assert!(
+                !kinds(&r).contains(&(kind::PEER_UNRESPONSIVE, Status::Resolved)),
+                "resolved at {s} s while the kernel still has no ACK (inspected: {})",
+                wanted.contains(&stalled)
+            );
+        }
+    }
+
+    /// A connection stalls, is reported, recovers (resolved). 16 s later
+    /// it stalls again: the first retransmit of the new stall continues the
+    /// model's rtx_run of the old one (the gap did not shrink; rtx_run is
+    /// never reset when the kernel says the data was acknowledged), so the
+    /// re-raised finding dates the stall from the first outage: age 19 s
+    /// and an abort predicted 19 s too early, for a stall 0.3 s old.
+    #[test]
+    fn a_second_stall_is_dated_from_its_own_first_retransmit() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds {
+            peer_unresponsive_after: std::time::Duration::from_secs(2),
+            ..Default::default()
+        });
+        let tuple = connection(
+            &mut m,
+            &mut d,
+            0x8000,
+            40_000,
+            &[1000, 1200, 1600, 2400, 4000],
+        );
+        d.set_health([(tuple, Some(dead(4_000)))], 5 * S);
+        assert_eq!(
+            kinds(&d.tick(5 * S, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+        );
+        let recovered = TcpHealth {
+            retransmits: 0,
+            unacked: 0,
+            rto_us: 200_000,
+            last_ack_recv_ms: 10,
+            last_data_sent_ms: 10,
+            ..Default::default()
+        };
+        d.set_health([(tuple, Some(recovered))], 6 * S);
+        assert_eq!(
+            kinds(&d.tick(6 * S, &m)),
+            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+        );
+        // The second stall: data sent at 19.8 s, retransmitted at 20.0 s.
+        let e = ev(
+            20 * S,
+            0x8000,
+            EventKind::Retransmit,
+            Established,
+            Established,
+            40_000,
+        );
+        let outcomes = m.apply(&e);
+        d.on_event(&e, &outcomes, &m);
+        let again = TcpHealth {
+            timer: Some(KernelTimer::Retransmit {
+                expires_ms: 400,
+                retransmits: 1,
+            }),
+            retransmits: 1,
+            rto_us: 400_000,
+            unacked: 1,
+            last_ack_recv_ms: 14_000,
+            last_data_sent_ms: 300,
+            ..Default::default()
+        };
+        d.set_health([(tuple, Some(again))], 20 * S + 300 * MS);
+        let r = d.tick(20 * S + 300 * MS, &m);
+        for r in r
+            .iter()
+            .filter(|r| r.finding.kind == kind::PEER_UNRESPONSIVE)
+        {
+            let age = r.finding.evidence["age_seconds"].as_f64().unwrap();
+            assert!(
+                age <= 1.0,
+                "the second stall (0.3 s old) is dated {age} s: {}",
+                r.finding.summary
+            );
+        }
+    }
+
+    fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
+        r.iter().map(|r| (r.finding.kind, r.status)).collect()
     }
 }

@@ -10,7 +10,7 @@
 //! [`Detectors::set_health`]) and raises only when the kernel agrees. A
 //! bottleneck that drops segments retransmits too, but its ACKs keep coming:
 //! `tcpi_last_ack_recv` tells the two apart, which events cannot.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{endpoint, secs, Detectors, Driver, Who};
 use crate::{
@@ -37,6 +37,29 @@ pub(super) struct Health {
     zero_window_since: HashMap<FourTuple, u64>,
     /// Connections a reconciliation listed with RTO retransmits pending.
     retransmitting: HashMap<FourTuple, u64>,
+    /// Connections with a health finding open: always looked at first.
+    open: HashSet<FourTuple>,
+    /// When the kernel last said a connection's retransmits were over (an
+    /// ACK came): its run of retransmits is wanted again only once it
+    /// retransmits after that.
+    recovered_at: HashMap<FourTuple, u64>,
+    /// The first data retransmit seen since the kernel last said the
+    /// connection recovered: when its current stall began.
+    first_retransmit: HashMap<FourTuple, u64>,
+}
+
+impl Health {
+    /// Forgets what was learnt of namespaces that no longer exist.
+    pub(super) fn forget_namespaces_except(&mut self, alive: &[u32]) {
+        self.answers.retain(|t, _| alive.contains(&t.netns));
+        self.zero_window_since
+            .retain(|t, _| alive.contains(&t.netns));
+        self.retransmitting.retain(|t, _| alive.contains(&t.netns));
+        self.open.retain(|t| alive.contains(&t.netns));
+        self.recovered_at.retain(|t, _| alive.contains(&t.netns));
+        self.first_retransmit
+            .retain(|t, _| alive.contains(&t.netns));
+    }
 }
 
 fn live_state(state: TcpState) -> bool {
@@ -54,19 +77,50 @@ impl Detectors {
     /// The connections whose `tcp_info` the next tick needs: those with a
     /// run of retransmits, those a reconciliation saw retransmitting or
     /// behind a zero window, and those with a health finding open.
+    /// Sorted; at most [`MAX_INSPECTED`], open findings first, then what
+    /// the kernel hinted at, then runs of retransmits the kernel has not
+    /// said are over.
     pub fn wanted_health(&self, model: &Model) -> Vec<FourTuple> {
-        let mut wanted: Vec<FourTuple> = model
+        let h = &self.health;
+        let runs = model
             .connections()
             .filter(|c| live_state(c.state))
-            .filter(|c| c.rtx_run.as_deref().is_some_and(|run| run.count >= 2))
-            .map(|c| c.tuple)
+            .filter(|c| {
+                c.rtx_run.as_deref().is_some_and(|run| {
+                    run.count >= 2
+                        && h.recovered_at
+                            .get(&c.tuple)
+                            .is_none_or(|at| run.last_ns > *at)
+                })
+            })
+            .map(|c| c.tuple);
+        let mut seen = HashSet::new();
+        let mut wanted: Vec<FourTuple> = h
+            .open
+            .iter()
+            .chain(h.retransmitting.keys())
+            .chain(h.zero_window_since.keys())
+            .copied()
+            .chain(runs)
+            .filter(|t| seen.insert(*t))
+            .take(MAX_INSPECTED)
             .collect();
-        wanted.extend(self.health.retransmitting.keys().copied());
-        wanted.extend(self.health.zero_window_since.keys().copied());
         wanted.sort();
-        wanted.dedup();
-        wanted.truncate(MAX_INSPECTED);
         wanted
+    }
+
+    /// A data retransmit: the first since the last recovery dates the stall.
+    pub(super) fn note_retransmit(&mut self, ev: &crate::event::TcpEvent) {
+        if !ev.new_state.is_some_and(live_state) {
+            return;
+        }
+        let tuple = FourTuple::of(ev);
+        let first = &mut self.health.first_retransmit;
+        // Bounded: past the cap, only connections the model still has stay.
+        if first.len() >= 4 * MAX_INSPECTED && !first.contains_key(&tuple) {
+            return;
+        }
+        first.entry(tuple).or_insert(ev.ts_ns);
     }
 
     /// The kernel's answers for the connections asked about: their health,
@@ -89,6 +143,10 @@ impl Detectors {
                     }
                     if h.retransmits == 0 {
                         self.health.retransmitting.remove(&tuple);
+                        self.health.recovered_at.insert(tuple, now);
+                        self.health.first_retransmit.remove(&tuple);
+                    } else {
+                        self.health.recovered_at.remove(&tuple);
                     }
                     self.health.answers.insert(tuple, h);
                 }
@@ -96,6 +154,8 @@ impl Detectors {
                     self.health.answers.remove(&tuple);
                     self.health.zero_window_since.remove(&tuple);
                     self.health.retransmitting.remove(&tuple);
+                    self.health.recovered_at.remove(&tuple);
+                    self.health.first_retransmit.remove(&tuple);
                 }
             }
         }
@@ -141,11 +201,18 @@ impl Detectors {
             .extend(retransmitting.into_iter().take(MAX_INSPECTED));
     }
 
-    /// Forgets the answers of connections no longer wanted.
-    fn prune_health(&mut self, wanted: &[FourTuple]) {
+    /// Forgets the answers of connections no longer wanted, and what is
+    /// remembered of connections that are gone.
+    fn prune_health(&mut self, wanted: &[FourTuple], model: &Model) {
         self.health
             .answers
             .retain(|t, _| wanted.binary_search(t).is_ok());
+        let h = &mut self.health;
+        if h.recovered_at.len() > MAX_INSPECTED || h.first_retransmit.len() >= 2 * MAX_INSPECTED {
+            let live: HashSet<FourTuple> = model.connections().map(|c| c.tuple).collect();
+            h.recovered_at.retain(|t, _| live.contains(t));
+            h.first_retransmit.retain(|t, _| live.contains(t));
+        }
     }
 
     /// Data unacknowledged and retransmitted with backoff for longer than
@@ -157,7 +224,9 @@ impl Detectors {
         model: &Model,
     ) {
         let wanted = self.wanted_health(model);
-        self.prune_health(&wanted);
+        self.prune_health(&wanted, model);
+        // Rebuilt by this tick: what it reports stays open.
+        self.health.open.clear();
         let after_ms = self.thresholds.peer_unresponsive_after.as_millis() as u64;
         let by_tuple: HashMap<FourTuple, &Connection> =
             model.connections().map(|c| (c.tuple, c)).collect();
@@ -174,17 +243,26 @@ impl Detectors {
             if !live_state(c.state) {
                 continue;
             }
-            // The stall began at the first retransmit seen, or, for a stall
-            // older than tcpwatch's look, no later than the last ACK or the
-            // last new data sent.
-            let kernel_stall_ns =
-                u64::from(h.last_ack_recv_ms.min(h.last_data_sent_ms)) * 1_000_000;
-            let start = match c.rtx_run.as_deref() {
-                Some(run) => run.start_ns.min(now.saturating_sub(kernel_stall_ns)),
-                None => now.saturating_sub(kernel_stall_ns),
+            // The stall began at the first retransmit since the kernel last
+            // said the connection recovered, and never before the last ACK
+            // (an idle connection has had none for as long as it idled).
+            // Without a retransmit seen (a stall older than tcpwatch's
+            // look), when new data last went out after the last ACK.
+            let last_ack = now.saturating_sub(u64::from(h.last_ack_recv_ms) * 1_000_000);
+            let start = match self.health.first_retransmit.get(tuple) {
+                Some(first) => (*first).max(last_ack),
+                None => now.saturating_sub(
+                    u64::from(h.last_ack_recv_ms.min(h.last_data_sent_ms)) * 1_000_000,
+                ),
             };
+            // An idle connection has had no ACK for as long as it was idle:
+            // what counts is how long the retransmissions have lasted.
+            if now.saturating_sub(start) < after_ms * 1_000_000 {
+                continue;
+            }
             stalled.push((*tuple, c.pid, c.comm.to_string(), c.holders, *h, start));
         }
+        self.health.open.extend(stalled.iter().map(|s| s.0));
         for (tuple, pid, comm, holders, h, start) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let stalled_for = now.saturating_sub(start);
@@ -277,6 +355,7 @@ impl Detectors {
                 *since,
             ));
         }
+        self.health.open.extend(stalled.iter().map(|s| s.0));
         for (tuple, pid, comm, state, holders, h, since) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let age_s = secs(now.saturating_sub(since));
