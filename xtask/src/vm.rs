@@ -70,6 +70,12 @@ pub fn vm_test(series: &[String], tcpwatch: Option<&Path>, save_formats: bool) -
             }
         }
     }
+    // The plain closing line test reports end with: kernels, not checks.
+    println!(
+        "vm-test: {} passed, {} failed",
+        kernels.len().saturating_sub(failed.len()),
+        failed.len()
+    );
     if !failed.is_empty() {
         bail!("vm-test failed on {}", failed.join(", "));
     }
