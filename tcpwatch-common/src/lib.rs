@@ -88,6 +88,9 @@ pub mod kind {
     pub const RESET_SENT: u8 = 4;
     /// A reset received (`tcp:tcp_receive_reset`).
     pub const RESET_RECEIVED: u8 = 5;
+    /// Another process took the socket (it accepted it, or sent or
+    /// received on it): the event carries the new owner, no endpoints.
+    pub const OWNER: u8 = 6;
 }
 
 /// How the owner in an [`Event`] was learnt; carried in `Event::owner_source`.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use tcpwatch_common::{owner_source, OFFSETS_FILES};
 
 use crate::{
-    emit::{field, kernel_offsets, read_kernel, Res},
+    emit::{emit_owner, field, kernel_offsets, read_kernel, Res},
     lifecycle::SOCKS,
 };
 
@@ -64,13 +64,22 @@ fn try_accept_exit(ctx: &TracePointContext) -> Res<()> {
         return Ok(());
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a live map value of this CPU's lookup, written in place.
-    unsafe {
+    // SAFETY: a live map value of this CPU's lookup, written in place and
+    // copied once for the event.
+    let changed = unsafe {
         if (*owner).pid != pid || (*owner).source != owner_source::ACCEPT {
             (*owner).pid = pid;
             (*owner).comm = bpf_get_current_comm().unwrap_or((*owner).comm);
             (*owner).source = owner_source::ACCEPT;
+            Some(*owner)
+        } else {
+            None
         }
+    };
+    // The connection's later events carry the acceptor; userspace learns
+    // it now, not at the next state change.
+    if let Some(owner) = changed {
+        emit_owner(sk, &owner)?;
     }
     Ok(())
 }

@@ -237,6 +237,27 @@ pub fn skb_netns(skb: u64) -> u32 {
     net_inum(net, &k)
 }
 
+/// Tells userspace that `owner` now owns socket `sk`: sent only when the
+/// owner changed, so a process that keeps using its socket sends nothing.
+#[inline(always)]
+pub fn emit_owner(sk: u64, owner: &tcpwatch_common::SockOwner) -> Res<()> {
+    let now = now_ns();
+    emit(|ev| {
+        ev.ts_ns = now;
+        ev.skaddr = sk;
+        ev.kind = tcpwatch_common::kind::OWNER;
+        ev.netns = owner.netns;
+        ev.pid = owner.pid;
+        ev.owner_source = owner.source;
+        ev.comm = owner.comm;
+        ev.old_state = owner.state;
+        ev.new_state = owner.state;
+        // No endpoints: userspace finds the connection by its address.
+        ev.family = AF_INET;
+        Ok(())
+    })
+}
+
 /// Reserves an event in the ring buffer and lets `fill` write it; a full
 /// ring buffer is counted, never silent. `fill` returning an error discards.
 #[inline(always)]

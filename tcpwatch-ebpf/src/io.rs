@@ -16,7 +16,7 @@ use aya_ebpf::{
 use tcpwatch_common::owner_source;
 
 use crate::{
-    emit::{field, layout_of, Res},
+    emit::{emit_owner, field, layout_of, Res},
     lifecycle::SOCKS,
 };
 
@@ -49,13 +49,22 @@ fn try_sock_io(ctx: &TracePointContext) -> Res<()> {
         return Ok(());
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a live map value of this CPU's lookup, written in place.
-    unsafe {
-        if (*owner).pid != pid {
+    // The comm too: a process that exec'd another program keeps its pid.
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: a live map value of this CPU's lookup, written in place and
+    // copied once for the event.
+    let changed = unsafe {
+        if (*owner).pid != pid || (*owner).comm != comm {
             (*owner).pid = pid;
-            (*owner).comm = bpf_get_current_comm().unwrap_or((*owner).comm);
+            (*owner).comm = comm;
             (*owner).source = owner_source::IO;
+            Some(*owner)
+        } else {
+            None
         }
+    };
+    if let Some(owner) = changed {
+        emit_owner(sk, &owner)?;
     }
     Ok(())
 }

@@ -167,6 +167,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let totals = d.counters.totals();
     let d = &mut *d;
     d.metrics.count_tcpext(&d.observer.netns_states, d.top_n);
+    d.metrics.top_n_listeners = d.top_n;
     d.metrics
         .sock_diag_available
         .set(i64::from(d.observer.sock_diag_available.unwrap_or(false)));

@@ -35,11 +35,41 @@ pub enum DiagError {
     Unavailable,
 }
 
+impl DiagSocket {
+    /// A row of `/proc/net/tcp{,6}`: the same facts, read the slow way,
+    /// where sock_diag is unavailable (no `tcpi_*` and no listener limits).
+    pub fn from_proc_row(row: &crate::snapshot::TcpRow) -> Option<DiagSocket> {
+        let state = TcpState::try_from(row.state).ok()?;
+        let ms = row.timer_ticks.saturating_mul(10);
+        Some(DiagSocket {
+            state,
+            local: row.local,
+            local_port: row.local_port,
+            remote: row.remote,
+            remote_port: row.remote_port,
+            inode: u32::try_from(row.inode).unwrap_or(0),
+            time_wait_left_ms: (row.timer == 3).then_some(ms),
+            timer: match row.timer {
+                1 => Some(KernelTimer::Retransmit {
+                    expires_ms: ms,
+                    retransmits: u8::try_from(row.retransmits).unwrap_or(u8::MAX),
+                }),
+                2 => Some(KernelTimer::KeepAlive { expires_ms: ms }),
+                4 => Some(KernelTimer::ZeroWindowProbe { expires_ms: ms }),
+                _ => None,
+            },
+            recv_queue: row.rx_queue,
+            send_queue: row.tx_queue,
+        })
+    }
+}
+
 /// What is missing and what stops working without it, in one sentence.
 pub const UNAVAILABLE: &str = "the kernel's socket list (sock_diag) is unavailable because the \
-inet_diag and tcp_diag modules are not loaded: TIME_WAIT sockets and connections older than \
-tcpwatch go unseen and the model is not repaired after lost events, while events, counters, \
-settings and findings from events keep working";
+inet_diag and tcp_diag modules are not loaded: tcpwatch reads /proc/net/tcp instead, which is \
+slower on hosts with many sockets, gives no listener queue limits, and cannot confirm a peer's \
+health (peer_unresponsive and zero_window_stall are not raised), while events, counters, \
+settings and the other findings keep working";
 
 /// Loads `inet_diag` and `tcp_diag` when the kernel has no sock_diag handler
 /// for TCP; needs CAP_SYS_MODULE, so it runs before tcpwatch gives up its

@@ -113,6 +113,9 @@ pub enum EventKind {
     SynackRetransmit,
     ResetSent,
     ResetReceived,
+    /// Another process took the socket (accept, send, receive): no
+    /// endpoints, the new owner only.
+    Owner,
 }
 
 impl EventKind {
@@ -124,6 +127,7 @@ impl EventKind {
             EventKind::SynackRetransmit => "synack_retransmit",
             EventKind::ResetSent => "reset_sent",
             EventKind::ResetReceived => "reset_received",
+            EventKind::Owner => "owner",
         }
     }
 }
@@ -137,6 +141,7 @@ impl TryFrom<u8> for EventKind {
             kind::SYNACK_RETRANSMIT => EventKind::SynackRetransmit,
             kind::RESET_SENT => EventKind::ResetSent,
             kind::RESET_RECEIVED => EventKind::ResetReceived,
+            kind::OWNER => EventKind::Owner,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

@@ -45,6 +45,10 @@ pub struct Metrics {
     time_wait: IntGaugeVec,
     close_wait: IntGaugeVec,
     close_wait_oldest: prometheus::GaugeVec,
+    listen_queue: IntGaugeVec,
+    listen_queue_limit: IntGaugeVec,
+    /// Listeners shown by name in the queue metrics (the daemon's top_n).
+    pub top_n_listeners: usize,
     findings_open: IntGaugeVec,
     tcpext: IntCounterVec,
     sysctl: IntGaugeVec,
@@ -188,6 +192,16 @@ impl Metrics {
             &["comm", "port"],
         )?;
         r.register(Box::new(close_wait_oldest.clone()))?;
+        let listen_queue = g(
+            "tcpwatch_listen_queue_length",
+            "Connections waiting in a listener's accept queue at the last reconciliation, by namespace and listener (the top N fullest, then other).",
+            &["netns", "listener"],
+        )?;
+        let listen_queue_limit = g(
+            "tcpwatch_listen_queue_limit",
+            "A listener's accept queue limit, min(backlog, net.core.somaxconn), by namespace and listener (as tcpwatch_listen_queue_length).",
+            &["netns", "listener"],
+        )?;
         let one = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
             let c = IntCounter::new(name, help)?;
             r.register(Box::new(c.clone()))?;
@@ -272,6 +286,9 @@ impl Metrics {
             time_wait,
             close_wait,
             close_wait_oldest,
+            listen_queue,
+            listen_queue_limit,
+            top_n_listeners: 10,
             findings_open,
             tcpext,
             sysctl,
@@ -515,6 +532,16 @@ impl Metrics {
                 .with_label_values(&[comm, port.as_str()])
                 .set(*oldest);
         }
+        self.listen_queue.reset();
+        self.listen_queue_limit.reset();
+        for (netns, listener, queue, limit) in listen_queues(model, self.top_n_listeners) {
+            self.listen_queue
+                .with_label_values(&[netns.as_str(), listener.as_str()])
+                .set(i64::from(queue));
+            self.listen_queue_limit
+                .with_label_values(&[netns.as_str(), listener.as_str()])
+                .set(i64::from(limit));
+        }
         self.findings_open.reset();
         for (f, _) in detectors.into_iter().flat_map(|d| d.open_findings()) {
             self.findings_open
@@ -678,6 +705,51 @@ fn kernel_histograms(totals: &KernelTotals) -> Vec<MetricFamily> {
 
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Listeners' accept queues, the fullest first (by share of the limit,
+/// then length): the top `n` by namespace and `addr:port`, the rest summed
+/// into one `other` row.
+fn listen_queues(model: &Model, n: usize) -> Vec<(String, String, u32, u32)> {
+    let mut rows: Vec<(u32, String, u32, u32)> = model
+        .listeners()
+        .map(|l| {
+            (
+                l.tuple.netns,
+                crate::output::endpoint(l.tuple.local, l.tuple.local_port),
+                l.queue,
+                l.queue_limit,
+            )
+        })
+        .collect();
+    let fill = |q: u32, lim: u32| f64::from(q) / f64::from(lim.max(1));
+    rows.sort_by(|a, b| {
+        fill(b.2, b.3)
+            .total_cmp(&fill(a.2, a.3))
+            .then(b.2.cmp(&a.2))
+            .then_with(|| (a.0, &a.1).cmp(&(b.0, &b.1)))
+    });
+    let rest = if rows.len() > n {
+        rows.split_off(n)
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<(String, String, u32, u32)> = rows
+        .into_iter()
+        .map(|(netns, listener, q, lim)| (netns.to_string(), listener, q, lim))
+        .collect();
+    if !rest.is_empty() {
+        let (q, lim) = rest.iter().fold((0u32, 0u32), |(q, l), r| {
+            (q.saturating_add(r.2), l.saturating_add(r.3))
+        });
+        out.push((
+            crate::summary::OTHER.to_owned(),
+            crate::summary::OTHER.to_owned(),
+            q,
+            lim,
+        ));
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -865,6 +937,70 @@ mod tests {
         namespaces.remove(&22);
         m.count_tcpext(&namespaces, 1);
         assert!(!m.last_tcpext.contains_key(&22));
+    }
+
+    #[test]
+    fn listen_queues_fullest_first_then_other() {
+        use crate::model::{FourTuple, KernelSocket};
+        let mut model = Model::new(Limits::default());
+        let listener = |port: u16, queue: u32, limit: u32| KernelSocket {
+            tuple: FourTuple {
+                netns: 7,
+                local: "127.0.0.1".parse().unwrap(),
+                local_port: port,
+                remote: "0.0.0.0".parse().unwrap(),
+                remote_port: 0,
+            },
+            state: TcpState::Listen,
+            pid: 0,
+            comm: String::new(),
+            orphan: false,
+            time_wait_left_ns: None,
+            holders: Vec::new(),
+            holder_count: 0,
+            queue,
+            queue_limit: limit,
+        };
+        model.reconcile(
+            7,
+            &[
+                listener(80, 2, 1),
+                listener(81, 0, 128),
+                listener(82, 64, 128),
+            ],
+            1,
+            1,
+        );
+        let rows = listen_queues(&model, 2);
+        assert_eq!(
+            rows,
+            [
+                ("7".to_owned(), "127.0.0.1:80".to_owned(), 2, 1),
+                ("7".to_owned(), "127.0.0.1:82".to_owned(), 64, 128),
+                ("other".to_owned(), "other".to_owned(), 0, 128),
+            ]
+        );
+        let mut m = Metrics::new().unwrap();
+        m.top_n_listeners = 2;
+        let summary = summarize(&model, 0, &[], 10);
+        let text = m.render(
+            &KernelTotals::default(),
+            &ResetReasons::default(),
+            &summary,
+            &model,
+            None,
+            &Counters::default(),
+            None,
+        );
+        assert!(
+            text.contains(
+                "tcpwatch_listen_queue_length{listener=\"127.0.0.1:80\",netns=\"7\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpwatch_listen_queue_limit{listener=\"other\",netns=\"other\"} 128\n")
+        );
     }
 
     fn render_plain(m: &mut Metrics) -> String {

@@ -229,6 +229,10 @@ pub struct Connection {
     /// Processes holding the socket at the last reconciliation (0 until
     /// one has looked).
     pub holders: u16,
+    /// The owner was confirmed after the kernel bound it (from `/proc` at a
+    /// reconciliation, or an owner event): a later event replaying the
+    /// kernel's older binding does not undo it.
+    pub owner_confirmed: bool,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -380,6 +384,9 @@ pub struct KernelSocket {
     /// pid first, a few at most; and how many hold it in all.
     pub holders: Vec<(u32, String)>,
     pub holder_count: u32,
+    /// For a listener: its accept queue's length and limit.
+    pub queue: u32,
+    pub queue_limit: u32,
 }
 
 impl KernelSocket {
@@ -390,6 +397,14 @@ impl KernelSocket {
     fn owner_for(&self, current: u32) -> Option<(u32, &str)> {
         if self.holders.is_empty() {
             return (self.pid != 0).then_some((self.pid, self.comm.as_str()));
+        }
+        // More hold it than were kept: the current owner may be among
+        // the others, so it is not renamed.
+        if current != 0
+            && self.holder_count as usize > self.holders.len()
+            && !self.holders.iter().any(|(pid, _)| *pid == current)
+        {
+            return None;
         }
         self.holders
             .iter()
@@ -407,6 +422,9 @@ pub struct Listener {
     pub pid: u32,
     pub comm: Arc<str>,
     pub since_ns: u64,
+    /// Its accept queue's length and limit at the last reconciliation.
+    pub queue: u32,
+    pub queue_limit: u32,
 }
 
 /// Keys of listeners learnt from the kernel's list: below any kernel
@@ -545,6 +563,29 @@ impl Model {
             .find(|l| l.tuple.netns == netns && l.tuple.local_port == port && l.pid != 0)
     }
 
+    /// The listeners that serve connections to `addr:port` in `netns`:
+    /// those bound to that address, else those bound to the wildcard.
+    pub fn listeners_serving(&self, netns: u32, addr: IpAddr, port: u16) -> Vec<&Listener> {
+        let on_port = || {
+            self.listeners
+                .values()
+                .filter(move |l| l.tuple.netns == netns && l.tuple.local_port == port && l.pid != 0)
+        };
+        let exact: Vec<&Listener> = on_port().filter(|l| l.tuple.local == addr).collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        on_port()
+            .filter(|l| l.tuple.local.is_unspecified())
+            .collect()
+    }
+
+    /// The listener at socket address `skaddr`, when the model learnt it
+    /// from its `listen()`.
+    pub fn listener_at(&self, skaddr: u64) -> Option<&Listener> {
+        self.listeners.get(&skaddr).filter(|l| l.pid != 0)
+    }
+
     /// When the last reconciliation of `netns` started (its owners were
     /// checked against the processes holding the sockets then).
     pub fn reconciled_at(&self, netns: u32) -> Option<u64> {
@@ -613,6 +654,19 @@ impl Model {
             // The listener retransmits for a request socket that has no
             // record yet; counted when the child is born, in metrics later.
             EventKind::SynackRetransmit => {}
+            // Another process took the socket, in process context: its pid
+            // and its current comm (after an exec too).
+            EventKind::Owner => {
+                if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+                    if ev.pid != 0 {
+                        c.pid = ev.pid;
+                        c.owner_confirmed = true;
+                        if *c.comm != *ev.comm {
+                            c.comm = self.comms.share(&ev.comm);
+                        }
+                    }
+                }
+            }
             EventKind::ResetSent | EventKind::ResetReceived => {
                 if ev.skaddr != 0 {
                     if let Some(c) = self.connections.get_mut(&ev.skaddr) {
@@ -664,6 +718,8 @@ impl Model {
                         pid: ev.pid,
                         comm,
                         since_ns: ev.ts_ns,
+                        queue: 0,
+                        queue_limit: 0,
                     },
                 );
             }
@@ -721,13 +777,28 @@ impl Model {
                     rtx_run: None,
                     insert_seq: 0,
                     holders: 0,
+                    owner_confirmed: false,
                 });
             }
             return;
         };
-        if ev.pid != 0 {
+        // The owner the kernel remembers for the socket: a new pid brings
+        // its comm; the same pid's comm is the one remembered when it last
+        // took the socket, older than what /proc or an owner event said
+        // since (an exec), so it is left alone.
+        // A transition made in the owner's own system call (connect,
+        // close, shutdown) names the process that made it; others replay
+        // what the kernel remembered, which a confirmed owner outranks.
+        let in_process_context = matches!(
+            (old, new),
+            (
+                TcpState::Established | TcpState::SynRecv,
+                TcpState::FinWait1
+            ) | (TcpState::CloseWait, TcpState::LastAck)
+        );
+        if ev.pid != 0 && ev.pid != c.pid && (in_process_context || !c.owner_confirmed) {
             c.pid = ev.pid;
-            // Most events carry the owner the record already has.
+            c.owner_confirmed = in_process_context;
             if *c.comm != *ev.comm {
                 c.comm = self.comms.share(&ev.comm);
             }
@@ -821,6 +892,7 @@ impl Model {
             rtx_run: None,
             insert_seq: 0,
             holders: 0,
+            owner_confirmed: false,
         });
     }
 
@@ -1111,6 +1183,7 @@ impl Model {
                             c.comm = self.comms.share(comm);
                             r.owners_corrected += 1;
                         }
+                        c.owner_confirmed = true;
                     }
                     c.holders = u16::try_from(k.holder_count).unwrap_or(u16::MAX);
                     if c.uncertain && k.state != c.state {
@@ -1204,6 +1277,7 @@ impl Model {
                     rtx_run: None,
                     insert_seq: 0,
                     holders: 0,
+                    owner_confirmed: false,
                 },
             );
             r.connections_added += 1;
@@ -1259,7 +1333,16 @@ impl Model {
             .values_mut()
             .filter(|l| l.tuple.netns == netns)
         {
-            let Some(k) = kernel.get(&l.tuple).and_then(|listed| listed.first()) else {
+            let Some(listed) = kernel.get(&l.tuple) else {
+                continue;
+            };
+            // Several listeners on one address and port (SO_REUSEPORT):
+            // each keeps its owner while that process holds one of them.
+            let Some(k) = listed
+                .iter()
+                .find(|k| k.holders.iter().any(|(pid, _)| *pid == l.pid))
+                .or(listed.first())
+            else {
                 continue;
             };
             if let Some((pid, comm)) = k.owner_for(l.pid) {
@@ -1269,6 +1352,7 @@ impl Model {
                     r.owners_corrected += 1;
                 }
             }
+            (l.queue, l.queue_limit) = (k.queue, k.queue_limit);
         }
         for (tuple, listed) in kernel {
             let known = self.listeners.values().filter(|l| l.tuple == tuple).count();
@@ -1286,6 +1370,8 @@ impl Model {
                         pid,
                         comm,
                         since_ns: dump_start_ns,
+                        queue: s.queue,
+                        queue_limit: s.queue_limit,
                     },
                 );
                 r.listeners_added += 1;
@@ -1788,6 +1874,8 @@ mod tests {
             time_wait_left_ns: None,
             holders: Vec::new(),
             holder_count: 0,
+            queue: 0,
+            queue_limit: 0,
         }
     }
 
@@ -1919,6 +2007,8 @@ mod tests {
             time_wait_left_ns: None,
             holders: Vec::new(),
             holder_count: 0,
+            queue: 0,
+            queue_limit: 0,
         };
         // ...until the kernel's list says which substate it is in.
         let r = m.reconcile(7, std::slice::from_ref(&orphan), 100 * MS, 100 * MS);
@@ -2266,6 +2356,150 @@ mod regressions {
             m.order.len() <= 2 * 1024 + 1,
             "the insertion-order queue holds {} entries for at most one live connection",
             m.order.len()
+        );
+    }
+}
+
+/// Regressions of owner tracking found in review: each failed before its fix.
+#[cfg(test)]
+mod attribution_regressions {
+    use super::*;
+    use crate::event::OwnerSource;
+    use TcpState::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn st(ts_ns: u64, sk: u64, (old, new): (TcpState, TcpState), pid: u32, comm: &str) -> TcpEvent {
+        TcpEvent {
+            ts_ns,
+            skaddr: sk,
+            kind: EventKind::State,
+            pid,
+            comm: comm.into(),
+            owner: OwnerSource::Connect,
+            netns: 7,
+            saddr: "10.0.0.1".parse().unwrap(),
+            sport: 40000,
+            daddr: "10.0.0.2".parse().unwrap(),
+            dport: 80,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+        }
+    }
+
+    fn listed(
+        tuple: FourTuple,
+        state: TcpState,
+        holders: &[(u32, &str)],
+        count: u32,
+    ) -> KernelSocket {
+        KernelSocket {
+            tuple,
+            state,
+            orphan: false,
+            time_wait_left_ns: None,
+            pid: holders.first().map_or(0, |h| h.0),
+            comm: holders.first().map_or("", |h| h.1).to_owned(),
+            holders: holders.iter().map(|(p, c)| (*p, (*c).to_owned())).collect(),
+            holder_count: count,
+            queue: 0,
+            queue_limit: 0,
+        }
+    }
+
+    /// SO_REUSEPORT workers (nginx `reuseport`, envoy, a Go server per
+    /// core): each worker listens on its own socket of the same address
+    /// and port, and holds only that one. `reconcile_listeners` checks every
+    /// model listener of the tuple against the holders of the *first*
+    /// listed socket, so worker B's listener is renamed after worker A.
+    #[test]
+    fn reuseport_listeners_of_two_workers_keep_their_own_owners() {
+        let mut m = Model::default();
+        let listen = |sk: u64, pid: u32, comm: &str| {
+            let mut e = st(MS, sk, (Close, Listen), pid, comm);
+            e.sport = 8080;
+            e.daddr = "0.0.0.0".parse().unwrap();
+            e.dport = 0;
+            e
+        };
+        m.apply(&listen(0xa000, 10, "worker-a"));
+        m.apply(&listen(0xb000, 20, "worker-b"));
+        let tuple = m.listeners().next().unwrap().tuple;
+        m.reconcile(
+            7,
+            &[
+                listed(tuple, Listen, &[(10, "worker-a")], 1),
+                listed(tuple, Listen, &[(20, "worker-b")], 1),
+            ],
+            10 * MS,
+            10 * MS,
+        );
+        let mut owners: Vec<u32> = m.listeners().map(|l| l.pid).collect();
+        owners.sort_unstable();
+        assert_eq!(owners, [10, 20], "each worker holds its own listener");
+    }
+
+    /// /proc holders are kept for the 4 lowest pids only: an owner that
+    /// still holds the socket but has a higher pid than four other holders
+    /// (pid reuse after a wrap, or a worker whose ancestors kept the fd) is
+    /// "corrected" to the lowest pid, as if it no longer held it.
+    #[test]
+    fn an_owner_that_still_holds_the_socket_is_kept_past_four_holders() {
+        let mut m = Model::default();
+        m.apply(&st(0, 0xc000, (Close, SynSent), 500, "owner"));
+        m.apply(&st(MS, 0xc000, (SynSent, Established), 500, "owner"));
+        let tuple = m.connections().next().unwrap().tuple;
+        // Six processes hold it, the owner among them; the scan keeps four.
+        let k = listed(
+            tuple,
+            Established,
+            &[(11, "a"), (12, "b"), (13, "c"), (14, "d")],
+            6,
+        );
+        let r = m.reconcile(7, &[k], 10 * MS, 10 * MS);
+        let c = m.connections().next().unwrap();
+        assert_eq!(
+            (c.pid, r.owners_corrected),
+            (500, 0),
+            "pid 500 still holds the socket, yet was renamed"
+        );
+    }
+
+    /// The kernel's comm is the thread's (bpf_get_current_comm: a pool
+    /// thread's name) or, after an exec in the same pid, the old program's
+    /// (the send/receive hooks compare pids only). A reconciliation
+    /// corrects it to /proc/PID/comm, and the next state event puts the
+    /// stale comm back, so lifecycle lines and findings name it again and
+    /// every reconciliation counts the same "correction" once more.
+    #[test]
+    fn a_corrected_comm_is_not_undone_by_the_next_event() {
+        let mut m = Model::default();
+        m.apply(&st(0, 0xd000, (Close, SynSent), 77, "before-exec"));
+        m.apply(&st(MS, 0xd000, (SynSent, Established), 77, "before-exec"));
+        let tuple = m.connections().next().unwrap().tuple;
+        let k = listed(tuple, Established, &[(77, "after-exec")], 1);
+        let first = m.reconcile(7, std::slice::from_ref(&k), 10 * MS, 10 * MS);
+        assert_eq!(first.owners_corrected, 1);
+        // The peer's FIN, in softirq: the kernel's remembered comm.
+        m.apply(&st(
+            20 * MS,
+            0xd000,
+            (Established, CloseWait),
+            77,
+            "before-exec",
+        ));
+        let comm_after_event = m.connections().next().unwrap().comm.to_string();
+        let k = KernelSocket {
+            state: CloseWait,
+            ..k
+        };
+        let second = m.reconcile(7, &[k], 30 * MS, 30 * MS);
+        assert_eq!(
+            (comm_after_event.as_str(), second.owners_corrected),
+            ("after-exec", 0),
+            "the correction was undone by the next event and made again"
         );
     }
 }

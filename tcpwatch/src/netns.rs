@@ -170,17 +170,17 @@ fn read_here() -> Result<NetnsState, NetnsError> {
     Ok(state)
 }
 
-/// The TCP sockets of a namespace (sock_diag; None when the kernel has no
-/// sock_diag handler for TCP) and its settings and counters, read from
-/// inside it in one visit.
-pub type Observed = (NetnsState, Option<Vec<DiagSocket>>);
+/// The TCP sockets of a namespace (from sock_diag; from `/proc/net/tcp{,6}`
+/// when the kernel has no sock_diag handler for TCP, with `false`) and its
+/// settings and counters, read from inside it in one visit.
+pub type Observed = (NetnsState, Option<Vec<DiagSocket>>, bool);
 
 pub fn observe(target: &Target) -> Result<(u64, Observed), NetnsError> {
     in_netns(target, || {
-        let sockets = match diag::dump_tcp() {
-            Ok(sockets) => Some(sockets),
-            // Settings and counters come from /proc and stay readable.
-            Err(diag::DiagError::Unavailable) => None,
+        let (sockets, sock_diag) = match diag::dump_tcp() {
+            Ok(sockets) => (Some(sockets), true),
+            // The same list from /proc, where settings and counters are too.
+            Err(diag::DiagError::Unavailable) => (proc_sockets(), false),
             Err(e) => {
                 return Err(NetnsError::Read {
                     what: "sock_diag".into(),
@@ -188,6 +188,24 @@ pub fn observe(target: &Target) -> Result<(u64, Observed), NetnsError> {
                 })
             }
         };
-        Ok((read_here()?, sockets))
+        Ok((read_here()?, sockets, sock_diag))
     })
+}
+
+/// This thread's namespace's TCP sockets from `/proc/thread-self/net/tcp`
+/// and `tcp6`; None when neither can be read.
+fn proc_sockets() -> Option<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    let mut read_any = false;
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{file}")) {
+            read_any = true;
+            out.extend(
+                snapshot::parse_tcp_table(&text, v6)
+                    .iter()
+                    .filter_map(DiagSocket::from_proc_row),
+            );
+        }
+    }
+    read_any.then_some(out)
 }

@@ -389,6 +389,7 @@ impl Renderer {
             EventKind::ResetReceived => {
                 (format!("RESET RECEIVED{in_state}"), "31;1", String::new())
             }
+            EventKind::Owner => ("OWNER".to_owned(), "36", String::new()),
         };
         // Pad before colouring: escape sequences have no width on screen.
         let what = format!("{what:<EVENT_WIDTH$}");

@@ -33,6 +33,14 @@ pub struct TcpRow {
     /// Kernel state number (10 is LISTEN).
     pub state: u8,
     pub inode: u64,
+    /// `tx_queue` and `rx_queue` (for a listener: 0 and its accept queue).
+    pub tx_queue: u32,
+    pub rx_queue: u32,
+    /// `tr`: 0 none, 1 retransmit, 2 keep-alive, 3 TIME_WAIT, 4 zero-window
+    /// probe; `tm->when` in clock ticks (USER_HZ, 1/100 s); `retrnsmt`.
+    pub timer: u8,
+    pub timer_ticks: u32,
+    pub retransmits: u32,
 }
 
 const LISTEN: u8 = 10;
@@ -102,6 +110,15 @@ pub fn parse_tcp_table(text: &str, v6: bool) -> Vec<TcpRow> {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (local, local_port) = parse_endpoint(f.get(1)?, v6)?;
             let (remote, remote_port) = parse_endpoint(f.get(2)?, v6)?;
+            let hex_pair = |field: &str| -> Option<(u32, u32)> {
+                let (a, b) = field.split_once(':')?;
+                Some((
+                    u32::from_str_radix(a, 16).ok()?,
+                    u32::from_str_radix(b, 16).ok()?,
+                ))
+            };
+            let (tx_queue, rx_queue) = hex_pair(f.get(4)?)?;
+            let (timer, timer_ticks) = hex_pair(f.get(5)?)?;
             Some(TcpRow {
                 local,
                 local_port,
@@ -109,6 +126,11 @@ pub fn parse_tcp_table(text: &str, v6: bool) -> Vec<TcpRow> {
                 remote_port,
                 state: u8::from_str_radix(f.get(3)?, 16).ok()?,
                 inode: f.get(9)?.parse().ok()?,
+                tx_queue,
+                rx_queue,
+                timer: u8::try_from(timer).ok()?,
+                timer_ticks,
+                retransmits: u32::from_str_radix(f.get(6)?, 16).ok()?,
             })
         })
         .collect()
@@ -135,7 +157,7 @@ pub struct Holders {
 }
 
 /// Holders remembered per socket (the count goes on).
-pub const HOLDERS_KEPT: usize = 4;
+pub const HOLDERS_KEPT: usize = 64;
 
 impl Holders {
     /// Scans `/proc`. Processes that vanish or cannot be read are skipped:
@@ -284,6 +306,24 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].local, IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!((rows[0].local_port, rows[0].inode), (22, 2222));
+    }
+
+    #[test]
+    fn queues_timers_and_retransmits_of_a_row() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 0100007F:9F1E 01 00000A00:00000003 01:0000012C 00000004  1000        0 4711 1 0 20 4 30 10 -1\n";
+        let rows = parse_tcp_table(text, false);
+        let r = &rows[0];
+        assert_eq!((r.tx_queue, r.rx_queue), (0xa00, 3));
+        assert_eq!((r.timer, r.timer_ticks, r.retransmits), (1, 300, 4));
+        let d = crate::diag::DiagSocket::from_proc_row(r).unwrap();
+        assert_eq!(
+            d.timer,
+            Some(crate::diag::KernelTimer::Retransmit {
+                expires_ms: 3000,
+                retransmits: 4
+            })
+        );
+        assert_eq!((d.send_queue, d.recv_queue, d.inode), (0xa00, 3, 4711));
     }
 
     #[test]

@@ -425,20 +425,6 @@ fn bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer() {
     );
 }
 
-/// `Tcp: ... RetransSegs ...` of /proc/net/snmp.
-fn retrans_segs(snmp: &str) -> u64 {
-    let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
-    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RetransSegs")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The server's packets are dropped: the client's data goes unacknowledged,
 /// peer_unresponsive is raised (the kernel agreeing) and resolved when the
 /// drop is lifted. Then, dropped for good with tcp_retries2 lowered, the
@@ -957,4 +943,51 @@ fn a_handler_that_reads_is_named_from_its_first_read() {
         to_close_wait[0]
     );
     assert_eq!(to_close_wait[0]["owner"], "io", "{}", to_close_wait[0]);
+}
+
+/// A listener with a backlog of 1 that never accepts: its accept queue
+/// fills, further SYNs are dropped and the kernel counts ListenOverflows.
+/// accept_queue_overflow names the listener's process and port, with the
+/// queue and its limit from sock_diag, and no more overflows than TcpExt.
+#[test]
+fn accept_queue_overflow_names_the_listener() {
+    if !privileged_or_skip("accept_queue_overflow_names_the_listener") {
+        return;
+    }
+    let ns = Netns::new("aqo");
+    // Clients stuck behind the full queue give up after one retry.
+    ns.sysctl("net.ipv4.tcp_syn_retries", "1");
+    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 1").parse().unwrap();
+    let mut clients: Vec<Peer> = (0..6).map(|_| ns.peer("tw-client")).collect();
+    for c in &mut clients {
+        c.send(&format!("connect 127.0.0.1 {port}"));
+    }
+    thread::sleep(Duration::from_millis(3500));
+    let (lines, stderr) = tracer.stop();
+    let overflows = tcpext(&ns, "ListenOverflows");
+    assert!(
+        overflows > 0,
+        "the kernel counted overflows (the situation under test)"
+    );
+    let raised = raised(&lines, "accept_queue_overflow");
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (f["pid"].as_u64(), f["lport"].as_u64()),
+        (Some(server.pid.into()), Some(port.into())),
+        "{f}"
+    );
+    assert_eq!(f["queue_limit"], 1, "{f}");
+    assert!(f["queue"].as_u64().is_some_and(|q| q >= 1), "{f}");
+    let reported = findings(&lines, "accept_queue_overflow")
+        .iter()
+        .filter_map(|f| f["count"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..=overflows).contains(&reported),
+        "{reported} overflows reported, TcpExt counted {overflows}"
+    );
 }

@@ -124,7 +124,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         received: 0,
         ring_full_seen: 0,
     }));
-    reconcile(&shared).await;
+    reconcile(&shared, Vec::new()).await;
     let reconciler = tokio::spawn(reconcile_periodically(shared.clone()));
 
     // Before announcing readiness: a signal sent after it must be handled.
@@ -181,6 +181,14 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                 {
                     let mut d = daemon::lock(&shared);
                     let (outcomes, reports) = d.observer.tick(now);
+                    // Owners to confirm: looked up off the lock, like the
+                    // periodic reconciliation.
+                    if let Some(namespaces) = d.observer.take_reconcile_request() {
+                        tokio::spawn({
+                            let shared = shared.clone();
+                            async move { reconcile(&shared, namespaces).await }
+                        });
+                    }
                     d.outcomes(&outcomes);
                     for r in &reports {
                         d.metrics.on_report(r.finding.kind, r.status.name());
@@ -193,7 +201,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                         info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
                         tokio::spawn({
                             let shared = shared.clone();
-                            async move { reconcile(&shared).await }
+                            async move { reconcile(&shared, Vec::new()).await }
                         });
                     }
                 }
@@ -219,13 +227,14 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
 /// The dumps run on a blocking thread without the daemon's lock, so neither
 /// the ring buffer consumer nor scrapes wait for them; only applying them
 /// takes the lock.
-async fn reconcile(shared: &daemon::Shared) {
+async fn reconcile(shared: &daemon::Shared, only: Vec<u32>) {
+    let every_namespace = only.is_empty();
     // The periodic and the loss-triggered reconciliations take turns: two
     // at once would apply dumps out of order and double the cost.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let dumped =
-        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::current_inode())).await;
+        tokio::task::spawn_blocking(move || (dump_namespaces(&only), netns::current_inode())).await;
     let Ok((dumps, own)) = dumped else {
         warn!("the reconciliation thread failed");
         return;
@@ -244,9 +253,11 @@ async fn reconcile(shared: &daemon::Shared) {
     }
     match own_state {
         Some(state) => d.own_netns = Some(state),
-        None => {
+        // A reconciliation of some namespaces only need not include it.
+        None if every_namespace => {
             warn!("cannot read the TCP settings and counters of tcpwatch's own network namespace")
         }
+        None => {}
     }
     drop(d);
     // A dump of many sockets leaves freed memory in the allocator's arenas;
@@ -268,7 +279,7 @@ async fn reconcile_periodically(shared: daemon::Shared) {
             continue;
         }
         tokio::time::sleep(every).await;
-        reconcile(&shared).await;
+        reconcile(&shared, Vec::new()).await;
     }
 }
 

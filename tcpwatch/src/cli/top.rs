@@ -128,6 +128,10 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                     }
                     if now.saturating_sub(last_draw) >= refresh {
                         observer.tick(now);
+                        if let Some(namespaces) = observer.take_reconcile_request() {
+                            observer.reconcile(&namespaces);
+                            observer.tick(now);
+                        }
                         let elapsed = now.saturating_sub(last_draw) as f64 / 1e9;
                         header.rate = if last_draw == 0 { 0.0 } else { (header.events - events_at_last_draw) as f64 / elapsed };
                         events_at_last_draw = header.events;

@@ -288,7 +288,10 @@ impl<W: Write> Pipeline<W> {
             }
         };
         let observed = self.observer.record(ev);
-        if self.events && self.filter.matches(&observed.event) {
+        // An owner change is no TCP event: the lines that follow name the
+        // new owner.
+        let shown = observed.event.kind != crate::event::EventKind::Owner;
+        if shown && self.events && self.filter.matches(&observed.event) {
             self.tally.shown += 1;
             self.renderer.write(&mut self.out, &observed.event)?;
         }
@@ -297,7 +300,15 @@ impl<W: Write> Pipeline<W> {
     }
 
     fn tick(&mut self, now: u64) -> io::Result<()> {
-        let (outcomes, reports) = self.observer.tick(now);
+        let (mut outcomes, mut reports) = self.observer.tick(now);
+        // Owners to confirm first: looked up now, and what waited for them
+        // is reported in this same tick.
+        if let Some(namespaces) = self.observer.take_reconcile_request() {
+            reports.extend(self.observer.reconcile(&namespaces));
+            let (more_outcomes, more_reports) = self.observer.tick(now);
+            outcomes.extend(more_outcomes);
+            reports.extend(more_reports);
+        }
         self.outcomes(outcomes)?;
         self.reports(reports)?;
         self.out.flush()

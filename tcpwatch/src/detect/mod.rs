@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+mod listen_queue;
 mod peer_health;
 
 use crate::{
@@ -36,6 +37,7 @@ pub mod kind {
     pub const TW_REUSE_RESET: &str = "tw_reuse_reset";
     pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
     pub const ZERO_WINDOW_STALL: &str = "zero_window_stall";
+    pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -164,6 +166,12 @@ pub struct Detectors {
     pub evicted: u64,
     /// What the kernel said of the connections whose health is in doubt.
     health: peer_health::Health,
+    /// Each namespace's listen overflow counters.
+    listen: listen_queue::ListenState,
+    /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
+    /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
+    /// in that state. Set by the observer while sock_diag answers.
+    pub confirm_owners: bool,
 }
 
 /// (netns, local address, remote address, remote port).
@@ -239,6 +247,8 @@ impl Detectors {
             tw_reuse_resets: 0,
             evicted: 0,
             health: Default::default(),
+            listen: Default::default(),
+            confirm_owners: false,
         }
     }
 
@@ -268,6 +278,7 @@ impl Detectors {
         if let Some(range) = state.port_range() {
             self.port_range.insert(netns, range);
         }
+        self.note_listen_counters(netns, state);
         let overflow = state
             .tcpext
             .get("TCPTimeWaitOverflow")
@@ -352,6 +363,7 @@ impl Detectors {
         self.recent_reuse.retain(|t, _| alive.contains(&t.netns));
         self.port_use.retain(|k, _| alive.contains(&k.0));
         self.health.forget_namespaces_except(alive);
+        self.listen.retain(|n, _| alive.contains(n));
         out
     }
 
@@ -767,7 +779,7 @@ impl Detectors {
                 now.saturating_sub(c.state_since_ns) >= limit.as_nanos() as u64
                     && model
                         .reconciled_at(c.tuple.netns)
-                        .is_some_and(|at| at <= c.state_since_ns)
+                        .is_none_or(|at| at <= c.state_since_ns)
             })
             .map(|c| c.tuple.netns)
             .collect();
@@ -803,9 +815,10 @@ impl Detectors {
             // at each reconciliation: a leak is reported once one has
             // looked at the socket in this state, so a socket handed to a
             // forked handler is never blamed on the process that accepted it.
-            if model
-                .reconciled_at(c.tuple.netns)
-                .is_some_and(|at| at <= c.state_since_ns)
+            if self.confirm_owners
+                && model
+                    .reconciled_at(c.tuple.netns)
+                    .is_none_or(|at| at <= c.state_since_ns)
             {
                 continue;
             }
@@ -1698,6 +1711,7 @@ mod tests {
             close_wait_age: Duration::from_secs(1),
             ..Default::default()
         });
+        d.confirm_owners = true;
         feed(
             &mut m,
             &mut d,
@@ -1723,6 +1737,8 @@ mod tests {
             time_wait_left_ns: None,
             holders: vec![(7, "app".into()), (9, "app".into())],
             holder_count: 2,
+            queue: 0,
+            queue_limit: 0,
         };
         m.reconcile(1, &[listed], 3 * S, 3 * S);
         let r = d.tick(4 * S, &m);
