@@ -26,6 +26,7 @@ use serde_json::Value;
 
 /// Every check, in the order the suite runs them; the host expects each.
 pub const CHECKS: &[&str] = &[
+    "without_sock_diag",
     "sock_diag",
     "lifecycle",
     "refused",
@@ -71,6 +72,60 @@ const TIME_WAIT_CONNECTIONS: usize = 20;
 const PORT_RANGE: std::ops::Range<u16> = 20000..30000;
 
 /// Runs every check and prints its result; fails if any check failed.
+/// Run by the guest's init before the sock_diag modules are loaded:
+/// `tcpwatch run` must say what is missing, in one sentence, report it on
+/// /healthz and in `tcpwatch_sock_diag_available`, and keep serving the
+/// namespace's settings and its socket list (read from /proc instead).
+pub fn without_sock_diag(tcpwatch: &Path) -> Result<()> {
+    let started = Instant::now();
+    let result = (|| -> Result<()> {
+        if sock_diag_answers().is_ok() {
+            bail!("sock_diag answers before the modules are loaded (built in?): nothing to check");
+        }
+        let port = free_ports(1)?[0];
+        let daemon = Daemon::start(tcpwatch, port)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, body) = daemon.get("/metrics")?;
+            let available = sample(&body, "tcpwatch_sock_diag_available");
+            let listed = sample(&body, "tcpwatch_sockets{state=\"LISTEN\"}");
+            let sysctl = body.lines().any(|l| l.starts_with("tcpwatch_sysctl{"));
+            if available == Some(0.0) && sysctl && listed.is_some_and(|n| n >= 1.0) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "without sock_diag: tcpwatch_sock_diag_available {available:?}, tcpwatch_sysctl present {sysctl}, LISTEN sockets {listed:?} (its own from /proc/net/tcp expected)"
+                );
+            }
+            thread::sleep(Duration::from_millis(300));
+        }
+        let (status, health) = daemon.get("/healthz")?;
+        if status != 200 || !health.contains("degraded") {
+            bail!("/healthz answered {status} {health:?} without sock_diag");
+        }
+        let said = daemon.stderr_text();
+        let sentence = "the kernel's socket list (sock_diag) is unavailable";
+        if said.matches(sentence).count() != 1 {
+            bail!("tcpwatch should say once that {sentence}; it said: {said}");
+        }
+        daemon.stop();
+        Ok(())
+    })();
+    match result {
+        Ok(()) => println!("CHECK without_sock_diag ok"),
+        Err(e) => println!(
+            "CHECK without_sock_diag FAILED: {}",
+            one_line(&format!("{e:#}"))
+        ),
+    }
+    println!(
+        "INFO without_sock_diag took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn suite(tcpwatch: &Path, dump_formats: bool) -> Result<()> {
     if dump_formats {
         // First: if the suite hangs the formats are already out.

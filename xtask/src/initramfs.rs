@@ -32,6 +32,8 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 ip link set lo up
 echo "VMTEST-KERNEL $(uname -r)"
+# First without the sock_diag modules (as on a host that cannot load them).
+/bin/xtask guest-without-sock-diag --tcpwatch /bin/tcpwatch
 # inet_diag first: tcp_diag needs it.
 for m in inet_diag tcp_diag; do
     insmod /lib/modules/$m.ko || echo "VMTEST insmod $m failed"

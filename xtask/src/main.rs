@@ -121,6 +121,13 @@ enum Task {
     /// A guest-suite peer: socket commands on stdin, one reply line each.
     #[command(hide = true)]
     GuestPeer,
+    /// The guest's check of tcpwatch without the sock_diag modules, run
+    /// before they are loaded.
+    #[command(hide = true)]
+    GuestWithoutSockDiag {
+        #[arg(long)]
+        tcpwatch: std::path::PathBuf,
+    },
     /// Set up everything and run the whole test suite, privileged tests
     /// included; under CI=true (or TCPWATCH_VM_TEST=1) vm-test on every
     /// kernel follows.
@@ -169,6 +176,7 @@ fn main() -> ExitCode {
             dump_formats,
         } => guest::suite(&tcpwatch, dump_formats),
         Task::GuestPeer => guest::peer(),
+        Task::GuestWithoutSockDiag { tcpwatch } => guest::without_sock_diag(&tcpwatch),
         Task::Test { args } => tasks::test(&args),
     };
     match result {
