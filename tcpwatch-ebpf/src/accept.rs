@@ -67,14 +67,15 @@ fn try_accept_exit(ctx: &TracePointContext) -> Res<()> {
     // SAFETY: a live map value of this CPU's lookup, written in place and
     // copied once for the event.
     let changed = unsafe {
-        if (*owner).pid != pid || (*owner).source != owner_source::ACCEPT {
+        let moved = (*owner).pid != pid;
+        if moved || (*owner).source != owner_source::ACCEPT {
             (*owner).pid = pid;
             (*owner).comm = bpf_get_current_comm().unwrap_or((*owner).comm);
             (*owner).source = owner_source::ACCEPT;
-            Some(*owner)
-        } else {
-            None
         }
+        // Userspace needs to hear only of another process: a server that
+        // accepts on its own listener sends nothing.
+        moved.then(|| *owner)
     };
     // The connection's later events carry the acceptor; userspace learns
     // it now, not at the next state change.

@@ -124,8 +124,11 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         received: 0,
         ring_full_seen: 0,
     }));
-    reconcile(&shared, Vec::new()).await;
-    let reconciler = tokio::spawn(reconcile_periodically(shared.clone()));
+    reconcile(&shared).await;
+    // Owners to confirm make the reconciler run early: one loop, so
+    // reconciliations never overlap.
+    let confirm = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reconciler = tokio::spawn(reconcile_periodically(shared.clone(), confirm.clone()));
 
     // Before announcing readiness: a signal sent after it must be handled.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -181,13 +184,10 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                 {
                     let mut d = daemon::lock(&shared);
                     let (outcomes, reports) = d.observer.tick(now);
-                    // Owners to confirm: looked up off the lock, like the
-                    // periodic reconciliation.
-                    if let Some(namespaces) = d.observer.take_reconcile_request() {
-                        tokio::spawn({
-                            let shared = shared.clone();
-                            async move { reconcile(&shared, namespaces).await }
-                        });
+                    // Owners to confirm: the periodic reconciliation runs
+                    // now, off the lock.
+                    if d.observer.take_reconcile_request().is_some() {
+                        confirm.notify_one();
                     }
                     d.outcomes(&outcomes);
                     for r in &reports {
@@ -201,7 +201,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                         info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
                         tokio::spawn({
                             let shared = shared.clone();
-                            async move { reconcile(&shared, Vec::new()).await }
+                            async move { reconcile(&shared).await }
                         });
                     }
                 }
@@ -227,14 +227,13 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
 /// The dumps run on a blocking thread without the daemon's lock, so neither
 /// the ring buffer consumer nor scrapes wait for them; only applying them
 /// takes the lock.
-async fn reconcile(shared: &daemon::Shared, only: Vec<u32>) {
-    let every_namespace = only.is_empty();
+async fn reconcile(shared: &daemon::Shared) {
     // The periodic and the loss-triggered reconciliations take turns: two
     // at once would apply dumps out of order and double the cost.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let dumped =
-        tokio::task::spawn_blocking(move || (dump_namespaces(&only), netns::current_inode())).await;
+        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::current_inode())).await;
     let Ok((dumps, own)) = dumped else {
         warn!("the reconciliation thread failed");
         return;
@@ -253,11 +252,9 @@ async fn reconcile(shared: &daemon::Shared, only: Vec<u32>) {
     }
     match own_state {
         Some(state) => d.own_netns = Some(state),
-        // A reconciliation of some namespaces only need not include it.
-        None if every_namespace => {
+        None => {
             warn!("cannot read the TCP settings and counters of tcpwatch's own network namespace")
         }
-        None => {}
     }
     drop(d);
     // A dump of many sockets leaves freed memory in the allocator's arenas;
@@ -271,15 +268,26 @@ async fn reconcile(shared: &daemon::Shared, only: Vec<u32>) {
 
 /// Reconciles every `reconcile_interval` (read again after each round, so
 /// SIGHUP changes it); an interval of 0 reconciles only at start.
-async fn reconcile_periodically(shared: daemon::Shared) {
+async fn reconcile_periodically(
+    shared: daemon::Shared,
+    confirm: std::sync::Arc<tokio::sync::Notify>,
+) {
     loop {
         let every = daemon::lock(&shared).reconcile_every;
         if every.is_zero() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+            // Only at start, and when owners are to be confirmed; the
+            // interval is read again each second (SIGHUP may change it).
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = confirm.notified() => {}
+            }
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = confirm.notified() => {}
+            }
         }
-        tokio::time::sleep(every).await;
-        reconcile(&shared, Vec::new()).await;
+        reconcile(&shared).await;
     }
 }
 
