@@ -386,8 +386,8 @@ mod tests {
             "CHECK lifecycle FAILED: no start\nCHECK refused FAILED: no start\nVMTEST-END rc=1\n";
         assert!(GuestReport::parse(same)
             .verdict(&boot(same))
-            .contains(": lifecycle, refused: no start; not run: sock_diag"));
-        let cut = "CHECK sock_diag ok\nVMTEST-END rc=1\n";
+            .contains(": lifecycle, refused: no start; not run: without_sock_diag, sock_diag"));
+        let cut = "CHECK without_sock_diag ok\nCHECK sock_diag ok\nVMTEST-END rc=1\n";
         assert!(GuestReport::parse(cut)
             .verdict(&boot(cut))
             .contains("not run: lifecycle"));
