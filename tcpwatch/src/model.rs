@@ -556,13 +556,6 @@ impl Model {
         self.listeners.values()
     }
 
-    /// The listener on `port` in `netns` with a known owner, if any.
-    pub fn listener_on(&self, netns: u32, port: u16) -> Option<&Listener> {
-        self.listeners
-            .values()
-            .find(|l| l.tuple.netns == netns && l.tuple.local_port == port && l.pid != 0)
-    }
-
     /// The listeners that serve connections to `addr:port` in `netns`:
     /// those bound to that address, else those bound to the wildcard.
     pub fn listeners_serving(&self, netns: u32, addr: IpAddr, port: u16) -> Vec<&Listener> {

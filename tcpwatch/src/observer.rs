@@ -544,9 +544,9 @@ mod attribution_regressions {
 
     /// Two programs listen on port 8080 of two addresses (or one on IPv4,
     /// one on IPv6; or SO_REUSEPORT workers): a SYN-ACK retransmit on
-    /// beta's listener, which the kernel attributed to beta, is renamed
-    /// after whichever listener on port 8080 `listener_on` finds first
-    /// (HashMap order; the address is ignored).
+    /// beta's listener, which the kernel attributed to beta, keeps beta; a
+    /// lookup by port alone renamed it after whichever listener it found
+    /// first (HashMap order).
     #[test]
     fn synack_retransmit_on_one_of_two_listeners_of_a_port_keeps_its_owner() {
         use TcpState::*;
