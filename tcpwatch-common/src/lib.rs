@@ -178,7 +178,9 @@ pub struct Event {
     pub daddr: [u8; 16],
     /// Owning task's command name, NUL padded.
     pub comm: [u8; COMM_LEN],
-    pub _pad: u32,
+    /// [`event_flag`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 96);
@@ -203,9 +205,19 @@ impl Event {
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; COMM_LEN],
-            _pad: 0,
+            flags: 0,
+            _pad: [0; 3],
         }
     }
+}
+
+/// Bits of [`Event::flags`].
+pub mod event_flag {
+    /// The transition ran in a task that is exiting (`PF_EXITING`): a close
+    /// the kernel made for a process that died or exited holding the socket
+    /// (its files are closed by `do_exit()` -> `exit_files()`), not a close()
+    /// the application called.
+    pub const OWNER_EXITING: u8 = 1;
 }
 
 /// Durations the kernel aggregates into histograms, with no event each.
@@ -370,6 +382,8 @@ pub struct KernelOffsets {
     pub file_private_data: u32,
     /// `struct socket` -> `sk`.
     pub socket_sk: u32,
+    /// `struct task_struct` -> `flags` (`PF_*` bits, a `u32`).
+    pub task_flags: u32,
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
@@ -390,6 +404,7 @@ impl KernelOffsets {
             fdtable_max_fds: 0,
             file_private_data: 0,
             socket_sk: 0,
+            task_flags: 0,
             valid: 0,
         }
     }
@@ -401,8 +416,14 @@ pub const OFFSETS_SOCK: u32 = 1;
 pub const OFFSETS_SKB: u32 = 2;
 /// `KernelOffsets::valid` bit for the task -> fd -> socket -> sock path.
 pub const OFFSETS_FILES: u32 = 4;
+/// `KernelOffsets::valid` bit for `task_flags`.
+pub const OFFSETS_TASK_FLAGS: u32 = 8;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+/// `PF_EXITING` in include/linux/sched.h: set by `exit_signals()` at the
+/// start of `do_exit()`, before the task's files are closed.
+pub const PF_EXITING: u32 = 0x0000_0004;
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -423,7 +444,7 @@ pub struct Layout {
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 48);
+const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 52);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.

@@ -7,19 +7,20 @@
 //! shutdown), inherited by accepted sockets from their listener, and carried
 //! forward in `SOCKS` for every later event.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    hist, kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey, SockOwner,
-    TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, HISTOGRAMS_LEN,
+    event_flag, hist, kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey,
+    SockOwner, TpLayout, COMM_LEN, OFFSETS_TASK_FLAGS, PF_EXITING, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, HISTOGRAMS_LEN,
     HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP, TRANSITIONS_LEN,
 };
 
 use crate::emit::{
-    bump_in, emit, field, layout_of, now_ns, read_endpoints, skb_netns, sock_netns, Record, Res,
+    bump_in, emit, field, kernel_offsets, layout_of, now_ns, read_endpoints, read_kernel,
+    skb_netns, sock_netns, Record, Res,
 };
 
 /// Socket address -> owner and time of its last transition. Entries go at
@@ -97,6 +98,31 @@ fn bound_in_process_context(old: u8, new: u8) -> Option<u8> {
         }
         _ => None,
     }
+}
+
+/// Whether a transition that ends or starts to end a connection ran in a
+/// task that is exiting. A process that dies or exits holding a socket has
+/// it closed by `do_exit()` -> `exit_files()` (kernel/exit.c), whose final
+/// `fput()` runs `tcp_close()` from the exiting task's own task work; an
+/// explicit close() runs in a live task. Only closing transitions are
+/// checked: one read of `current->flags`.
+#[inline(always)]
+fn closed_by_exiting_task(old: u8, new: u8) -> bool {
+    let closing = matches!(
+        (old, new),
+        (ESTABLISHED | SYN_RECV | SYN_SENT | CLOSE_WAIT, FIN_WAIT1 | LAST_ACK | CLOSE)
+    );
+    if !closing {
+        return false;
+    }
+    let k = kernel_offsets();
+    if k.valid & OFFSETS_TASK_FLAGS == 0 {
+        return false;
+    }
+    // SAFETY: a helper without arguments; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() };
+    read_kernel::<u32>(task + u64::from(k.task_flags)).is_some_and(|f| f & PF_EXITING != 0)
 }
 
 #[inline(always)]
@@ -184,10 +210,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         }
     }
 
+    let flags = if closed_by_exiting_task(old, new) {
+        event_flag::OWNER_EXITING
+    } else {
+        0
+    };
     emit(|ev| {
         ev.ts_ns = now;
         ev.skaddr = sk;
         ev.kind = kind::STATE;
+        ev.flags = flags;
         ev.old_state = old;
         ev.new_state = new;
         ev.old_state_ns = old_state_ns;

@@ -3,7 +3,7 @@
 //! `sock -> net -> ns.inum` on any kernel with `/sys/kernel/btf/vmlinux`.
 use std::collections::HashMap;
 
-use tcpwatch_common::{KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK};
+use tcpwatch_common::{KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_TASK_FLAGS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
@@ -260,6 +260,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.socket_sk = socket_sk;
         offsets.valid |= OFFSETS_FILES;
     }
+    if let Ok(task_flags) = btf.member_offset("task_struct", &["flags"]) {
+        offsets.task_flags = task_flags;
+        offsets.valid |= OFFSETS_TASK_FLAGS;
+    }
     Ok(offsets)
 }
 
@@ -375,7 +379,12 @@ mod tests {
         };
         let btf = Btf::parse(&data).unwrap();
         let offsets = kernel_offsets(&btf).unwrap();
-        assert_eq!(offsets.valid, OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES);
+        assert_eq!(
+            offsets.valid,
+            OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES | OFFSETS_TASK_FLAGS
+        );
+        // `flags` follows `__state`, `stack` and `usage` (include/linux/sched.h).
+        assert!(offsets.task_flags > 0 && offsets.task_flags < 256, "{offsets:?}");
         assert!(
             offsets.task_files > 0 && offsets.socket_sk > 0,
             "{offsets:?}"

@@ -215,6 +215,9 @@ pub struct TcpEvent {
     pub old_state_ns: Option<u64>,
     /// `enum sk_rst_reason` of a sent reset.
     pub reason: u16,
+    /// A closing transition made in an exiting task: the process died or
+    /// exited holding the socket, and the kernel closed it (not close()).
+    pub owner_exiting: bool,
 }
 
 impl TcpEvent {
@@ -277,6 +280,7 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         new_state: state_or_none(raw.new_state)?,
         old_state_ns: (raw.old_state_ns != DURATION_UNKNOWN).then_some(raw.old_state_ns),
         reason: raw.reason,
+        owner_exiting: raw.flags & tcpwatch_common::event_flag::OWNER_EXITING != 0,
     })
 }
 

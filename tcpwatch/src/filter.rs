@@ -124,6 +124,7 @@ mod tests {
             new_state: Some(TcpState::Established),
             old_state_ns: Some(10),
             reason: 0,
+            owner_exiting: false,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::{
     detect::Detectors,
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
     loader::{Counters, KernelTotals},
-    model::{Model, Outcome},
+    model::{EndReason, Model, Outcome},
     summary::Summary,
 };
 
@@ -34,6 +34,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     opened: IntCounterVec,
     closed: IntCounterVec,
+    connect_failures: IntCounterVec,
     retransmits: IntCounterVec,
     resets: IntCounterVec,
     tw_reuse: IntCounter,
@@ -119,6 +120,11 @@ impl Metrics {
             "tcpwatch_connections_closed_total",
             "Connections ended, by who opened them and how they ended.",
             &["opener", "end"],
+        )?;
+        let connect_failures = c(
+            "tcpwatch_connect_failures_total",
+            "Outgoing connects that failed, by reason: connect_refused (a reset answered the SYN), connect_timeout (SYNs unanswered), no_local_port (EADDRNOTAVAIL, no packet sent).",
+            &["reason"],
         )?;
         let retransmits = c(
             "tcpwatch_retransmits_total",
@@ -275,6 +281,7 @@ impl Metrics {
             transitions,
             opened,
             closed,
+            connect_failures,
             retransmits,
             resets,
             tw_reuse,
@@ -388,6 +395,14 @@ impl Metrics {
                 self.closed
                     .with_label_values(&[f.connection.opener.name(), f.end.name()])
                     .inc();
+                if matches!(
+                    f.end,
+                    EndReason::ConnectRefused | EndReason::ConnectTimeout | EndReason::NoLocalPort
+                ) {
+                    self.connect_failures
+                        .with_label_values(&[f.end.name()])
+                        .inc();
+                }
             }
             Outcome::TimeWaitReused { .. } => self.tw_reuse.inc(),
             Outcome::TimeWaitSynReused { .. } => {}
@@ -773,6 +788,7 @@ mod tests {
             new_state: Some(new),
             old_state_ns: ms.map(|m| m * 1_000_000),
             reason: 1,
+            owner_exiting: false,
         }
     }
 

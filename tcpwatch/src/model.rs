@@ -86,6 +86,18 @@ pub enum EndReason {
     /// A normal close that skipped TIME_WAIT: the namespace already held
     /// tcp_max_tw_buckets timewait sockets (TcpExt TCPTimeWaitOverflow).
     TimeWaitOverflow,
+    /// connect() failed before a SYN left: no free local port for the
+    /// destination (EADDRNOTAVAIL). `tcp_v4_connect()` enters SYN_SENT,
+    /// `inet_hash_connect()` finds no port, and the socket goes back to
+    /// CLOSE with local port 0, without a retransmit or a reset.
+    NoLocalPort,
+    /// The kernel closed it because the last process holding it exited or
+    /// died (`do_exit()` closes its files), not because it called close():
+    /// a FIN, or a reset when unread data was pending.
+    OwnerExited,
+    /// The peer answered with a reset after data went unanswered: it had
+    /// lost the connection (rebooted, or crashed and came back).
+    PeerReset,
 }
 
 impl Opener {
@@ -122,6 +134,9 @@ impl EndReason {
             EndReason::RetransmitTimeout => "retransmit_timeout",
             EndReason::Aborted => "aborted",
             EndReason::TimeWaitOverflow => "time_wait_overflow",
+            EndReason::NoLocalPort => "no_local_port",
+            EndReason::OwnerExited => "owner_exited",
+            EndReason::PeerReset => "peer_reset",
         }
     }
 }
@@ -217,8 +232,9 @@ pub struct Connection {
     /// loopback and hours of CLOSE_WAIT in half the room of nanoseconds.
     pub time_in_state: [f32; 12],
     pub retransmits: Retransmits,
-    pub resets_sent: u16,
-    pub resets_received: u16,
+    /// Resets on this connection (saturating: one ends it, more are rare).
+    pub resets_sent: u8,
+    pub resets_received: u8,
     /// The current run of data retransmits with growing backoff: what a
     /// peer that stopped answering looks like.
     /// Boxed: rare, and the record stays small without it.
@@ -233,6 +249,8 @@ pub struct Connection {
     /// reconciliation, or an owner event): a later event replaying the
     /// kernel's older binding does not undo it.
     pub owner_confirmed: bool,
+    /// The kernel closed it for a process that exited holding it.
+    pub closed_by_exit: bool,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -243,6 +261,17 @@ pub struct RetransmitRun {
     pub last_ns: u64,
     pub last_gap_ns: u64,
     pub count: u32,
+}
+
+/// A reset received while a run of data retransmits was going unanswered
+/// (within the wait for the next retransmit): the peer was silent, then
+/// answered with a reset, the answer of a host that no longer knows the
+/// connection (`tcp_v4_send_reset()` for a segment with no socket).
+fn answered_unanswered_data(c: &Connection, now: u64) -> bool {
+    c.rtx_run.as_deref().is_some_and(|run| {
+        let window = (2 * run.last_gap_ns).clamp(5_000_000_000, RUN_MAX_GAP_NS);
+        now.saturating_sub(run.last_ns) <= window
+    })
 }
 
 /// Longest gap between two retransmits of one run: TCP_RTO_MAX plus slack.
@@ -675,11 +704,20 @@ impl Model {
                         parked.end = if ev.kind == EventKind::ResetSent {
                             parked.connection.resets_sent =
                                 parked.connection.resets_sent.saturating_add(1);
-                            EndReason::ResetSent
+                            // tcp_close() of an exiting task with unread data.
+                            if parked.connection.closed_by_exit {
+                                EndReason::OwnerExited
+                            } else {
+                                EndReason::ResetSent
+                            }
                         } else {
                             parked.connection.resets_received =
                                 parked.connection.resets_received.saturating_add(1);
-                            EndReason::ResetReceived
+                            if answered_unanswered_data(&parked.connection, ev.ts_ns) {
+                                EndReason::PeerReset
+                            } else {
+                                EndReason::ResetReceived
+                            }
                         };
                         out.push(Outcome::Finished(parked));
                     } else {
@@ -771,6 +809,7 @@ impl Model {
                     insert_seq: 0,
                     holders: 0,
                     owner_confirmed: false,
+                    closed_by_exit: false,
                 });
             }
             return;
@@ -813,6 +852,9 @@ impl Model {
             c.state = new;
             c.state_since_ns = ev.ts_ns;
             c.state_age_known = true;
+        }
+        if ev.owner_exiting {
+            c.closed_by_exit = true;
         }
         if c.closer.is_none() {
             c.closer = closer_of(old, new);
@@ -886,6 +928,7 @@ impl Model {
             insert_seq: 0,
             holders: 0,
             owner_confirmed: false,
+            closed_by_exit: false,
         });
     }
 
@@ -931,6 +974,10 @@ impl Model {
         let reset = self.pending_reset.remove(&ev.skaddr);
         let mut end = match (old, reset) {
             (TcpState::SynSent, Some(EventKind::ResetReceived)) => EndReason::ConnectRefused,
+            // No port was ever bound: the failure was inet_hash_connect()'s.
+            (TcpState::SynSent, None) if ev.sport == 0 && connection.retransmits.syn == 0 => {
+                EndReason::NoLocalPort
+            }
             // SYNs went unanswered: retransmitted on the wire, or refused locally
             // (a firewall on this host makes the kernel's retransmits fail,
             // so none are reported) for at least the initial RTO of 1 s.
@@ -940,8 +987,16 @@ impl Model {
             {
                 EndReason::ConnectTimeout
             }
+            (_, Some(EventKind::ResetReceived)) if answered_unanswered_data(&connection, ev.ts_ns) => {
+                EndReason::PeerReset
+            }
             (_, Some(EventKind::ResetReceived)) => EndReason::ResetReceived,
+            (_, Some(_)) if connection.closed_by_exit => EndReason::OwnerExited,
             (_, Some(_)) => EndReason::ResetSent,
+            (
+                TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait,
+                None,
+            ) if connection.closed_by_exit => EndReason::OwnerExited,
             (
                 TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait,
                 None,
@@ -952,6 +1007,8 @@ impl Model {
                 // reset or once the grace period has passed.
                 let end = if connection.retransmits.data > 0 || connection.retransmits.fin > 0 {
                     EndReason::RetransmitTimeout
+                } else if connection.closed_by_exit {
+                    EndReason::OwnerExited
                 } else {
                     EndReason::Aborted
                 };
@@ -965,8 +1022,8 @@ impl Model {
                 return;
             }
         };
-        let mut time_wait =
-            end == EndReason::NormalClose && matches!(old, TcpState::FinWait2 | TcpState::Closing);
+        let mut time_wait = matches!(end, EndReason::NormalClose | EndReason::OwnerExited)
+            && matches!(old, TcpState::FinWait2 | TcpState::Closing);
         if time_wait && self.time_wait_full(connection.tuple.netns) {
             end = EndReason::TimeWaitOverflow;
             time_wait = false;
@@ -1271,6 +1328,7 @@ impl Model {
                     insert_seq: 0,
                     holders: 0,
                     owner_confirmed: false,
+                    closed_by_exit: false,
                 },
             );
             r.connections_added += 1;
@@ -1458,6 +1516,7 @@ mod tests {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 
@@ -1569,6 +1628,115 @@ mod tests {
         let f = finished(&out)[0];
         assert_eq!(f.connection.closer, Some(Closer::Simultaneous));
         assert!(f.time_wait);
+    }
+
+    #[test]
+    fn a_connect_without_a_free_port_ends_as_no_local_port() {
+        let mut m = Model::default();
+        let mut fail = st(1, SK, SynSent, Close);
+        fail.sport = 0;
+        let out = run(&mut m, &[st(0, SK, Close, SynSent), fail]);
+        let f = finished(&out)[0];
+        assert_eq!(f.end, EndReason::NoLocalPort);
+        assert_eq!((f.connection.pid, &*f.connection.comm), (42, "client"));
+        // A port was bound: a close of a connect in progress, not this.
+        let mut m = Model::default();
+        let out = run(&mut m, &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Close)]);
+        assert_eq!(finished(&out)[0].end, EndReason::Aborted);
+    }
+
+    fn exiting(mut e: TcpEvent) -> TcpEvent {
+        e.owner_exiting = true;
+        e
+    }
+
+    #[test]
+    fn a_close_made_by_an_exiting_owner_ends_as_owner_exited() {
+        // FIN path: the kernel closed it for the exiting process, then the
+        // usual active close and TIME_WAIT.
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                exiting(st(2, SK, Established, FinWait1)),
+                st(3, SK, FinWait1, FinWait2),
+                st(4, SK, FinWait2, Close),
+            ],
+        );
+        let f = finished(&out)[0];
+        assert_eq!((f.end, f.time_wait), (EndReason::OwnerExited, true));
+        // Reset path: unread data, so tcp_close() resets (CLOSE first).
+        let mut m = Model::default();
+        let mut out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                exiting(st(2, SK, Established, Close)),
+                ev(2, SK, EventKind::ResetSent, Close, Close),
+            ],
+        );
+        out.extend(m.expire(10_000 * MS));
+        assert_eq!(finished(&out)[0].end, EndReason::OwnerExited);
+        // The same without an exiting task: an explicit close().
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                st(2, SK, Established, Close),
+                ev(2, SK, EventKind::ResetSent, Close, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::ResetSent);
+        // A passive close by an exiting owner that had left CLOSE_WAIT.
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                st(2, SK, Established, CloseWait),
+                exiting(st(3, SK, CloseWait, LastAck)),
+                st(4, SK, LastAck, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::OwnerExited);
+    }
+
+    #[test]
+    fn a_reset_after_unanswered_retransmits_is_the_peer_restarting() {
+        let rtx = |ts| ev(ts, SK, EventKind::Retransmit, Established, Established);
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                rtx(1_000),
+                rtx(1_400),
+                rtx(2_200),
+                ev(3_000, SK, EventKind::ResetReceived, Established, Established),
+                st(3_000, SK, Established, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::PeerReset);
+        // Retransmits long over (acknowledged since): an ordinary reset.
+        let mut m = Model::default();
+        let out = run(
+            &mut m,
+            &[
+                st(0, SK, Close, SynSent),
+                st(1, SK, SynSent, Established),
+                rtx(1_000),
+                ev(600_000, SK, EventKind::ResetReceived, Established, Established),
+                st(600_000, SK, Established, Close),
+            ],
+        );
+        assert_eq!(finished(&out)[0].end, EndReason::ResetReceived);
     }
 
     #[test]
@@ -1846,6 +2014,10 @@ mod tests {
             EndReason::ConnectRefused,
             EndReason::RetransmitTimeout,
             EndReason::Aborted,
+            EndReason::TimeWaitOverflow,
+            EndReason::NoLocalPort,
+            EndReason::OwnerExited,
+            EndReason::PeerReset,
         ] {
             assert_eq!(json(serde_json::to_value(e).unwrap()), e.name());
         }
@@ -2323,6 +2495,7 @@ mod regressions {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 
@@ -2379,6 +2552,7 @@ mod attribution_regressions {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 

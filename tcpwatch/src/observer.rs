@@ -539,6 +539,7 @@ mod attribution_regressions {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 

@@ -81,8 +81,8 @@ struct JsonLifecycle<'a> {
     /// Milliseconds in each state the connection passed through.
     state_ms: BTreeMap<&'static str, f64>,
     retransmits: Retransmits,
-    resets_sent: u16,
-    resets_received: u16,
+    resets_sent: u8,
+    resets_received: u8,
     /// Present (true) when events were lost during its life.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     uncertain: bool,
@@ -439,6 +439,7 @@ mod tests {
             new_state: Some(TcpState::Established),
             old_state_ns: Some(1_250_000),
             reason: 12,
+            owner_exiting: false,
         }
     }
 

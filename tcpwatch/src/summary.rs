@@ -211,6 +211,7 @@ mod tests {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 

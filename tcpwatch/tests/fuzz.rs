@@ -144,6 +144,7 @@ proptest! {
                 new_state: state(new),
                 old_state_ns: Some(ms),
                 reason: 0,
+                owner_exiting: sk % 3 == 0,
             };
             let outcomes = model.apply(&ev);
             let _ = detectors.on_event(&ev, &outcomes, &model);

@@ -12,8 +12,10 @@ use std::{
     time::Duration,
 };
 
+mod connect_failed;
 mod listen_queue;
 mod peer_health;
+mod peer_restarted;
 
 use crate::{
     audit::{self, NetnsState},
@@ -38,6 +40,8 @@ pub mod kind {
     pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
     pub const ZERO_WINDOW_STALL: &str = "zero_window_stall";
     pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
+    pub const CONNECT_FAILED: &str = "connect_failed";
+    pub const PEER_RESTARTED: &str = "peer_restarted";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -132,11 +136,20 @@ struct Open {
     last_report_ns: u64,
     /// The count the last report showed: a difference is owed an update.
     reported_count: u64,
+    /// The severity the last report showed: a change is owed an update too.
+    reported_severity: Severity,
     /// When the evidence last grew (events) or was last seen (ticks, settings).
     last_evidence_ns: u64,
     /// Seen by the current tick (Tick) or settings read (Settings).
     seen: bool,
     driver: Driver,
+}
+
+impl Open {
+    /// Its evidence grew, or its severity changed, since the last report.
+    fn owes_update(&self) -> bool {
+        self.count != self.reported_count || self.finding.severity != self.reported_severity
+    }
 }
 
 /// Open findings kept at most; beyond, the one with the oldest evidence
@@ -168,6 +181,8 @@ pub struct Detectors {
     health: peer_health::Health,
     /// Each namespace's listen overflow counters.
     listen: listen_queue::ListenState,
+    /// Destinations whose connects lately found no local port.
+    no_local_port: connect_failed::Failures,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -248,6 +263,7 @@ impl Detectors {
             evicted: 0,
             health: Default::default(),
             listen: Default::default(),
+            no_local_port: Default::default(),
             confirm_owners: false,
         }
     }
@@ -364,6 +380,7 @@ impl Detectors {
         self.port_use.retain(|k, _| alive.contains(&k.0));
         self.health.forget_namespaces_except(alive);
         self.listen.retain(|n, _| alive.contains(n));
+        self.no_local_port.retain(|k, _| alive.contains(&k.0));
         out
     }
 
@@ -402,6 +419,7 @@ impl Detectors {
                     self.evict_oldest();
                 }
                 let finding = make(count);
+                let reported_severity = finding.severity;
                 out.push(Report {
                     status: Status::Raised,
                     ts_ns: now,
@@ -416,6 +434,7 @@ impl Detectors {
                         count,
                         last_report_ns: now,
                         reported_count: count,
+                        reported_severity,
                         last_evidence_ns: now,
                         seen: true,
                         driver,
@@ -433,10 +452,10 @@ impl Detectors {
                     open.finding = make(count);
                 }
                 open.count = count;
-                if count != open.reported_count && now.saturating_sub(open.last_report_ns) >= every
-                {
+                if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
                     open.last_report_ns = now;
                     open.reported_count = count;
+                    open.reported_severity = open.finding.severity;
                     out.push(Report {
                         status: Status::Updated,
                         ts_ns: now,
@@ -627,6 +646,15 @@ impl Detectors {
 
     fn on_outcome(&mut self, outcome: &Outcome, now: u64, out: &mut Vec<Report>) {
         match outcome {
+            Outcome::Finished(f) if f.end == EndReason::NoLocalPort => {
+                self.on_connect_failed(f, now, out);
+            }
+            Outcome::Finished(f)
+                if f.end == EndReason::PeerReset
+                    && self.reused_recently(&f.connection.tuple, now).is_none() =>
+            {
+                self.on_peer_reset(f, now, out);
+            }
             Outcome::Finished(f)
                 if matches!(f.end, EndReason::ConnectRefused | EndReason::ConnectTimeout) =>
             {
@@ -682,12 +710,14 @@ impl Detectors {
                 });
             }
             Outcome::Finished(f)
-                if matches!(f.end, EndReason::ResetReceived | EndReason::ResetSent)
-                    && self.reused_recently(&f.connection.tuple, now).is_some() =>
+                if matches!(
+                    f.end,
+                    EndReason::ResetReceived | EndReason::ResetSent | EndReason::PeerReset
+                ) && self.reused_recently(&f.connection.tuple, now).is_some() =>
             {
                 let c = &f.connection;
                 let age = now.saturating_sub(self.reused_recently(&c.tuple, now).unwrap_or(now));
-                let what = if f.end == EndReason::ResetReceived {
+                let what = if f.end != EndReason::ResetSent {
                     "was reset"
                 } else {
                     "sent a reset"
@@ -980,10 +1010,11 @@ impl Detectors {
                 (dt > 0.0 && count > before).then(|| (count - before) as f64 / dt)
             });
             self.port_use.insert(key, (count, now));
-            if fraction < t.port_use_fraction {
+            let exhausted = self.ports_exhausted(netns, raddr, rport, now);
+            if fraction < t.port_use_fraction && !exhausted {
                 continue;
             }
-            let severity = if fraction >= 0.9 {
+            let severity = if fraction >= 0.9 || exhausted {
                 Severity::Critical
             } else {
                 Severity::Warning
@@ -1002,6 +1033,7 @@ impl Detectors {
             let key = format!("{netns}|{laddr}|{raddr}|{rport}");
             self.observe(&mut out, kind::PORT_EXHAUSTION_RISK, key, netns, now, count, Driver::Tick, |count| {
                 let when = match exhausted_in {
+                    _ if exhausted => "; exhausted: connects found no free port (connect_failed)".to_owned(),
                     Some(s) => format!("; at the current rate the rest lasts {s} s"),
                     None => String::new(),
                 };
@@ -1018,6 +1050,7 @@ impl Detectors {
                     .evidence("ports", ports)
                     .evidence("fraction", (fraction * 1000.0).round() / 1000.0)
                     .evidence("seconds_to_exhaustion", exhausted_in)
+                    .evidence("exhausted", exhausted)
                     .remedy(
                         "Each connection this host closes first holds its port for 60 s of TIME_WAIT; when \
                          the range is used up, connect() fails with EADDRNOTAVAIL. Reuse connections \
@@ -1041,10 +1074,10 @@ impl Detectors {
         // reports) is reported once the interval allows.
         let every = t.update_every.as_nanos() as u64;
         for open in self.open.values_mut() {
-            if open.count != open.reported_count && now.saturating_sub(open.last_report_ns) >= every
-            {
+            if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
                 open.last_report_ns = now;
                 open.reported_count = open.count;
+                open.reported_severity = open.finding.severity;
                 out.push(Report {
                     status: Status::Updated,
                     ts_ns: now,
@@ -1082,6 +1115,7 @@ mod tests {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 
@@ -1096,6 +1130,97 @@ mod tests {
 
     fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
         r.iter().map(|r| (r.finding.kind, r.status)).collect()
+    }
+
+    #[test]
+    fn a_connect_without_a_free_port_is_connect_failed_and_ports_exhausted() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        // 10 connections hold ports 1..=10 of a 20-port range towards :80.
+        d.port_range.insert(1, (1, 20));
+        let mut evs = Vec::new();
+        for i in 0..10u64 {
+            evs.push(st(0, 0x100 + i * 64, Close, SynSent, 0, 80));
+            evs.push(st(1, 0x100 + i * 64, SynSent, Established, 1 + i as u16, 80));
+        }
+        assert!(feed(&mut m, &mut d, &evs).is_empty());
+        let r = d.tick(2 * S, &m);
+        // Half the range: at the default 0.5, a warning.
+        assert_eq!(kinds(&r), [(kind::PORT_EXHAUSTION_RISK, Status::Raised)]);
+        assert_eq!(r[0].finding.severity, Severity::Warning);
+        let r = feed(
+            &mut m,
+            &mut d,
+            &[st(3 * S, 0x9000, Close, SynSent, 0, 80), st(3 * S, 0x9000, SynSent, Close, 0, 80)],
+        );
+        assert_eq!(kinds(&r), [(kind::CONNECT_FAILED, Status::Raised)]);
+        let f = &r[0].finding;
+        assert_eq!((f.evidence["pid"].as_u64(), f.evidence["comm"].as_str()), (Some(7), Some("app")));
+        assert_eq!(f.evidence["rport"].as_u64(), Some(80));
+        assert!(f.summary.contains("EADDRNOTAVAIL"), "{}", f.summary);
+        // The destination's port finding now says exhausted, critically.
+        let r = d.tick(20 * S, &m);
+        let port = r
+            .iter()
+            .find(|r| r.finding.kind == kind::PORT_EXHAUSTION_RISK)
+            .expect("port_exhaustion_risk updated");
+        assert_eq!(port.finding.severity, Severity::Critical);
+        assert_eq!(port.finding.evidence["exhausted"].as_bool(), Some(true));
+        // No more failures: resolved after resolve_after.
+        let r = d.tick(400 * S, &m);
+        assert!(
+            kinds(&r).contains(&(kind::CONNECT_FAILED, Status::Resolved)),
+            "{:?}",
+            kinds(&r)
+        );
+    }
+
+    #[test]
+    fn a_reset_after_unanswered_retransmits_is_peer_restarted() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let rtx = |ts| TcpEvent {
+            kind: EventKind::Retransmit,
+            ..st(ts, 0x100, Established, Established, 40000, 6379)
+        };
+        let reset = TcpEvent {
+            kind: EventKind::ResetReceived,
+            ..st(9 * S, 0x100, Established, Established, 40000, 6379)
+        };
+        let r = feed(
+            &mut m,
+            &mut d,
+            &[
+                st(0, 0x100, Close, SynSent, 0, 6379),
+                st(1, 0x100, SynSent, Established, 40000, 6379),
+                rtx(S),
+                rtx(2 * S),
+                rtx(4 * S),
+                reset,
+                st(9 * S, 0x100, Established, Close, 40000, 6379),
+            ],
+        );
+        assert_eq!(kinds(&r), [(kind::PEER_RESTARTED, Status::Raised)]);
+        let f = &r[0].finding;
+        assert_eq!(f.evidence["retransmits"].as_u64(), Some(3));
+        assert_eq!(f.evidence["pid"].as_u64(), Some(7));
+        assert_eq!(f.evidence["rport"].as_u64(), Some(6379));
+        // An ordinary reset, no retransmits before it: no finding.
+        let reset = TcpEvent {
+            kind: EventKind::ResetReceived,
+            ..st(20 * S, 0x200, Established, Established, 40001, 6379)
+        };
+        let r = feed(
+            &mut m,
+            &mut d,
+            &[
+                st(10 * S, 0x200, Close, SynSent, 0, 6379),
+                st(10 * S, 0x200, SynSent, Established, 40001, 6379),
+                reset,
+                st(20 * S, 0x200, Established, Close, 40001, 6379),
+            ],
+        );
+        assert!(r.is_empty(), "{:?}", kinds(&r));
     }
 
     #[test]
@@ -1779,6 +1904,7 @@ mod regressions {
             new_state: Some(new),
             old_state_ns: None,
             reason: 0,
+            owner_exiting: false,
         }
     }
 
