@@ -14,8 +14,9 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     event_flag, hist, kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey,
-    SockOwner, TpLayout, COMM_LEN, OFFSETS_TASK_FLAGS, PF_EXITING, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN, HISTOGRAMS_LEN,
-    HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP, TRANSITIONS_LEN,
+    SockOwner, TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN,
+    HISTOGRAMS_LEN, HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP, OFFSETS_TASK_FLAGS, PF_EXITING,
+    TRANSITIONS_LEN,
 };
 
 use crate::emit::{
@@ -110,7 +111,10 @@ fn bound_in_process_context(old: u8, new: u8) -> Option<u8> {
 fn closed_by_exiting_task(old: u8, new: u8) -> bool {
     let closing = matches!(
         (old, new),
-        (ESTABLISHED | SYN_RECV | SYN_SENT | CLOSE_WAIT, FIN_WAIT1 | LAST_ACK | CLOSE)
+        (
+            ESTABLISHED | SYN_RECV | SYN_SENT | CLOSE_WAIT,
+            FIN_WAIT1 | LAST_ACK | CLOSE
+        )
     );
     if !closing {
         return false;

@@ -3,7 +3,9 @@
 //! `sock -> net -> ns.inum` on any kernel with `/sys/kernel/btf/vmlinux`.
 use std::collections::HashMap;
 
-use tcpwatch_common::{KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_TASK_FLAGS};
+use tcpwatch_common::{
+    KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_TASK_FLAGS,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BtfError {
@@ -384,7 +386,10 @@ mod tests {
             OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES | OFFSETS_TASK_FLAGS
         );
         // `flags` follows `__state`, `stack` and `usage` (include/linux/sched.h).
-        assert!(offsets.task_flags > 0 && offsets.task_flags < 256, "{offsets:?}");
+        assert!(
+            offsets.task_flags > 0 && offsets.task_flags < 256,
+            "{offsets:?}"
+        );
         assert!(
             offsets.task_files > 0 && offsets.socket_sk > 0,
             "{offsets:?}"

@@ -987,7 +987,9 @@ impl Model {
             {
                 EndReason::ConnectTimeout
             }
-            (_, Some(EventKind::ResetReceived)) if answered_unanswered_data(&connection, ev.ts_ns) => {
+            (_, Some(EventKind::ResetReceived))
+                if answered_unanswered_data(&connection, ev.ts_ns) =>
+            {
                 EndReason::PeerReset
             }
             (_, Some(EventKind::ResetReceived)) => EndReason::ResetReceived,
@@ -1641,7 +1643,10 @@ mod tests {
         assert_eq!((f.connection.pid, &*f.connection.comm), (42, "client"));
         // A port was bound: a close of a connect in progress, not this.
         let mut m = Model::default();
-        let out = run(&mut m, &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Close)]);
+        let out = run(
+            &mut m,
+            &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Close)],
+        );
         assert_eq!(finished(&out)[0].end, EndReason::Aborted);
     }
 
@@ -1719,7 +1724,13 @@ mod tests {
                 rtx(1_000),
                 rtx(1_400),
                 rtx(2_200),
-                ev(3_000, SK, EventKind::ResetReceived, Established, Established),
+                ev(
+                    3_000,
+                    SK,
+                    EventKind::ResetReceived,
+                    Established,
+                    Established,
+                ),
                 st(3_000, SK, Established, Close),
             ],
         );
@@ -1732,7 +1743,13 @@ mod tests {
                 st(0, SK, Close, SynSent),
                 st(1, SK, SynSent, Established),
                 rtx(1_000),
-                ev(600_000, SK, EventKind::ResetReceived, Established, Established),
+                ev(
+                    600_000,
+                    SK,
+                    EventKind::ResetReceived,
+                    Established,
+                    Established,
+                ),
                 st(600_000, SK, Established, Close),
             ],
         );

@@ -221,6 +221,16 @@ impl Observer {
         self.model.expire(u64::MAX)
     }
 
+    /// At exit: every finding whose evidence grew since its last report,
+    /// reported now rather than never (the interval between reports would
+    /// otherwise leave the last words at an older count).
+    pub fn final_reports(&mut self, now: u64) -> Vec<Report> {
+        self.detectors
+            .as_mut()
+            .map(|d| d.owed_updates(now))
+            .unwrap_or_default()
+    }
+
     /// Checks the model against sock_diag in every namespace (or those in
     /// `only`) and reads each namespace's settings and counters.
     pub fn reconcile(&mut self, only: &[u32]) -> Vec<Report> {

@@ -945,6 +945,194 @@ fn a_handler_that_reads_is_named_from_its_first_read() {
     assert_eq!(to_close_wait[0]["owner"], "io", "{}", to_close_wait[0]);
 }
 
+/// A port range of two ports, both held by open connections: the next
+/// connects fail with EADDRNOTAVAIL before any packet. connect_failed
+/// names the client, its destination and as many failures as it made;
+/// each failed connect ends as no_local_port.
+#[test]
+fn connect_failed_names_the_process_when_no_port_is_free() {
+    if !privileged_or_skip("connect_failed_names_the_process_when_no_port_is_free") {
+        return;
+    }
+    let ns = Netns::new("cfail");
+    let tracer = Tracer::start(
+        &ns,
+        &["--no-events", "--lifecycle", "--reconcile-interval", "1s"],
+    );
+    let mut server = ns.peer("tw-server");
+    // Bound from the default range, outside the narrow one set next.
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    ns.sysctl("net.ipv4.ip_local_port_range", "20000 20001");
+    let mut client = ns.peer("tw-client");
+    for _ in 0..2 {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        client.ok("keep");
+    }
+    let failures = 3;
+    for _ in 0..failures {
+        let reply = client.cmd(&format!("connect 127.0.0.1 {port}"));
+        assert!(
+            reply.contains("AddrNotAvailable"),
+            "the situation under test: {reply}"
+        );
+    }
+    thread::sleep(Duration::from_millis(1500));
+    let (lines, stderr) = tracer.stop();
+    let raised = raised(&lines, "connect_failed");
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (f["pid"].as_u64(), f["comm"].as_str(), f["rport"].as_u64()),
+        (
+            Some(client.pid.into()),
+            Some("tw-client"),
+            Some(port.into())
+        ),
+        "{f}"
+    );
+    let reported = findings(&lines, "connect_failed")
+        .iter()
+        .filter_map(|f| f["count"].as_u64())
+        .max();
+    assert_eq!(reported, Some(failures), "{lines:#?}");
+    let ends: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "lifecycle" && l["end"] == "no_local_port")
+        .collect();
+    assert_eq!(ends.len(), failures as usize, "{lines:#?}");
+    assert!(ends.iter().all(|l| l["comm"] == "tw-client"), "{ends:#?}");
+    // Nothing else was mistaken for such a failure.
+    assert_eq!(raised.len(), 1);
+}
+
+/// A server killed with `kill -9` while holding two connections, one with
+/// unread data: the kernel closes both for it, the quiet one with a FIN
+/// and the other with a reset. Both end as owner_exited; a connection the
+/// server closed itself before ends as an ordinary close.
+#[test]
+fn owner_exited_is_told_apart_from_close() {
+    if !privileged_or_skip("owner_exited_is_told_apart_from_close") {
+        return;
+    }
+    let ns = Netns::new("oexit");
+    // Orphaned FIN_WAIT2 sockets end after a second instead of a minute.
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "1");
+    let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    // 1: closed by the server itself.
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    client.ok("keep");
+    server.ok("accept");
+    server.ok("close");
+    // 2: held quietly; 3: held with unread data.
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    client.ok("keep");
+    server.ok("accept");
+    server.ok("keep");
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    server.ok("accept");
+    client.ok("send unread");
+    thread::sleep(Duration::from_millis(200));
+    // SAFETY: a signal to the peer process this test started.
+    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            ns.sockets("all", &["sport", "=", &format!(":{port}")]) == 0
+        }),
+        "the server's sockets end"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (lines, stderr) = tracer.stop();
+    let mut server_ends: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["kind"] == "lifecycle" && l["sport"] == port)
+        .filter_map(|l| l["end"].as_str())
+        .collect();
+    server_ends.sort();
+    assert_eq!(
+        server_ends,
+        ["normal_close", "owner_exited", "owner_exited"],
+        "{lines:#?}\n{stderr:?}"
+    );
+    let exited: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "lifecycle" && l["end"] == "owner_exited")
+        .collect();
+    assert!(
+        exited
+            .iter()
+            .all(|l| l["pid"].as_u64() == Some(server.pid.into()) && l["comm"] == "tw-server"),
+        "{exited:#?}"
+    );
+}
+
+/// A peer that loses its connection while unreachable: its segments are
+/// dropped, the server is killed (its reset dropped too), so the client's
+/// data goes unanswered; once the path is back, the host answers the
+/// next retransmit with a reset. peer_restarted names the client and the
+/// peer; the connection ends as peer_reset.
+#[test]
+fn peer_restarted_after_unanswered_retransmits() {
+    if !privileged_or_skip("peer_restarted_after_unanswered_retransmits") {
+        return;
+    }
+    let ns = Netns::new("prst");
+    let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    client.ok("send before");
+    // The server's host becomes unreachable: nothing reaches it, nothing
+    // leaves it. Receive side: the client's segments count as sent.
+    ns.nft(&format!(
+        "table inet tw {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} drop\n  }}\n  chain out {{\n    type filter hook output priority 0;\n    tcp sport {port} drop\n  }}\n}}\n"
+    ));
+    // SAFETY: a signal to the peer process this test started.
+    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            ns.sockets("all", &["sport", "=", &format!(":{port}")]) == 0
+        }),
+        "the server's sockets are gone"
+    );
+    client.ok("send after");
+    thread::sleep(Duration::from_millis(1700));
+    ns.exec(&["nft", "delete", "table", "inet", "tw"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            ns.sockets("all", &["sport", "=", &format!(":{client_port}")]) == 0
+        }),
+        "the client's connection is reset"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (lines, stderr) = tracer.stop();
+    let raised = raised(&lines, "peer_restarted");
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (f["pid"].as_u64(), f["comm"].as_str(), f["rport"].as_u64()),
+        (
+            Some(client.pid.into()),
+            Some("tw-client"),
+            Some(port.into())
+        ),
+        "{f}"
+    );
+    assert!(f["retransmits"].as_u64().is_some_and(|n| n >= 2), "{f}");
+    let end = lines
+        .iter()
+        .find(|l| l["kind"] == "lifecycle" && l["sport"] == client_port)
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(end["end"], "peer_reset", "{end}");
+}
+
 /// A listener with a backlog of 1 that never accepts: its accept queue
 /// fills, further SYNs are dropped and the kernel counts ListenOverflows.
 /// accept_queue_overflow names the listener's process and port, with the

@@ -322,6 +322,8 @@ impl<W: Write> Pipeline<W> {
     fn finish(&mut self) -> io::Result<()> {
         let parked = self.observer.finish();
         self.outcomes(parked)?;
+        let owed = self.observer.final_reports(crate::clock::monotonic_ns());
+        self.reports(owed)?;
         self.out.flush()
     }
 

@@ -370,6 +370,25 @@ impl Detectors {
     /// Namespaces that no longer exist: their findings are resolved and what
     /// was learnt of them forgotten, so a new namespace that gets a deleted
     /// one's inode starts clean.
+    /// Reports every open finding whose evidence grew or whose severity
+    /// changed since its last report, whatever the interval.
+    pub fn owed_updates(&mut self, now: u64) -> Vec<Report> {
+        let mut out = Vec::new();
+        for open in self.open.values_mut().filter(|o| o.owes_update()) {
+            open.last_report_ns = now;
+            open.reported_count = open.count;
+            open.reported_severity = open.finding.severity;
+            out.push(Report {
+                status: Status::Updated,
+                ts_ns: now,
+                netns: open.netns,
+                finding: open.finding.clone(),
+            });
+        }
+        out.sort_by_key(|r| (r.finding.kind, r.netns));
+        out
+    }
+
     pub fn forget_namespaces_except(&mut self, alive: &[u32], now: u64) -> Vec<Report> {
         let mut out = Vec::new();
         self.resolve(&mut out, now, |o| !alive.contains(&o.netns));
@@ -1141,7 +1160,14 @@ mod tests {
         let mut evs = Vec::new();
         for i in 0..10u64 {
             evs.push(st(0, 0x100 + i * 64, Close, SynSent, 0, 80));
-            evs.push(st(1, 0x100 + i * 64, SynSent, Established, 1 + i as u16, 80));
+            evs.push(st(
+                1,
+                0x100 + i * 64,
+                SynSent,
+                Established,
+                1 + i as u16,
+                80,
+            ));
         }
         assert!(feed(&mut m, &mut d, &evs).is_empty());
         let r = d.tick(2 * S, &m);
@@ -1151,11 +1177,17 @@ mod tests {
         let r = feed(
             &mut m,
             &mut d,
-            &[st(3 * S, 0x9000, Close, SynSent, 0, 80), st(3 * S, 0x9000, SynSent, Close, 0, 80)],
+            &[
+                st(3 * S, 0x9000, Close, SynSent, 0, 80),
+                st(3 * S, 0x9000, SynSent, Close, 0, 80),
+            ],
         );
         assert_eq!(kinds(&r), [(kind::CONNECT_FAILED, Status::Raised)]);
         let f = &r[0].finding;
-        assert_eq!((f.evidence["pid"].as_u64(), f.evidence["comm"].as_str()), (Some(7), Some("app")));
+        assert_eq!(
+            (f.evidence["pid"].as_u64(), f.evidence["comm"].as_str()),
+            (Some(7), Some("app"))
+        );
         assert_eq!(f.evidence["rport"].as_u64(), Some(80));
         assert!(f.summary.contains("EADDRNOTAVAIL"), "{}", f.summary);
         // The destination's port finding now says exhausted, critically.

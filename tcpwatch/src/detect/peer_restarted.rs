@@ -20,10 +20,9 @@ impl Detectors {
         let t = &c.tuple;
         let key = format!("{}|{}|{}", t.netns, t.remote, t.remote_port);
         let count = self.bump(kind::PEER_RESTARTED, &key);
-        let (retransmits, silent_ns) = c
-            .rtx_run
-            .as_deref()
-            .map_or((0, 0), |run| (run.count, f.end_ns.saturating_sub(run.start_ns)));
+        let (retransmits, silent_ns) = c.rtx_run.as_deref().map_or((0, 0), |run| {
+            (run.count, f.end_ns.saturating_sub(run.start_ns))
+        });
         let who = Who {
             pid: (c.pid != 0).then_some(c.pid),
             comm: (c.pid != 0).then(|| c.comm.to_string()),
