@@ -69,6 +69,8 @@ pub struct ThresholdsConfig {
     pub peer_unresponsive_after: HumanDuration,
     /// A peer's zero window this long while data waits: zero_window_stall.
     pub zero_window_after: HumanDuration,
+    /// Idle this long without keep-alive: idle_without_keepalive.
+    pub idle_after: HumanDuration,
     /// Share of the ephemeral port range that makes a port_exhaustion_risk.
     pub port_use_fraction: f64,
     /// Minimum time between two reports of a finding.
@@ -86,6 +88,7 @@ impl Default for ThresholdsConfig {
             time_wait_count: t.time_wait_count,
             peer_unresponsive_after: HumanDuration(t.peer_unresponsive_after),
             zero_window_after: HumanDuration(t.zero_window_after),
+            idle_after: HumanDuration(t.idle_after),
             port_use_fraction: t.port_use_fraction,
             finding_interval: HumanDuration(t.update_every),
             resolve_after: HumanDuration(t.resolve_after),
@@ -101,6 +104,7 @@ impl ThresholdsConfig {
             time_wait_count: self.time_wait_count,
             peer_unresponsive_after: self.peer_unresponsive_after.0,
             zero_window_after: self.zero_window_after.0,
+            idle_after: self.idle_after.0,
             port_use_fraction: self.port_use_fraction,
             update_every: self.finding_interval.0,
             resolve_after: self.resolve_after.0,

@@ -171,6 +171,8 @@ pub struct TcpHealth {
     /// Segments sent and not acknowledged.
     pub unacked: u32,
     pub last_data_sent_ms: u32,
+    /// Time since data last came from the peer.
+    pub last_data_recv_ms: u32,
     /// Time since an ACK last came from the peer.
     pub last_ack_recv_ms: u32,
     /// Bytes the peer acknowledged (4.2+).
@@ -203,6 +205,7 @@ pub fn parse_tcp_info(raw: &[u8]) -> Option<TcpHealth> {
         rto_us: u32_at(8)?,
         unacked: u32_at(24)?,
         last_data_sent_ms: u32_at(44)?,
+        last_data_recv_ms: u32_at(52)?,
         last_ack_recv_ms: u32_at(56)?,
         bytes_acked: u64_at(120),
         snd_wnd: u32_at(228),

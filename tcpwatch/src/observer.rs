@@ -209,6 +209,10 @@ impl Observer {
                 if !wanted.is_empty() && self.sock_diag_available != Some(false) {
                     d.set_health(inspect(&self.namespaces, &wanted), now);
                 }
+                let idle = d.wanted_idle(&self.model, now);
+                if !idle.is_empty() && self.sock_diag_available != Some(false) {
+                    d.set_idle(inspect(&self.namespaces, &idle), now);
+                }
                 d.tick(now, &self.model)
             }
             None => Vec::new(),

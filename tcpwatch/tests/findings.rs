@@ -1133,6 +1133,70 @@ fn peer_restarted_after_unanswered_retransmits() {
     assert_eq!(end["end"], "peer_reset", "{end}");
 }
 
+/// Two idle connections, one with SO_KEEPALIVE on the client's side: the
+/// client's process is reported for the one without (count 1), the
+/// server's for both of its sides (count 2), each with its port.
+#[test]
+fn idle_without_keepalive_counts_by_process_and_port() {
+    if !privileged_or_skip("idle_without_keepalive_counts_by_process_and_port") {
+        return;
+    }
+    let ns = Netns::new("idle");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--reconcile-interval",
+            "1s",
+            "--idle-after",
+            "2s",
+        ],
+    );
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    client.ok("keep");
+    server.ok("accept");
+    server.ok("keep");
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    client.ok("keepalive");
+    client.ok("keep");
+    server.ok("accept");
+    server.ok("keep");
+    thread::sleep(Duration::from_millis(4500));
+    let (lines, stderr) = tracer.stop();
+    let reports = findings(&lines, "idle_without_keepalive");
+    let latest = |pid: u32| {
+        reports
+            .iter()
+            .rfind(|f| f["pid"].as_u64() == Some(pid.into()))
+            .copied()
+            .unwrap_or_else(|| panic!("no report for pid {pid}: {lines:#?}\n{stderr:?}"))
+    };
+    let c = latest(client.pid);
+    assert_eq!(
+        (c["count"].as_u64(), c["rport"].as_u64()),
+        (Some(1), Some(port.into())),
+        "{c}"
+    );
+    assert_eq!(c["comm"], "tw-client");
+    let s = latest(server.pid);
+    assert_eq!(
+        (s["count"].as_u64(), s["lport"].as_u64()),
+        (Some(2), Some(port.into())),
+        "{s}"
+    );
+    assert!(
+        s["longest_idle_seconds"].as_f64().is_some_and(|t| t >= 2.0),
+        "{s}"
+    );
+    assert!(
+        reports.iter().all(|f| f["severity"] == "info"),
+        "{reports:#?}"
+    );
+}
+
 /// A listener with a backlog of 1 that never accepts: its accept queue
 /// fills, further SYNs are dropped and the kernel counts ListenOverflows.
 /// accept_queue_overflow names the listener's process and port, with the

@@ -74,6 +74,11 @@ pub struct DetectorArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub zero_window_after: Option<Duration>,
 
+    /// ESTABLISHED connections idle this long without a keep-alive timer
+    /// make an idle_without_keepalive finding [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_after: Option<Duration>,
+
     /// Share of the ephemeral port range that connections plus TIME_WAIT
     /// towards one remote endpoint may take before a port_exhaustion_risk
     /// [default: 0.5].
@@ -112,6 +117,7 @@ impl DetectorArgs {
                 .peer_unresponsive_after
                 .unwrap_or(base.peer_unresponsive_after),
             zero_window_after: self.zero_window_after.unwrap_or(base.zero_window_after),
+            idle_after: self.idle_after.unwrap_or(base.idle_after),
             port_use_fraction: self.port_use_fraction.unwrap_or(base.port_use_fraction),
             update_every: self.finding_interval.unwrap_or(base.update_every),
             resolve_after: self.resolve_after.unwrap_or(base.resolve_after),
@@ -140,6 +146,9 @@ impl DetectorArgs {
         }
         if let Some(v) = self.zero_window_after {
             t.zero_window_after = HumanDuration(v);
+        }
+        if let Some(v) = self.idle_after {
+            t.idle_after = HumanDuration(v);
         }
         if let Some(v) = self.port_use_fraction {
             t.port_use_fraction = v;

@@ -13,6 +13,7 @@ use std::{
 };
 
 mod connect_failed;
+mod idle_keepalive;
 mod listen_queue;
 mod peer_health;
 mod peer_restarted;
@@ -42,6 +43,7 @@ pub mod kind {
     pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
     pub const CONNECT_FAILED: &str = "connect_failed";
     pub const PEER_RESTARTED: &str = "peer_restarted";
+    pub const IDLE_WITHOUT_KEEPALIVE: &str = "idle_without_keepalive";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -63,6 +65,9 @@ pub struct Thresholds {
     pub peer_unresponsive_after: Duration,
     /// A peer's zero window that lasts this long while data waits is a stall.
     pub zero_window_after: Duration,
+    /// An ESTABLISHED connection without a keep-alive timer, idle this long
+    /// (no data either way), is one whose peer could be gone unnoticed.
+    pub idle_after: Duration,
     /// Share of the ephemeral port range that connections and TIME_WAIT
     /// towards one remote endpoint from one local address may take.
     pub port_use_fraction: f64,
@@ -81,6 +86,7 @@ impl Default for Thresholds {
             time_wait_count: 1000,
             peer_unresponsive_after: Duration::from_secs(30),
             zero_window_after: Duration::from_secs(60),
+            idle_after: Duration::from_secs(600),
             port_use_fraction: 0.5,
             update_every: Duration::from_secs(10),
             resolve_after: Duration::from_secs(300),
@@ -183,6 +189,8 @@ pub struct Detectors {
     listen: listen_queue::ListenState,
     /// Destinations whose connects lately found no local port.
     no_local_port: connect_failed::Failures,
+    /// Connections without keep-alive and what the kernel said of them.
+    idle: idle_keepalive::Idle,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -264,6 +272,7 @@ impl Detectors {
             health: Default::default(),
             listen: Default::default(),
             no_local_port: Default::default(),
+            idle: Default::default(),
             confirm_owners: false,
         }
     }
@@ -294,6 +303,7 @@ impl Detectors {
         if let Some(range) = state.port_range() {
             self.port_range.insert(netns, range);
         }
+        self.note_keepalive(netns, state);
         self.note_listen_counters(netns, state);
         let overflow = state
             .tcpext
@@ -400,6 +410,7 @@ impl Detectors {
         self.health.forget_namespaces_except(alive);
         self.listen.retain(|n, _| alive.contains(n));
         self.no_local_port.retain(|k, _| alive.contains(&k.0));
+        self.idle.forget_namespaces_except(alive);
         out
     }
 
@@ -991,6 +1002,7 @@ impl Detectors {
 
         self.peer_unresponsive(&mut out, now, model);
         self.zero_window_stall(&mut out, now, model);
+        self.idle_without_keepalive(&mut out, now, model);
 
         // Ephemeral ports towards one remote endpoint from one local address:
         // open outgoing connections plus the active closer's TIME_WAIT.

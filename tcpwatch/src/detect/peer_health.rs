@@ -165,6 +165,7 @@ impl Detectors {
     /// zero-window probe or RTO retransmits become candidates; the others
     /// of that namespace stop being ones.
     pub fn on_kernel_sockets(&mut self, netns: u32, sockets: &[DiagSocket], now: u64) {
+        self.note_idle_candidates(netns, sockets);
         let h = &mut self.health;
         let mut zero = HashMap::new();
         let mut retransmitting = HashMap::new();

@@ -522,6 +522,11 @@ pub fn peer_loop(comm: &str) {
                 })
                 .map(|()| String::new()),
             // Keep the connection open (never closed: a leak) and free the slot.
+            ["keepalive"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| c.set_keepalive(true).map_err(|e| e.to_string()))
+                .map(|()| String::new()),
             ["keep"] => {
                 kept.extend(conn.take());
                 Ok(kept.len().to_string())
