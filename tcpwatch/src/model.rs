@@ -554,7 +554,30 @@ pub struct Model {
     /// Connections known only from the kernel's list, by 4-tuple, until an
     /// event names their socket address.
     seeded: HashMap<FourTuple, Connection>,
+    /// TIME_WAIT entries the kernel dropped before their timer, since the
+    /// observer last took them (at most [`MAX_EARLY_DEATHS`]).
+    early_time_wait_deaths: Vec<TimeWaitDeath>,
     stats: ModelStats,
+}
+
+/// Early TIME_WAIT deaths kept until the observer takes them.
+const MAX_EARLY_DEATHS: usize = 4096;
+
+/// How much sooner than its 60 s a TIME_WAIT must vanish to count as an
+/// early death: the dump's own duration, and the timer's jiffies, are
+/// well within it.
+const EARLY_DEATH_MARGIN_NS: u64 = 5_000_000_000;
+
+/// A TIME_WAIT socket the kernel no longer had, well before its timer,
+/// with no new connection on its 4-tuple: killed, not expired or reused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeWaitDeath {
+    pub tuple: FourTuple,
+    /// How long it had been in TIME_WAIT at most (at the dump's start).
+    pub age_ns: u64,
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub opener: Opener,
 }
 
 fn is_birth(old: TcpState, new: TcpState) -> bool {
@@ -612,6 +635,12 @@ impl Model {
     /// checked against the processes holding the sockets then).
     pub fn reconciled_at(&self, netns: u32) -> Option<u64> {
         self.reconciled_netns.get(&netns).copied()
+    }
+
+    /// TIME_WAIT entries the kernel dropped early, found by the
+    /// reconciliations since the last call.
+    pub fn take_time_wait_deaths(&mut self) -> Vec<TimeWaitDeath> {
+        std::mem::take(&mut self.early_time_wait_deaths)
     }
 
     pub fn time_wait(&self) -> impl Iterator<Item = (&FourTuple, &TimeWait)> {
@@ -1164,8 +1193,29 @@ impl Model {
             })
             .map(|(t, _)| *t)
             .collect();
+        // The first look at a namespace has no history to compare with.
+        let seen_before = self.reconciled_netns.contains_key(&netns);
         for t in stale_tw {
-            self.tw_remove(&t);
+            if let Some(tw) = self.tw_remove(&t) {
+                let age_ns = dump_start_ns.saturating_sub(tw.entered_ns);
+                // Taken over by a new connection whose events are still on
+                // their way: a reuse, not a death.
+                let reused = kernel_live.contains_key(&t);
+                if seen_before
+                    && tw.substate == TcpState::TimeWait
+                    && !reused
+                    && age_ns + EARLY_DEATH_MARGIN_NS < TIME_WAIT_NS
+                    && self.early_time_wait_deaths.len() < MAX_EARLY_DEATHS
+                {
+                    self.early_time_wait_deaths.push(TimeWaitDeath {
+                        tuple: t,
+                        age_ns,
+                        pid: tw.pid,
+                        comm: tw.comm.clone(),
+                        opener: tw.opener,
+                    });
+                }
+            }
             r.time_wait_removed += 1;
         }
         for (t, (substate, left_ns)) in &kernel_tw {
@@ -2059,6 +2109,44 @@ mod tests {
             queue: 0,
             queue_limit: 0,
         }
+    }
+
+    #[test]
+    fn a_time_wait_gone_long_before_its_timer_is_an_early_death() {
+        let s = 1_000_000_000;
+        let mut m = Model::default();
+        // The namespace was looked at before (a first look has no history).
+        m.reconcile(7, &[], 0, 0);
+        active_close(&mut m, SK, 1);
+        // Still there at 2 s, gone at 5 s: killed.
+        m.reconcile(7, &[kernel(tuple(), TimeWait)], 2 * s, 2 * s);
+        assert!(m.take_time_wait_deaths().is_empty());
+        m.reconcile(7, &[], 5 * s, 5 * s);
+        let deaths = m.take_time_wait_deaths();
+        assert_eq!(deaths.len(), 1, "{deaths:?}");
+        assert_eq!((deaths[0].tuple, deaths[0].pid), (tuple(), 42));
+        assert!(deaths[0].age_ns < 5 * s);
+        assert!(m.take_time_wait_deaths().is_empty(), "taken once");
+
+        // A new connection on the 4-tuple (its events still on the way): reuse.
+        let mut m = Model::default();
+        m.reconcile(7, &[], 0, 0);
+        active_close(&mut m, SK, 1);
+        m.reconcile(7, &[kernel(tuple(), Established)], 5 * s, 5 * s);
+        assert!(m.take_time_wait_deaths().is_empty());
+
+        // Gone near the end of its 60 s: expired, not killed.
+        let mut m = Model::default();
+        m.reconcile(7, &[], 0, 0);
+        active_close(&mut m, SK, 1);
+        m.reconcile(7, &[], 58 * s, 58 * s);
+        assert!(m.take_time_wait_deaths().is_empty());
+
+        // The first look at a namespace reports nothing.
+        let mut m = Model::default();
+        active_close(&mut m, SK, 1);
+        m.reconcile(7, &[], 5 * s, 5 * s);
+        assert!(m.take_time_wait_deaths().is_empty());
     }
 
     #[test]

@@ -1197,6 +1197,105 @@ fn idle_without_keepalive_counts_by_process_and_port() {
     );
 }
 
+/// Sends one bare ACK from `from_port` to `to_port` on 127.0.0.1 in `ns`
+/// with hping3 (a stray segment with a random sequence number).
+fn stray_ack(ns: &Netns, from_port: u16, to_port: u16) {
+    // hping3 exits non-zero when nothing answers it: only that it ran matters.
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "hping3", "-q", "-c", "1", "-A", "-k",
+        ])
+        .args([
+            "-s",
+            &from_port.to_string(),
+            "-p",
+            &to_port.to_string(),
+            "127.0.0.1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("hping3 runs (cargo xtask setup --tests installs it)");
+    assert!(status.code().is_some(), "hping3 ended by a signal");
+}
+
+/// TIME_WAIT assassination: a stray ACK makes the client's TIME_WAIT
+/// socket answer with an ACK, the server's host (which has no such
+/// connection) answers that with a reset, and with tcp_rfc1337=0 the reset
+/// kills the TIME_WAIT at once. time_wait_assassinated names the client
+/// and the peer. With tcp_rfc1337=1 the same stray ACK kills nothing and
+/// nothing is reported.
+#[test]
+fn time_wait_assassination_is_reported_unless_rfc1337() {
+    if !privileged_or_skip("time_wait_assassination_is_reported_unless_rfc1337") {
+        return;
+    }
+    let ns = Netns::new("twa");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "0");
+    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    let in_time_wait = |p: u16| ns.sockets("time-wait", &["sport", "=", &format!(":{p}")]);
+    assert_eq!(in_time_wait(client_port), 1);
+    // A reconciliation sees it in TIME_WAIT first.
+    thread::sleep(Duration::from_millis(1500));
+    stray_ack(&ns, port, client_port);
+    assert!(
+        wait_until(Duration::from_secs(2), || in_time_wait(client_port) == 0),
+        "ground truth: the kernel killed the TIME_WAIT"
+    );
+    thread::sleep(Duration::from_millis(2500));
+
+    // The same with tcp_rfc1337=1: the reset is ignored.
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1");
+    let protected: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    thread::sleep(Duration::from_millis(1500));
+    stray_ack(&ns, port, protected);
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(in_time_wait(protected), 1, "ground truth: rfc1337 kept it");
+    let (lines, stderr) = tracer.stop();
+    let reports = findings(&lines, "time_wait_assassinated");
+    let raised = raised(&lines, "time_wait_assassinated");
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (
+            f["pid"].as_u64(),
+            f["comm"].as_str(),
+            f["rport"].as_u64(),
+            f["lport"].as_u64()
+        ),
+        (
+            Some(client.pid.into()),
+            Some("tw-client"),
+            Some(port.into()),
+            Some(client_port.into())
+        ),
+        "{f}"
+    );
+    assert!(f["age_seconds"].as_f64().is_some_and(|a| a < 10.0), "{f}");
+    assert!(
+        reports.iter().all(|r| r["count"] == 1),
+        "only the unprotected one: {reports:#?}"
+    );
+}
+
 /// A listener with a backlog of 1 that never accepts: its accept queue
 /// fills, further SYNs are dropped and the kernel counts ListenOverflows.
 /// accept_queue_overflow names the listener's process and port, with the

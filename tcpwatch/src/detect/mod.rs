@@ -17,6 +17,7 @@ mod idle_keepalive;
 mod listen_queue;
 mod peer_health;
 mod peer_restarted;
+mod time_wait_assassination;
 
 use crate::{
     audit::{self, NetnsState},
@@ -44,6 +45,7 @@ pub mod kind {
     pub const CONNECT_FAILED: &str = "connect_failed";
     pub const PEER_RESTARTED: &str = "peer_restarted";
     pub const IDLE_WITHOUT_KEEPALIVE: &str = "idle_without_keepalive";
+    pub const TIME_WAIT_ASSASSINATED: &str = "time_wait_assassinated";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -191,6 +193,8 @@ pub struct Detectors {
     no_local_port: connect_failed::Failures,
     /// Connections without keep-alive and what the kernel said of them.
     idle: idle_keepalive::Idle,
+    /// Each namespace's tcp_rfc1337 and TIME_WAIT counters.
+    time_wait_guard: time_wait_assassination::TimeWaitGuards,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -273,6 +277,7 @@ impl Detectors {
             listen: Default::default(),
             no_local_port: Default::default(),
             idle: Default::default(),
+            time_wait_guard: Default::default(),
             confirm_owners: false,
         }
     }
@@ -304,6 +309,7 @@ impl Detectors {
             self.port_range.insert(netns, range);
         }
         self.note_keepalive(netns, state);
+        self.note_time_wait_guard(netns, state);
         self.note_listen_counters(netns, state);
         let overflow = state
             .tcpext
@@ -411,6 +417,7 @@ impl Detectors {
         self.listen.retain(|n, _| alive.contains(n));
         self.no_local_port.retain(|k, _| alive.contains(&k.0));
         self.idle.forget_namespaces_except(alive);
+        self.time_wait_guard.retain(|n, _| alive.contains(n));
         out
     }
 
