@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use crate::finding::{kind, Finding, Severity};
 
 /// The settings read, under `net.ipv4.`.
-pub const SYSCTLS: [&str; 16] = [
+/// `tcp_max_orphans` is global: only the initial namespace shows it.
+pub const SYSCTLS: [&str; 17] = [
+    "tcp_max_orphans",
     "tcp_tw_reuse",
     "tcp_tw_reuse_delay",
     "tcp_timestamps",
@@ -46,6 +48,19 @@ pub struct NetnsState {
     pub tcpext: BTreeMap<String, u64>,
     /// Sockets in TIME_WAIT now.
     pub time_wait: u64,
+    /// Orphaned TCP sockets of the whole host (`/proc/net/sockstat`: the
+    /// kernel's count is global, `tcp_orphan_count`).
+    pub orphans: Option<u64>,
+}
+
+/// The `orphan` count of `/proc/net/sockstat`'s `TCP:` line.
+pub fn parse_sockstat_orphans(text: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "orphan")
+        .and_then(|w| w[1].parse().ok())
 }
 
 impl NetnsState {
@@ -363,6 +378,14 @@ pub fn evaluate(s: &NetnsState) -> Vec<Finding> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_the_orphan_count_of_sockstat() {
+        let text =
+            "sockets: used 5\nTCP: inuse 3 orphan 17 tw 2 alloc 9 mem 4\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_orphans(text), Some(17));
+        assert_eq!(parse_sockstat_orphans("UDP: inuse 0\n"), None);
+    }
+
     use super::*;
 
     fn defaults() -> NetnsState {

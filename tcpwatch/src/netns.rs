@@ -159,6 +159,9 @@ fn read_here() -> Result<NetnsState, NetnsError> {
             source,
         })?;
     state.tcpext = audit::parse_netstat(&netstat);
+    state.orphans = fs::read_to_string("/proc/thread-self/net/sockstat")
+        .ok()
+        .and_then(|text| audit::parse_sockstat_orphans(&text));
     for (file, v6) in [("tcp", false), ("tcp6", true)] {
         if let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{file}")) {
             state.time_wait += snapshot::parse_tcp_table(&text, v6)

@@ -15,6 +15,7 @@ use std::{
 mod connect_failed;
 mod idle_keepalive;
 mod listen_queue;
+mod orphans;
 mod peer_health;
 mod peer_restarted;
 mod time_wait_assassination;
@@ -46,6 +47,7 @@ pub mod kind {
     pub const PEER_RESTARTED: &str = "peer_restarted";
     pub const IDLE_WITHOUT_KEEPALIVE: &str = "idle_without_keepalive";
     pub const TIME_WAIT_ASSASSINATED: &str = "time_wait_assassinated";
+    pub const ORPHAN_OVERFLOW: &str = "orphan_overflow";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -195,6 +197,8 @@ pub struct Detectors {
     idle: idle_keepalive::Idle,
     /// Each namespace's tcp_rfc1337 and TIME_WAIT counters.
     time_wait_guard: time_wait_assassination::TimeWaitGuards,
+    /// The host's orphans and each namespace's aborts for want of memory.
+    orphans: orphans::Orphans,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -278,6 +282,7 @@ impl Detectors {
             no_local_port: Default::default(),
             idle: Default::default(),
             time_wait_guard: Default::default(),
+            orphans: Default::default(),
             confirm_owners: false,
         }
     }
@@ -310,6 +315,7 @@ impl Detectors {
         }
         self.note_keepalive(netns, state);
         self.note_time_wait_guard(netns, state);
+        self.note_orphans(netns, state);
         self.note_listen_counters(netns, state);
         let overflow = state
             .tcpext
@@ -418,6 +424,7 @@ impl Detectors {
         self.no_local_port.retain(|k, _| alive.contains(&k.0));
         self.idle.forget_namespaces_except(alive);
         self.time_wait_guard.retain(|n, _| alive.contains(n));
+        self.orphans.forget_namespaces_except(alive);
         out
     }
 
@@ -1272,6 +1279,43 @@ mod tests {
             ],
         );
         assert!(r.is_empty(), "{:?}", kinds(&r));
+    }
+
+    #[test]
+    fn orphans_near_the_limit_and_aborts_for_want_of_memory() {
+        let m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        let host = |orphans: u64| {
+            let mut s = NetnsState::default();
+            s.sysctls.insert("tcp_max_orphans".into(), "10".into());
+            s.orphans = Some(orphans);
+            s
+        };
+        let guest = |aborts: u64| {
+            let mut s = NetnsState::default();
+            s.orphans = Some(9);
+            s.tcpext.insert("TCPAbortOnMemory".into(), aborts);
+            s
+        };
+        assert!(d.on_netns(1, &host(9), S).is_empty());
+        let r = d.on_orphans(1, &m, S);
+        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
+        assert_eq!(r[0].finding.severity, Severity::Warning);
+        assert_eq!(r[0].finding.evidence["tcp_max_orphans"].as_u64(), Some(10));
+        // Still near the limit at the next read: stays open, quietly.
+        assert!(d.on_netns(1, &host(9), 2 * S).is_empty());
+        assert!(d.on_orphans(1, &m, 2 * S).is_empty());
+        // Another namespace: its aborts move from a baseline of 3 to 8.
+        assert!(d.on_netns(2, &guest(3), 2 * S).is_empty());
+        assert!(d.on_orphans(2, &m, 2 * S).is_empty());
+        d.on_netns(2, &guest(8), 3 * S);
+        let r = d.on_orphans(2, &m, 3 * S);
+        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
+        assert_eq!(r[0].finding.severity, Severity::Critical);
+        assert_eq!(r[0].finding.evidence["count"].as_u64(), Some(5));
+        // The host's orphans drop: the pressure finding ends.
+        let r = d.on_netns(1, &host(2), 4 * S);
+        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Resolved)]);
     }
 
     #[test]
