@@ -1292,8 +1292,10 @@ mod tests {
             s
         };
         let guest = |aborts: u64| {
-            let mut s = NetnsState::default();
-            s.orphans = Some(9);
+            let mut s = NetnsState {
+                orphans: Some(9),
+                ..Default::default()
+            };
             s.tcpext.insert("TCPAbortOnMemory".into(), aborts);
             s
         };
