@@ -36,6 +36,7 @@ pub const CHECKS: &[&str] = &[
     "run_metrics",
     "time_wait",
     "audit",
+    "orphan_overflow",
 ];
 
 /// The trace-based checks, which all fail if `tcpwatch trace` cannot start.
@@ -213,6 +214,9 @@ pub fn suite(tcpwatch: &Path, dump_formats: bool) -> Result<()> {
 
     let started = Instant::now();
     report("audit", started, audit(tcpwatch));
+    // Last: it lowers the guest's (global) tcp_max_orphans.
+    let started = Instant::now();
+    report("orphan_overflow", started, orphan_overflow(tcpwatch));
     if failed > 0 {
         bail!("{failed} of {} checks failed", CHECKS.len());
     }
@@ -628,6 +632,85 @@ fn close_wait_leak(tracer: &Tracer, peers: &PeerDir, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// More orphans than tcp_max_orphans (lowered to 4; the guest is ours):
+/// clients fill their send buffers towards a server that never reads and
+/// close, so each stays an orphan in FIN_WAIT1; past the limit the kernel
+/// resets further closes and counts TCPAbortOnMemory, and tcpwatch reports
+/// orphan_overflow with at most as many resets as the kernel counted.
+fn orphan_overflow(tcpwatch: &Path) -> Result<()> {
+    const CLIENTS: usize = 16;
+    std::fs::write("/proc/sys/net/ipv4/tcp_max_orphans", "4")
+        .context("cannot lower tcp_max_orphans")?;
+    let tracer = Tracer::start_with(
+        tcpwatch,
+        &["--no-events", "--reconcile-interval", "1s"].map(str::to_owned),
+    )?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let mut clients = Vec::new();
+    let mut accepted = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = TcpStream::connect(("127.0.0.1", port))?;
+        accepted.push(listener.accept()?.0);
+        client.set_nonblocking(true)?;
+        let chunk = [0u8; 65536];
+        // Until the server's receive buffer and this send buffer are full.
+        loop {
+            match client.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("filling a send buffer"),
+            }
+        }
+        clients.push(client);
+    }
+    for client in clients {
+        drop(client);
+        // tcp_too_many_orphans() reads a count refreshed every 100 ms.
+        thread::sleep(Duration::from_millis(150));
+    }
+    let aborts = tcpext("TCPAbortOnMemory")?;
+    if aborts == 0 {
+        bail!("the kernel aborted no orphan (TCPAbortOnMemory 0): the situation was not made");
+    }
+    let finding = tracer.wait_for("an orphan_overflow finding with resets", |evs| {
+        evs.iter()
+            .find(|e| {
+                is_finding(e, "orphan_overflow")
+                    && num(e, "count") > 0
+                    && text(e, "severity") == "critical"
+            })
+            .cloned()
+    })?;
+    println!("INFO orphan_overflow: TCPAbortOnMemory {aborts}; finding {finding}");
+    if num(&finding, "count") > aborts {
+        bail!("orphan_overflow reports more resets than the kernel counted ({aborts}): {finding}");
+    }
+    drop(accepted);
+    Ok(())
+}
+
+/// A TcpExt counter of this namespace.
+fn tcpext(name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat")?;
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if let (Some(names), Some(values)) = (
+            names.strip_prefix("TcpExt:"),
+            values.strip_prefix("TcpExt:"),
+        ) {
+            if let Some((_, v)) = names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(n, _)| *n == name)
+            {
+                return v.parse().context("a TcpExt value");
+            }
+        }
+    }
+    bail!("no TcpExt {name} in /proc/net/netstat")
+}
+
 /// Passes when nothing is missing; otherwise lists what is. Either way the
 /// events seen on the check's ports go to the console, as evidence.
 fn verdict(check: &str, problems: Vec<String>, events: &[Value], ports: &[u16]) -> Result<()> {
@@ -735,12 +818,19 @@ struct Tracer {
 
 impl Tracer {
     fn start(tcpwatch: &Path, ports: &[u16]) -> Result<Tracer> {
-        let mut cmd = Command::new(tcpwatch);
-        cmd.args(["trace", "--json", "--lifecycle", "--color", "never"])
-            .args(["--close-wait-age", CLOSE_WAIT_AGE]);
+        let mut args: Vec<String> = ["--lifecycle", "--close-wait-age", CLOSE_WAIT_AGE]
+            .map(str::to_owned)
+            .to_vec();
         for port in ports {
-            cmd.args(["--port", &port.to_string()]);
+            args.extend(["--port".to_owned(), port.to_string()]);
         }
+        Self::start_with(tcpwatch, &args)
+    }
+
+    /// `tcpwatch trace --json` with `args`.
+    fn start_with(tcpwatch: &Path, args: &[String]) -> Result<Tracer> {
+        let mut cmd = Command::new(tcpwatch);
+        cmd.args(["trace", "--json", "--color", "never"]).args(args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
