@@ -28,7 +28,7 @@ pub const SYSCTLS: [&str; 17] = [
 ];
 
 /// TcpExt counters shown with the audit (/proc/net/netstat).
-pub const TCPEXT: [&str; 8] = [
+pub const TCPEXT: [&str; 10] = [
     "TW",
     "TWRecycled",
     "TWKilled",
@@ -37,6 +37,8 @@ pub const TCPEXT: [&str; 8] = [
     "ListenDrops",
     "TCPAbortOnTimeout",
     "TCPAbortOnData",
+    "TCPAbortOnMemory",
+    "PAWSEstab",
 ];
 
 /// What was read from one network namespace.
