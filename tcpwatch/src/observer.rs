@@ -310,6 +310,7 @@ impl Observer {
             if let Some(d) = self.detectors.as_mut() {
                 d.on_kernel_sockets(netns, &sockets, dump.start_ns);
                 reports.extend(d.on_listen_queues(netns, &sockets, &self.model, dump.start_ns));
+                reports.extend(d.on_syn_queues(netns, &sockets, &self.model, dump.start_ns));
             }
         }
         reports

@@ -14,6 +14,7 @@ use std::{
 
 mod listen_queue;
 mod peer_health;
+mod syn_flood;
 
 use crate::{
     audit::{self, NetnsState},
@@ -38,6 +39,7 @@ pub mod kind {
     pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
     pub const ZERO_WINDOW_STALL: &str = "zero_window_stall";
     pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
+    pub const SYN_FLOOD: &str = "syn_flood";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -168,6 +170,9 @@ pub struct Detectors {
     health: peer_health::Health,
     /// Each namespace's listen overflow counters.
     listen: listen_queue::ListenState,
+    /// Each namespace's SYN queue counters and settings, and SYN-ACK
+    /// retransmits between reconciliations.
+    syn: syn_flood::SynState,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -218,6 +223,31 @@ impl Who {
     }
 }
 
+impl Who {
+    /// The process holding the listener that serves `addr:port`, as the
+    /// model knows it (checked against `/proc` by the reconciliation that
+    /// listed the listener), and how a sentence names it.
+    fn listener(model: &Model, netns: u32, addr: IpAddr, port: u16) -> (Who, String) {
+        let owner = model
+            .listeners_serving(netns, addr, port)
+            .into_iter()
+            .next()
+            .filter(|l| l.pid != 0);
+        let who = Who {
+            pid: owner.map(|l| l.pid),
+            comm: owner.map(|l| l.comm.to_string()),
+            laddr: Some(addr),
+            lport: Some(port),
+            ..Default::default()
+        };
+        let named = owner.map_or_else(
+            || "the listener".to_owned(),
+            |l| format!("{} (pid {})", l.comm, l.pid),
+        );
+        (who, named)
+    }
+}
+
 /// (kind, netns, pid, local port) of sockets waiting in one state.
 type WaitKey = (&'static str, u32, u32, u16);
 /// Count, oldest age, comm, local address of such a group, and whether
@@ -248,6 +278,7 @@ impl Detectors {
             evicted: 0,
             health: Default::default(),
             listen: Default::default(),
+            syn: Default::default(),
             confirm_owners: false,
         }
     }
@@ -279,6 +310,7 @@ impl Detectors {
             self.port_range.insert(netns, range);
         }
         self.note_listen_counters(netns, state);
+        self.note_syn_counters(netns, state);
         let overflow = state
             .tcpext
             .get("TCPTimeWaitOverflow")
@@ -364,6 +396,7 @@ impl Detectors {
         self.port_use.retain(|k, _| alive.contains(&k.0));
         self.health.forget_namespaces_except(alive);
         self.listen.retain(|n, _| alive.contains(n));
+        self.syn.forget_namespaces_except(alive);
         out
     }
 
@@ -505,6 +538,8 @@ impl Detectors {
                     );
                 }
             }
+            // During a syn_flood of its listener, the flood's evidence.
+            EventKind::SynackRetransmit if self.note_synack_retransmit(ev) => {}
             EventKind::SynackRetransmit => {
                 let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
                 let count = self.bump(kind::SYNACK_RETRANSMIT, &key);
