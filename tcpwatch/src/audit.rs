@@ -27,8 +27,10 @@ pub const SYSCTLS: [&str; 17] = [
     "tcp_retries2",
 ];
 
-/// TcpExt counters shown with the audit (/proc/net/netstat).
-pub const TCPEXT: [&str; 10] = [
+/// TcpExt counters shown with the audit (/proc/net/netstat) and counted in
+/// the metrics. [`parse_netstat`] keeps every TcpExt counter; the detectors
+/// read others by name too.
+pub const TCPEXT: [&str; 15] = [
     "TW",
     "TWRecycled",
     "TWKilled",
@@ -39,6 +41,11 @@ pub const TCPEXT: [&str; 10] = [
     "TCPAbortOnData",
     "TCPAbortOnMemory",
     "PAWSEstab",
+    "SyncookiesSent",
+    "SyncookiesRecv",
+    "SyncookiesFailed",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
 ];
 
 /// What was read from one network namespace.
@@ -553,11 +560,22 @@ mod tests {
 
     #[test]
     fn parses_tcpext_from_netstat() {
-        let text = "TcpExt: SyncookiesSent TW TWRecycled TCPTimeWaitOverflow\nTcpExt: 0 19 3 0\nIpExt: InNoRoutes\nIpExt: 0\n";
+        let text = "TcpExt: SyncookiesSent SyncookiesRecv SyncookiesFailed TW TWRecycled TCPTimeWaitOverflow TCPReqQFullDoCookies TCPReqQFullDrop\nTcpExt: 4772 2 1 19 3 0 4772 0\nIpExt: InNoRoutes\nIpExt: 0\n";
         let c = parse_netstat(text);
         assert_eq!(
             (c["TW"], c["TWRecycled"], c["TCPTimeWaitOverflow"]),
             (19, 3, 0)
+        );
+        // The SYN queue's counters, which syn_flood reads by name.
+        assert_eq!(
+            (
+                c["SyncookiesSent"],
+                c["SyncookiesRecv"],
+                c["SyncookiesFailed"],
+                c["TCPReqQFullDoCookies"],
+                c["TCPReqQFullDrop"]
+            ),
+            (4772, 2, 1, 4772, 0)
         );
         assert!(!c.contains_key("InNoRoutes"));
         assert!(parse_netstat("garbage").is_empty());

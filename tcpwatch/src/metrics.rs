@@ -20,13 +20,16 @@ use crate::{
 };
 
 /// Sysctls exported as numbers.
-const SYSCTLS: [&str; 6] = [
+const SYSCTLS: [&str; 9] = [
     "tcp_tw_reuse",
     "tcp_max_tw_buckets",
     "tcp_fin_timeout",
     "tcp_syn_retries",
     "tcp_retries2",
     "tcp_rfc1337",
+    "tcp_syncookies",
+    "tcp_max_syn_backlog",
+    "tcp_synack_retries",
 ];
 
 pub struct Metrics {
@@ -48,6 +51,7 @@ pub struct Metrics {
     close_wait_oldest: prometheus::GaugeVec,
     listen_queue: IntGaugeVec,
     listen_queue_limit: IntGaugeVec,
+    listen_half_open: IntGaugeVec,
     /// Listeners shown by name in the queue metrics (the daemon's top_n).
     pub top_n_listeners: usize,
     findings_open: IntGaugeVec,
@@ -143,7 +147,7 @@ impl Metrics {
         )?;
         let tcpext = c(
             "tcpwatch_tcpext_total",
-            "TcpExt counters (TW, TWRecycled, ListenOverflows, ...) by network namespace (inode; the top N by activity, then other), counted from tcpwatch's start.",
+            "TcpExt counters (TW, TWRecycled, ListenOverflows, SyncookiesSent, ...) by network namespace (inode; the top N by activity, then other), counted from tcpwatch's start.",
             &["netns", "counter"],
         )?;
         let events_lost = c(
@@ -206,6 +210,11 @@ impl Metrics {
         let listen_queue_limit = g(
             "tcpwatch_listen_queue_limit",
             "A listener's accept queue limit, min(backlog, net.core.somaxconn), by namespace and listener (as tcpwatch_listen_queue_length).",
+            &["netns", "listener"],
+        )?;
+        let listen_half_open = g(
+            "tcpwatch_listen_half_open",
+            "Half-open connections (request sockets in SYN_RECV) in a listener's SYN queue at the last reconciliation, by namespace and listener (as tcpwatch_listen_queue_length; the SYN queue's limit is tcpwatch_listen_queue_limit).",
             &["netns", "listener"],
         )?;
         let one = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
@@ -295,6 +304,7 @@ impl Metrics {
             close_wait_oldest,
             listen_queue,
             listen_queue_limit,
+            listen_half_open,
             top_n_listeners: 10,
             findings_open,
             tcpext,
@@ -549,13 +559,18 @@ impl Metrics {
         }
         self.listen_queue.reset();
         self.listen_queue_limit.reset();
-        for (netns, listener, queue, limit) in listen_queues(model, self.top_n_listeners) {
+        self.listen_half_open.reset();
+        for row in listen_queues(model, self.top_n_listeners) {
+            let labels = [row.netns.as_str(), row.listener.as_str()];
             self.listen_queue
-                .with_label_values(&[netns.as_str(), listener.as_str()])
-                .set(i64::from(queue));
+                .with_label_values(&labels)
+                .set(i64::from(row.queue));
             self.listen_queue_limit
-                .with_label_values(&[netns.as_str(), listener.as_str()])
-                .set(i64::from(limit));
+                .with_label_values(&labels)
+                .set(i64::from(row.limit));
+            self.listen_half_open
+                .with_label_values(&labels)
+                .set(i64::from(row.half_open));
         }
         self.findings_open.reset();
         for (f, _) in detectors.into_iter().flat_map(|d| d.open_findings()) {
@@ -721,11 +736,21 @@ fn kernel_histograms(totals: &KernelTotals) -> Vec<MetricFamily> {
 /// The Content-Type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Listeners' accept queues, the fullest first (by share of the limit,
-/// then length): the top `n` by namespace and `addr:port`, the rest summed
-/// into one `other` row.
-fn listen_queues(model: &Model, n: usize) -> Vec<(String, String, u32, u32)> {
-    let mut rows: Vec<(u32, String, u32, u32)> = model
+/// One listener's queues as the metrics show them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ListenRow {
+    netns: String,
+    listener: String,
+    queue: u32,
+    limit: u32,
+    half_open: u32,
+}
+
+/// Listeners' accept and SYN queues, the fullest first (by the larger share
+/// of the limit, which both queues share, then length): the top `n` by
+/// namespace and `addr:port`, the rest summed into one `other` row.
+fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
+    let mut rows: Vec<(u32, String, u32, u32, u32)> = model
         .listeners()
         .map(|l| {
             (
@@ -733,14 +758,15 @@ fn listen_queues(model: &Model, n: usize) -> Vec<(String, String, u32, u32)> {
                 crate::output::endpoint(l.tuple.local, l.tuple.local_port),
                 l.queue,
                 l.queue_limit,
+                l.half_open,
             )
         })
         .collect();
-    let fill = |q: u32, lim: u32| f64::from(q) / f64::from(lim.max(1));
+    let fill = |r: &(u32, String, u32, u32, u32)| f64::from(r.2.max(r.4)) / f64::from(r.3.max(1));
     rows.sort_by(|a, b| {
-        fill(b.2, b.3)
-            .total_cmp(&fill(a.2, a.3))
-            .then(b.2.cmp(&a.2))
+        fill(b)
+            .total_cmp(&fill(a))
+            .then(b.2.max(b.4).cmp(&a.2.max(a.4)))
             .then_with(|| (a.0, &a.1).cmp(&(b.0, &b.1)))
     });
     let rest = if rows.len() > n {
@@ -748,20 +774,27 @@ fn listen_queues(model: &Model, n: usize) -> Vec<(String, String, u32, u32)> {
     } else {
         Vec::new()
     };
-    let mut out: Vec<(String, String, u32, u32)> = rows
+    let mut out: Vec<ListenRow> = rows
         .into_iter()
-        .map(|(netns, listener, q, lim)| (netns.to_string(), listener, q, lim))
+        .map(|(netns, listener, queue, limit, half_open)| ListenRow {
+            netns: netns.to_string(),
+            listener,
+            queue,
+            limit,
+            half_open,
+        })
         .collect();
     if !rest.is_empty() {
-        let (q, lim) = rest.iter().fold((0u32, 0u32), |(q, l), r| {
-            (q.saturating_add(r.2), l.saturating_add(r.3))
+        let add = |f: fn(&(u32, String, u32, u32, u32)) -> u32| {
+            rest.iter().fold(0u32, |sum, r| sum.saturating_add(f(r)))
+        };
+        out.push(ListenRow {
+            netns: crate::summary::OTHER.to_owned(),
+            listener: crate::summary::OTHER.to_owned(),
+            queue: add(|r| r.2),
+            limit: add(|r| r.3),
+            half_open: add(|r| r.4),
         });
-        out.push((
-            crate::summary::OTHER.to_owned(),
-            crate::summary::OTHER.to_owned(),
-            q,
-            lim,
-        ));
     }
     out
 }
@@ -959,43 +992,64 @@ mod tests {
     fn listen_queues_fullest_first_then_other() {
         use crate::model::{FourTuple, KernelSocket};
         let mut model = Model::new(Limits::default());
-        let listener = |port: u16, queue: u32, limit: u32| KernelSocket {
+        let socket = |state: TcpState, port: u16, queue: u32, limit: u32| KernelSocket {
             tuple: FourTuple {
                 netns: 7,
                 local: "127.0.0.1".parse().unwrap(),
                 local_port: port,
                 remote: "0.0.0.0".parse().unwrap(),
-                remote_port: 0,
+                remote_port: if state == TcpState::Listen {
+                    0
+                } else {
+                    40000 + queue as u16
+                },
             },
-            state: TcpState::Listen,
+            state,
             pid: 0,
             comm: String::new(),
             orphan: false,
             time_wait_left_ns: None,
             holders: Vec::new(),
             holder_count: 0,
-            queue,
+            queue: if state == TcpState::Listen { queue } else { 0 },
             queue_limit: limit,
         };
+        let listener = |port, queue, limit| socket(TcpState::Listen, port, queue, limit);
         model.reconcile(
             7,
             &[
                 listener(80, 2, 1),
                 listener(81, 0, 128),
                 listener(82, 64, 128),
+                listener(83, 0, 128),
+                // Three half-open connections of 83 and one of 81.
+                socket(TcpState::SynRecv, 83, 1, 0),
+                socket(TcpState::SynRecv, 83, 2, 0),
+                socket(TcpState::SynRecv, 83, 3, 0),
+                socket(TcpState::SynRecv, 81, 4, 0),
             ],
             1,
             1,
         );
         let rows = listen_queues(&model, 2);
+        let row = |netns: &str, listener: &str, queue, limit, half_open| ListenRow {
+            netns: netns.to_owned(),
+            listener: listener.to_owned(),
+            queue,
+            limit,
+            half_open,
+        };
         assert_eq!(
             rows,
             [
-                ("7".to_owned(), "127.0.0.1:80".to_owned(), 2, 1),
-                ("7".to_owned(), "127.0.0.1:82".to_owned(), 64, 128),
-                ("other".to_owned(), "other".to_owned(), 0, 128),
+                row("7", "127.0.0.1:80", 2, 1, 0),
+                row("7", "127.0.0.1:82", 64, 128, 0),
+                row("other", "other", 0, 256, 4),
             ]
         );
+        // The SYN queue ranks too.
+        let rows = listen_queues(&model, 3);
+        assert_eq!(rows[2], row("7", "127.0.0.1:83", 0, 128, 3));
         let mut m = Metrics::new().unwrap();
         m.top_n_listeners = 2;
         let summary = summarize(&model, 0, &[], 10);
@@ -1015,7 +1069,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("tcpwatch_listen_queue_limit{listener=\"other\",netns=\"other\"} 128\n")
+            text.contains("tcpwatch_listen_queue_limit{listener=\"other\",netns=\"other\"} 256\n")
+        );
+        assert!(
+            text.contains("tcpwatch_listen_half_open{listener=\"other\",netns=\"other\"} 4\n"),
+            "{text}"
         );
     }
 

@@ -454,6 +454,52 @@ pub struct Listener {
     /// Its accept queue's length and limit at the last reconciliation.
     pub queue: u32,
     pub queue_limit: u32,
+    /// Half-open connections in its SYN queue at the last reconciliation
+    /// (request sockets: see [`half_open_by_listener`]). The SYN queue's
+    /// limit is the accept queue's (`inet_csk_reqsk_queue_is_full()`).
+    pub half_open: u32,
+}
+
+/// Half-open connections per listener: the kernel lists each request
+/// socket (a SYN answered, its ACK awaited) as SYN_RECV with the address
+/// and port the SYN was sent to (`inet_req_diag_fill()` in
+/// net/ipv4/inet_diag.c; /proc/net/tcp likewise), not the listener's own
+/// address. Each goes to the listener bound to that address, else to a
+/// wildcard listener of the port (of its family first: a dual-stack `::`
+/// listener takes IPv4 SYNs too, whose request sockets are IPv4). Listeners
+/// sharing an address and port (SO_REUSEPORT) share one count, since a
+/// request socket does not say which of them holds it.
+pub fn half_open_by_listener(
+    listeners: impl IntoIterator<Item = (IpAddr, u16)>,
+    half_open: impl IntoIterator<Item = (IpAddr, u16)>,
+) -> HashMap<(IpAddr, u16), u32> {
+    let mut out: HashMap<(IpAddr, u16), u32> = listeners.into_iter().map(|l| (l, 0)).collect();
+    for (addr, port) in half_open {
+        let mapped = match addr {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        let same_family_any = if addr.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        let candidates = [
+            Some(addr),
+            mapped,
+            Some(same_family_any),
+            Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
+        ];
+        if let Some(n) = candidates
+            .into_iter()
+            .flatten()
+            .find(|a| out.contains_key(&(*a, port)))
+            .and_then(|a| out.get_mut(&(a, port)))
+        {
+            *n = n.saturating_add(1);
+        }
+    }
+    out
 }
 
 /// Keys of listeners learnt from the kernel's list: below any kernel
@@ -780,6 +826,7 @@ impl Model {
                         since_ns: ev.ts_ns,
                         queue: 0,
                         queue_limit: 0,
+                        half_open: 0,
                     },
                 );
             }
@@ -1409,6 +1456,19 @@ impl Model {
         for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
             kernel.entry(s.tuple).or_default().push(s);
         }
+        let half_open = half_open_by_listener(
+            kernel.keys().map(|t| (t.local, t.local_port)),
+            sockets
+                .iter()
+                .filter(|s| s.state == TcpState::SynRecv)
+                .map(|s| (s.tuple.local, s.tuple.local_port)),
+        );
+        let half_open_of = |t: &FourTuple| {
+            half_open
+                .get(&(t.local, t.local_port))
+                .copied()
+                .unwrap_or(0)
+        };
         let mut model: HashMap<FourTuple, Vec<(u64, u64)>> = HashMap::new();
         for (key, l) in self
             .listeners
@@ -1456,6 +1516,7 @@ impl Model {
                 }
             }
             (l.queue, l.queue_limit) = (k.queue, k.queue_limit);
+            l.half_open = half_open_of(&l.tuple);
         }
         for (tuple, listed) in kernel {
             let known = self.listeners.values().filter(|l| l.tuple == tuple).count();
@@ -1475,6 +1536,7 @@ impl Model {
                         since_ns: dump_start_ns,
                         queue: s.queue,
                         queue_limit: s.queue_limit,
+                        half_open: half_open_of(&tuple),
                     },
                 );
                 r.listeners_added += 1;

@@ -327,6 +327,7 @@ impl Observer {
                 reports.extend(d.on_orphans(netns, &self.model, dump.start_ns));
                 d.on_kernel_sockets(netns, &sockets, dump.start_ns);
                 reports.extend(d.on_listen_queues(netns, &sockets, &self.model, dump.start_ns));
+                reports.extend(d.on_syn_queues(netns, &sockets, &self.model, dump.start_ns));
             }
         }
         reports

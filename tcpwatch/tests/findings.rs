@@ -1342,3 +1342,275 @@ fn accept_queue_overflow_names_the_listener() {
         "{reported} overflows reported, TcpExt counted {overflows}"
     );
 }
+
+/// Two namespaces over a veth: `server` (10.232.0.2) sends what is not for
+/// the link through `outside` (10.232.0.1), which does not forward (a new
+/// namespace's ip_forward is 0): SYN-ACKs to spoofed sources leave the
+/// server and die there, unanswered, as they would on the internet.
+/// Returns the namespaces and the server's address.
+fn flood_pair(tag: &str) -> (Netns, Netns, &'static str) {
+    let server = Netns::new(tag);
+    let outside = Netns::new(&format!("{tag}o"));
+    let status = std::process::Command::new("ip")
+        .args([
+            "link",
+            "add",
+            "sfveth0",
+            "netns",
+            &outside.name,
+            "type",
+            "veth",
+        ])
+        .args(["peer", "name", "sfveth1", "netns", &server.name])
+        .status()
+        .expect("ip runs");
+    assert!(status.success(), "ip link add veth");
+    outside.exec(&["ip", "addr", "add", "10.232.0.1/24", "dev", "sfveth0"]);
+    server.exec(&["ip", "addr", "add", "10.232.0.2/24", "dev", "sfveth1"]);
+    outside.exec(&["ip", "link", "set", "sfveth0", "up"]);
+    server.exec(&["ip", "link", "set", "sfveth1", "up"]);
+    server.exec(&["ip", "route", "add", "default", "via", "10.232.0.1"]);
+    assert_eq!(
+        outside
+            .exec(&["sysctl", "-n", "net.ipv4.ip_forward"])
+            .trim(),
+        "0",
+        "the outside namespace must drop what is not its own"
+    );
+    (server, outside, "10.232.0.2")
+}
+
+/// `count` SYNs to `addr:port` from random spoofed sources, 100 us apart,
+/// sent by hping3 in `ns`; returns how many it says it sent. Its exit
+/// status is not looked at: it reports whether answers came back.
+fn hping3_syn_flood(ns: &Netns, addr: &str, port: u16, count: u32) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "hping3", "-S", "--rand-source"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-i",
+            "u100",
+            "-c",
+            &count.to_string(),
+        ])
+        .args(["-q", addr])
+        .output()
+        .expect("hping3 runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| {
+            l.split_once(" packets transmitted")
+                .and_then(|(n, _)| n.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no statistics from hping3: {text}"))
+}
+
+/// The SYN queue's TcpExt counters.
+const SYN_COUNTERS: [&str; 5] = [
+    "SyncookiesSent",
+    "SyncookiesRecv",
+    "SyncookiesFailed",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+];
+
+/// What one flood left: tcpwatch's lines, the listener, what hping3 sent,
+/// the half-open connections `ss` listed right after, and the server
+/// namespace's counters after tcpwatch stopped.
+struct Flood {
+    lines: Vec<Value>,
+    stderr: Vec<String>,
+    pid: u32,
+    port: u16,
+    sent: u64,
+    half_open: usize,
+    kernel: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// A listener with a backlog of 64 that never accepts, in `ns`, flooded
+/// with 3000 spoofed SYNs from `outside` under `tcpwatch trace`.
+fn flood(ns: &Netns, outside: &Netns, addr: &str) -> Flood {
+    let tracer = Tracer::start(
+        ns,
+        &[
+            "--no-events",
+            "--reconcile-interval",
+            "1s",
+            "--finding-interval",
+            "1s",
+        ],
+    );
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok(&format!("listen {addr} 64")).parse().unwrap();
+    // A reconciliation before the flood: the counters' baseline.
+    thread::sleep(Duration::from_millis(1500));
+    let sent = hping3_syn_flood(outside, addr, port, 3000);
+    let half_open = ns.sockets("syn-recv", &["sport", "=", &format!(":{port}")]);
+    // The request sockets resend their SYN-ACK 1 s and 3 s after the SYN.
+    thread::sleep(Duration::from_millis(3500));
+    let (lines, stderr) = tracer.stop();
+    let kernel = SYN_COUNTERS.map(|n| (n, tcpext(ns, n))).into();
+    Flood {
+        lines,
+        stderr,
+        pid: server.pid,
+        port,
+        sent,
+        half_open,
+        kernel,
+    }
+}
+
+impl Flood {
+    /// The largest `name` any syn_flood report showed.
+    fn reported(&self, name: &str) -> u64 {
+        findings(&self.lines, "syn_flood")
+            .iter()
+            .filter_map(|f| f[name].as_u64())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The one syn_flood raised: on the listener, with its owner, within
+    /// the kernel's counters; the SYN-ACKs resent to the spoofed sources
+    /// are its evidence and no synack_retransmit outlives it.
+    fn raised_on_the_listener(&self, addr: &str) -> &Value {
+        let f = raised(&self.lines, "syn_flood");
+        assert_eq!(f.len(), 1, "{:#?}\n{:?}", self.lines, self.stderr);
+        let f = f[0];
+        assert_eq!(
+            (f["pid"].as_u64(), f["lport"].as_u64(), f["laddr"].as_str()),
+            (Some(self.pid.into()), Some(self.port.into()), Some(addr)),
+            "{f}"
+        );
+        assert_eq!(f["syn_queue_limit"], 64, "{f}");
+        let half_open = f["half_open"].as_u64().unwrap_or(0);
+        assert!((1..=65).contains(&half_open), "{f}");
+        for name in SYN_COUNTERS {
+            let (reported, kernel) = (self.reported(name), self.kernel[name]);
+            assert!(
+                reported <= kernel,
+                "{reported} {name} reported, TcpExt counted {kernel}"
+            );
+        }
+        let full = self.kernel["TCPReqQFullDrop"] + self.kernel["TCPReqQFullDoCookies"];
+        assert!(
+            (1..=full).contains(&self.reported("count")),
+            "count {} against {full} SYNs at a full queue",
+            self.reported("count")
+        );
+        assert!(self.reported("synack_retransmits") > 0, "{:#?}", self.lines);
+        let synack: Vec<&Value> = findings(&self.lines, "synack_retransmit")
+            .into_iter()
+            .filter(|s| s["lport"] == self.port)
+            .collect();
+        let raised = synack.iter().filter(|s| s["status"] == "raised").count();
+        let superseded = synack
+            .iter()
+            .filter(|s| s["status"] == "resolved" && s["superseded_by"] == "syn_flood")
+            .count();
+        assert_eq!(raised, superseded, "{synack:#?}");
+        eprintln!(
+            "{} SYNs sent, {} half-open listed by ss; kernel {:?}; tcpwatch: {}",
+            self.sent,
+            self.half_open,
+            self.kernel,
+            findings(&self.lines, "syn_flood")
+                .last()
+                .map(|f| f.to_string())
+                .unwrap_or_default()
+        );
+        f
+    }
+}
+
+/// A SYN flood from spoofed sources (hping3 --rand-source, from a second
+/// namespace over a veth) at a listener with a backlog of 64 that never
+/// accepts, with tcp_syncookies=1: 65 request sockets fill its SYN queue
+/// and the kernel answers the rest with syncookies. syn_flood names the
+/// listener's process and port, says cookies protect it, and counts no more
+/// than the kernel's TcpExt counters.
+#[test]
+fn syn_flood_with_cookies_names_the_listener() {
+    let test = "syn_flood_with_cookies_names_the_listener";
+    if !privileged_or_skip(test) || !program_or_skip(test, "hping3") {
+        return;
+    }
+    let (ns, outside, addr) = flood_pair("sfc");
+    ns.sysctl("net.ipv4.tcp_syncookies", "1");
+    let flood = flood(&ns, &outside, addr);
+    assert!(
+        flood.kernel["SyncookiesSent"] > 0,
+        "the kernel sent cookies (the situation under test): {:?}",
+        flood.kernel
+    );
+    let f = flood.raised_on_the_listener(addr);
+    assert_eq!(f["severity"], "warning", "{f}");
+    let summary = f["summary"].as_str().unwrap_or("");
+    assert!(summary.contains("cookies are protecting it"), "{summary}");
+    assert!(flood.reported("SyncookiesSent") > 0);
+    assert_eq!(flood.reported("TCPReqQFullDrop"), 0);
+}
+
+/// The same flood with tcp_syncookies=0: SYNs beyond the full SYN queue
+/// are dropped (TCPReqQFullDrop), and syn_flood is critical.
+#[test]
+fn syn_flood_without_cookies_is_critical() {
+    let test = "syn_flood_without_cookies_is_critical";
+    if !privileged_or_skip(test) || !program_or_skip(test, "hping3") {
+        return;
+    }
+    let (ns, outside, addr) = flood_pair("sfd");
+    ns.sysctl("net.ipv4.tcp_syncookies", "0");
+    let flood = flood(&ns, &outside, addr);
+    assert!(
+        flood.kernel["TCPReqQFullDrop"] > 0,
+        "the kernel dropped SYNs (the situation under test): {:?}",
+        flood.kernel
+    );
+    let f = flood.raised_on_the_listener(addr);
+    assert_eq!(f["severity"], "critical", "{f}");
+    let summary = f["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains("is losing SYNs") && summary.contains("tcp_syncookies=0"),
+        "{summary}"
+    );
+    assert!(flood.reported("TCPReqQFullDrop") > 0);
+    assert_eq!(flood.reported("SyncookiesSent"), 0);
+}
+
+/// A burst of 100 real clients at once, from the other namespace, to a
+/// listener with a backlog of 128 that accepts them: no syn_flood.
+#[test]
+fn a_burst_of_real_connections_is_no_syn_flood() {
+    if !privileged_or_skip("a_burst_of_real_connections_is_no_syn_flood") {
+        return;
+    }
+    let (ns, outside, addr) = flood_pair("sfq");
+    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok(&format!("listen {addr} 128")).parse().unwrap();
+    server.send("fork_accept_leak 100");
+    thread::sleep(Duration::from_millis(1500));
+    let mut client = outside.peer("tw-client");
+    assert_eq!(client.ok(&format!("connect_many {addr} {port} 100")), "100");
+    assert!(server.reply().starts_with("ok"), "the server accepted them");
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+    for name in SYN_COUNTERS {
+        assert_eq!(
+            tcpext(&ns, name),
+            0,
+            "{name}: the kernel saw no overflow either"
+        );
+    }
+    assert!(
+        findings(&lines, "syn_flood").is_empty(),
+        "{lines:#?}\n{stderr:?}"
+    );
+}

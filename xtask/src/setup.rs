@@ -14,10 +14,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests drive: `ip` for network namespaces, `nft` to
 /// drop packets inside them, `ss` for ground truth, `tmux` to run `tcpwatch
 /// top` as a person would and read its screen, `promtool` and `prometheus`
-/// for the metrics, rules and a real scrape, `systemd-analyze` for the unit.
+/// for the metrics, rules and a real scrape, `systemd-analyze` for the unit,
+/// `hping3` for a SYN flood from spoofed sources.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("nftables", "nft"),
+    ("hping3", "hping3"),
     ("tmux", "tmux"),
     ("prometheus", "promtool"),
     ("systemd", "systemd-analyze"),

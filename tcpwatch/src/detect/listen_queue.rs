@@ -76,11 +76,7 @@ impl Detectors {
             if limit == 0 || queue < limit {
                 continue;
             }
-            let owner = model
-                .listeners_serving(netns, s.local, s.local_port)
-                .into_iter()
-                .next();
-            let (pid, comm) = owner.map_or((0, String::new()), |l| (l.pid, l.comm.to_string()));
+            let (who, named) = Who::listener(model, netns, s.local, s.local_port);
             let key = format!("{netns}|{}|{}", s.local, s.local_port);
             let previous = self
                 .open
@@ -89,18 +85,6 @@ impl Detectors {
             let count = previous + counters.new_overflows;
             let drops = counters.new_drops;
             let listener = endpoint(s.local, s.local_port);
-            let who = Who {
-                pid: (pid != 0).then_some(pid),
-                comm: (pid != 0).then(|| comm.clone()),
-                laddr: Some(s.local),
-                lport: Some(s.local_port),
-                ..Default::default()
-            };
-            let named = if pid == 0 {
-                "the listener".to_owned()
-            } else {
-                format!("{comm} (pid {pid})")
-            };
             self.observe(&mut out, kind::ACCEPT_QUEUE_OVERFLOW, key, netns, now, count, Driver::Event, |count| {
                 who.apply(
                     Finding::new(

@@ -18,6 +18,7 @@ mod listen_queue;
 mod orphans;
 mod peer_health;
 mod peer_restarted;
+mod syn_flood;
 mod time_wait_assassination;
 
 use crate::{
@@ -48,6 +49,7 @@ pub mod kind {
     pub const IDLE_WITHOUT_KEEPALIVE: &str = "idle_without_keepalive";
     pub const TIME_WAIT_ASSASSINATED: &str = "time_wait_assassinated";
     pub const ORPHAN_OVERFLOW: &str = "orphan_overflow";
+    pub const SYN_FLOOD: &str = "syn_flood";
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -199,6 +201,9 @@ pub struct Detectors {
     time_wait_guard: time_wait_assassination::TimeWaitGuards,
     /// The host's orphans and each namespace's aborts for want of memory.
     orphans: orphans::Orphans,
+    /// Each namespace's SYN queue counters and settings, and SYN-ACK
+    /// retransmits between reconciliations.
+    syn: syn_flood::SynState,
     /// Owners can be confirmed with the kernel's socket list: a CLOSE_WAIT
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
@@ -249,6 +254,31 @@ impl Who {
     }
 }
 
+impl Who {
+    /// The process holding the listener that serves `addr:port`, as the
+    /// model knows it (checked against `/proc` by the reconciliation that
+    /// listed the listener), and how a sentence names it.
+    fn listener(model: &Model, netns: u32, addr: IpAddr, port: u16) -> (Who, String) {
+        let owner = model
+            .listeners_serving(netns, addr, port)
+            .into_iter()
+            .next()
+            .filter(|l| l.pid != 0);
+        let who = Who {
+            pid: owner.map(|l| l.pid),
+            comm: owner.map(|l| l.comm.to_string()),
+            laddr: Some(addr),
+            lport: Some(port),
+            ..Default::default()
+        };
+        let named = owner.map_or_else(
+            || "the listener".to_owned(),
+            |l| format!("{} (pid {})", l.comm, l.pid),
+        );
+        (who, named)
+    }
+}
+
 /// (kind, netns, pid, local port) of sockets waiting in one state.
 type WaitKey = (&'static str, u32, u32, u16);
 /// Count, oldest age, comm, local address of such a group, and whether
@@ -283,6 +313,7 @@ impl Detectors {
             idle: Default::default(),
             time_wait_guard: Default::default(),
             orphans: Default::default(),
+            syn: Default::default(),
             confirm_owners: false,
         }
     }
@@ -317,6 +348,7 @@ impl Detectors {
         self.note_time_wait_guard(netns, state);
         self.note_orphans(netns, state);
         self.note_listen_counters(netns, state);
+        self.note_syn_counters(netns, state);
         let overflow = state
             .tcpext
             .get("TCPTimeWaitOverflow")
@@ -425,6 +457,7 @@ impl Detectors {
         self.idle.forget_namespaces_except(alive);
         self.time_wait_guard.retain(|n, _| alive.contains(n));
         self.orphans.forget_namespaces_except(alive);
+        self.syn.forget_namespaces_except(alive);
         out
     }
 
@@ -568,6 +601,8 @@ impl Detectors {
                     );
                 }
             }
+            // During a syn_flood of its listener, the flood's evidence.
+            EventKind::SynackRetransmit if self.note_synack_retransmit(ev) => {}
             EventKind::SynackRetransmit => {
                 let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
                 let count = self.bump(kind::SYNACK_RETRANSMIT, &key);

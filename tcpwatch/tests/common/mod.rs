@@ -31,13 +31,32 @@ pub fn privileged_or_skip(test: &str) -> bool {
         None
     };
     let Some(reason) = reason else { return true };
-    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some();
-    if required {
+    skip_unless_required(test, reason)
+}
+
+/// Whether the privileged tests must run (CI, `cargo xtask test`).
+fn privileged_tests_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some()
+}
+
+/// Skips `test` for `reason`, or fails it where privileged tests must run.
+fn skip_unless_required(test: &str, reason: &str) -> bool {
+    if privileged_tests_required() {
         panic!("privileged test {test} cannot run: {reason}");
     }
     eprintln!("SKIPPED privileged test {test}: {reason}");
     false
+}
+
+/// Whether `program` (installed by `cargo xtask setup --tests`) can run,
+/// for a test that needs it beyond `privileged_or_skip`.
+pub fn program_or_skip(test: &str, program: &str) -> bool {
+    Command::new(program).arg("-h").output().is_ok()
+        || skip_unless_required(
+            test,
+            &format!("`{program}` is missing (run `cargo xtask setup --tests`)"),
+        )
 }
 
 fn is_root() -> bool {
@@ -288,6 +307,45 @@ pub fn peer_loop(comm: &str) {
                 let port = local_port(&s);
                 conn = Some(s);
                 Ok(port.to_string())
+            })(),
+            // N clients at once: non-blocking connects, then a wait until
+            // each is writable (connected, or failed). Kept open; replies
+            // with how many connected.
+            ["connect_many", addr, port, n] => (|| {
+                let addr: SocketAddr = format!("{}:{port}", bracket(addr))
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                let n: usize = n.parse().map_err(|_| "bad count".to_owned())?;
+                let mut socks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+                        .map_err(|e| e.to_string())?;
+                    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+                    match s.connect(&SockAddr::from(addr)) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                        Err(e) => return Err(e.to_string()),
+                    }
+                    socks.push(s);
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut connected = 0;
+                for s in &socks {
+                    let mut pfd = libc::pollfd {
+                        fd: std::os::fd::AsRawFd::as_raw_fd(s),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let left = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut pfd, 1, left) };
+                    if matches!(s.take_error(), Ok(None)) && s.peer_addr().is_ok() {
+                        connected += 1;
+                    }
+                }
+                kept.extend(socks);
+                Ok(connected.to_string())
             })(),
             ["accept"] => match listener.as_ref().map(|l| l.accept()) {
                 Some(Ok((s, peer))) => {
