@@ -1,11 +1,12 @@
 //! How the HTTP endpoint is served: one accept loop for plain HTTP and TLS
 //! with the limits that keep slow or many clients from exhausting the
 //! daemon (a header-read timeout that is also the idle timeout, a bound on
-//! connections), and TLS and basic authentication configured the way
-//! Prometheus exporters are: a web configuration file in the format of the
-//! Prometheus exporter-toolkit (`tls_server_config` with `cert_file` and
-//! `key_file`; `basic_auth_users` mapping names to bcrypt hashes), so
-//! Prometheus's own `scheme: https` and `basic_auth` scrape settings work.
+//! connections, on requests at once and on password checks at once), and
+//! TLS and basic authentication configured the way Prometheus exporters
+//! are: a web configuration file in the format of the Prometheus
+//! exporter-toolkit (`tls_server_config` with `cert_file` and `key_file`;
+//! `basic_auth_users` mapping names to bcrypt hashes), so Prometheus's own
+//! `scheme: https` and `basic_auth` scrape settings work.
 use std::{
     collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
@@ -22,6 +23,7 @@ use axum::{
 };
 use base64::Engine as _;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use tokio_rustls::rustls;
 
 /// How long a client has to send a complete request head: from the start
@@ -52,6 +54,20 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 /// held connection can make the daemon keep. The API's requests are a few
 /// hundred bytes; 32 KiB leaves room for large cookies a browser may send.
 pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
+/// Requests answered at once; more are refused with 503 rather than queued,
+/// so a scrape storm cannot pile work onto the event loop.
+pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Largest request body read (the API takes none).
+pub const MAX_REQUEST_BODY: usize = 1024;
+
+/// bcrypt verifications at once. Each costs tens of milliseconds of CPU on
+/// purpose, and a client whose credentials verified once is answered from
+/// the cache without one, so only new or wrong passwords need one: two
+/// keep a flood of wrong ones from taking every core; a request beyond them
+/// is answered 503 at once.
+pub const PASSWORD_CHECKS_AT_ONCE: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -145,12 +161,8 @@ impl Web {
             }
         }
         let tls = file.tls_server_config.map(tls_config).transpose()?;
-        let auth = (!file.basic_auth_users.is_empty()).then(|| {
-            Arc::new(BasicAuth {
-                users: file.basic_auth_users,
-                verified: Mutex::new(HashSet::new()),
-            })
-        });
+        let auth = (!file.basic_auth_users.is_empty())
+            .then(|| Arc::new(BasicAuth::new(file.basic_auth_users)));
         Ok(Web { tls, auth })
     }
 }
@@ -184,55 +196,82 @@ fn tls_config(c: TlsServerConfig) -> Result<Arc<rustls::ServerConfig>, WebError>
 
 /// Users and their bcrypt hashes. bcrypt is slow on purpose, so a
 /// credential that verified is remembered (bounded) and later scrapes cost
-/// a set lookup.
+/// a set lookup, and only [`PASSWORD_CHECKS_AT_ONCE`] verifications run at
+/// a time.
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
     verified: Mutex<HashSet<String>>,
+    checks: Arc<Semaphore>,
 }
 
 /// Credentials remembered after verification.
 const REMEMBERED: usize = 64;
 
+/// What a request's credentials get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed,
+    Refused,
+    /// Not checked: as many passwords as allowed are being verified.
+    Busy,
+}
+
 impl BasicAuth {
+    fn new(users: BTreeMap<String, String>) -> BasicAuth {
+        BasicAuth {
+            users,
+            verified: Mutex::new(HashSet::new()),
+            checks: Arc::new(Semaphore::new(PASSWORD_CHECKS_AT_ONCE)),
+        }
+    }
+
     /// Whether an `Authorization` header value names a user and password.
-    async fn allows(self: Arc<Self>, authorization: Option<String>) -> bool {
+    async fn allows(self: Arc<Self>, authorization: Option<String>) -> Verdict {
         let Some(encoded) = authorization
             .as_deref()
             .and_then(|v| v.strip_prefix("Basic "))
             .map(str::trim)
         else {
-            return false;
+            return Verdict::Refused;
         };
         if self.verified.lock().is_ok_and(|v| v.contains(encoded)) {
-            return true;
+            return Verdict::Allowed;
         }
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
-            return false;
+            return Verdict::Refused;
         };
         let Ok(decoded) = String::from_utf8(decoded) else {
-            return false;
+            return Verdict::Refused;
         };
         let Some((user, password)) = decoded.split_once(':') else {
-            return false;
+            return Verdict::Refused;
         };
         let Some(hash) = self.users.get(user).cloned() else {
-            return false;
+            return Verdict::Refused;
+        };
+        let Ok(permit) = self.checks.clone().try_acquire_owned() else {
+            return Verdict::Busy;
         };
         let password = password.to_owned();
-        // Off the event loop: a verification takes tens of milliseconds.
-        let ok =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-        if ok {
-            if let Ok(mut v) = self.verified.lock() {
-                if v.len() >= REMEMBERED {
-                    v.clear();
-                }
-                v.insert(encoded.to_owned());
-            }
+        // Off the event loop: a verification takes tens of milliseconds. The
+        // permit goes with it, so a client that hangs up does not free it
+        // before the work is done.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Verdict::Refused;
         }
-        ok
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= REMEMBERED {
+                v.clear();
+            }
+            v.insert(encoded.to_owned());
+        }
+        Verdict::Allowed
     }
 }
 
@@ -396,9 +435,46 @@ async fn connection(
     }
 }
 
+/// The routes behind the endpoint's layers, innermost first: the body
+/// limit, basic authentication when configured, and the concurrency limit
+/// around both, so that password checks count against it and a flood of
+/// them is shed like any other.
+pub fn guard<S>(routes: Router<S>, auth: Option<Arc<BasicAuth>>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let limits = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: axum::BoxError| async { too_many("requests") },
+        ))
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ));
+    let mut routes = routes.layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY));
+    if let Some(auth) = auth {
+        routes = routes.layer(axum::middleware::from_fn_with_state(
+            auth,
+            require_basic_auth,
+        ));
+    }
+    routes.layer(limits)
+}
+
+/// 503 for work refused rather than queued.
+fn too_many(what: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        format!("too many {what} at once; retry\n"),
+    )
+        .into_response()
+}
+
 /// Middleware: 401 with a challenge unless the request carries a user and
-/// password of the web configuration.
-pub async fn require_basic_auth(
+/// password of the web configuration; 503 when its password cannot be
+/// checked now.
+async fn require_basic_auth(
     State(auth): State<Arc<BasicAuth>>,
     request: Request,
     next: Next,
@@ -408,15 +484,15 @@ pub async fn require_basic_auth(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if auth.allows(authorization).await {
-        next.run(request).await
-    } else {
-        (
+    match auth.allows(authorization).await {
+        Verdict::Allowed => next.run(request).await,
+        Verdict::Busy => too_many("password checks"),
+        Verdict::Refused => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"tcpwatch\"")],
             "unauthorized\n",
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -441,24 +517,127 @@ mod tests {
         assert!(web.tls.is_none() && web.auth.is_none());
     }
 
+    fn basic(creds: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        )
+    }
+
     #[tokio::test]
     async fn checks_passwords_against_bcrypt_hashes() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let web = Web::parse(&format!("basic_auth_users:\n  prom: '{hash}'\n"), "w.yml").unwrap();
         let auth = web.auth.unwrap();
-        let header = |creds: &str| {
-            Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(creds)
-            ))
+        // The second time it is remembered and costs no bcrypt.
+        for (authorization, verdict) in [
+            (Some(basic("prom:s3cret")), Verdict::Allowed),
+            (Some(basic("prom:s3cret")), Verdict::Allowed),
+            (Some(basic("prom:wrong")), Verdict::Refused),
+            (Some(basic("other:s3cret")), Verdict::Refused),
+            (Some("Basic !!!".to_owned()), Verdict::Refused),
+            (None, Verdict::Refused),
+        ] {
+            assert_eq!(auth.clone().allows(authorization).await, verdict);
+        }
+    }
+
+    /// 64 wrong passwords at once: only [`PASSWORD_CHECKS_AT_ONCE`] run
+    /// bcrypt, the rest are busy at once; a remembered credential is
+    /// allowed meanwhile, and the right password is verified after.
+    #[tokio::test]
+    async fn password_checks_at_once_are_bounded() {
+        let hash = bcrypt::hash("s3cret", 8).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".into(), hash)])));
+        assert_eq!(
+            auth.clone().allows(Some(basic("prom:s3cret"))).await,
+            Verdict::Allowed
+        );
+        let mut storm = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            storm.spawn(auth.clone().allows(Some(basic(&format!("prom:wrong{i}")))));
+        }
+        assert_eq!(
+            auth.clone().allows(Some(basic("prom:s3cret"))).await,
+            Verdict::Allowed
+        );
+        let verdicts = storm.join_all().await;
+        let busy = verdicts.iter().filter(|v| **v == Verdict::Busy).count();
+        let refused = verdicts.iter().filter(|v| **v == Verdict::Refused).count();
+        assert_eq!(busy + refused, 64, "{verdicts:?}");
+        assert!(
+            (1..=2 * PASSWORD_CHECKS_AT_ONCE).contains(&refused),
+            "{verdicts:?}"
+        );
+        // Quiet again: checked, not shed.
+        assert_eq!(
+            auth.clone().allows(Some(basic("prom:wrong"))).await,
+            Verdict::Refused
+        );
+        assert_eq!(
+            auth.clone().allows(Some(basic("prom:s3cret"))).await,
+            Verdict::Allowed
+        );
+    }
+
+    /// Authentication sits inside the concurrency limit: while every slot
+    /// is taken, a wrong password is shed (503) before any bcrypt, not
+    /// refused (401) after one.
+    #[tokio::test]
+    async fn authentication_is_inside_the_concurrency_limit() {
+        use tower::ServiceExt as _;
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = Arc::new(BasicAuth::new(BTreeMap::from([("prom".into(), hash)])));
+        let gate = Arc::new(Semaphore::new(0));
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let routes = Router::new().route(
+            "/hold",
+            axum::routing::get({
+                let (gate, inside) = (gate.clone(), inside.clone());
+                move || async move {
+                    inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // One permit lets one request through; closing, all.
+                    if let Ok(permit) = gate.acquire().await {
+                        permit.forget();
+                    }
+                    "held\n"
+                }
+            }),
+        );
+        let router = guard(routes, Some(auth));
+        let request = |creds: &str| {
+            axum::http::Request::get("/hold")
+                .header(header::AUTHORIZATION, basic(creds))
+                .body(axum::body::Body::empty())
+                .unwrap()
         };
-        assert!(auth.clone().allows(header("prom:s3cret")).await);
-        // Remembered: the second time costs no bcrypt.
-        assert!(auth.clone().allows(header("prom:s3cret")).await);
-        assert!(!auth.clone().allows(header("prom:wrong")).await);
-        assert!(!auth.clone().allows(header("other:s3cret")).await);
-        assert!(!auth.clone().allows(Some("Basic !!!".into())).await);
-        assert!(!auth.allows(None).await);
+        let status = |router: Router, creds: &str| {
+            let request = request(creds);
+            async move { router.oneshot(request).await.map(|r| r.status()) }
+        };
+        gate.add_permits(1);
+        assert_eq!(
+            status(router.clone(), "prom:s3cret").await.unwrap(),
+            StatusCode::OK
+        );
+        let held: Vec<_> = (0..MAX_CONCURRENT_REQUESTS)
+            .map(|_| tokio::spawn(status(router.clone(), "prom:s3cret")))
+            .collect();
+        while inside.load(std::sync::atomic::Ordering::SeqCst) < 1 + MAX_CONCURRENT_REQUESTS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            status(router.clone(), "prom:wrong").await.unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        gate.close();
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap(), StatusCode::OK);
+        }
+        assert_eq!(
+            status(router, "prom:wrong").await.unwrap(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     /// [`serve`] on a loopback port with short limits, answering `/` "ok".

@@ -654,3 +654,101 @@ fn a_flood_of_half_sent_heads_holds_bounded_descriptors() {
         opened.elapsed()
     );
 }
+
+/// A GET with basic authentication: (status line, body).
+fn authed_get(addr: &str, path: &str, credentials: &str) -> (String, String) {
+    use base64::Engine as _;
+    let Ok(mut s) = connect_leaving_no_time_wait(addr) else {
+        return Default::default();
+    };
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: tcpwatch\r\nAuthorization: Basic {}\r\n\r\n",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    let mut text = String::new();
+    if std::io::Write::write_all(&mut s, request.as_bytes()).is_err()
+        || std::io::Read::read_to_string(&mut s, &mut text).is_err()
+    {
+        return Default::default();
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    (status.to_owned(), body.to_owned())
+}
+
+/// A bcrypt hash whose verification takes at least 20 ms here, so that
+/// requests sent together overlap while verified.
+fn slow_hash(password: &str) -> String {
+    for cost in 4..=12 {
+        let hash = bcrypt::hash(password, cost).expect("hash");
+        let started = Instant::now();
+        let _ = bcrypt::verify("other", &hash);
+        if started.elapsed() >= Duration::from_millis(20) {
+            return hash;
+        }
+    }
+    bcrypt::hash(password, 12).expect("hash")
+}
+
+/// 64 wrong passwords at once: most are shed (503) without a bcrypt
+/// verification, every answer comes quickly, a remembered credential is
+/// answered meanwhile, and the right password still works after.
+#[test]
+fn wrong_passwords_at_once_are_shed() {
+    if !privileged_or_skip("wrong_passwords_at_once_are_shed") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpwatch-shed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("basic_auth_users:\n  prom: '{}'\n", slow_hash("s3cret")),
+    )
+    .expect("write");
+    let daemon = RunningDaemon::start(&["--web-config-file", &web.display().to_string()]);
+    let (status, _) = authed_get(&daemon.addr, "/healthz", "prom:s3cret");
+    assert!(status.contains("200"), "{status}");
+
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(65));
+    let storm: Vec<_> = (0..64)
+        .map(|i| {
+            let addr = daemon.addr.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let (status, _) = authed_get(&addr, "/metrics", &format!("prom:wrong{i}"));
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let remembered = wait_until(Duration::from_secs(2), || {
+        authed_get(&daemon.addr, "/healthz", "prom:s3cret")
+            .0
+            .contains("200")
+    });
+    assert!(remembered, "{:?}", started.elapsed());
+    let answers: Vec<(String, Duration)> = storm
+        .into_iter()
+        .map(|t| t.join().expect("storm thread"))
+        .collect();
+    let with = |code: &'static str| answers.iter().filter(move |(s, _)| s.contains(code));
+    let (shed, refused) = (with(" 503").count(), with(" 401").count());
+    assert_eq!(shed + refused, 64, "{answers:?}");
+    assert!(shed >= 48, "{shed} shed, {refused} verified: {answers:?}");
+    let slowest_shed = with(" 503").map(|(_, t)| *t).max().unwrap_or_default();
+    assert!(slowest_shed < Duration::from_secs(1), "{answers:?}");
+
+    let (status, _) = authed_get(&daemon.addr, "/metrics", "prom:wrong");
+    assert!(status.contains("401"), "{status}");
+    let (status, body) = authed_get(&daemon.addr, "/metrics", "prom:s3cret");
+    assert!(
+        status.contains("200") && body.contains("tcpwatch_build_info"),
+        "{status}"
+    );
+    eprintln!("{shed} of 64 wrong passwords shed, {refused} verified");
+    let _ = std::fs::remove_dir_all(&dir);
+}

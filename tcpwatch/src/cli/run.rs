@@ -133,13 +133,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut router = daemon::router(shared.clone());
-    if let Some(auth) = web.auth.clone() {
-        router = router.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::web::require_basic_auth,
-        ));
-    }
+    let router = daemon::router(shared.clone(), web.auth.clone());
     let scheme = if web.tls.is_some() { "https" } else { "http" };
     let server = tokio::spawn(crate::web::serve(
         listener,
