@@ -120,36 +120,15 @@ impl Daemon {
     }
 }
 
-/// Requests answered at once; more are refused with 503 rather than queued,
-/// so a scrape storm cannot pile work onto the event loop.
-pub const MAX_CONCURRENT_REQUESTS: usize = 16;
-
-/// Largest request body read (the API takes none).
-pub const MAX_REQUEST_BODY: usize = 1024;
-
-/// The routes, read-only, behind a concurrency limit.
-pub fn router(shared: Shared) -> Router {
-    let limits = tower::ServiceBuilder::new()
-        .layer(axum::error_handling::HandleErrorLayer::new(
-            |_: axum::BoxError| async {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many requests at once; retry\n",
-                )
-            },
-        ))
-        .layer(tower::load_shed::LoadShedLayer::new())
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            MAX_CONCURRENT_REQUESTS,
-        ));
-    Router::new()
+/// The routes, read-only, behind the endpoint's limits and, when
+/// configured, basic authentication ([`crate::web::guard`]).
+pub fn router(shared: Shared, auth: Option<Arc<crate::web::BasicAuth>>) -> Router {
+    let routes = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/api/findings", get(findings))
-        .route("/api/connections", get(connections))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
-        .layer(limits)
-        .with_state(shared)
+        .route("/api/connections", get(connections));
+    crate::web::guard(routes, auth).with_state(shared)
 }
 
 async fn metrics(State(shared): State<Shared>) -> Response {

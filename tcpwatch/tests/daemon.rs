@@ -2,9 +2,13 @@
 //! HTTP and checked against `ss`; and its configuration errors.
 mod common;
 
-use std::{thread, time::Duration};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use common::*;
+use tcpwatch::web::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 /// Not a test: the entry point of peer processes (see `common::Peer`).
 #[test]
@@ -14,11 +18,22 @@ fn peer_main() {
     }
 }
 
+/// Held by the tests that flood the host with connections and by the one
+/// that checks exact host-wide counts and health: every daemon traces the
+/// whole host, so a flood would change what the other one sees.
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ALONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     if !privileged_or_skip("scraped_metrics_agree_with_ss_and_the_api_reports_findings") {
         return;
     }
+    let _alone = alone();
     let ns = Netns::new("run");
     let daemon = RunningDaemon::start(&[
         "--close-wait-age",
@@ -438,4 +453,302 @@ fn close_wait_of_workers_sharing_a_comm_and_port_adds_up() {
         .collect();
     expected.sort_unstable();
     assert_eq!(holders, expected, "{body}");
+}
+
+/// Raises this process's descriptor limit to its hard limit: the floods
+/// below hold a few thousand connections.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// A connection that ends with a reset when dropped, so that the server's
+/// side, which closes first, leaves no TIME_WAIT socket behind: the other
+/// tests of this binary count TIME_WAIT by endpoint, host-wide.
+fn connect_leaving_no_time_wait(addr: &str) -> std::io::Result<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(addr)?;
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+    Ok(s)
+}
+
+/// `n` connections that each send half a request head and stop.
+fn half_sent_heads(addr: &str, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut s = connect_leaving_no_time_wait(addr).expect("connect");
+            std::io::Write::write_all(
+                &mut s,
+                b"GET /healthz HTTP/1.1\r\nHost: tcpwatch\r\nX-Half: ",
+            )
+            .expect("send");
+            s
+        })
+        .collect()
+}
+
+/// Whether the server closed `s` (end of stream or reset) by `deadline`;
+/// whatever it sends before closing is read and dropped.
+fn closed_by(s: &mut std::net::TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let _ = s.set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// One answer on a kept-alive connection, read up to the end of its body.
+fn keep_alive_get(s: &mut std::net::TcpStream, path: &str) -> String {
+    std::io::Write::write_all(
+        s,
+        format!("GET {path} HTTP/1.1\r\nHost: tcpwatch\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Descriptors `pid` holds.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// 300 clients that send half a request head and stop, and one that idles
+/// after a complete request on a kept-alive connection: a scrape is still
+/// answered at once, and the server closes all of them once the header-read
+/// timeout has passed (not before).
+#[test]
+fn half_sent_request_heads_and_idle_connections_are_closed() {
+    if !privileged_or_skip("half_sent_request_heads_and_idle_connections_are_closed") {
+        return;
+    }
+    let _alone = alone();
+    raise_descriptor_limit();
+    let daemon = RunningDaemon::start(&[]);
+    let opened = Instant::now();
+    let mut half = half_sent_heads(&daemon.addr, 300);
+    let mut idle = connect_leaving_no_time_wait(&daemon.addr).expect("connect");
+    let answer = keep_alive_get(&mut idle, "/healthz");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let started = Instant::now();
+    let (status, _, _) = http_get(&daemon.addr, "/healthz");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Held while the timeout runs: the server waits for the rest.
+    assert!(!closed_by(
+        &mut half[0],
+        Instant::now() + Duration::from_millis(200)
+    ));
+    let deadline = opened + HEADER_READ_TIMEOUT + Duration::from_secs(5);
+    let open = half
+        .iter_mut()
+        .chain(std::iter::once(&mut idle))
+        .map(|s| closed_by(s, deadline))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "still open {:?} after they were opened",
+        opened.elapsed()
+    );
+    eprintln!(
+        "301 connections closed {:?} after opening",
+        opened.elapsed()
+    );
+}
+
+/// 2,000 connections that send half a request head (more than the server
+/// holds at once): its descriptors stay bounded, a scrape is still answered
+/// within 2 s, and every one of them is closed within 30 s (the oldest as
+/// new ones arrive, the last 512 at the header-read timeout).
+#[test]
+fn a_flood_of_half_sent_heads_holds_bounded_descriptors() {
+    if !privileged_or_skip("a_flood_of_half_sent_heads_holds_bounded_descriptors") {
+        return;
+    }
+    let _alone = alone();
+    raise_descriptor_limit();
+    let daemon = RunningDaemon::start(&[]);
+    let (status, _, _) = http_get(&daemon.addr, "/healthz");
+    assert!(status.contains("200"), "{status}");
+    let before = descriptors(daemon.child.id());
+    let opened = Instant::now();
+    let mut half = half_sent_heads(&daemon.addr, 2000);
+    let sent = opened.elapsed();
+    // A scrape, not /healthz: the flood's own events may be lost, which
+    // /healthz rightly reports.
+    let started = Instant::now();
+    let (status, _, body) = http_get(&daemon.addr, "/metrics");
+    assert!(
+        status.contains("200") && body.contains("tcpwatch_build_info"),
+        "{status}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let answered = started.elapsed();
+    let during = descriptors(daemon.child.id());
+    assert!(
+        during <= before + MAX_CONNECTIONS + 16,
+        "{during} descriptors during the flood, {before} before"
+    );
+    let deadline = opened + Duration::from_secs(30);
+    let open = half
+        .iter_mut()
+        .map(|s| closed_by(s, deadline))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "of 2000 after {:?}", opened.elapsed());
+    eprintln!(
+        "2000 connections opened in {sent:?}; a scrape answered in {answered:?}; {before} descriptors before, {during} during; all closed {:?} after the first opened",
+        opened.elapsed()
+    );
+}
+
+/// A GET with basic authentication: (status line, body).
+fn authed_get(addr: &str, path: &str, credentials: &str) -> (String, String) {
+    use base64::Engine as _;
+    let Ok(mut s) = connect_leaving_no_time_wait(addr) else {
+        return Default::default();
+    };
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: tcpwatch\r\nAuthorization: Basic {}\r\n\r\n",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    let mut text = String::new();
+    if std::io::Write::write_all(&mut s, request.as_bytes()).is_err()
+        || std::io::Read::read_to_string(&mut s, &mut text).is_err()
+    {
+        return Default::default();
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    (status.to_owned(), body.to_owned())
+}
+
+/// A bcrypt hash whose verification takes at least 20 ms here, so that
+/// requests sent together overlap while verified.
+fn slow_hash(password: &str) -> String {
+    for cost in 4..=12 {
+        let hash = bcrypt::hash(password, cost).expect("hash");
+        let started = Instant::now();
+        let _ = bcrypt::verify("other", &hash);
+        if started.elapsed() >= Duration::from_millis(20) {
+            return hash;
+        }
+    }
+    bcrypt::hash(password, 12).expect("hash")
+}
+
+/// 64 wrong passwords at once: most are shed (503) without a bcrypt
+/// verification, every answer comes quickly, a remembered credential is
+/// answered meanwhile, and the right password still works after.
+#[test]
+fn wrong_passwords_at_once_are_shed() {
+    if !privileged_or_skip("wrong_passwords_at_once_are_shed") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpwatch-shed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("basic_auth_users:\n  prom: '{}'\n", slow_hash("s3cret")),
+    )
+    .expect("write");
+    let daemon = RunningDaemon::start(&["--web-config-file", &web.display().to_string()]);
+    let (status, _) = authed_get(&daemon.addr, "/healthz", "prom:s3cret");
+    assert!(status.contains("200"), "{status}");
+
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(65));
+    let storm: Vec<_> = (0..64)
+        .map(|i| {
+            let addr = daemon.addr.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let started = Instant::now();
+                let (status, _) = authed_get(&addr, "/metrics", &format!("prom:wrong{i}"));
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let remembered = wait_until(Duration::from_secs(2), || {
+        authed_get(&daemon.addr, "/healthz", "prom:s3cret")
+            .0
+            .contains("200")
+    });
+    assert!(remembered, "{:?}", started.elapsed());
+    let answers: Vec<(String, Duration)> = storm
+        .into_iter()
+        .map(|t| t.join().expect("storm thread"))
+        .collect();
+    let with = |code: &'static str| answers.iter().filter(move |(s, _)| s.contains(code));
+    let (shed, refused) = (with(" 503").count(), with(" 401").count());
+    assert_eq!(shed + refused, 64, "{answers:?}");
+    assert!(shed >= 48, "{shed} shed, {refused} verified: {answers:?}");
+    let slowest_shed = with(" 503").map(|(_, t)| *t).max().unwrap_or_default();
+    assert!(slowest_shed < Duration::from_secs(1), "{answers:?}");
+
+    let (status, _) = authed_get(&daemon.addr, "/metrics", "prom:wrong");
+    assert!(status.contains("401"), "{status}");
+    let (status, body) = authed_get(&daemon.addr, "/metrics", "prom:s3cret");
+    assert!(
+        status.contains("200") && body.contains("tcpwatch_build_info"),
+        "{status}"
+    );
+    eprintln!("{shed} of 64 wrong passwords shed, {refused} verified");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,7 +26,7 @@ use crate::{
     model::Model,
     netns,
     observer::{dump_namespaces, Observer},
-    web::Web,
+    web::{ServeLimits, Web},
 };
 
 #[derive(Debug, Args)]
@@ -87,8 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = crate::web::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener
         .local_addr()
@@ -134,23 +133,14 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut router = daemon::router(shared.clone());
-    if let Some(auth) = web.auth.clone() {
-        router = router.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::web::require_basic_auth,
-        ));
-    }
+    let router = daemon::router(shared.clone(), web.auth.clone());
     let scheme = if web.tls.is_some() { "https" } else { "http" };
-    let server = match web.tls.clone() {
-        Some(tls) => tokio::spawn(async move {
-            crate::web::serve_tls(listener, router, tls).await;
-            Ok(())
-        }),
-        None => tokio::spawn(std::future::IntoFuture::into_future(axum::serve(
-            listener, router,
-        ))),
-    };
+    let server = tokio::spawn(crate::web::serve(
+        listener,
+        router,
+        web.tls.clone(),
+        ServeLimits::default(),
+    ));
     eprintln!(
         "tcpwatch: attached to {} tracepoints; serving {scheme}://{bound}/metrics",
         attached.len()
