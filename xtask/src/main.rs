@@ -10,6 +10,7 @@ mod bench;
 mod guest;
 mod hold;
 mod initramfs;
+mod k8s;
 mod kernels;
 mod probe;
 mod setup;
@@ -29,7 +30,8 @@ enum Task {
     /// Install what building and testing tcpwatch needs: rust-src, a bpf-linker
     /// built against this toolchain's LLVM, and Debian packages for the tests.
     Setup {
-        /// Also install the Debian packages the privileged tests use.
+        /// Also install the Debian packages the privileged tests use, and the
+        /// Kubernetes manifests' validator.
         #[arg(long)]
         tests: bool,
         /// Also install what vm-test uses: QEMU, busybox, xz and zstd.
@@ -128,6 +130,11 @@ enum Task {
         #[arg(long)]
         tcpwatch: std::path::PathBuf,
     },
+    /// Check deploy/kubernetes/ offline: the manifests against the Kubernetes
+    /// API schema, the Containerfile with hadolint, and the DaemonSet's
+    /// capabilities against deploy/tcpwatch.service (installs the tools first;
+    /// `cargo xtask test` runs the same check).
+    K8sCheck,
     /// Set up everything and run the whole test suite, privileged tests
     /// included; under CI=true (or TCPWATCH_VM_TEST=1) vm-test on every
     /// kernel follows.
@@ -177,6 +184,7 @@ fn main() -> ExitCode {
         } => guest::suite(&tcpwatch, dump_formats),
         Task::GuestPeer => guest::peer(),
         Task::GuestWithoutSockDiag { tcpwatch } => guest::without_sock_diag(&tcpwatch),
+        Task::K8sCheck => k8s::install().and_then(|()| k8s::check_installed()),
         Task::Test { args } => tasks::test(&args),
     };
     match result {

@@ -154,9 +154,11 @@ pub fn has_program(name: &str) -> bool {
             .any(|d| Path::new(d).join(name).is_file())
 }
 
-/// Debian packages for the privileged tests, installed only when missing.
+/// Debian packages for the privileged tests, installed only when missing,
+/// and the Kubernetes manifests' validator (PyPI, in a virtualenv of its own).
 pub fn test_packages() -> Result<()> {
-    install_missing(TEST_PACKAGES, "the tests need")
+    install_missing(TEST_PACKAGES, "the tests need")?;
+    crate::k8s::install()
 }
 
 /// Debian packages for `cargo xtask vm-test`, installed only when missing.
@@ -183,10 +185,15 @@ fn install_missing(wanted: &[(&str, &str)], who_needs: &str) -> Result<()> {
         bail!("{who_needs} the programs of {missing:?}; install them with your package manager");
     }
     eprintln!("xtask: installing {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// `apt-get install` of `packages`, after an update of the lists.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
