@@ -384,6 +384,20 @@ pub struct KernelOffsets {
     pub socket_sk: u32,
     /// `struct task_struct` -> `flags` (`PF_*` bits, a `u32`).
     pub task_flags: u32,
+    /// `struct sock` -> `sk_protocol` (a `u16` since 5.6).
+    pub sock_protocol: u32,
+    /// `struct sock` -> `__sk_common.skc_num`: the local port, host order.
+    pub sock_num: u32,
+    /// `struct sock` -> `__sk_common.skc_dport`: the remote port, network order.
+    pub sock_dport: u32,
+    /// `struct sock` -> `__sk_common.skc_rcv_saddr` (IPv4, network order).
+    pub sock_rcv_saddr: u32,
+    /// `struct sock` -> `__sk_common.skc_daddr` (IPv4, network order).
+    pub sock_daddr: u32,
+    /// `struct sock` -> `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub sock_v6_rcv_saddr: u32,
+    /// `struct sock` -> `__sk_common.skc_v6_daddr` (16 bytes).
+    pub sock_v6_daddr: u32,
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
@@ -405,6 +419,13 @@ impl KernelOffsets {
             file_private_data: 0,
             socket_sk: 0,
             task_flags: 0,
+            sock_protocol: 0,
+            sock_num: 0,
+            sock_dport: 0,
+            sock_rcv_saddr: 0,
+            sock_daddr: 0,
+            sock_v6_rcv_saddr: 0,
+            sock_v6_daddr: 0,
             valid: 0,
         }
     }
@@ -419,11 +440,20 @@ pub const OFFSETS_FILES: u32 = 4;
 /// `KernelOffsets::valid` bit for `task_flags`.
 pub const OFFSETS_TASK_FLAGS: u32 = 8;
 
+/// Bytes of `struct sock_common` read at once from `skc_daddr`: the family,
+/// the ports and the IPv4 addresses must lie within (userspace checks).
+pub const SOCK_HEAD_BYTES: usize = 24;
+
+/// `KernelOffsets::valid` bit for the socket's protocol, ports and
+/// addresses: what the raw tracepoint programs read from the socket itself
+/// instead of a tracepoint record.
+pub const OFFSETS_SOCK_ENDPOINTS: u32 = 16;
+
 /// `PF_EXITING` in include/linux/sched.h: set by `exit_signals()` at the
 /// start of `do_exit()`, before the task's files are closed.
 pub const PF_EXITING: u32 = 0x0000_0004;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -444,7 +474,7 @@ pub struct Layout {
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 52);
+const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 80);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tcpwatch_common::{
     counter, Event, KernelOffsets, Layout, TpLayout, AF_INET, AF_INET6, DEFAULT_RING_BYTES,
-    FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK, RECORD_BYTES,
+    FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK, RECORD_BYTES, SOCK_HEAD_BYTES,
 };
 
 /// Events for userspace; its size is set again by the loader.
@@ -186,6 +186,57 @@ fn family_without_field(rec: &Record, tp: &TpLayout, sk: u64) -> Res<u16> {
     rec.bytes(tp.saddr_v6, &mut v6)?;
     let mapped = v6[..10].iter().all(|b| *b == 0) && v6[10] == 0xff && v6[11] == 0xff;
     Ok(if mapped { AF_INET } else { AF_INET6 })
+}
+
+/// The first bytes of `struct sock_common`, from `skc_daddr` on: the IPv4
+/// addresses, the ports and the family, read with one helper call.
+/// Userspace vouches that every field lies within (`OFFSETS_SOCK_ENDPOINTS`).
+#[repr(C, align(8))]
+struct SockHead([u8; SOCK_HEAD_BYTES]);
+
+impl SockHead {
+    #[inline(always)]
+    fn get<T: Copy>(&self, at: u32) -> Res<T> {
+        let at = at as usize;
+        if at > SOCK_HEAD_BYTES - core::mem::size_of::<T>() {
+            return Err(-2);
+        }
+        // SAFETY: within the array, checked above; unaligned read.
+        Ok(unsafe { core::ptr::read_unaligned(self.0.as_ptr().wrapping_add(at) as *const T) })
+    }
+}
+
+/// Fills family, ports and addresses of `ev` from the socket itself, as
+/// `TP_fast_assign` of `inet_sock_set_state` does (include/trace/events/
+/// sock.h): for raw tracepoints, which get only the socket pointer.
+#[inline(always)]
+pub fn read_sock_endpoints(sk: u64, k: &KernelOffsets, ev: &mut Event) -> Res<()> {
+    let base = sk + u64::from(k.sock_daddr);
+    let mut head = SockHead([0; SOCK_HEAD_BYTES]);
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut head.0) }
+        .inspect_err(|_| bump(counter::READ_FAILED))?;
+    let rel = |offset: u32| offset.wrapping_sub(k.sock_daddr);
+    let family: u16 = head.get(rel(k.sock_family))?;
+    ev.family = family;
+    ev.sport = head.get(rel(k.sock_num))?;
+    ev.dport = u16::from_be(head.get(rel(k.sock_dport))?);
+    if family == AF_INET6 {
+        ev.saddr = read_kernel(sk + u64::from(k.sock_v6_rcv_saddr)).ok_or(-14)?;
+        ev.daddr = read_kernel(sk + u64::from(k.sock_v6_daddr)).ok_or(-14)?;
+    } else {
+        let saddr: [u8; 4] = head.get(rel(k.sock_rcv_saddr))?;
+        let daddr: [u8; 4] = head.get(rel(k.sock_daddr))?;
+        ev.saddr[..4].copy_from_slice(&saddr);
+        ev.daddr[..4].copy_from_slice(&daddr);
+    }
+    Ok(())
+}
+
+/// The local port of a socket (`skc_num`, host order).
+#[inline(always)]
+pub fn sock_local_port(sk: u64, k: &KernelOffsets) -> Res<u16> {
+    read_kernel(sk + u64::from(k.sock_num)).ok_or(-14)
 }
 
 #[inline(always)]

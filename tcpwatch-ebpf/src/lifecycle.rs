@@ -8,20 +8,20 @@
 //! forward in `SOCKS` for every later event.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tcpwatch_common::{
-    event_flag, hist, kind, owner_source, tcp_state::*, transition_index, Event, ListenerKey,
-    SockOwner, TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS, DURATION_UNKNOWN,
-    HISTOGRAMS_LEN, HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP, OFFSETS_TASK_FLAGS, PF_EXITING,
-    TRANSITIONS_LEN,
+    event_flag, hist, kind, owner_source, tcp_state::*, transition_index, Event, KernelOffsets,
+    ListenerKey, SockOwner, TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS,
+    DURATION_UNKNOWN, HISTOGRAMS_LEN, HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP,
+    OFFSETS_SOCK_ENDPOINTS, OFFSETS_TASK_FLAGS, PF_EXITING, TRANSITIONS_LEN,
 };
 
 use crate::emit::{
     bump_in, emit, field, kernel_offsets, layout_of, now_ns, read_endpoints, read_kernel,
-    skb_netns, sock_netns, Record, Res,
+    read_sock_endpoints, skb_netns, sock_local_port, sock_netns, Record, Res,
 };
 
 /// Socket address -> owner and time of its last transition. Entries go at
@@ -144,6 +144,74 @@ fn current_owner(netns: u32, born_ns: u64, now: u64, source: u8) -> SockOwner {
     }
 }
 
+/// `inet_sock_set_state` as a raw tracepoint: the same transition, from
+/// its `TP_PROTO` arguments (`sk`, `oldstate`, `newstate`) instead of the
+/// record the kernel fills for classic tracepoints on every hit. The rest
+/// is read from the socket at offsets userspace found in BTF. Attached
+/// instead of the classic program where those offsets are known.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_inet_sock_set_state_raw(&ctx);
+    0
+}
+
+fn try_inet_sock_set_state_raw(ctx: &RawTracePointContext) -> Res<()> {
+    let k = kernel_offsets();
+    if k.valid & OFFSETS_SOCK_ENDPOINTS == 0 {
+        return Ok(());
+    }
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let protocol: u16 = read_kernel(sk + u64::from(k.sock_protocol)).ok_or(-14)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    on_transition(sk, old as u8, new as u8, &FromSock { k })
+}
+
+/// Where a transition's endpoints are read.
+trait Endpoints {
+    /// The socket's local port, host order.
+    fn local_port(&self, sk: u64) -> Res<u16>;
+    fn fill(&self, sk: u64, ev: &mut Event) -> Res<()>;
+}
+
+/// From a classic tracepoint's record.
+struct FromRecord<'a> {
+    rec: &'a Record,
+    tp: &'a TpLayout,
+}
+
+impl Endpoints for FromRecord<'_> {
+    #[inline(always)]
+    fn local_port(&self, _sk: u64) -> Res<u16> {
+        self.rec.get(self.tp.sport)
+    }
+
+    #[inline(always)]
+    fn fill(&self, sk: u64, ev: &mut Event) -> Res<()> {
+        read_endpoints(self.rec, self.tp, sk, ev)
+    }
+}
+
+/// From the socket itself.
+struct FromSock {
+    k: KernelOffsets,
+}
+
+impl Endpoints for FromSock {
+    #[inline(always)]
+    fn local_port(&self, sk: u64) -> Res<u16> {
+        sock_local_port(sk, &self.k)
+    }
+
+    #[inline(always)]
+    fn fill(&self, sk: u64, ev: &mut Event) -> Res<()> {
+        read_sock_endpoints(sk, &self.k, ev)
+    }
+}
+
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let tp = layout_of(|l| &l.set_state);
     let rec = Record::read(ctx)?;
@@ -154,6 +222,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     let sk: u64 = rec.get(tp.skaddr)?;
     let old = rec.get::<i32>(tp.state)? as u8;
     let new = rec.get::<i32>(tp.new_state)? as u8;
+    on_transition(sk, old, new, &FromRecord { rec: &rec, tp: &tp })
+}
+
+/// One state transition of TCP socket `sk`, whichever program saw it.
+#[inline(always)]
+fn on_transition(sk: u64, old: u8, new: u8, src: &impl Endpoints) -> Res<()> {
     bump_in(&TRANSITIONS, transition_index(old, new));
     let now = now_ns();
 
@@ -175,7 +249,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
             };
             (prev, since)
         }
-        None => (new_socket_owner(&rec, &tp, sk, old, new)?, DURATION_UNKNOWN),
+        None => (new_socket_owner(src, sk, old, new)?, DURATION_UNKNOWN),
     };
 
     if let Some(source) = bound_in_process_context(old, new) {
@@ -194,7 +268,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
     owner.state = new;
 
     if new == LISTEN || old == LISTEN && new == CLOSE {
-        let sport: u16 = rec.get(tp.sport)?;
+        let sport = src.local_port(sk)?;
         let key = ListenerKey {
             netns: owner.netns,
             port: sport,
@@ -231,14 +305,14 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Res<()> {
         ev.pid = owner.pid;
         ev.owner_source = owner.source;
         ev.comm = owner.comm;
-        read_endpoints(&rec, &tp, sk, ev)
+        src.fill(sk, ev)
     })
 }
 
 /// The owner of a socket seen for the first time: a listener's child
 /// inherits the listener's owner; anything else starts unknown.
 #[inline(always)]
-fn new_socket_owner(rec: &Record, tp: &TpLayout, sk: u64, old: u8, new: u8) -> Res<SockOwner> {
+fn new_socket_owner(src: &impl Endpoints, sk: u64, old: u8, new: u8) -> Res<SockOwner> {
     let netns = sock_netns(sk);
     let mut fresh = SockOwner {
         last_change_ns: 0,
@@ -253,7 +327,7 @@ fn new_socket_owner(rec: &Record, tp: &TpLayout, sk: u64, old: u8, new: u8) -> R
     if old == LISTEN && new == SYN_RECV {
         // Created in softirq, owned by whoever listens on its local port
         // until a close() says otherwise.
-        let sport: u16 = rec.get(tp.sport)?;
+        let sport = src.local_port(sk)?;
         let key = ListenerKey {
             netns,
             port: sport,
@@ -283,6 +357,15 @@ fn try_tcp_destroy_sock(ctx: &TracePointContext) -> Res<()> {
     let sk: u64 = field(ctx, tp.skaddr)?;
     let _ = SOCKS.remove(&sk);
     Ok(())
+}
+
+/// `tcp_destroy_sock` as a raw tracepoint (`TP_PROTO(struct sock *sk)`),
+/// attached with [`inet_sock_set_state_raw`].
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock_raw(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let _ = SOCKS.remove(&sk);
+    0
 }
 
 /// Emits an event about `sk` carrying its remembered owner, for events that

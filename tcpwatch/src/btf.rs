@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use tcpwatch_common::{
-    KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_TASK_FLAGS,
+    KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_SOCK_ENDPOINTS,
+    OFFSETS_TASK_FLAGS, SOCK_HEAD_BYTES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -266,6 +267,41 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.task_flags = task_flags;
         offsets.valid |= OFFSETS_TASK_FLAGS;
     }
+    let common = |field: &'static str| btf.member_offset("sock", &["__sk_common", field]);
+    let endpoints = (|| -> Result<[u32; 7], BtfError> {
+        Ok([
+            btf.member_offset("sock", &["sk_protocol"])?,
+            common("skc_num")?,
+            common("skc_dport")?,
+            common("skc_rcv_saddr")?,
+            common("skc_daddr")?,
+            common("skc_v6_rcv_saddr")?,
+            common("skc_v6_daddr")?,
+        ])
+    })();
+    // The programs read the ports, family and IPv4 addresses in one block
+    // from `skc_daddr` on: each must lie within it.
+    let in_head = |at: u32, size: u32, daddr: u32| {
+        at >= daddr && (at - daddr + size) as usize <= SOCK_HEAD_BYTES
+    };
+    let endpoints = endpoints
+        .ok()
+        .filter(|[_, num, dport, rcv_saddr, daddr, ..]| {
+            in_head(*num, 2, *daddr)
+                && in_head(*dport, 2, *daddr)
+                && in_head(*rcv_saddr, 4, *daddr)
+                && in_head(offsets.sock_family, 2, *daddr)
+        });
+    if let Some([protocol, num, dport, rcv_saddr, daddr, v6_rcv_saddr, v6_daddr]) = endpoints {
+        offsets.sock_protocol = protocol;
+        offsets.sock_num = num;
+        offsets.sock_dport = dport;
+        offsets.sock_rcv_saddr = rcv_saddr;
+        offsets.sock_daddr = daddr;
+        offsets.sock_v6_rcv_saddr = v6_rcv_saddr;
+        offsets.sock_v6_daddr = v6_daddr;
+        offsets.valid |= OFFSETS_SOCK_ENDPOINTS;
+    }
     Ok(offsets)
 }
 
@@ -383,8 +419,25 @@ mod tests {
         let offsets = kernel_offsets(&btf).unwrap();
         assert_eq!(
             offsets.valid,
-            OFFSETS_SOCK | OFFSETS_SKB | OFFSETS_FILES | OFFSETS_TASK_FLAGS
+            OFFSETS_SOCK
+                | OFFSETS_SKB
+                | OFFSETS_FILES
+                | OFFSETS_TASK_FLAGS
+                | OFFSETS_SOCK_ENDPOINTS
         );
+        // struct sock_common opens with the addresses, then the hash, the
+        // ports and the family (include/net/sock.h).
+        assert_eq!(
+            (
+                offsets.sock_daddr,
+                offsets.sock_rcv_saddr,
+                offsets.sock_dport,
+                offsets.sock_num
+            ),
+            (0, 4, 12, 14),
+            "{offsets:?}"
+        );
+        assert_eq!(offsets.sock_family, 16, "{offsets:?}");
         // `flags` follows `__state`, `stack` and `usage` (include/linux/sched.h).
         assert!(
             offsets.task_flags > 0 && offsets.task_flags < 256,

@@ -9,14 +9,14 @@ use std::{
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{ProgramError, ProgramFd, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use log::{debug, info, warn};
 use tcpwatch_common::{
     counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT,
     GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS, MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
-    OFFSETS_FILES,
+    OFFSETS_FILES, OFFSETS_SOCK_ENDPOINTS,
 };
 
 use crate::{
@@ -78,6 +78,11 @@ struct Hook {
     name: &'static str,
     /// Program name in the object (the Rust function name).
     program: &'static str,
+    /// The same hook as a raw tracepoint program, reading the socket
+    /// itself: preferred where BTF gives the offsets (the kernel then skips
+    /// filling a trace record on every hit, the classic tracepoint's own
+    /// cost, and guards recursion per program rather than per CPU).
+    raw: Option<&'static str>,
     required: bool,
 }
 
@@ -86,60 +91,70 @@ const HOOKS: [Hook; 10] = [
         category: "sock",
         name: "inet_sock_set_state",
         program: "inet_sock_set_state",
+        raw: Some("inet_sock_set_state_raw"),
         required: true,
     },
     Hook {
         category: "tcp",
         name: "tcp_destroy_sock",
         program: "tcp_destroy_sock",
+        raw: Some("tcp_destroy_sock_raw"),
         required: false,
     },
     Hook {
         category: "tcp",
         name: "tcp_retransmit_skb",
         program: "tcp_retransmit_skb",
+        raw: None,
         required: false,
     },
     Hook {
         category: "tcp",
         name: "tcp_retransmit_synack",
         program: "tcp_retransmit_synack",
+        raw: None,
         required: false,
     },
     Hook {
         category: "tcp",
         name: "tcp_send_reset",
         program: "tcp_send_reset",
+        raw: None,
         required: false,
     },
     Hook {
         category: "tcp",
         name: "tcp_receive_reset",
         program: "tcp_receive_reset",
+        raw: None,
         required: false,
     },
     Hook {
         category: "syscalls",
         name: "sys_exit_accept4",
         program: "sys_exit_accept4",
+        raw: None,
         required: false,
     },
     Hook {
         category: "syscalls",
         name: "sys_exit_accept",
         program: "sys_exit_accept",
+        raw: None,
         required: false,
     },
     Hook {
         category: "sock",
         name: "sock_send_length",
         program: "sock_send_length",
+        raw: None,
         required: false,
     },
     Hook {
         category: "sock",
         name: "sock_recv_length",
         program: "sock_recv_length",
+        raw: None,
         required: false,
     },
 ];
@@ -534,6 +549,44 @@ fn raise_memlock() {
     }
 }
 
+/// Loads and attaches `hook`'s classic tracepoint program; returns a copy of
+/// its descriptor for run statistics (or why there is none).
+fn attach_classic(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+) -> Result<Result<ProgramFd, ProgramError>, LoadError> {
+    let wrap = |source| LoadError::Attach {
+        name: hook.name,
+        source,
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(hook.program)
+        .ok_or(LoadError::Missing(hook.program))?
+        .try_into()
+        .map_err(wrap)?;
+    program.load().map_err(wrap)?;
+    program.attach(hook.category, hook.name).map_err(wrap)?;
+    Ok(program
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(Into::into)))
+}
+
+/// Loads and attaches the raw tracepoint program `program` on tracepoint
+/// `name`; a failure leaves the classic program to be attached instead.
+fn attach_raw(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    name: &str,
+) -> Result<ProgramFd, ProgramError> {
+    let Some(p) = ebpf.program_mut(program) else {
+        return Err(ProgramError::UnexpectedProgramType);
+    };
+    let p: &mut RawTracePoint = p.try_into()?;
+    p.load()?;
+    p.attach(name)?;
+    Ok(p.fd()?.try_clone()?)
+}
+
 /// Loads the programs, hands them the discovered layout and attaches them.
 pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     if OBJECT.is_empty() {
@@ -571,30 +624,32 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
 
     let mut attached = Vec::new();
     let mut programs = Vec::new();
+    // A developer's knob, for measuring the raw tracepoints' gain
+    // (`cargo xtask bench`) and testing the fallback.
+    let prefer_raw = layout.kernel.valid & OFFSETS_SOCK_ENDPOINTS != 0
+        && std::env::var_os("TCPWATCH_CLASSIC_TRACEPOINTS").is_none();
     for hook in hooks {
-        let program: &mut TracePoint = ebpf
-            .program_mut(hook.program)
-            .ok_or(LoadError::Missing(hook.program))?
-            .try_into()
-            .map_err(|source| LoadError::Attach {
-                name: hook.name,
-                source,
-            })?;
-        program.load().map_err(|source| LoadError::Attach {
-            name: hook.name,
-            source,
-        })?;
-        program
-            .attach(hook.category, hook.name)
-            .map_err(|source| LoadError::Attach {
-                name: hook.name,
-                source,
-            })?;
+        let raw = match hook.raw.filter(|_| prefer_raw) {
+            Some(raw) => {
+                match attach_raw(&mut ebpf, raw, hook.name) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        warn!("cannot attach {} as a raw tracepoint ({e}); using the classic tracepoint", hook.name);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let fd = match raw {
+            Some(fd) => {
+                debug!("{} attached as a raw tracepoint", hook.name);
+                Ok(fd)
+            }
+            None => attach_classic(&mut ebpf, hook)?,
+        };
         attached.push(hook.name);
-        if let Ok(fd) = program
-            .fd()
-            .and_then(|fd| fd.try_clone().map_err(Into::into))
-        {
+        if let Ok(fd) = fd {
             match recursion_misses(fd.as_fd()) {
                 Ok(_) => programs.push(fd),
                 Err(e) => warn!(

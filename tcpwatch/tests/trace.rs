@@ -40,17 +40,24 @@ fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// The client closes first: it passes through FIN_WAIT1/2 (then TIME_WAIT,
 /// which the tracepoint shows as `-> CLOSE`), the server through CLOSE_WAIT
-/// and LAST_ACK.
-fn client_active_close(v6: bool) {
+/// and LAST_ACK. `classic`: with the classic tracepoint programs that
+/// tcpwatch falls back to where the raw ones cannot be used, which must
+/// see exactly the same.
+fn client_active_close(v6: bool, classic: bool) {
     let ns = Netns::new(if v6 { "cac6" } else { "cac4" });
-    let tracer = Tracer::start(&ns, &[]);
+    let env: &[(&str, &str)] = if classic {
+        &[("TCPWATCH_CLASSIC_TRACEPOINTS", "1"), ("RUST_LOG", "debug")]
+    } else {
+        &[("RUST_LOG", "debug")]
+    };
+    let tracer = Tracer::start_env(&ns, &["-vv"], env);
     let addr = localhost(v6).to_string();
     let (mut server, mut client, port, client_port) = connected_pair(&ns, &addr);
     client.ok("close");
     server.ok("read_eof");
     server.ok("close");
     server.ok("close_listener");
-    let (events, _) = tracer.stop();
+    let (events, stderr) = tracer.stop();
 
     let client_sock = socket_with(&events, "CLOSE->SYN_SENT", port);
     assert_eq!(
@@ -104,19 +111,37 @@ fn client_active_close(v6: bool) {
         "{client_sock:#?}"
     );
     assert!(kinds(&events, "reset_sent").is_empty() && kinds(&events, "reset_received").is_empty());
+    let raw = stderr
+        .iter()
+        .any(|l| l.contains("inet_sock_set_state attached as a raw tracepoint"));
+    assert_eq!(raw, !classic, "which programs ran: {stderr:#?}");
 }
 
 #[test]
 fn client_active_close_v4() {
     if privileged_or_skip("client_active_close_v4") {
-        client_active_close(false);
+        client_active_close(false, false);
     }
 }
 
 #[test]
 fn client_active_close_v6() {
     if privileged_or_skip("client_active_close_v6") {
-        client_active_close(true);
+        client_active_close(true, false);
+    }
+}
+
+#[test]
+fn client_active_close_v4_on_classic_tracepoints() {
+    if privileged_or_skip("client_active_close_v4_on_classic_tracepoints") {
+        client_active_close(false, true);
+    }
+}
+
+#[test]
+fn client_active_close_v6_on_classic_tracepoints() {
+    if privileged_or_skip("client_active_close_v6_on_classic_tracepoints") {
+        client_active_close(true, true);
     }
 }
 

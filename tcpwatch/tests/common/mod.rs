@@ -782,9 +782,15 @@ impl Tracer {
     }
 
     pub fn start(netns: &Netns, extra: &[&str]) -> Tracer {
+        Self::start_env(netns, extra, &[])
+    }
+
+    /// The same with environment variables for tcpwatch.
+    pub fn start_env(netns: &Netns, extra: &[&str], env: &[(&str, &str)]) -> Tracer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
             .args(["trace", "--json", "--netns", &netns.inode.to_string()])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
