@@ -386,12 +386,15 @@ pub struct KernelOffsets {
     pub task_flags: u32,
     /// `struct sock` -> `sk_protocol` (a `u16` since 5.6).
     pub sock_protocol: u32,
-    /// `struct sock` -> `__sk_common.skc_num`: the local port, host order.
-    pub sock_num: u32,
+    /// `struct inet_sock` -> `inet_sport`: the local port, network order.
+    /// Not `skc_num`: `inet_put_port()` zeroes that before a close's
+    /// transition is traced; the tracepoint's record reads this one.
+    pub inet_sport: u32,
     /// `struct sock` -> `__sk_common.skc_dport`: the remote port, network order.
     pub sock_dport: u32,
-    /// `struct sock` -> `__sk_common.skc_rcv_saddr` (IPv4, network order).
-    pub sock_rcv_saddr: u32,
+    /// `struct inet_sock` -> `inet_saddr` (IPv4, network order), as the
+    /// tracepoint's record has it.
+    pub inet_saddr: u32,
     /// `struct sock` -> `__sk_common.skc_daddr` (IPv4, network order).
     pub sock_daddr: u32,
     /// `struct sock` -> `__sk_common.skc_v6_rcv_saddr` (16 bytes).
@@ -420,9 +423,9 @@ impl KernelOffsets {
             socket_sk: 0,
             task_flags: 0,
             sock_protocol: 0,
-            sock_num: 0,
+            inet_sport: 0,
             sock_dport: 0,
-            sock_rcv_saddr: 0,
+            inet_saddr: 0,
             sock_daddr: 0,
             sock_v6_rcv_saddr: 0,
             sock_v6_daddr: 0,
@@ -440,8 +443,9 @@ pub const OFFSETS_FILES: u32 = 4;
 /// `KernelOffsets::valid` bit for `task_flags`.
 pub const OFFSETS_TASK_FLAGS: u32 = 8;
 
-/// Bytes of `struct sock_common` read at once from `skc_daddr`: the family,
-/// the ports and the IPv4 addresses must lie within (userspace checks).
+/// Bytes of `struct sock_common` read at once from `skc_daddr`: the family
+/// and the remote port must lie within (userspace checks); the same number
+/// of `struct inet_sock` from `inet_saddr` holds `inet_sport`.
 pub const SOCK_HEAD_BYTES: usize = 24;
 
 /// `KernelOffsets::valid` bit for the socket's protocol, ports and

@@ -188,13 +188,23 @@ fn family_without_field(rec: &Record, tp: &TpLayout, sk: u64) -> Res<u16> {
     Ok(if mapped { AF_INET } else { AF_INET6 })
 }
 
-/// The first bytes of `struct sock_common`, from `skc_daddr` on: the IPv4
-/// addresses, the ports and the family, read with one helper call.
-/// Userspace vouches that every field lies within (`OFFSETS_SOCK_ENDPOINTS`).
+/// A few bytes of a socket read with one helper call: `struct sock_common`
+/// from `skc_daddr` (the remote address and port, the family), or `struct
+/// inet_sock` from `inet_saddr` (the local address and port). Userspace
+/// vouches that every field lies within (`OFFSETS_SOCK_ENDPOINTS`).
 #[repr(C, align(8))]
 struct SockHead([u8; SOCK_HEAD_BYTES]);
 
 impl SockHead {
+    #[inline(always)]
+    fn read(at: u64) -> Res<SockHead> {
+        let mut head = SockHead([0; SOCK_HEAD_BYTES]);
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel_buf(at as *const u8, &mut head.0) }
+            .inspect_err(|_| bump(counter::READ_FAILED))?;
+        Ok(head)
+    }
+
     #[inline(always)]
     fn get<T: Copy>(&self, at: u32) -> Res<T> {
         let at = at as usize;
@@ -211,32 +221,30 @@ impl SockHead {
 /// sock.h): for raw tracepoints, which get only the socket pointer.
 #[inline(always)]
 pub fn read_sock_endpoints(sk: u64, k: &KernelOffsets, ev: &mut Event) -> Res<()> {
-    let base = sk + u64::from(k.sock_daddr);
-    let mut head = SockHead([0; SOCK_HEAD_BYTES]);
-    // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut head.0) }
-        .inspect_err(|_| bump(counter::READ_FAILED))?;
-    let rel = |offset: u32| offset.wrapping_sub(k.sock_daddr);
-    let family: u16 = head.get(rel(k.sock_family))?;
+    let remote = SockHead::read(sk + u64::from(k.sock_daddr))?;
+    let local = SockHead::read(sk + u64::from(k.inet_saddr))?;
+    let family: u16 = remote.get(k.sock_family.wrapping_sub(k.sock_daddr))?;
     ev.family = family;
-    ev.sport = head.get(rel(k.sock_num))?;
-    ev.dport = u16::from_be(head.get(rel(k.sock_dport))?);
+    ev.sport = u16::from_be(local.get(k.inet_sport.wrapping_sub(k.inet_saddr))?);
+    ev.dport = u16::from_be(remote.get(k.sock_dport.wrapping_sub(k.sock_daddr))?);
     if family == AF_INET6 {
         ev.saddr = read_kernel(sk + u64::from(k.sock_v6_rcv_saddr)).ok_or(-14)?;
         ev.daddr = read_kernel(sk + u64::from(k.sock_v6_daddr)).ok_or(-14)?;
     } else {
-        let saddr: [u8; 4] = head.get(rel(k.sock_rcv_saddr))?;
-        let daddr: [u8; 4] = head.get(rel(k.sock_daddr))?;
+        let saddr: [u8; 4] = local.get(0)?;
+        let daddr: [u8; 4] = remote.get(0)?;
         ev.saddr[..4].copy_from_slice(&saddr);
         ev.daddr[..4].copy_from_slice(&daddr);
     }
     Ok(())
 }
 
-/// The local port of a socket (`skc_num`, host order).
+/// The local port of a socket (`inet_sport`), host order.
 #[inline(always)]
 pub fn sock_local_port(sk: u64, k: &KernelOffsets) -> Res<u16> {
-    read_kernel(sk + u64::from(k.sock_num)).ok_or(-14)
+    read_kernel::<u16>(sk + u64::from(k.inet_sport))
+        .map(u16::from_be)
+        .ok_or(-14)
 }
 
 #[inline(always)]

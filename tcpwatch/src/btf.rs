@@ -271,9 +271,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     let endpoints = (|| -> Result<[u32; 7], BtfError> {
         Ok([
             btf.member_offset("sock", &["sk_protocol"])?,
-            common("skc_num")?,
+            btf.member_offset("inet_sock", &["inet_sport"])?,
             common("skc_dport")?,
-            common("skc_rcv_saddr")?,
+            btf.member_offset("inet_sock", &["inet_saddr"])?,
             common("skc_daddr")?,
             common("skc_v6_rcv_saddr")?,
             common("skc_v6_daddr")?,
@@ -286,17 +286,16 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     };
     let endpoints = endpoints
         .ok()
-        .filter(|[_, num, dport, rcv_saddr, daddr, ..]| {
-            in_head(*num, 2, *daddr)
+        .filter(|[_, sport, dport, saddr, daddr, ..]| {
+            in_head(*sport, 2, *saddr)
                 && in_head(*dport, 2, *daddr)
-                && in_head(*rcv_saddr, 4, *daddr)
                 && in_head(offsets.sock_family, 2, *daddr)
         });
-    if let Some([protocol, num, dport, rcv_saddr, daddr, v6_rcv_saddr, v6_daddr]) = endpoints {
+    if let Some([protocol, sport, dport, saddr, daddr, v6_rcv_saddr, v6_daddr]) = endpoints {
         offsets.sock_protocol = protocol;
-        offsets.sock_num = num;
+        offsets.inet_sport = sport;
         offsets.sock_dport = dport;
-        offsets.sock_rcv_saddr = rcv_saddr;
+        offsets.inet_saddr = saddr;
         offsets.sock_daddr = daddr;
         offsets.sock_v6_rcv_saddr = v6_rcv_saddr;
         offsets.sock_v6_daddr = v6_daddr;
@@ -428,13 +427,14 @@ mod tests {
         // struct sock_common opens with the addresses, then the hash, the
         // ports and the family (include/net/sock.h).
         assert_eq!(
-            (
-                offsets.sock_daddr,
-                offsets.sock_rcv_saddr,
-                offsets.sock_dport,
-                offsets.sock_num
-            ),
-            (0, 4, 12, 14),
+            (offsets.sock_daddr, offsets.sock_dport),
+            (0, 12),
+            "{offsets:?}"
+        );
+        // struct inet_sock follows its struct sock with inet_saddr and,
+        // a few bytes on, inet_sport (include/net/inet_sock.h).
+        assert!(
+            offsets.inet_saddr > 500 && offsets.inet_sport > offsets.inet_saddr,
             "{offsets:?}"
         );
         assert_eq!(offsets.sock_family, 16, "{offsets:?}");

@@ -121,6 +121,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Kernel-to-user ring buffer size in KiB (a power of two).
     pub ring_kib: u32,
+    /// The kernel's run-time statistics of BPF programs, on while tcpwatch
+    /// runs: tcpwatch's own cost per program in the metrics.
+    pub bpf_stats: bool,
     /// How often the model is checked against the kernel's socket list.
     pub reconcile_interval: HumanDuration,
     /// Rows of per-endpoint and per-process metrics before `other`.
@@ -150,6 +153,7 @@ impl Default for Config {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9775))),
             ring_kib: tcpwatch_common::DEFAULT_RING_BYTES / 1024,
+            bpf_stats: true,
             reconcile_interval: HumanDuration(crate::cli::DEFAULT_RECONCILE_INTERVAL),
             top_n: 10,
             netns_labels: false,

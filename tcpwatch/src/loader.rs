@@ -164,6 +164,10 @@ const HOOKS: [Hook; 10] = [
 pub struct LoadOptions {
     /// Ring buffer size in bytes (rounded up to a power of two pages).
     pub ring_bytes: u32,
+    /// Turn on the kernel's run-time statistics of BPF programs while
+    /// tcpwatch runs (BPF_ENABLE_STATS): each program's run count and time,
+    /// for `tcpwatch_bpf_program_*`. Costs two clock reads per run.
+    pub program_stats: bool,
     /// Sockets whose owner the kernel remembers.
     pub max_socks: u32,
 }
@@ -173,6 +177,7 @@ impl Default for LoadOptions {
         Self {
             ring_bytes: tcpwatch_common::DEFAULT_RING_BYTES,
             max_socks: tcpwatch_common::DEFAULT_MAX_SOCKS,
+            program_stats: false,
         }
     }
 }
@@ -197,8 +202,21 @@ pub struct CounterReader {
     resets: PerCpuArray<MapData, u64>,
     histograms: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
-    /// The attached programs, for their run statistics.
-    programs: Vec<aya::programs::ProgramFd>,
+    /// The attached programs by name in the object, for their run statistics.
+    programs: Vec<(&'static str, aya::programs::ProgramFd)>,
+    /// Holds the kernel's run-time statistics on while it is open.
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// One program's run statistics (`bpf_prog_info`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Runs counted while the kernel's statistics were on.
+    pub runs: u64,
+    /// Their total run time in nanoseconds.
+    pub run_ns: u64,
+    /// Runs the kernel skipped (recursion protection), 5.12+.
+    pub recursion_misses: u64,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -249,9 +267,17 @@ impl CounterReader {
             recursion_misses: self
                 .programs
                 .iter()
-                .map(|p| recursion_misses(p.as_fd()).unwrap_or(0))
+                .map(|(_, p)| program_stats(p.as_fd()).map_or(0, |s| s.recursion_misses))
                 .sum(),
         })
+    }
+
+    /// Each attached program's run statistics, by its name in the object.
+    pub fn programs(&self) -> Vec<(&'static str, ProgramStats)> {
+        self.programs
+            .iter()
+            .filter_map(|(name, fd)| program_stats(fd.as_fd()).ok().map(|s| (*name, s)))
+            .collect()
     }
 }
 
@@ -341,9 +367,10 @@ impl CounterReader {
     }
 }
 
-/// `bpf_prog_info.recursion_misses` of a program (Linux 5.12+), which aya
-/// does not expose: read with BPF_OBJ_GET_INFO_BY_FD.
-fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+/// A program's `bpf_prog_info` run count, run time and recursion misses
+/// (the latter Linux 5.12+), which aya does not all expose: read with
+/// BPF_OBJ_GET_INFO_BY_FD.
+fn program_stats(fd: BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
     use aya_obj::generated::{bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
     // The `info` member of union bpf_attr (include/uapi/linux/bpf.h).
     #[repr(C)]
@@ -372,7 +399,41 @@ fn recursion_misses(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(info.recursion_misses)
+    Ok(ProgramStats {
+        runs: info.run_cnt,
+        run_ns: info.run_time_ns,
+        recursion_misses: info.recursion_misses,
+    })
+}
+
+/// Turns on the kernel's run-time statistics of BPF programs for as long
+/// as the returned descriptor is open (BPF_ENABLE_STATS with
+/// BPF_STATS_RUN_TIME, Linux 5.8+; needs CAP_SYS_ADMIN), as bpftop does:
+/// nothing is left changed when tcpwatch exits.
+fn enable_program_stats() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    /// `BPF_ENABLE_STATS` in `enum bpf_cmd` (include/uapi/linux/bpf.h).
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    /// The `enable_stats` member of union bpf_attr: `BPF_STATS_RUN_TIME` is 0.
+    #[repr(C)]
+    struct EnableStatsAttr {
+        kind: u32,
+    }
+    let mut attr = EnableStatsAttr { kind: 0 };
+    // SAFETY: attr is a live struct of the size passed; the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            &mut attr as *mut EnableStatsAttr,
+            std::mem::size_of::<EnableStatsAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: on success the syscall returns a new descriptor that we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }
 
 /// Effective capabilities of this process, from /proc/self/status.
@@ -641,17 +702,17 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             }
             None => None,
         };
-        let fd = match raw {
-            Some(fd) => {
+        let (program, fd) = match (raw, hook.raw) {
+            (Some(fd), Some(name)) => {
                 debug!("{} attached as a raw tracepoint", hook.name);
-                Ok(fd)
+                (name, Ok(fd))
             }
-            None => attach_classic(&mut ebpf, hook)?,
+            _ => (hook.program, attach_classic(&mut ebpf, hook)?),
         };
         attached.push(hook.name);
         if let Ok(fd) = fd {
-            match recursion_misses(fd.as_fd()) {
-                Ok(_) => programs.push(fd),
+            match program_stats(fd.as_fd()) {
+                Ok(_) => programs.push((program, fd)),
                 Err(e) => warn!(
                     "cannot read run statistics of {}: {e}; missed events go uncounted",
                     hook.name
@@ -681,6 +742,13 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
     let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
     let histograms = per_cpu(tcpwatch_common::MAP_HISTOGRAMS)?;
+    let stats = if options.program_stats {
+        enable_program_stats()
+            .inspect_err(|e| warn!("cannot turn on the kernel's BPF run statistics ({e}); tcpwatch_bpf_program_* stay at 0"))
+            .ok()
+    } else {
+        None
+    };
     // Loading modules needs CAP_SYS_MODULE, which is about to go.
     if let Err(why) = crate::diag::ensure_loaded() {
         debug!("sock_diag modules not loaded: {why}");
@@ -704,6 +772,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             histograms,
             ring_bytes: options.ring_bytes,
             programs,
+            _stats: stats,
         },
         reasons,
         attached,

@@ -71,6 +71,10 @@ pub struct Metrics {
     reconcile_seeded: IntCounterVec,
     scrape_seconds: prometheus::Gauge,
     ring_peak_fill: prometheus::Gauge,
+    program_runs: IntCounterVec,
+    program_seconds: prometheus::CounterVec,
+    /// Each program's statistics at the previous scrape.
+    last_programs: std::collections::HashMap<&'static str, crate::loader::ProgramStats>,
     /// Last values of cumulative sources, to add only what is new.
     /// Per namespace: the last reading of each TcpExt counter, and the
     /// increments counted since start (to rank namespaces for the top N).
@@ -279,6 +283,19 @@ impl Metrics {
             "Most of the ring buffer that held unread events since the previous scrape (1 means events were being lost).",
         )?;
         r.register(Box::new(ring_peak_fill.clone()))?;
+        let program_runs = c(
+            "tcpwatch_bpf_program_runs_total",
+            "Runs of each of tcpwatch's kernel programs (by its name in the object; `_raw` ones are raw tracepoints), from the kernel's BPF statistics while tcpwatch runs.",
+            &["program"],
+        )?;
+        let program_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "tcpwatch_bpf_program_run_seconds_total",
+                "Time spent in each of tcpwatch's kernel programs, from the kernel's BPF statistics while tcpwatch runs: tcpwatch's own cost on the hot path.",
+            ),
+            &["program"],
+        )?;
+        r.register(Box::new(program_seconds.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new("tcpwatch_build_info", "tcpwatch's version."),
             &["version"],
@@ -322,6 +339,9 @@ impl Metrics {
             reconcile_seeded,
             scrape_seconds,
             ring_peak_fill,
+            program_runs,
+            program_seconds,
+            last_programs: Default::default(),
             last_tcpext: Default::default(),
             tcpext_labelled: Default::default(),
             last_counters: Counters::default(),
@@ -429,6 +449,20 @@ impl Metrics {
     /// reconciliation: each increment goes to its namespace's series when
     /// that namespace is among the `top_n` busiest, to `other` otherwise,
     /// so the label set stays bounded and every counter only grows.
+    /// The kernel's run statistics of each attached program, counted from
+    /// what moved since the previous scrape.
+    pub fn count_programs(&mut self, programs: &[(&'static str, crate::loader::ProgramStats)]) {
+        for (name, now) in programs {
+            let before = self.last_programs.insert(name, *now).unwrap_or_default();
+            self.program_runs
+                .with_label_values(&[name])
+                .inc_by(now.runs.saturating_sub(before.runs));
+            self.program_seconds
+                .with_label_values(&[name])
+                .inc_by(now.run_ns.saturating_sub(before.run_ns) as f64 / 1e9);
+        }
+    }
+
     pub fn count_tcpext(
         &mut self,
         namespaces: &std::collections::HashMap<u32, NetnsState>,

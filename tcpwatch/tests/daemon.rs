@@ -752,3 +752,52 @@ fn wrong_passwords_at_once_are_shed() {
     eprintln!("{shed} of 64 wrong passwords shed, {refused} verified");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// tcpwatch's own cost, as the kernel's BPF statistics count it: the state
+/// program's runs grow with the connections made (ten transitions for
+/// five connections at least) and take measurable time; both are counters.
+#[test]
+fn program_run_statistics_count_the_programs_runs() {
+    if !privileged_or_skip("program_run_statistics_count_the_programs_runs") {
+        return;
+    }
+    let ns = Netns::new("bpfstats");
+    let daemon = RunningDaemon::start(&[]);
+    let runs = |body: &str| {
+        ["inet_sock_set_state_raw", "inet_sock_set_state"]
+            .iter()
+            .filter_map(|p| {
+                sample(
+                    body,
+                    &format!("tcpwatch_bpf_program_runs_total{{program=\"{p}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let seconds = |body: &str| {
+        ["inet_sock_set_state_raw", "inet_sock_set_state"]
+            .iter()
+            .filter_map(|p| {
+                sample(
+                    body,
+                    &format!("tcpwatch_bpf_program_run_seconds_total{{program=\"{p}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let (_, _, before) = http_get(&daemon.addr, "/metrics");
+    let mut server = ns.peer("tw-server");
+    let mut client = ns.peer("tw-client");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    for _ in 0..5 {
+        client_closes_first(&mut client, &mut server, "127.0.0.1", port);
+    }
+    let (_, _, after) = http_get(&daemon.addr, "/metrics");
+    assert!(
+        runs(&after) >= runs(&before) + 10.0,
+        "runs {} -> {}:\n{after}",
+        runs(&before),
+        runs(&after)
+    );
+    assert!(seconds(&after) > seconds(&before), "{after}");
+}

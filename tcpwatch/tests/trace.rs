@@ -1088,3 +1088,85 @@ fn port_exhaustion_risk_finding() {
     assert_eq!(f["raddr"], "127.0.0.1");
     assert_eq!(f["severity"], "warning");
 }
+
+/// The raw tracepoint programs and the classic ones they replace, running
+/// side by side over the same connections, report exactly the same state
+/// events: endpoints, states and owners of every transition, through a
+/// close by either side, an abortive close, a refused connect and a
+/// connect with no free port, on IPv4 and IPv6.
+#[test]
+fn raw_and_classic_tracepoints_see_the_same_events() {
+    if !privileged_or_skip("raw_and_classic_tracepoints_see_the_same_events") {
+        return;
+    }
+    let ns = Netns::new("rawcl");
+    let raw = Tracer::start_env(&ns, &["-vv"], &[]);
+    let classic = Tracer::start_env(&ns, &["-vv"], &[("TCPWATCH_CLASSIC_TRACEPOINTS", "1")]);
+    for v6 in [false, true] {
+        let addr = localhost(v6).to_string();
+        let mut server = ns.peer("tw-server");
+        let mut client = ns.peer("tw-client");
+        let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
+        client_closes_first(&mut client, &mut server, &addr, port);
+        server_closes_first(&mut client, &mut server, &addr, port);
+        client.ok(&format!("connect {addr} {port}"));
+        server.ok("accept");
+        server.ok("linger0");
+        server.ok("close");
+        server.ok("close_listener");
+        let refused = client.cmd(&format!("connect {addr} {port}"));
+        assert!(refused.contains("ConnectionRefused"), "{refused}");
+    }
+    // No local port: a range of one port, held.
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    ns.sysctl("net.ipv4.ip_local_port_range", "20000 20000");
+    let mut client = ns.peer("tw-client");
+    client.ok(&format!("connect 127.0.0.1 {port}"));
+    client.ok("keep");
+    assert!(client
+        .cmd(&format!("connect 127.0.0.1 {port}"))
+        .contains("AddrNotAvailable"));
+    thread::sleep(Duration::from_millis(300));
+    let (raw_events, raw_err) = raw.stop();
+    let (classic_events, classic_err) = classic.stop();
+    assert!(
+        raw_err
+            .iter()
+            .any(|l| l.contains("inet_sock_set_state attached as a raw tracepoint")),
+        "{raw_err:#?}"
+    );
+    assert!(
+        !classic_err
+            .iter()
+            .any(|l| l.contains("attached as a raw tracepoint")),
+        "{classic_err:#?}"
+    );
+    // Everything but the time, which each program takes for itself.
+    let states = |events: &[Value]| {
+        let mut v: Vec<String> = events
+            .iter()
+            .filter(|e| e["kind"] == "state")
+            .map(|e| {
+                format!(
+                    "{} {}->{} {}:{} {}:{} f{} {}/{}",
+                    e["skaddr"],
+                    e["old_state"],
+                    e["new_state"],
+                    e["saddr"],
+                    e["sport"],
+                    e["daddr"],
+                    e["dport"],
+                    e["family"],
+                    e["pid"],
+                    e["comm"]
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (states(&raw_events), states(&classic_events));
+    assert!(a.len() >= 30, "the workload made transitions: {a:#?}");
+    assert_eq!(a, b, "raw and classic programs disagree");
+}

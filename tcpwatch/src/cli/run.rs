@@ -94,6 +94,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         .context("cannot read the listening address")?;
     let probe = loader::load(LoadOptions {
         ring_bytes: config.ring_kib * 1024,
+        program_stats: config.bpf_stats,
         ..Default::default()
     })?;
     let loader::Probe {
@@ -285,8 +286,11 @@ async fn reconcile_periodically(
 fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
     match args.effective() {
         Ok(fresh) => {
-            if fresh.listen != config.listen || fresh.ring_kib != config.ring_kib {
-                warn!("listen and ring_kib take effect at the next start; reloading the rest");
+            if fresh.listen != config.listen
+                || fresh.ring_kib != config.ring_kib
+                || fresh.bpf_stats != config.bpf_stats
+            {
+                warn!("listen, ring_kib and bpf_stats take effect at the next start; reloading the rest");
             }
             let mut d = daemon::lock(shared);
             if let Some(det) = d.observer.detectors.as_mut() {
