@@ -189,7 +189,9 @@ pub struct Probe {
     pub events: RingBuf<MapData>,
     pub counters: CounterReader,
     pub reasons: ResetReasons,
-    pub attached: Vec<&'static str>,
+    /// The tracepoints attached, each marked ` (raw)` when its raw
+    /// tracepoint program runs.
+    pub attached: Vec<String>,
     /// Owners of the sockets that existed when tcpwatch started.
     pub snapshot: Snapshot,
 }
@@ -709,7 +711,11 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             }
             _ => (hook.program, attach_classic(&mut ebpf, hook)?),
         };
-        attached.push(hook.name);
+        attached.push(if program == hook.program {
+            hook.name.to_owned()
+        } else {
+            format!("{} (raw)", hook.name)
+        });
         if let Ok(fd) = fd {
             match program_stats(fd.as_fd()) {
                 Ok(_) => programs.push((program, fd)),

@@ -417,7 +417,13 @@ fn lifecycle(tracer: &Tracer, peers: &PeerDir, port: u16) -> Result<()> {
     });
 
     let events = tracer.events();
-    let problems = lifecycle_problems(&events, &client, &server, port, cport);
+    let mut problems = lifecycle_problems(&events, &client, &server, port, cport);
+    // Every supported kernel has BTF: the raw tracepoint programs, not the
+    // classic fallback, saw these transitions.
+    let stderr = tracer.stderr_text();
+    if !stderr.contains("inet_sock_set_state (raw)") {
+        problems.push(format!("the raw tracepoint programs did not attach: {stderr}"));
+    }
     verdict("lifecycle", problems, &events, &[port])
 }
 

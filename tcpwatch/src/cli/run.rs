@@ -143,8 +143,9 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         ServeLimits::default(),
     ));
     eprintln!(
-        "tcpwatch: attached to {} tracepoints; serving {scheme}://{bound}/metrics",
-        attached.len()
+        "tcpwatch: attached to {} tracepoints ({}); serving {scheme}://{bound}/metrics",
+        attached.len(),
+        attached.join(", ")
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0u64;
