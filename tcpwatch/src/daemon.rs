@@ -145,7 +145,6 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     }
     let totals = d.counters.totals();
     let d = &mut *d;
-    d.metrics.count_tcpext(&d.observer.netns_states, d.top_n);
     d.metrics.count_programs(&d.counters.programs());
     d.metrics.top_n_listeners = d.top_n;
     d.metrics

@@ -134,6 +134,15 @@ impl Metrics {
             "Outgoing connects that failed, by reason: connect_refused (a reset answered the SYN), connect_timeout (SYNs unanswered), no_local_port (EADDRNOTAVAIL, no packet sent).",
             &["reason"],
         )?;
+        // Every reason starts at zero: a counter born at its first
+        // increment hides that increment from rate() and increase().
+        for end in [
+            EndReason::ConnectRefused,
+            EndReason::ConnectTimeout,
+            EndReason::NoLocalPort,
+        ] {
+            connect_failures.with_label_values(&[end.name()]);
+        }
         let retransmits = c(
             "tcpwatch_retransmits_total",
             "Segments retransmitted on the wire, by phase.",
@@ -929,6 +938,7 @@ mod tests {
             "tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3",
             "tcpwatch_ring_buffer_peak_fill_ratio 0.25",
             "tcpwatch_build_info{version=",
+            "tcpwatch_connect_failures_total{reason=\"connect_timeout\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

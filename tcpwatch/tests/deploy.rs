@@ -7,7 +7,7 @@ use std::{
     io::Write,
     net::TcpStream,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
@@ -25,25 +25,6 @@ fn peer_main() {
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
-}
-
-/// A tool the tests need: present, or (outside CI) a skip.
-fn tool(name: &str, test: &str) -> bool {
-    if Command::new(name).arg("--version").output().is_ok() {
-        return true;
-    }
-    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some();
-    assert!(!required, "{test} needs {name}");
-    eprintln!("SKIPPED {test}: {name} is missing");
-    false
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcpwatch-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[test]
@@ -112,16 +93,6 @@ fn get(addr: &str, path: &str) -> String {
     http_get(addr, path).2
 }
 
-/// A process of the test's, killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_real_scrape_passes_promtool_check_metrics() {
     if !privileged_or_skip("a_real_scrape_passes_promtool_check_metrics")
@@ -188,7 +159,6 @@ fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
     );
 
     // The shipped rules, with the CLOSE_WAIT alert's 5 minutes shortened.
-    let dir = temp_dir("prometheus");
     let rules = std::fs::read_to_string(deploy("tcpwatch.rules.yml")).expect("rules");
     let rules = rules.replace(
         "(tcpwatch_close_wait_oldest_seconds) > 300\n        for: 5m",
@@ -198,64 +168,23 @@ fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
         rules.contains("> 1\n        for: 0s"),
         "the CLOSE_WAIT rule changed shape"
     );
-    std::fs::write(dir.join("tcpwatch.rules.yml"), rules).expect("write");
-    let web = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .to_string();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - tcpwatch.rules.yml\nscrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n      - targets: [\"{addr}\"]\n"
-        ),
-    )
-    .expect("write");
-    let prometheus = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    let _prometheus = KillOnDrop(prometheus);
-
-    let query = |q: &str| -> serde_json::Value {
-        let path = format!(
-            "/api/v1/query?query={}",
-            q.replace(' ', "%20")
-                .replace('"', "%22")
-                .replace('{', "%7B")
-                .replace('}', "%7D")
-                .replace(':', "%3A")
-                .replace('=', "%3D")
-        );
-        serde_json::from_str(&get(&web, &path)).unwrap_or(serde_json::Value::Null)
-    };
+    let prometheus = Prometheus::start("prometheus", &addr, Some(&rules));
     let series = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
     let time_wait = || -> Option<f64> {
-        let v = query(&series);
-        v["data"]["result"][0]["value"][1]
+        prometheus.query(&series)["data"]["result"][0]["value"][1]
             .as_str()
             .and_then(|s| s.parse().ok())
     };
     let firing = || {
-        let alerts: serde_json::Value =
-            serde_json::from_str(&get(&web, "/api/v1/alerts")).unwrap_or_default();
-        alerts["data"]["alerts"].as_array().is_some_and(|a| {
-            a.iter().any(|a| {
-                a["labels"]["alertname"] == "TcpCloseWaitLeak"
-                    && a["state"] == "firing"
-                    && a["labels"]["comm"] == "tw-leaky"
+        prometheus.api("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .is_some_and(|a| {
+                a.iter().any(|a| {
+                    a["labels"]["alertname"] == "TcpCloseWaitLeak"
+                        && a["state"] == "firing"
+                        && a["labels"]["comm"] == "tw-leaky"
+                })
             })
-        })
     };
     let up = wait_until(Duration::from_secs(30), || time_wait().is_some());
     assert!(up, "prometheus never had the series");
@@ -263,7 +192,6 @@ fn prometheus_scrapes_tcpwatch_and_the_close_wait_alert_fires() {
     assert!(
         wait_until(Duration::from_secs(30), firing),
         "{}",
-        get(&web, "/api/v1/alerts")
+        prometheus.api("/api/v1/alerts")
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

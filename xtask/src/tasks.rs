@@ -84,7 +84,8 @@ fn vm_test_wanted() -> bool {
 /// `target/dist/tcpwatch-VERSION-ARCH-linux.tar.gz`, unpacking to paths an
 /// admin expects under `/`: usr/bin/tcpwatch,
 /// usr/lib/systemd/system/tcpwatch.service, etc/tcpwatch/tcpwatch.toml and
-/// usr/share/tcpwatch/ (Prometheus scrape config, rules and their tests).
+/// usr/share/tcpwatch/ (Prometheus scrape config, rules and their tests,
+/// the Grafana dashboard).
 pub fn dist() -> Result<PathBuf> {
     let binary = build()?;
     let root = workspace_root();
@@ -114,6 +115,7 @@ pub fn dist() -> Result<PathBuf> {
         "prometheus.yml",
         "tcpwatch.rules.yml",
         "tcpwatch.rules.test.yml",
+        "grafana/tcpwatch.json",
     ] {
         place(&deploy.join(file), &format!("usr/share/tcpwatch/{file}"))?;
     }

@@ -242,6 +242,13 @@ async fn reconcile(shared: &daemon::Shared) {
     for r in &reports {
         d.metrics.on_report(r.finding.kind, r.status.name());
     }
+    // TcpExt counters are counted at each reading, not at scrapes: the
+    // first reading of a namespace (at start, or when it appears) is the
+    // baseline, so what happens before the next scrape counts too.
+    {
+        let d = &mut *d;
+        d.metrics.count_tcpext(&d.observer.netns_states, d.top_n);
+    }
     match own_state {
         Some(state) => d.own_netns = Some(state),
         None => {

@@ -1106,3 +1106,127 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A tool a test needs: present, or (outside CI and `cargo xtask test`) a skip.
+pub fn tool(name: &str, test: &str) -> bool {
+    if Command::new(name).arg("--version").output().is_ok() {
+        return true;
+    }
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var_os("TCPWATCH_REQUIRE_PRIVILEGED_TESTS").is_some();
+    assert!(!required, "{test} needs {name}");
+    eprintln!("SKIPPED {test}: {name} is missing");
+    false
+}
+
+/// An empty directory of this test process's own under the temporary directory.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcpwatch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// `s` percent-encoded for a URL query (everything but unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus (Debian's) on a free loopback port, scraping `target`
+/// every second (job `tcpwatch`) with a storage directory of its own; killed
+/// and its directory removed when dropped.
+pub struct Prometheus {
+    child: Child,
+    /// `127.0.0.1:PORT` of its web API.
+    pub web: String,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    /// Starts it with `rules` (the text of a rule file) if given, and waits
+    /// until it has scraped `target` once.
+    pub fn start(tag: &str, target: &str, rules: Option<&str>) -> Prometheus {
+        let dir = temp_dir(tag);
+        let mut config = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n".to_owned();
+        if let Some(rules) = rules {
+            std::fs::write(dir.join("tcpwatch.rules.yml"), rules).expect("write");
+            config.push_str("rule_files:\n  - tcpwatch.rules.yml\n");
+        }
+        config.push_str(&format!(
+            "scrape_configs:\n  - job_name: tcpwatch\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ));
+        std::fs::write(dir.join("prometheus.yml"), config).expect("write");
+        let web = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .to_string();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        let prometheus = Prometheus { child, web, dir };
+        assert!(
+            wait_until(Duration::from_secs(30), || http_get(
+                &prometheus.web,
+                "/-/ready"
+            )
+            .0
+            .contains(" 200")),
+            "prometheus never became ready"
+        );
+        // Targets are applied a few seconds after start: what happens before
+        // the first scrape would be part of every series' first sample.
+        assert!(
+            wait_until(Duration::from_secs(30), || prometheus.query("up == 1")
+                ["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())),
+            "prometheus never scraped {target}"
+        );
+        prometheus
+    }
+
+    /// A GET of the HTTP API, as JSON (null when it does not answer JSON).
+    pub fn api(&self, path: &str) -> Value {
+        serde_json::from_str(&http_get(&self.web, path).2).unwrap_or(Value::Null)
+    }
+
+    /// An instant query at the present.
+    pub fn query(&self, promql: &str) -> Value {
+        self.api(&format!("/api/v1/query?query={}", url_encode(promql)))
+    }
+
+    /// A range query from `start` to `end` (Unix seconds) every `step` seconds.
+    pub fn query_range(&self, promql: &str, start: f64, end: f64, step: f64) -> Value {
+        self.api(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            url_encode(promql)
+        ))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
