@@ -422,7 +422,9 @@ fn lifecycle(tracer: &Tracer, peers: &PeerDir, port: u16) -> Result<()> {
     // classic fallback, saw these transitions.
     let stderr = tracer.stderr_text();
     if !stderr.contains("inet_sock_set_state (raw)") {
-        problems.push(format!("the raw tracepoint programs did not attach: {stderr}"));
+        problems.push(format!(
+            "the raw tracepoint programs did not attach: {stderr}"
+        ));
     }
     verdict("lifecycle", problems, &events, &[port])
 }
