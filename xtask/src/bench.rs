@@ -233,9 +233,13 @@ pub fn churn_in_netns(netns: &str, seconds: f64, client_closes: bool) -> Result<
 enum Mode {
     Baseline,
     Daemon,
-    /// The daemon without some optional hooks (TCPWATCH_SKIP_HOOKS), to
-    /// measure what they cost.
-    DaemonWithout(&'static str),
+    /// The daemon with a configuration and environment of its own (the
+    /// classic tracepoints, no BPF statistics, no optional hooks...), to
+    /// measure what each costs.
+    DaemonWith {
+        config: &'static str,
+        env: &'static [(&'static str, &'static str)],
+    },
     Observer(PathBuf, Vec<String>),
     /// An observer that is not installed here.
     Missing,
@@ -314,8 +318,18 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
         ("no observer", Mode::Baseline),
         ("tcpwatch run (metrics)", Mode::Daemon),
         (
-            "tcpwatch run without the send/receive owner hooks",
-            Mode::DaemonWithout("sock_send_length,sock_recv_length"),
+            "tcpwatch run on the classic tracepoints",
+            Mode::DaemonWith {
+                config: "",
+                env: &[("TCPWATCH_CLASSIC_TRACEPOINTS", "1")],
+            },
+        ),
+        (
+            "tcpwatch run without BPF statistics (bpf_stats = false)",
+            Mode::DaemonWith {
+                config: "bpf_stats = false\n",
+                env: &[],
+            },
         ),
         (
             "tcpwatch trace --json > /dev/null",
@@ -336,10 +350,10 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
                 },
                 Mode::Missing => continue,
                 Mode::Daemon => observed_churn(ns, seconds, start_daemon(binary, "", &[])?)?,
-                Mode::DaemonWithout(hooks) => observed_churn(
+                Mode::DaemonWith { config, env } => observed_churn(
                     ns,
                     seconds,
-                    start_daemon_with_env(binary, "", &[], &[("TCPWATCH_SKIP_HOOKS", hooks)])?,
+                    start_daemon_with_env(binary, config, &[], env)?,
                 )?,
                 Mode::Observer(program, args) => {
                     observed_churn(ns, seconds, start(program, args, None)?)?
