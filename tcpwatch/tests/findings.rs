@@ -132,7 +132,10 @@ fn fin_wait2_stall_finding() {
             == 1),
         "ground truth"
     );
-    thread::sleep(Duration::from_millis(2500));
+    // Past the age, the next tick asks a reconciliation to confirm the
+    // owner (a dump of every namespace and a scan of /proc): seconds on a
+    // loaded machine.
+    thread::sleep(Duration::from_millis(4000));
     let (lines, _) = tracer.stop();
     let f = raised(&lines, "fin_wait2_stall");
     assert_eq!(f.len(), 1, "{lines:#?}");
