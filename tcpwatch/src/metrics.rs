@@ -15,7 +15,7 @@ use crate::{
     detect::Detectors,
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
     loader::{Counters, KernelTotals},
-    model::{EndReason, Model, Outcome},
+    model::{EndReason, Model, Opener, Outcome},
     summary::Summary,
 };
 
@@ -148,6 +148,14 @@ impl Metrics {
             "Segments retransmitted on the wire, by phase.",
             &["phase"],
         )?;
+        for phase in ["syn", "synack", "data", "fin"] {
+            retransmits.with_label_values(&[phase]);
+        }
+        for opener in [Opener::Active, Opener::Passive, Opener::Unknown] {
+            for end in EndReason::ALL {
+                closed.with_label_values(&[opener.name(), end.name()]);
+            }
+        }
         let resets = c(
             "tcpwatch_resets_total",
             "Resets sent (by kernel reason) and received.",
@@ -158,6 +166,11 @@ impl Metrics {
             "Findings raised, updated and resolved.",
             &["kind", "status"],
         )?;
+        for kind in crate::detect::kind::ALL {
+            for status in ["raised", "updated", "resolved"] {
+                findings_reported.with_label_values(&[kind, status]);
+            }
+        }
         let tcpext = c(
             "tcpwatch_tcpext_total",
             "TcpExt counters (TW, TWRecycled, ListenOverflows, SyncookiesSent, ...) by network namespace (inode; the top N by activity, then other), counted from tcpwatch's start.",
@@ -939,6 +952,10 @@ mod tests {
             "tcpwatch_ring_buffer_peak_fill_ratio 0.25",
             "tcpwatch_build_info{version=",
             "tcpwatch_connect_failures_total{reason=\"connect_timeout\"} 0",
+            // Fixed label sets start at zero, so rate() sees the first one.
+            "tcpwatch_findings_reported_total{kind=\"syn_flood\",status=\"raised\"} 0",
+            "tcpwatch_connections_closed_total{end=\"owner_exited\",opener=\"passive\"} 0",
+            "tcpwatch_retransmits_total{phase=\"fin\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

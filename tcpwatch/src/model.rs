@@ -123,6 +123,21 @@ impl Closer {
 }
 
 impl EndReason {
+    /// Every end reason.
+    pub const ALL: [EndReason; 11] = [
+        EndReason::NormalClose,
+        EndReason::ResetReceived,
+        EndReason::ResetSent,
+        EndReason::ConnectTimeout,
+        EndReason::ConnectRefused,
+        EndReason::RetransmitTimeout,
+        EndReason::Aborted,
+        EndReason::TimeWaitOverflow,
+        EndReason::NoLocalPort,
+        EndReason::OwnerExited,
+        EndReason::PeerReset,
+    ];
+
     /// The stable name used in JSON, on screen and in metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -2135,19 +2150,7 @@ mod tests {
     #[test]
     fn names_match_their_json() {
         let json = |v: serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_default();
-        for e in [
-            EndReason::NormalClose,
-            EndReason::ResetReceived,
-            EndReason::ResetSent,
-            EndReason::ConnectTimeout,
-            EndReason::ConnectRefused,
-            EndReason::RetransmitTimeout,
-            EndReason::Aborted,
-            EndReason::TimeWaitOverflow,
-            EndReason::NoLocalPort,
-            EndReason::OwnerExited,
-            EndReason::PeerReset,
-        ] {
+        for e in EndReason::ALL {
             assert_eq!(json(serde_json::to_value(e).unwrap()), e.name());
         }
         for o in [Opener::Active, Opener::Passive, Opener::Unknown] {

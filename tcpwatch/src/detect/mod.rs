@@ -50,6 +50,32 @@ pub mod kind {
     pub const TIME_WAIT_ASSASSINATED: &str = "time_wait_assassinated";
     pub const ORPHAN_OVERFLOW: &str = "orphan_overflow";
     pub const SYN_FLOOD: &str = "syn_flood";
+
+    /// Every kind tcpwatch reports, here and in `finding::kind`.
+    pub const ALL: [&str; 22] = [
+        TIME_WAIT_BUILDUP,
+        CLOSE_WAIT_LEAK,
+        TW_REUSE,
+        TIME_WAIT_SYN_REUSE,
+        CONNECT_TIMEOUT,
+        CONNECT_REFUSED,
+        SYNACK_RETRANSMIT,
+        FIN_RETRANSMIT,
+        FIN_WAIT2_STALL,
+        PEER_UNRESPONSIVE,
+        TW_REUSE_RESET,
+        PORT_EXHAUSTION_RISK,
+        ZERO_WINDOW_STALL,
+        ACCEPT_QUEUE_OVERFLOW,
+        CONNECT_FAILED,
+        PEER_RESTARTED,
+        IDLE_WITHOUT_KEEPALIVE,
+        TIME_WAIT_ASSASSINATED,
+        ORPHAN_OVERFLOW,
+        SYN_FLOOD,
+        crate::finding::kind::SYSCTL_RISK,
+        crate::finding::kind::TIME_WAIT_OVERFLOW,
+    ];
 }
 
 /// How long after a tw_reuse a reset counts as its consequence.
