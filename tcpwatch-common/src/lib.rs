@@ -218,6 +218,12 @@ pub mod event_flag {
     /// (its files are closed by `do_exit()` -> `exit_files()`), not a close()
     /// the application called.
     pub const OWNER_EXITING: u8 = 1;
+    /// A received reset's event says whether data was outstanding
+    /// (`DATA_OUTSTANDING`); without it the kernel's offsets were unknown.
+    pub const OUTSTANDING_KNOWN: u8 = 2;
+    /// Segments sent and not acknowledged when the reset came
+    /// (`tcp_sock.packets_out` > 0).
+    pub const DATA_OUTSTANDING: u8 = 4;
 }
 
 /// Durations the kernel aggregates into histograms, with no event each.
@@ -401,6 +407,12 @@ pub struct KernelOffsets {
     pub sock_v6_rcv_saddr: u32,
     /// `struct sock` -> `__sk_common.skc_v6_daddr` (16 bytes).
     pub sock_v6_daddr: u32,
+    /// `struct sock` -> `sk_lock.owned`: non-zero while a process holds the
+    /// socket's lock (in its own system call); softirq processing never
+    /// changes the state of a socket a process owns.
+    pub sock_lock_owned: u32,
+    /// `struct tcp_sock` -> `packets_out`: segments in flight.
+    pub tcp_packets_out: u32,
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
@@ -429,6 +441,8 @@ impl KernelOffsets {
             sock_daddr: 0,
             sock_v6_rcv_saddr: 0,
             sock_v6_daddr: 0,
+            sock_lock_owned: 0,
+            tcp_packets_out: 0,
             valid: 0,
         }
     }
@@ -442,6 +456,9 @@ pub const OFFSETS_SKB: u32 = 2;
 pub const OFFSETS_FILES: u32 = 4;
 /// `KernelOffsets::valid` bit for `task_flags`.
 pub const OFFSETS_TASK_FLAGS: u32 = 8;
+
+/// `KernelOffsets::valid` bit for `sock_lock_owned` and `tcp_packets_out`.
+pub const OFFSETS_SOCK_STATE: u32 = 32;
 
 /// Bytes of `struct sock_common` read at once from `skc_daddr`: the family
 /// and the remote port must lie within (userspace checks); the same number
@@ -457,7 +474,7 @@ pub const OFFSETS_SOCK_ENDPOINTS: u32 = 16;
 /// start of `do_exit()`, before the task's files are closed.
 pub const PF_EXITING: u32 = 0x0000_0004;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -478,7 +495,7 @@ pub struct Layout {
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 80);
+const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 88);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.

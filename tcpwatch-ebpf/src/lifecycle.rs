@@ -16,7 +16,7 @@ use tcpwatch_common::{
     event_flag, hist, kind, owner_source, tcp_state::*, transition_index, Event, KernelOffsets,
     ListenerKey, SockOwner, TpLayout, COMM_LEN, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOCKS,
     DURATION_UNKNOWN, HISTOGRAMS_LEN, HIST_BOUNDS_NS, HIST_SLOTS, IPPROTO_TCP,
-    OFFSETS_SOCK_ENDPOINTS, OFFSETS_TASK_FLAGS, PF_EXITING, TRANSITIONS_LEN,
+    OFFSETS_SOCK_ENDPOINTS, OFFSETS_SOCK_STATE, OFFSETS_TASK_FLAGS, PF_EXITING, TRANSITIONS_LEN,
 };
 
 use crate::emit::{
@@ -106,9 +106,13 @@ fn bound_in_process_context(old: u8, new: u8) -> Option<u8> {
 /// it closed by `do_exit()` -> `exit_files()` (kernel/exit.c), whose final
 /// `fput()` runs `tcp_close()` from the exiting task's own task work; an
 /// explicit close() runs in a live task. Only closing transitions are
-/// checked: one read of `current->flags`.
+/// checked: one read of `current->flags`, and, where BTF gives it, of
+/// `sk->sk_lock.owned`: `tcp_close()` holds the socket's lock, while
+/// softirq work on a socket (a reset, a timer) never runs under it, so a
+/// transition made in softirq while some unrelated task happens to be
+/// exiting on that CPU is not mistaken for one.
 #[inline(always)]
-fn closed_by_exiting_task(old: u8, new: u8) -> bool {
+fn closed_by_exiting_task(sk: u64, old: u8, new: u8) -> bool {
     let closing = matches!(
         (old, new),
         (
@@ -126,7 +130,12 @@ fn closed_by_exiting_task(old: u8, new: u8) -> bool {
     // SAFETY: a helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() };
-    read_kernel::<u32>(task + u64::from(k.task_flags)).is_some_and(|f| f & PF_EXITING != 0)
+    let exiting =
+        read_kernel::<u32>(task + u64::from(k.task_flags)).is_some_and(|f| f & PF_EXITING != 0);
+    if !exiting || k.valid & OFFSETS_SOCK_STATE == 0 {
+        return exiting;
+    }
+    read_kernel::<i32>(sk + u64::from(k.sock_lock_owned)).is_some_and(|owned| owned != 0)
 }
 
 #[inline(always)]
@@ -252,7 +261,15 @@ fn on_transition(sk: u64, old: u8, new: u8, src: &impl Endpoints) -> Res<()> {
         None => (new_socket_owner(src, sk, old, new)?, DURATION_UNKNOWN),
     };
 
-    if let Some(source) = bound_in_process_context(old, new) {
+    let exiting = closed_by_exiting_task(sk, old, new);
+    // A close made by an exiting task under the socket's lock (checked
+    // where BTF gives the lock's offset) ran in the process that held the
+    // socket, even where the transition can also happen in softirq (an
+    // abortive close, `ESTABLISHED -> CLOSE`): a handler killed with
+    // unread data is named, not the parent it was forked from.
+    let exiting_owner = exiting && kernel_offsets().valid & OFFSETS_SOCK_STATE != 0;
+    let bound = bound_in_process_context(old, new).or(exiting_owner.then_some(owner_source::CLOSE));
+    if let Some(source) = bound {
         let candidate = current_owner(owner.netns, owner.born_ns, now, source);
         // pid 0 is the idle task: the transition ran outside any process
         // after all, so keep the owner already known.
@@ -288,7 +305,7 @@ fn on_transition(sk: u64, old: u8, new: u8, src: &impl Endpoints) -> Res<()> {
         }
     }
 
-    let flags = if closed_by_exiting_task(old, new) {
+    let flags = if exiting {
         event_flag::OWNER_EXITING
     } else {
         0

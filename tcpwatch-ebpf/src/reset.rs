@@ -4,10 +4,12 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::TracePointContext,
 };
-use tcpwatch_common::{kind, FIELD_ABSENT, RESETS_LEN, RESETS_RECEIVED_INDEX};
+use tcpwatch_common::{
+    event_flag, kind, FIELD_ABSENT, OFFSETS_SOCK_STATE, RESETS_LEN, RESETS_RECEIVED_INDEX,
+};
 
 use crate::{
-    emit::{bump_in, layout_of, read_endpoints, Record, Res},
+    emit::{bump_in, kernel_offsets, layout_of, read_endpoints, read_kernel, Record, Res},
     lifecycle::emit_for_socket,
 };
 
@@ -64,7 +66,21 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     let rec = Record::read(ctx)?;
     let sk: u64 = rec.get(tp.skaddr)?;
     bump_in(&RESETS, RESETS_RECEIVED_INDEX);
+    // Whether the reset answered data in flight (a peer that lost the
+    // connection) or came when all was acknowledged (`tcp_sock.packets_out`,
+    // include/linux/tcp.h).
+    let k = kernel_offsets();
+    let flags = if k.valid & OFFSETS_SOCK_STATE != 0 && sk != 0 {
+        match read_kernel::<u32>(sk + u64::from(k.tcp_packets_out)) {
+            Some(0) => event_flag::OUTSTANDING_KNOWN,
+            Some(_) => event_flag::OUTSTANDING_KNOWN | event_flag::DATA_OUTSTANDING,
+            None => 0,
+        }
+    } else {
+        0
+    };
     emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
+        ev.flags = flags;
         read_endpoints(&rec, &tp, sk, ev)
     })
 }

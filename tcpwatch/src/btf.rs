@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tcpwatch_common::{
     KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_SOCK_ENDPOINTS,
-    OFFSETS_TASK_FLAGS, SOCK_HEAD_BYTES,
+    OFFSETS_SOCK_STATE, OFFSETS_TASK_FLAGS, SOCK_HEAD_BYTES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -267,6 +267,14 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.task_flags = task_flags;
         offsets.valid |= OFFSETS_TASK_FLAGS;
     }
+    if let (Ok(owned), Ok(packets_out)) = (
+        btf.member_offset("sock", &["sk_lock", "owned"]),
+        btf.member_offset("tcp_sock", &["packets_out"]),
+    ) {
+        offsets.sock_lock_owned = owned;
+        offsets.tcp_packets_out = packets_out;
+        offsets.valid |= OFFSETS_SOCK_STATE;
+    }
     let common = |field: &'static str| btf.member_offset("sock", &["__sk_common", field]);
     let endpoints = (|| -> Result<[u32; 7], BtfError> {
         Ok([
@@ -423,6 +431,7 @@ mod tests {
                 | OFFSETS_FILES
                 | OFFSETS_TASK_FLAGS
                 | OFFSETS_SOCK_ENDPOINTS
+                | OFFSETS_SOCK_STATE
         );
         // struct sock_common opens with the addresses, then the hash, the
         // ports and the family (include/net/sock.h).

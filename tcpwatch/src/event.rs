@@ -218,6 +218,9 @@ pub struct TcpEvent {
     /// A closing transition made in an exiting task: the process died or
     /// exited holding the socket, and the kernel closed it (not close()).
     pub owner_exiting: bool,
+    /// For a received reset: whether data was in flight, unacknowledged,
+    /// when it came (`None` where the kernel's offsets are unknown).
+    pub outstanding: Option<bool>,
 }
 
 impl TcpEvent {
@@ -281,6 +284,8 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         old_state_ns: (raw.old_state_ns != DURATION_UNKNOWN).then_some(raw.old_state_ns),
         reason: raw.reason,
         owner_exiting: raw.flags & tcpwatch_common::event_flag::OWNER_EXITING != 0,
+        outstanding: (raw.flags & tcpwatch_common::event_flag::OUTSTANDING_KNOWN != 0)
+            .then_some(raw.flags & tcpwatch_common::event_flag::DATA_OUTSTANDING != 0),
     })
 }
 

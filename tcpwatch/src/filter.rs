@@ -125,6 +125,7 @@ mod tests {
             old_state_ns: Some(10),
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

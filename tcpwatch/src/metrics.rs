@@ -878,6 +878,7 @@ mod tests {
             old_state_ns: ms.map(|m| m * 1_000_000),
             reason: 1,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

@@ -266,6 +266,8 @@ pub struct Connection {
     pub owner_confirmed: bool,
     /// The kernel closed it for a process that exited holding it.
     pub closed_by_exit: bool,
+    /// For a received reset: whether the kernel had data in flight then.
+    pub reset_outstanding: Option<bool>,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -281,13 +283,27 @@ pub struct RetransmitRun {
 /// A reset received while a run of data retransmits was going unanswered
 /// (within the wait for the next retransmit): the peer was silent, then
 /// answered with a reset, the answer of a host that no longer knows the
-/// connection (`tcp_v4_send_reset()` for a segment with no socket).
+/// connection (`tcp_v4_send_reset()` for a segment with no socket). Where
+/// the kernel said whether data was still in flight when the reset came,
+/// that decides (a live peer that aborts after its ACKs caught up is not
+/// one); elsewhere the run must show RTO backoff: two retransmits or more,
+/// the last gap at least the kernel's minimum RTO (fast retransmits come
+/// within a round trip and say nothing of the peer's state).
 fn answered_unanswered_data(c: &Connection, now: u64) -> bool {
     c.rtx_run.as_deref().is_some_and(|run| {
         let window = (2 * run.last_gap_ns).clamp(5_000_000_000, RUN_MAX_GAP_NS);
-        now.saturating_sub(run.last_ns) <= window
+        let recent = now.saturating_sub(run.last_ns) <= window;
+        let backoff = run.count >= 2 && run.last_gap_ns >= TCP_RTO_MIN_NS;
+        recent
+            && match c.reset_outstanding {
+                Some(outstanding) => outstanding,
+                None => backoff,
+            }
     })
 }
+
+/// TCP_RTO_MIN (include/net/tcp.h): 200 ms.
+const TCP_RTO_MIN_NS: u64 = 200_000_000;
 
 /// Longest gap between two retransmits of one run: TCP_RTO_MAX plus slack.
 const RUN_MAX_GAP_NS: u64 = 130_000_000_000;
@@ -356,6 +372,10 @@ pub struct TimeWait {
     /// closed yet (the kernel keeps it in a timewait socket too, for
     /// tcp_fin_timeout). Inference cannot tell them apart; sock_diag can.
     pub substate: TcpState,
+    /// A reconciliation saw it in the kernel's list in TIME_WAIT: it
+    /// exists (an inferred one may not, when a reset aborted the close or
+    /// the kernel kept FIN_WAIT2), so its early end means something.
+    pub confirmed: bool,
 }
 
 /// What applying an event produced.
@@ -786,11 +806,18 @@ impl Model {
                             c.resets_sent = c.resets_sent.saturating_add(1);
                         } else {
                             c.resets_received = c.resets_received.saturating_add(1);
+                            c.reset_outstanding = ev.outstanding;
                         }
                     }
                     if let Some(mut parked) = self.parked.remove(&ev.skaddr) {
                         // An abortive close: the kernel moves the socket to
-                        // CLOSE first and sends the reset right after.
+                        // CLOSE first and sends the reset right after. A
+                        // close that looked like it entered TIME_WAIT was
+                        // aborted instead: no TIME_WAIT exists.
+                        if parked.time_wait {
+                            self.tw_remove(&parked.connection.tuple);
+                            parked.time_wait = false;
+                        }
                         parked.end = if ev.kind == EventKind::ResetSent {
                             parked.connection.resets_sent =
                                 parked.connection.resets_sent.saturating_add(1);
@@ -901,6 +928,7 @@ impl Model {
                     holders: 0,
                     owner_confirmed: false,
                     closed_by_exit: false,
+                    reset_outstanding: None,
                 });
             }
             return;
@@ -1020,6 +1048,7 @@ impl Model {
             holders: 0,
             owner_confirmed: false,
             closed_by_exit: false,
+            reset_outstanding: None,
         });
     }
 
@@ -1123,6 +1152,20 @@ impl Model {
         }
         if time_wait {
             self.enter_time_wait(connection.tuple, ev.ts_ns, &connection);
+            // Decided at a reset or after the grace period: an orphan that
+            // receives data after its close is aborted (TcpExt
+            // TCPAbortOnData, `tcp_rcv_state_process()`), moved to CLOSE
+            // first and reset right after, and no TIME_WAIT follows.
+            self.parked.insert(
+                ev.skaddr,
+                Finished {
+                    connection,
+                    end_ns: ev.ts_ns,
+                    end,
+                    time_wait,
+                },
+            );
+            return;
         }
         out.push(Outcome::Finished(Finished {
             connection,
@@ -1141,6 +1184,7 @@ impl Model {
                 comm: c.comm.clone(),
                 opener: c.opener,
                 substate: TcpState::TimeWait,
+                confirmed: false,
             },
         );
         self.time_wait_order.push_back((tuple, now));
@@ -1264,6 +1308,7 @@ impl Model {
                 // their way: a reuse, not a death.
                 let reused = kernel_live.contains_key(&t);
                 if seen_before
+                    && tw.confirmed
                     && tw.substate == TcpState::TimeWait
                     && !reused
                     && age_ns + EARLY_DEATH_MARGIN_NS < TIME_WAIT_NS
@@ -1286,6 +1331,7 @@ impl Model {
                     entry.substate = *substate;
                     r.time_wait_added += 1;
                 }
+                entry.confirmed |= *substate == TcpState::TimeWait;
             } else {
                 let opener = if listening.contains(&t.local_port) {
                     Opener::Passive
@@ -1310,6 +1356,7 @@ impl Model {
                         comm,
                         opener,
                         substate: *substate,
+                        confirmed: *substate == TcpState::TimeWait,
                     },
                 );
                 // Out of order in the expiry queue: it may outlive its timer
@@ -1443,6 +1490,7 @@ impl Model {
                     holders: 0,
                     owner_confirmed: false,
                     closed_by_exit: false,
+                    reset_outstanding: None,
                 },
             );
             r.connections_added += 1;
@@ -1646,6 +1694,7 @@ mod tests {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 
@@ -1653,8 +1702,18 @@ mod tests {
         ev(ts_ms, sk, EventKind::State, old, new)
     }
 
-    fn run(model: &mut Model, events: &[TcpEvent]) -> Vec<Outcome> {
+    /// Applies `events`, then lets the reset grace period pass after the
+    /// last one, so closes waiting for a possible reset are decided.
+    /// Applies `events` and nothing else.
+    fn apply_all(model: &mut Model, events: &[TcpEvent]) -> Vec<Outcome> {
         events.iter().flat_map(|e| model.apply(e)).collect()
+    }
+
+    fn run(model: &mut Model, events: &[TcpEvent]) -> Vec<Outcome> {
+        let mut out: Vec<Outcome> = events.iter().flat_map(|e| model.apply(e)).collect();
+        let last = events.iter().map(|e| e.ts_ns).max().unwrap_or(0);
+        out.extend(model.expire(last + RESET_GRACE_NS));
+        out
     }
 
     fn finished(outcomes: &[Outcome]) -> Vec<&Finished> {
@@ -1951,7 +2010,7 @@ mod tests {
 
         // SO_LINGER 0: CLOSE first, the reset right after.
         let sk = SK + 0x100;
-        let out = run(
+        let out = apply_all(
             &mut m,
             &[
                 st(10, sk, Close, SynSent),
@@ -1972,7 +2031,7 @@ mod tests {
     #[test]
     fn unexplained_close_is_decided_after_the_grace_period() {
         let mut m = Model::default();
-        let out = run(
+        let out = apply_all(
             &mut m,
             &[
                 st(0, SK, Close, SynSent),
@@ -2288,6 +2347,7 @@ mod tests {
             e.netns = netns;
             out.extend(m.apply(&e));
         }
+        out.extend(m.expire((t0 + 15) * MS + RESET_GRACE_NS));
         out
     }
 
@@ -2666,6 +2726,7 @@ mod regressions {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 
@@ -2723,6 +2784,7 @@ mod attribution_regressions {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

@@ -558,6 +558,7 @@ mod attribution_regressions {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

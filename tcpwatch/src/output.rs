@@ -440,6 +440,7 @@ mod tests {
             old_state_ns: Some(1_250_000),
             reason: 12,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

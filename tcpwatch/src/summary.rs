@@ -212,6 +212,7 @@ mod tests {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

@@ -145,6 +145,7 @@ proptest! {
                 old_state_ns: Some(ms),
                 reason: 0,
                 owner_exiting: sk % 3 == 0,
+                outstanding: (sk % 5 == 0).then_some(sk % 2 == 0),
             };
             let outcomes = model.apply(&ev);
             let _ = detectors.on_event(&ev, &outcomes, &model);

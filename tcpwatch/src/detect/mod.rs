@@ -1222,6 +1222,7 @@ mod tests {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 
@@ -2063,6 +2064,7 @@ mod regressions {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         }
     }
 

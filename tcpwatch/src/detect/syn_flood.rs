@@ -924,6 +924,7 @@ mod tests {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            outstanding: None,
         };
         let r = d.on_event(&synack, &[], &model);
         assert_eq!(r[0].finding.kind, kind::SYNACK_RETRANSMIT);
