@@ -2837,3 +2837,6 @@ mod attribution_regressions {
         );
     }
 }
+
+#[cfg(test)]
+mod review_tests;
