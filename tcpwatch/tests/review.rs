@@ -208,3 +208,47 @@ fn review_owner_exited_names_the_handler_that_exited_not_its_parent() {
         exited[0]
     );
 }
+
+/// An operator clears TIME_WAIT sockets with `ss -K` (sock_diag
+/// SOCK_DESTROY: `tcp_abort()` deschedules a timewait socket). No reset
+/// reached them and tcp_rfc1337 has nothing to do with it, yet
+/// time_wait_assassinated says "a reset reached them while tcp_rfc1337=0
+/// (TIME_WAIT assassination)" and tells to set tcp_rfc1337=1, which would
+/// change nothing.
+#[test]
+fn review_time_wait_killed_by_ss_k_is_no_assassination() {
+    if !privileged_or_skip("review_time_wait_killed_by_ss_k_is_no_assassination") {
+        return;
+    }
+    let ns = Netns::new("rvssk");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "0");
+    let tracer = Tracer::start(&ns, &["--no-events", "--reconcile-interval", "1s"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    client.ok("close");
+    server.ok("read_eof");
+    server.ok("close");
+    let sport = format!(":{client_port}");
+    let filter = ["sport", "=", sport.as_str()];
+    assert_eq!(ns.sockets("time-wait", &filter), 1);
+    // A reconciliation sees it in TIME_WAIT first.
+    thread::sleep(Duration::from_millis(1500));
+    ns.exec(&["ss", "-K", "state", "time-wait", "sport", "=", &sport]);
+    assert!(
+        wait_until(Duration::from_secs(2), || ns.sockets("time-wait", &filter) == 0),
+        "ground truth: ss -K removed the TIME_WAIT"
+    );
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+    let f = raised(&lines, "time_wait_assassinated");
+    assert!(
+        f.is_empty(),
+        "an operator's ss -K is no reset reaching a TIME_WAIT: {f:#?}\n{stderr:?}"
+    );
+}
