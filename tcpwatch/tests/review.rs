@@ -241,7 +241,8 @@ fn review_time_wait_killed_by_ss_k_is_no_assassination() {
     thread::sleep(Duration::from_millis(1500));
     ns.exec(&["ss", "-K", "state", "time-wait", "sport", "=", &sport]);
     assert!(
-        wait_until(Duration::from_secs(2), || ns.sockets("time-wait", &filter) == 0),
+        wait_until(Duration::from_secs(2), || ns.sockets("time-wait", &filter)
+            == 0),
         "ground truth: ss -K removed the TIME_WAIT"
     );
     thread::sleep(Duration::from_millis(2500));
@@ -250,5 +251,79 @@ fn review_time_wait_killed_by_ss_k_is_no_assassination() {
     assert!(
         f.is_empty(),
         "an operator's ss -K is no reset reaching a TIME_WAIT: {f:#?}\n{stderr:?}"
+    );
+}
+
+/// The TcpExt counter `name` of a namespace.
+fn tcpext(ns: &Netns, name: &str) -> u64 {
+    let text = ns.exec(&["cat", "/proc/net/netstat"]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client closes (nothing unread: an orphan in FIN_WAIT1) while the
+/// server still has data on the way: the server's pure ACK of the FIN is
+/// lost (dropped here by a rule on 52-byte segments from the server), and
+/// the server's next segment both acknowledges the FIN and carries data.
+/// The kernel moves the orphan to FIN_WAIT2 and, data after close(), calls
+/// tcp_done() and sends a reset (TcpExt TCPAbortOnData): no TIME_WAIT. The
+/// trace shows FIN_WAIT2 -> CLOSE and then the sent reset; tcpwatch ends it
+/// as normal_close with a TIME_WAIT, which the next reconciliation finds
+/// gone and reports as time_wait_assassinated.
+#[test]
+fn review_an_orphan_reset_for_data_after_close_has_no_time_wait() {
+    if !privileged_or_skip("review_an_orphan_reset_for_data_after_close_has_no_time_wait") {
+        return;
+    }
+    let ns = Netns::new("rvad");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "0");
+    let tracer = Tracer::start(
+        &ns,
+        &["--no-events", "--lifecycle", "--reconcile-interval", "1s"],
+    );
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
+    let mut client = ns.peer("tw-client");
+    thread::sleep(Duration::from_millis(1500));
+    let client_port: u16 = client
+        .ok(&format!("connect 127.0.0.1 {port}"))
+        .parse()
+        .unwrap();
+    server.ok("accept");
+    ns.nft(&format!(
+        "table inet rv {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp sport {port} ip length 52 drop\n  }}\n}}\n"
+    ));
+    let aborts = tcpext(&ns, "TCPAbortOnData");
+    client.ok("close");
+    thread::sleep(Duration::from_millis(50));
+    server.ok("send late");
+    let filter = ["sport", "=", &format!(":{client_port}")];
+    assert!(
+        wait_until(Duration::from_secs(2), || ns.sockets("all", &filter) == 0),
+        "ground truth: the client's socket is gone, no TIME-WAIT"
+    );
+    assert_eq!(
+        tcpext(&ns, "TCPAbortOnData"),
+        aborts + 1,
+        "ground truth: the kernel aborted it for data after close()"
+    );
+    ns.exec(&["nft", "delete", "table", "inet", "rv"]);
+    thread::sleep(Duration::from_millis(2500));
+    let (lines, stderr) = tracer.stop();
+    let ends = lifecycle(&lines, client_port);
+    assert_eq!(ends.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised(&lines, "time_wait_assassinated");
+    assert!(
+        ends[0]["end"] != "normal_close" && ends[0]["time_wait"] == false && f.is_empty(),
+        "reset for data after close, no TIME_WAIT: {}\ntime_wait_assassinated: {f:#?}",
+        ends[0]
     );
 }

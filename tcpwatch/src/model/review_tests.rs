@@ -138,3 +138,31 @@ fn review_an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
         "the kernel never listed this 4-tuple in TIME_WAIT: {deaths:?}"
     );
 }
+
+/// An orphan in FIN_WAIT1 whose peer goes on sending: the segment that
+/// acknowledges the FIN also carries data, so tcp_rcv_state_process()
+/// moves the socket to FIN_WAIT2 and, since it is orphaned and data came
+/// after close(), calls tcp_done() (FIN_WAIT2 -> CLOSE, no timewait
+/// socket) and returns 1, for which tcp_v4_do_rcv() sends a reset
+/// (TcpExt TCPAbortOnData). The trace shows the CLOSE first and the sent
+/// reset right after; the model has already ended it as a normal close
+/// with a TIME_WAIT that never exists (and later reports it killed early).
+#[test]
+fn review_fin_wait2_close_followed_by_a_sent_reset_is_no_time_wait() {
+    let mut m = Model::default();
+    let out = run(
+        &mut m,
+        &[
+            st(0, Close, SynSent),
+            st(MS, SynSent, Established),
+            st(10 * MS, Established, FinWait1),
+            st(10 * MS + 20_000, FinWait1, FinWait2),
+            st(10 * MS + 21_000, FinWait2, Close),
+            ev(10 * MS + 22_000, EventKind::ResetSent, Close, Close),
+        ],
+    );
+    let mut out = out;
+    out.extend(m.expire(20 * S));
+    assert_ne!(ends(&out), [EndReason::NormalClose]);
+    assert_eq!(m.time_wait().count(), 0, "no timewait socket was made");
+}
