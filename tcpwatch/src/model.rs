@@ -2902,3 +2902,6 @@ mod attribution_regressions {
         );
     }
 }
+
+#[cfg(test)]
+mod review_tests;

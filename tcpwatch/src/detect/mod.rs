@@ -2328,3 +2328,6 @@ mod regressions {
         r.iter().map(|r| (r.finding.kind, r.status)).collect()
     }
 }
+
+#[cfg(test)]
+mod review_tests;
