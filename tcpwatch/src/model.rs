@@ -2904,4 +2904,4 @@ mod attribution_regressions {
 }
 
 #[cfg(test)]
-mod review_tests;
+mod regression_tests;

@@ -324,7 +324,7 @@ impl Observer {
             // After the model learnt who holds what: findings name them.
             if let Some(d) = self.detectors.as_mut() {
                 reports.extend(d.on_time_wait_deaths(&deaths, dump.start_ns));
-                reports.extend(d.on_orphans(netns, &self.model, dump.start_ns));
+                reports.extend(d.on_orphans(netns, &sockets, &self.model, dump.start_ns));
                 d.on_kernel_sockets(netns, &sockets, dump.start_ns);
                 reports.extend(d.on_listen_queues(netns, &sockets, &self.model, dump.start_ns));
                 reports.extend(d.on_syn_queues(netns, &sockets, &self.model, dump.start_ns));

@@ -10,11 +10,15 @@
 //! `TCPAbortOnMemory` in the socket's namespace (reset reason
 //! `TCP_ABORT_ON_MEMORY`) and log "too many orphaned sockets". The peer
 //! then sees a reset where it expected the end of the data.
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use super::{kind, Detectors, Driver, Report, Who};
 use crate::{
     audit::NetnsState,
+    diag::DiagSocket,
     event::TcpState,
     finding::{Finding, Severity},
     model::Model,
@@ -22,6 +26,9 @@ use crate::{
 
 /// Share of tcp_max_orphans at which the orphan count alone is reported.
 const PRESSURE: f64 = 0.8;
+/// Share under which that report ends: a count hovering at the line does
+/// not raise and resolve it at every other read.
+const PRESSURE_OVER: f64 = 0.7;
 
 #[derive(Debug, Default)]
 pub(super) struct Orphans {
@@ -77,14 +84,24 @@ impl Detectors {
 
     fn orphans_near_limit(&self, netns: u32) -> bool {
         let o = &self.orphans;
+        let open = self
+            .open
+            .contains_key(&(kind::ORPHAN_OVERFLOW, pressure_key(netns)));
+        let share = if open { PRESSURE_OVER } else { PRESSURE };
         o.host_netns == Some(netns)
-            && matches!((o.count, o.max), (Some(c), Some(m)) if m > 0 && c as f64 >= m as f64 * PRESSURE)
+            && matches!((o.count, o.max), (Some(c), Some(m)) if m > 0 && c as f64 >= m as f64 * share)
     }
 
     /// After a reconciliation of `netns`: resets instead of FINs in it, or
     /// (in the host's namespace) orphans near the limit, with the processes
     /// whose closed connections are still being finished.
-    pub fn on_orphans(&mut self, netns: u32, model: &Model, now: u64) -> Vec<Report> {
+    pub fn on_orphans(
+        &mut self,
+        netns: u32,
+        sockets: &[DiagSocket],
+        model: &Model,
+        now: u64,
+    ) -> Vec<Report> {
         let mut out = Vec::new();
         let o = &self.orphans;
         let new_aborts = o.aborts.get(&netns).map_or(0, |a| a.1);
@@ -93,14 +110,24 @@ impl Detectors {
             return out;
         }
         let (count, max) = (o.count, o.max);
-        // Who closed the connections the kernel is still finishing here.
+        // Who closed the connections the kernel is still finishing here:
+        // orphans only (listed without an inode), not a half-close its
+        // process still holds.
+        let orphaned: HashSet<(IpAddr, u16, IpAddr, u16)> = sockets
+            .iter()
+            .filter(|s| {
+                s.inode == 0
+                    && matches!(
+                        s.state,
+                        TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
+                    )
+            })
+            .map(|s| (s.local, s.local_port, s.remote, s.remote_port))
+            .collect();
         let mut closers: HashMap<(u32, String), u64> = HashMap::new();
         for c in model.connections().filter(|c| c.tuple.netns == netns) {
-            if matches!(
-                c.state,
-                TcpState::FinWait1 | TcpState::Closing | TcpState::LastAck
-            ) && c.pid != 0
-            {
+            let t = &c.tuple;
+            if c.pid != 0 && orphaned.contains(&(t.local, t.local_port, t.remote, t.remote_port)) {
                 *closers.entry((c.pid, c.comm.to_string())).or_default() += 1;
             }
         }

@@ -259,12 +259,20 @@ pub fn assess(
         limit > 0 && l.half_open >= MIN_HALF_OPEN && l.half_open * 4 >= limit * 3
     };
     let top = if overflowed(moved, settings.syncookies) {
+        // The counters moved for a listener whose SYN queue was full: the
+        // fullest against its own limit (one past it first), not the one
+        // with the most half-open connections in a queue far from full.
+        let fullness = |l: &ListenerSyn| {
+            let limit = u64::from(settings.syn_queue_limit(l.backlog).max(1));
+            let half_open = u64::from(l.half_open);
+            (half_open >= limit, half_open * 1000 / limit)
+        };
         let top = listeners
             .iter()
             .filter(|l| l.half_open > 0 || l.synack_retransmits > 0)
             .max_by(|a, b| {
-                (a.half_open, a.synack_retransmits)
-                    .cmp(&(b.half_open, b.synack_retransmits))
+                (fullness(a), a.half_open, a.synack_retransmits)
+                    .cmp(&(fullness(b), b.half_open, b.synack_retransmits))
                     // The lowest port first among equals.
                     .then(b.port.cmp(&a.port))
             });
@@ -553,6 +561,13 @@ impl Detectors {
                 Driver::Event,
                 |_| evidence.finding(who, counters.queue_full()),
             );
+            // A queue still seen filling is evidence that the condition
+            // holds, though no counter moved (request sockets that wait,
+            // as with TCP_DEFER_ACCEPT): it stays open rather than resolve
+            // and be raised again.
+            if evidence.half_open * 4 >= evidence.limit * 3 && evidence.limit > 0 {
+                self.still_seen(kind::SYN_FLOOD, &key, now);
+            }
             if let Some(l) = l {
                 if !was_open {
                     self.supersede_synack_retransmits(&mut out, netns, l.port, now);

@@ -100,7 +100,7 @@ impl Detectors {
                         kind::TIME_WAIT_ASSASSINATED,
                         Severity::Warning,
                         format!(
-                            "{count} {named} towards {peer} were killed early (the latest after {age} s of 60): a reset reached them while tcp_rfc1337=0 (TIME_WAIT assassination)"
+                            "{count} {named} towards {peer} vanished early (the latest after {age} s of 60): a reset reached them while tcp_rfc1337=0 (TIME_WAIT assassination), unless someone destroyed them (ss -K)"
                         ),
                     )
                     .evidence("count", count)
@@ -115,7 +115,8 @@ impl Detectors {
                      the connection, answers with a reset, and with net.ipv4.tcp_rfc1337=0 the \
                      kernel accepts it and drops the TIME_WAIT at once (RFC 1337). Set \
                      tcp_rfc1337=1 to ignore resets in TIME_WAIT, and look for what sends the \
-                     stray segments (a middlebox, a peer's late retransmits).",
+                     stray segments (a middlebox, a peer's late retransmits). A TIME_WAIT can also be \
+                     destroyed on purpose (`ss -K`, SOCK_DESTROY): tcp_rfc1337 does not stop that.",
                 )
             });
         }

@@ -1,6 +1,6 @@
-//! Review of issue 14 (end reasons peer_reset, owner_exited and the
-//! TIME_WAIT early deaths behind time_wait_assassinated): cases the model
-//! gets wrong. Each test states what the kernel did.
+//! End reasons peer_reset and owner_exited and the TIME_WAIT early deaths
+//! behind time_wait_assassinated, in cases the model once got wrong. Each
+//! test states what the kernel did.
 use super::*;
 use crate::event::{EventKind, OwnerSource, TcpEvent, TcpState::*};
 
@@ -30,6 +30,7 @@ fn ev(ts_ns: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
         old_state_ns: None,
         reason: 0,
         owner_exiting: false,
+        outstanding: None,
     }
 }
 
@@ -61,7 +62,7 @@ fn ends(out: &[Outcome]) -> Vec<EndReason> {
 /// retransmits with backoff" (README), yet the model ends it as
 /// peer_reset, which raises peer_restarted.
 #[test]
-fn review_one_retransmit_then_a_peer_abort_is_no_peer_reset() {
+fn one_retransmit_then_a_peer_abort_is_no_peer_reset() {
     let mut m = Model::default();
     let out = run(
         &mut m,
@@ -85,7 +86,7 @@ fn review_one_retransmit_then_a_peer_abort_is_no_peer_reset() {
 /// millisecond (gaps of ~0 "do not shrink", so the model counts a run of
 /// three), then a peer abort two seconds later: no restart either.
 #[test]
-fn review_a_fast_retransmit_burst_then_a_peer_abort_is_no_peer_reset() {
+fn a_fast_retransmit_burst_then_a_peer_abort_is_no_peer_reset() {
     let mut m = Model::default();
     let out = run(
         &mut m,
@@ -116,7 +117,7 @@ fn review_a_fast_retransmit_burst_then_a_peer_abort_is_no_peer_reset() {
 /// the next reconciliation must not call it an early TIME_WAIT death
 /// (time_wait_assassinated: "a reset reached them while tcp_rfc1337=0").
 #[test]
-fn review_an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
+fn an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
     let mut m = Model::default();
     // The namespace was looked at before.
     m.reconcile(7, &[], 0, 0);
@@ -148,7 +149,7 @@ fn review_an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
 /// reset right after; the model has already ended it as a normal close
 /// with a TIME_WAIT that never exists (and later reports it killed early).
 #[test]
-fn review_fin_wait2_close_followed_by_a_sent_reset_is_no_time_wait() {
+fn fin_wait2_close_followed_by_a_sent_reset_is_no_time_wait() {
     let mut m = Model::default();
     let out = run(
         &mut m,

@@ -1,6 +1,5 @@
-//! Review of issue 14's detectors (syn_flood, orphan_overflow): cases where
-//! a finding names the wrong process or listener, or flaps while the
-//! condition it reports holds.
+//! Cases where syn_flood or orphan_overflow once named the wrong process or
+//! listener, or flapped while the condition it reports held.
 use super::syn_flood::{assess, ListenerSyn, SynCounters, SynSettings};
 use super::*;
 use crate::{
@@ -30,6 +29,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         old_state_ns: None,
         reason: 0,
         owner_exiting: false,
+        outstanding: None,
     }
 }
 
@@ -55,7 +55,7 @@ fn listener(port: u16, half_open: u32, backlog: u32, synack_retransmits: u64) ->
 /// say which listener overflowed, and syn_flood names the one with the
 /// most half-open connections in absolute terms: the healthy one.
 #[test]
-fn review_syn_flood_names_the_listener_whose_queue_is_full() {
+fn syn_flood_names_the_listener_whose_queue_is_full() {
     let moved = SynCounters {
         cookies_sent: 500,
         queue_full_cookies: 500,
@@ -103,7 +103,7 @@ fn diag(state: TcpState, port: u16, remote_port: u16, send_queue: u32) -> DiagSo
 /// it resolves after --resolve-after and is raised again at the next look,
 /// every five minutes.
 #[test]
-fn review_a_syn_queue_that_stays_full_is_not_resolved_and_raised_again() {
+fn a_syn_queue_that_stays_full_is_not_resolved_and_raised_again() {
     let m = Model::new(Limits::default());
     let mut d = Detectors::new(Thresholds::default());
     let mut state = NetnsState::default();
@@ -138,7 +138,7 @@ fn review_a_syn_queue_that_stays_full_is_not_resolved_and_raised_again() {
 /// inode and a holder): no orphan at all. The finding names it anyway,
 /// since the model counts states, not orphans.
 #[test]
-fn review_orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
+fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     let mut m = Model::new(Limits::default());
     let mut d = Detectors::new(Thresholds::default());
     for e in [
@@ -148,7 +148,7 @@ fn review_orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     ] {
         m.apply(&e);
     }
-    let c = m.connections().next().unwrap();
+    let c = m.connections().next().unwrap().clone();
     let held = KernelSocket {
         tuple: c.tuple,
         state: FinWait1,
@@ -166,7 +166,19 @@ fn review_orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     host.sysctls.insert("tcp_max_orphans".into(), "10".into());
     host.orphans = Some(9);
     d.on_netns(1, &host, 2 * S);
-    let r = d.on_orphans(1, &m, 2 * S);
+    let listed = |inode: u32| DiagSocket {
+        state: FinWait1,
+        local: c.tuple.local,
+        local_port: c.tuple.local_port,
+        remote: c.tuple.remote,
+        remote_port: c.tuple.remote_port,
+        inode,
+        time_wait_left_ms: None,
+        timer: None,
+        recv_queue: 0,
+        send_queue: 0,
+    };
+    let r = d.on_orphans(1, &[listed(77)], &m, 2 * S);
     assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
     let f = &r[0].finding;
     assert!(
@@ -174,13 +186,23 @@ fn review_orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
         "pid 7 holds its socket, it is no orphan's closer: {}",
         f.summary
     );
+    // Once closed (listed without an inode), its closer is named.
+    let mut d = Detectors::new(Thresholds::default());
+    d.on_netns(1, &host, 2 * S);
+    let r = d.on_orphans(1, &[listed(0)], &m, 2 * S);
+    assert_eq!(
+        r[0].finding.evidence["pid"].as_u64(),
+        Some(7),
+        "{}",
+        r[0].finding.summary
+    );
 }
 
 /// The host's orphan count hovers at the 80% line (8, 7, 8, 7, ... of a
 /// tcp_max_orphans of 10), read every 10 s: the pressure finding is raised
 /// and resolved at every other read, with no hysteresis.
 #[test]
-fn review_orphan_pressure_around_the_threshold_does_not_flap() {
+fn orphan_pressure_around_the_threshold_does_not_flap() {
     let m = Model::new(Limits::default());
     let mut d = Detectors::new(Thresholds::default());
     let host = |orphans: u64| {
@@ -193,7 +215,7 @@ fn review_orphan_pressure_around_the_threshold_does_not_flap() {
     for step in 0..10u64 {
         let now = step * 10 * S;
         reports.extend(d.on_netns(1, &host(if step % 2 == 0 { 8 } else { 7 }), now));
-        reports.extend(d.on_orphans(1, &m, now));
+        reports.extend(d.on_orphans(1, &[], &m, now));
     }
     let raised = reports
         .iter()
