@@ -203,11 +203,14 @@ fn time_wait_overflow_finding() {
     assert_eq!(f[0]["netns"], ns.inode);
     // Per connection: the client's first close took the bucket, the next
     // two skipped TIME_WAIT, as the kernel counted.
-    let client_ends: Vec<&str> = lines
+    // In the order the connections ended (a close into TIME_WAIT is
+    // printed once the grace period for a reset has passed).
+    let mut ended: Vec<&Value> = lines
         .iter()
         .filter(|l| l["kind"] == "lifecycle" && l["dport"] == port)
-        .filter_map(|l| l["end"].as_str())
         .collect();
+    ended.sort_by_key(|l| l["ts_ns"].as_u64());
+    let client_ends: Vec<&str> = ended.iter().filter_map(|l| l["end"].as_str()).collect();
     assert_eq!(
         client_ends,
         ["normal_close", "time_wait_overflow", "time_wait_overflow"],
