@@ -7,6 +7,7 @@ use crate::detect::Thresholds;
 
 pub mod audit;
 pub mod config;
+pub mod docs;
 pub mod run;
 pub mod top;
 pub mod trace;
@@ -45,6 +46,15 @@ pub enum Command {
     Top(top::TopArgs),
     /// Audit a network namespace's TCP sysctls and TcpExt counters.
     Audit(audit::AuditArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for tcpwatch and each of its commands into DIR.
+    #[command(hide = true)]
+    Manpages { dir: std::path::PathBuf },
 }
 
 /// When findings are raised, shared by the subcommands that raise them.
@@ -218,6 +228,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Top(args) => top::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Completions { shell } => Ok(docs::print_completions(shell)?),
+        Command::Manpages { dir } => Ok(docs::write_man_pages(&dir)?),
     }
 }
 
