@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deb;
 mod guest;
 mod hold;
 mod initramfs;
@@ -27,12 +28,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing tcpwatch needs: rust-src, a bpf-linker
-    /// built against this toolchain's LLVM, and Debian packages for the tests.
+    /// built against this toolchain's LLVM, cargo-deb and dpkg-dev for the
+    /// Debian package, and Debian packages for the tests.
     Setup {
         /// Also install the Debian packages the privileged tests use.
         #[arg(long)]
         tests: bool,
-        /// Also install what vm-test uses: QEMU, busybox, xz and zstd.
+        /// Also install what vm-test and systemd-test use: QEMU, busybox, xz,
+        /// zstd, mmdebstrap and e2fsprogs.
         #[arg(long)]
         vm: bool,
     },
@@ -91,6 +94,11 @@ enum Task {
     /// Build a release tarball: binary, systemd unit, configuration and
     /// Prometheus files, laid out as they install (target/dist/).
     Dist,
+    /// Build the Debian package target/debian/tcpwatch_VERSION_ARCH.deb
+    /// (cargo-deb): binary, unit (enabled and started on install),
+    /// configuration as a conffile, rules and their tests, completions and
+    /// man pages.
+    Deb,
     /// Boot Debian's cloud kernels under QEMU and run tcpwatch's guest suite
     /// in each (trace, findings, run's /metrics, TIME_WAIT against the
     /// kernel's list, audit); one line per kernel. Kernels are cached in
@@ -142,6 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup { tests, vm } => setup::toolchain()
+            .and_then(|()| setup::deb_tools().map(|_| ()))
             .and_then(|()| {
                 if tests {
                     setup::test_packages()
@@ -166,6 +175,7 @@ fn main() -> ExitCode {
         } => bench::churn(seconds, clients, client_closes).map(|rate| println!("{rate:.0}")),
         Task::Soak { minutes } => soak::soak(minutes),
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
+        Task::Deb => deb::deb().map(|path| println!("{}", path.display())),
         Task::VmTest {
             kernels,
             save_formats,
