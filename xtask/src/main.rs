@@ -15,6 +15,7 @@ mod kernels;
 mod probe;
 mod setup;
 mod soak;
+mod systemd_test;
 mod tasks;
 mod vm;
 
@@ -116,6 +117,12 @@ enum Task {
         #[arg(long)]
         tcpwatch: Option<std::path::PathBuf>,
     },
+    /// Prove the Debian package under a real systemd (root): build it, boot
+    /// Debian 12 (mmdebstrap, cached in ~/.cache/tcpwatch/debian12/; its
+    /// 6.1 kernel) under QEMU, install it with dpkg and check the service:
+    /// Type=notify start, watchdog, capabilities, /metrics, restart after
+    /// SIGKILL, a bad configuration, purge.
+    SystemdTest,
     /// The suite vm-test runs inside each guest (also runs on a host, as root).
     #[command(hide = true)]
     GuestSuite {
@@ -138,7 +145,7 @@ enum Task {
     },
     /// Set up everything and run the whole test suite, privileged tests
     /// included; under CI=true (or TCPWATCH_VM_TEST=1) vm-test on every
-    /// kernel follows.
+    /// kernel and systemd-test follow.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -181,6 +188,7 @@ fn main() -> ExitCode {
             save_formats,
             tcpwatch,
         } => vm::vm_test(&kernels, tcpwatch.as_deref(), save_formats),
+        Task::SystemdTest => systemd_test::systemd_test(),
         Task::GuestSuite {
             tcpwatch,
             dump_formats,
