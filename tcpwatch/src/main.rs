@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("tcpwatch: {line}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::exit_status(&e))
         }
     }
 }

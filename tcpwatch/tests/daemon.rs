@@ -212,7 +212,8 @@ fn configuration_errors_are_one_sentence_and_nothing_starts() {
     ];
     for (path, expected) in &cases {
         let out = tcpwatch(&["run", "--config", path]);
-        assert_eq!(out.status.code(), Some(1), "{path}");
+        // EX_CONFIG: the unit does not restart on it.
+        assert_eq!(out.status.code(), Some(78), "{path}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
@@ -240,7 +241,7 @@ fn configuration_errors_are_one_sentence_and_nothing_starts() {
     ];
     for (path, expected) in &web_cases {
         let out = tcpwatch(&["run", "--web-config-file", path, "--listen", "127.0.0.1:0"]);
-        assert_eq!(out.status.code(), Some(1), "{path}");
+        assert_eq!(out.status.code(), Some(78), "{path}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(expected), "{err}");

@@ -45,6 +45,7 @@ fn systemd_unit_verifies() {
         unit.contains("Type=notify")
             && unit.contains("NoNewPrivileges=yes")
             && unit.contains("ProtectSystem=strict")
+            && unit.contains("RestartPreventExitStatus=78")
     );
     let path = dir.join("tcpwatch.service");
     std::fs::write(

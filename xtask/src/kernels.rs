@@ -292,10 +292,13 @@ struct Apt {
 }
 
 /// The machine's Debian archive, as its apt configuration names it.
-struct Mirror {
-    uri: String,
-    keyring: String,
+pub struct Mirror {
+    pub uri: String,
+    pub keyring: String,
 }
+
+/// The machine's apt sources in deb822 form, where Debian 12 keeps them.
+pub const DEB822_SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 
 /// apt's default keyring for Debian's archive, when the source names none.
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -400,8 +403,8 @@ impl Apt {
 impl Mirror {
     /// The main archive of the machine's apt sources (not its security
     /// archive): the deb822 `debian.sources`, or the one-line `sources.list`.
-    fn of_this_machine() -> Result<Mirror> {
-        let deb822 = Path::new("/etc/apt/sources.list.d/debian.sources");
+    pub fn of_this_machine() -> Result<Mirror> {
+        let deb822 = Path::new(DEB822_SOURCES);
         let one_line = Path::new("/etc/apt/sources.list");
         let found = fs::read_to_string(deb822)
             .ok()
@@ -474,7 +477,7 @@ impl Mirror {
     }
 
     /// `text` with the mirror's host replaced, for messages shown or logged.
-    fn redact(&self, text: &str) -> String {
+    pub fn redact(&self, text: &str) -> String {
         let host = self
             .uri
             .split("://")

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deb;
 mod guest;
 mod hold;
 mod initramfs;
@@ -15,6 +16,7 @@ mod kernels;
 mod probe;
 mod setup;
 mod soak;
+mod systemd_test;
 mod tasks;
 mod vm;
 
@@ -28,13 +30,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building and testing tcpwatch needs: rust-src, a bpf-linker
-    /// built against this toolchain's LLVM, and Debian packages for the tests.
+    /// built against this toolchain's LLVM, cargo-deb and dpkg-dev for the
+    /// Debian package, and Debian packages for the tests.
     Setup {
         /// Also install the Debian packages the privileged tests use, and the
         /// Kubernetes manifests' validator.
         #[arg(long)]
         tests: bool,
-        /// Also install what vm-test uses: QEMU, busybox, xz and zstd.
+        /// Also install what vm-test and systemd-test use: QEMU, busybox, xz,
+        /// zstd, mmdebstrap and e2fsprogs.
         #[arg(long)]
         vm: bool,
     },
@@ -93,6 +97,11 @@ enum Task {
     /// Build a release tarball: binary, systemd unit, configuration and
     /// Prometheus files, laid out as they install (target/dist/).
     Dist,
+    /// Build the Debian package target/debian/tcpwatch_VERSION_ARCH.deb
+    /// (cargo-deb): binary, unit (enabled and started on install),
+    /// configuration as a conffile, rules and their tests, completions and
+    /// man pages.
+    Deb,
     /// Boot Debian's cloud kernels under QEMU and run tcpwatch's guest suite
     /// in each (trace, findings, run's /metrics, TIME_WAIT against the
     /// kernel's list, audit); one line per kernel. Kernels are cached in
@@ -110,6 +119,12 @@ enum Task {
         #[arg(long)]
         tcpwatch: Option<std::path::PathBuf>,
     },
+    /// Prove the Debian package under a real systemd (root): build it, boot
+    /// Debian 12 (mmdebstrap, cached in ~/.cache/tcpwatch/debian12/; its
+    /// 6.1 kernel) under QEMU, install it with dpkg and check the service:
+    /// Type=notify start, watchdog, capabilities, /metrics, restart after
+    /// SIGKILL, a bad configuration, purge.
+    SystemdTest,
     /// The suite vm-test runs inside each guest (also runs on a host, as root).
     #[command(hide = true)]
     GuestSuite {
@@ -137,7 +152,7 @@ enum Task {
     K8sCheck,
     /// Set up everything and run the whole test suite, privileged tests
     /// included; under CI=true (or TCPWATCH_VM_TEST=1) vm-test on every
-    /// kernel follows.
+    /// kernel and systemd-test follow.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -149,6 +164,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup { tests, vm } => setup::toolchain()
+            .and_then(|()| setup::deb_tools().map(|_| ()))
             .and_then(|()| {
                 if tests {
                     setup::test_packages()
@@ -173,11 +189,13 @@ fn main() -> ExitCode {
         } => bench::churn(seconds, clients, client_closes).map(|rate| println!("{rate:.0}")),
         Task::Soak { minutes } => soak::soak(minutes),
         Task::Dist => tasks::dist().map(|path| println!("{}", path.display())),
+        Task::Deb => deb::deb().map(|path| println!("{}", path.display())),
         Task::VmTest {
             kernels,
             save_formats,
             tcpwatch,
         } => vm::vm_test(&kernels, tcpwatch.as_deref(), save_formats),
+        Task::SystemdTest => systemd_test::systemd_test(),
         Task::GuestSuite {
             tcpwatch,
             dump_formats,

@@ -25,16 +25,27 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
 ];
 
-/// Debian packages `cargo xtask vm-test` drives: QEMU to boot Debian's
-/// kernels, a static busybox for the guest's shell and tools (a dynamic one
-/// would do too: the initramfs carries whatever libraries `ldd` lists), and
-/// the decompressors for the kernels' `.ko.xz` / `.ko.zst` modules.
+/// Debian packages `cargo xtask vm-test` and `systemd-test` drive: QEMU to
+/// boot Debian's kernels, a static busybox for the guest's shell and tools (a
+/// dynamic one would do too: the initramfs carries whatever libraries `ldd`
+/// lists), the decompressors for the kernels' `.ko.xz` / `.ko.zst` modules,
+/// and for systemd-test mmdebstrap (the Debian 12 root file system) and
+/// mkfs.ext4 (its disk image, made from a directory without mounting).
 const VM_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "busybox"),
     ("xz-utils", "xz"),
     ("zstd", "zstd"),
+    ("mmdebstrap", "mmdebstrap"),
+    ("e2fsprogs", "mkfs.ext4"),
 ];
+
+/// Debian packages `cargo xtask deb` uses: dpkg-shlibdeps, with which
+/// cargo-deb computes the package's dependencies on shared libraries.
+const DEB_PACKAGES: &[(&str, &str)] = &[("dpkg-dev", "dpkg-shlibdeps")];
+
+/// The cargo-deb release `cargo xtask deb` uses.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
@@ -98,6 +109,28 @@ pub fn toolchain() -> Result<()> {
         .env("LLVM_PREFIX", &linker.prefix)
         // Keep the install's own build artifacts out of the repository.
         .env_remove("CARGO_TARGET_DIR"))
+}
+
+/// cargo-deb, installed once with `cargo install --locked` into
+/// `~/.cache/tcpwatch/cargo-deb-VERSION/` (nothing else on the machine is
+/// touched); returns the program's path.
+pub fn cargo_deb() -> Result<PathBuf> {
+    let prefix = cache_dir()?.join(format!("cargo-deb-{CARGO_DEB_VERSION}"));
+    let program = prefix.join("bin").join("cargo-deb");
+    if Command::new(&program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(program);
+    }
+    eprintln!("xtask: installing cargo-deb {CARGO_DEB_VERSION} (about a minute, once)");
+    run(Command::new("cargo")
+        .args(["install", "--locked", "--root"])
+        .arg(&prefix)
+        .arg(format!("cargo-deb@{CARGO_DEB_VERSION}"))
+        .env_remove("CARGO_TARGET_DIR"))?;
+    Ok(program)
 }
 
 pub struct LinkerDir {
@@ -169,6 +202,13 @@ pub fn vm_packages() -> Result<()> {
         }
     }
     install_missing(VM_PACKAGES, "cargo xtask vm-test needs")
+}
+
+/// cargo-deb and the Debian packages for `cargo xtask deb`; returns
+/// cargo-deb's path.
+pub fn deb_tools() -> Result<PathBuf> {
+    install_missing(DEB_PACKAGES, "cargo xtask deb needs")?;
+    cargo_deb()
 }
 
 /// Installs with apt-get the packages of `wanted` whose program is missing.

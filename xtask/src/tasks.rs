@@ -60,8 +60,9 @@ pub fn is_root() -> bool {
 }
 
 /// Runs every test; privileged tests must run, not skip. Under CI (or with
-/// `TCPWATCH_VM_TEST=1`) the kernel matrix follows: `vm-test` on every
-/// Debian kernel series.
+/// `TCPWATCH_VM_TEST=1`) the kernel matrix follows (`vm-test` on every
+/// Debian kernel series), then the Debian package under a real systemd
+/// (`systemd-test`).
 pub fn test(extra: &[String]) -> Result<()> {
     setup::toolchain()?;
     setup::test_packages()?;
@@ -71,6 +72,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env("TCPWATCH_REQUIRE_PRIVILEGED_TESTS", "1"))?;
     if vm_test_wanted() {
         crate::vm::vm_test(&crate::vm::all_series(), None, false)?;
+        crate::systemd_test::systemd_test()?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -110,17 +110,7 @@ fn boot(kernel: &Kernel, base: &Base, dir: &Path, save_formats: bool) -> Result<
         append.push_str(" vmtest.formats=1");
     }
     let started = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,accel=tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "2G",
-        ])
+    let mut qemu = qemu_tcg()
         // No network card: the suite uses loopback only, and without one
         // the firmware does not try to boot from the network first.
         .args(["-nographic", "-no-reboot", "-nic", "none"])
@@ -134,19 +124,11 @@ fn boot(kernel: &Kernel, base: &Base, dir: &Path, save_formats: bool) -> Result<
         .stderr(qemu_stderr)
         .spawn()
         .context("cannot start qemu-system-x86_64 (cargo xtask setup installs it)")?;
-    let mut timed_out = false;
-    loop {
-        if qemu.try_wait()?.is_some() {
-            break;
-        }
-        if started.elapsed() >= GUEST_TIMEOUT {
-            // Child::kill sends SIGKILL to this QEMU's pid only.
-            let _ = qemu.kill();
-            let _ = qemu.wait();
-            timed_out = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
+    let timed_out = wait_until(&mut qemu, started + GUEST_TIMEOUT)?.is_none();
+    if timed_out {
+        // Child::kill sends SIGKILL to this QEMU's pid only.
+        let _ = qemu.kill();
+        let _ = qemu.wait();
     }
     let elapsed = started.elapsed();
     // The initramfs is rebuilt on every run; 80 MB per kernel is not worth keeping.
@@ -162,6 +144,29 @@ fn boot(kernel: &Kernel, base: &Base, dir: &Path, save_formats: bool) -> Result<
         elapsed,
         timed_out,
     })
+}
+
+/// QEMU with the machine every guest gets: emulated (TCG, since this
+/// machine kind has no usable hardware virtualisation), 2 CPUs, 2 GiB.
+pub fn qemu_tcg() -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "q35,accel=tcg", "-cpu", "max"])
+        .args(["-smp", "2", "-m", "2G"]);
+    qemu
+}
+
+/// Waits for `child` to exit until `deadline`: its status, or None when it
+/// is still running then (the caller ends it).
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait().context("cannot wait for a child")? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn print_tail(boot: &Boot) {

@@ -7,6 +7,7 @@ use crate::detect::Thresholds;
 
 pub mod audit;
 pub mod config;
+pub mod docs;
 pub mod run;
 pub mod top;
 pub mod trace;
@@ -45,6 +46,33 @@ pub enum Command {
     Top(top::TopArgs),
     /// Audit a network namespace's TCP sysctls and TcpExt counters.
     Audit(audit::AuditArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for tcpwatch and each of its commands into DIR.
+    #[command(hide = true)]
+    Manpages { dir: std::path::PathBuf },
+}
+
+/// The exit status of a configuration error (sysexits' EX_CONFIG): the unit
+/// does not restart on it (`RestartPreventExitStatus=78`), since starting
+/// again cannot help.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The exit status for an error: [`EXIT_CONFIG`] when a configuration file
+/// (tcpwatch's own or the web configuration) is wrong, 1 otherwise.
+pub fn exit_status(error: &anyhow::Error) -> u8 {
+    let configuration = error.chain().any(|cause| {
+        cause.is::<crate::config::ConfigError>() || cause.is::<crate::web::WebError>()
+    });
+    if configuration {
+        EXIT_CONFIG
+    } else {
+        1
+    }
 }
 
 /// When findings are raised, shared by the subcommands that raise them.
@@ -218,13 +246,29 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(args) => config::run(args),
         Command::Top(args) => top::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Completions { shell } => Ok(docs::print_completions(shell)?),
+        Command::Manpages { dir } => Ok(docs::write_man_pages(&dir)?),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{exit_status, parse_duration, EXIT_CONFIG};
+    use anyhow::Context as _;
     use std::time::Duration;
+
+    #[test]
+    fn configuration_errors_exit_78() {
+        let bad = crate::config::Config::parse("bogus = 1\n", "/etc/tcpwatch/tcpwatch.toml")
+            .context("starting")
+            .expect_err("unknown key");
+        assert_eq!(exit_status(&bad), EXIT_CONFIG);
+        let web = crate::web::Web::parse("basic_auth_users:\n  p: plain\n", "web.yml")
+            .map_err(anyhow::Error::from)
+            .expect_err("not bcrypt");
+        assert_eq!(exit_status(&web), EXIT_CONFIG);
+        assert_eq!(exit_status(&anyhow::anyhow!("cannot listen")), 1);
+    }
 
     #[test]
     fn durations() {
