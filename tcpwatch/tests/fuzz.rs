@@ -145,6 +145,8 @@ proptest! {
                 old_state_ns: Some(ms),
                 reason: 0,
                 owner_exiting: sk % 3 == 0,
+                cgroup: sk % 5,
+                workload: None,
             };
             let outcomes = model.apply(&ev);
             let _ = detectors.on_event(&ev, &outcomes, &model);

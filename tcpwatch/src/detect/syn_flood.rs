@@ -885,6 +885,7 @@ mod tests {
             state: TcpState::Listen,
             pid: 42,
             comm: "nginx".into(),
+            cgroup: 0,
             orphan: false,
             time_wait_left_ns: None,
             holders: Vec::new(),
@@ -924,6 +925,8 @@ mod tests {
             old_state_ns: None,
             reason: 0,
             owner_exiting: false,
+            cgroup: 0,
+            workload: None,
         };
         let r = d.on_event(&synack, &[], &model);
         assert_eq!(r[0].finding.kind, kind::SYNACK_RETRANSMIT);

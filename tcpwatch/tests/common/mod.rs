@@ -931,6 +931,28 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The sum of the samples of `metric` whose labels include every one of
+/// `labels` (others, such as `unit`, may take any value), or None when no
+/// sample matches.
+pub fn sample_where(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((set, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let has = |(name, value): &(&str, &str)| set.contains(&format!("{name}=\"{value}\""));
+        if labels.iter().all(has) {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
 /// (status line, lower-cased headers, body) of a GET; empty strings while
 /// the server is not up yet.
 pub fn http_get(addr: &str, path: &str) -> (String, String, String) {
