@@ -103,7 +103,8 @@ impl Resolver {
                     Some(m)
                 }
                 Err(e) => {
-                    log::info!("{e}: units and containers are not shown");
+                    // Once: the mount is looked for at first use only.
+                    log::warn!("{e}: units and containers are not shown");
                     None
                 }
             })
