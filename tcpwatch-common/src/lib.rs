@@ -181,9 +181,16 @@ pub struct Event {
     /// [`event_flag`] bits.
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The owner's cgroup v2 id (`bpf_get_current_cgroup_id()` where the
+    /// owner was bound: the inode number of its directory under the
+    /// cgroup2 mount), 0 when unknown.
+    pub cgroup: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 96);
+/// Bytes of an [`Event`] in the ring buffer.
+pub const EVENT_BYTES: usize = 104;
+
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_BYTES);
 
 impl Event {
     /// An all-zero event.
@@ -207,6 +214,7 @@ impl Event {
             comm: [0; COMM_LEN],
             flags: 0,
             _pad: [0; 3],
+            cgroup: 0,
         }
     }
 }
@@ -285,9 +293,11 @@ pub struct SockOwner {
     pub _pad: [u8; 6],
     /// Owner's command name.
     pub comm: [u8; COMM_LEN],
+    /// Owner's cgroup v2 id, taken where the owner was bound; 0 when unknown.
+    pub cgroup: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 56);
 
 /// Key of the listener map: a listening port in a network namespace.
 #[repr(C)]

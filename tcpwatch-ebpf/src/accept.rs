@@ -7,7 +7,10 @@
 //! fd, which leads to the socket through task->files->fdt->fd[fd]->
 //! private_data->sk.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -71,6 +74,7 @@ fn try_accept_exit(ctx: &TracePointContext) -> Res<()> {
         if moved || (*owner).source != owner_source::ACCEPT {
             (*owner).pid = pid;
             (*owner).comm = bpf_get_current_comm().unwrap_or((*owner).comm);
+            (*owner).cgroup = bpf_get_current_cgroup_id();
             (*owner).source = owner_source::ACCEPT;
         }
         // Userspace needs to hear only of another process: a server that

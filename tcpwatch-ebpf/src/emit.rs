@@ -309,6 +309,7 @@ pub fn emit_owner(sk: u64, owner: &tcpwatch_common::SockOwner) -> Res<()> {
         ev.pid = owner.pid;
         ev.owner_source = owner.source;
         ev.comm = owner.comm;
+        ev.cgroup = owner.cgroup;
         ev.old_state = owner.state;
         ev.new_state = owner.state;
         // No endpoints: userspace finds the connection by its address.
@@ -326,7 +327,7 @@ pub fn emit(fill: impl FnOnce(&mut Event) -> Res<()>) -> Res<()> {
         return Err(-28);
     };
     // Zeroed in place, a word at a time: an `Event` built on the stack would
-    // take 96 of the 512 bytes the verifier allows, and `write_bytes` becomes
+    // take 104 of the 512 bytes the verifier allows, and `write_bytes` becomes
     // a call to a byte-wise memset.
     let words = entry.as_mut_ptr() as *mut u64;
     for i in 0..core::mem::size_of::<Event>() / 8 {

@@ -9,7 +9,7 @@
 //! owner changes, so a process that keeps using its own socket costs a
 //! lookup and a comparison.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -57,6 +57,9 @@ fn try_sock_io(ctx: &TracePointContext) -> Res<()> {
         if (*owner).pid != pid || (*owner).comm != comm {
             (*owner).pid = pid;
             (*owner).comm = comm;
+            // Read only when the owner changes: the hook runs on every
+            // send and receive.
+            (*owner).cgroup = bpf_get_current_cgroup_id();
             (*owner).source = owner_source::IO;
             Some(*owner)
         } else {

@@ -7,7 +7,10 @@
 //! shutdown), inherited by accepted sockets from their listener, and carried
 //! forward in `SOCKS` for every later event.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task,
+    },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
@@ -150,6 +153,8 @@ fn current_owner(netns: u32, born_ns: u64, now: u64, source: u8) -> SockOwner {
         state: 0,
         _pad: [0; 6],
         comm,
+        // SAFETY: a helper without arguments: the current task's cgroup v2 id.
+        cgroup: unsafe { bpf_get_current_cgroup_id() },
     }
 }
 
@@ -322,6 +327,7 @@ fn on_transition(sk: u64, old: u8, new: u8, src: &impl Endpoints) -> Res<()> {
         ev.pid = owner.pid;
         ev.owner_source = owner.source;
         ev.comm = owner.comm;
+        ev.cgroup = owner.cgroup;
         src.fill(sk, ev)
     })
 }
@@ -340,6 +346,7 @@ fn new_socket_owner(src: &impl Endpoints, sk: u64, old: u8, new: u8) -> Res<Sock
         state: 0,
         _pad: [0; 6],
         comm: [0; COMM_LEN],
+        cgroup: 0,
     };
     if old == LISTEN && new == SYN_RECV {
         // Created in softirq, owned by whoever listens on its local port
@@ -415,6 +422,7 @@ pub fn emit_for_socket(
                 ev.pid = o.pid;
                 ev.owner_source = o.source;
                 ev.comm = o.comm;
+                ev.cgroup = o.cgroup;
                 state.unwrap_or(o.state)
             }
             None => {

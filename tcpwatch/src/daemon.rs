@@ -135,6 +135,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     let mut d = lock(&shared);
     let now = monotonic_ns();
     let mut summary = summarize(&d.observer.model, now, &[], d.top_n);
+    summary.name_units(d.observer.units());
     if d.netns_labels {
         summary.by_netns = crate::summary::by_netns(&d.observer.model, d.top_n);
     }
@@ -216,6 +217,8 @@ struct ConnectionFilter {
     state: Option<String>,
     port: Option<u16>,
     pid: Option<u32>,
+    /// A systemd unit, slice or container, as `trace --unit` takes it.
+    unit: Option<String>,
     limit: Option<usize>,
 }
 
@@ -229,6 +232,10 @@ struct ConnectionView {
     dport: u16,
     pid: u32,
     comm: String,
+    /// The owner's systemd unit (or slice); null when unknown.
+    unit: Option<String>,
+    /// The owner's container (`runtime`, 12-digit `id`); null when none.
+    container: Option<crate::cgroup::Container>,
     opener: &'static str,
     state_age_seconds: f64,
     /// False when the state was entered before tcpwatch saw the socket.
@@ -254,16 +261,27 @@ async fn connections(State(shared): State<Shared>, Query(q): Query<ConnectionFil
     let limit = q.limit.unwrap_or(1000).min(100_000);
     let d = lock(&shared);
     let now = monotonic_ns();
-    let mut matching = d.observer.model.connections().filter(|c| {
-        state.is_none_or(|s| c.state == s)
-            && q.port
-                .is_none_or(|p| c.tuple.local_port == p || c.tuple.remote_port == p)
-            && q.pid.is_none_or(|p| c.pid == p)
-    });
+    let units = d.observer.units();
+    let mut matching = d
+        .observer
+        .model
+        .connections()
+        .filter(|c| {
+            state.is_none_or(|s| c.state == s)
+                && q.port
+                    .is_none_or(|p| c.tuple.local_port == p || c.tuple.remote_port == p)
+                && q.pid.is_none_or(|p| c.pid == p)
+        })
+        .map(|c| (c, units.get(c.cgroup)))
+        .filter(|(_, w)| {
+            q.unit
+                .as_deref()
+                .is_none_or(|name| w.as_deref().is_some_and(|w| w.matches(name)))
+        });
     let connections: Vec<ConnectionView> = matching
         .by_ref()
         .take(limit)
-        .map(|c| ConnectionView {
+        .map(|(c, w)| ConnectionView {
             netns: c.tuple.netns,
             state: c.state.name(),
             saddr: c.tuple.local.to_string(),
@@ -272,6 +290,8 @@ async fn connections(State(shared): State<Shared>, Query(q): Query<ConnectionFil
             dport: c.tuple.remote_port,
             pid: c.pid,
             comm: c.comm.to_string(),
+            unit: w.as_deref().and_then(|w| w.unit()).map(str::to_owned),
+            container: w.as_deref().and_then(|w| w.container()).cloned(),
             opener: c.opener.name(),
             state_age_seconds: now.saturating_sub(c.state_since_ns) as f64 / 1e9,
             state_age_known: c.state_age_known,

@@ -221,6 +221,12 @@ pub struct TcpEvent {
     /// For a received reset: whether data was in flight, unacknowledged,
     /// when it came (`None` where the kernel's offsets are unknown).
     pub outstanding: Option<bool>,
+    /// The owner's cgroup v2 id, taken by the kernel where it bound the
+    /// owner (0 when unknown).
+    pub cgroup: u64,
+    /// What that cgroup is (a unit, a container), filled in by the
+    /// observer; None when unknown.
+    pub workload: Option<std::sync::Arc<crate::cgroup::Workload>>,
 }
 
 impl TcpEvent {
@@ -286,6 +292,8 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         owner_exiting: raw.flags & tcpwatch_common::event_flag::OWNER_EXITING != 0,
         outstanding: (raw.flags & tcpwatch_common::event_flag::OUTSTANDING_KNOWN != 0)
             .then_some(raw.flags & tcpwatch_common::event_flag::DATA_OUTSTANDING != 0),
+        cgroup: raw.cgroup,
+        workload: None,
     })
 }
 
@@ -359,6 +367,9 @@ mod tests {
         assert_eq!(ev.new_state, Some(TcpState::Established));
         assert_eq!(ev.old_state_ns, Some(1_500_000));
         assert_eq!(ev.owner, OwnerSource::Connect);
+        assert_eq!((ev.cgroup, ev.workload.clone()), (0, None));
+        e.cgroup = 4242;
+        assert_eq!(decode(&bytes(&e)).unwrap().cgroup, 4242);
     }
 
     #[test]
@@ -378,7 +389,11 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         let e = raw(kind::STATE, AF_INET);
-        assert_eq!(decode(&bytes(&e)[..95]), Err(DecodeError::Truncated(95)));
+        let short = tcpwatch_common::EVENT_BYTES - 1;
+        assert_eq!(
+            decode(&bytes(&e)[..short]),
+            Err(DecodeError::Truncated(short))
+        );
         assert_eq!(decode(&[]), Err(DecodeError::Truncated(0)));
         assert_eq!(
             decode(&bytes(&raw(99, AF_INET))),

@@ -1,5 +1,6 @@
 //! Which events `tcpwatch trace` shows.
 use crate::{
+    cgroup::Workload,
     event::{TcpEvent, TcpState},
     finding::Finding,
     model::Connection,
@@ -15,6 +16,8 @@ pub struct Filter {
     pub remote_ports: Vec<u16>,
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
+    /// Systemd units, slices or containers of the owner ([`Workload::matches`]).
+    pub units: Vec<String>,
     pub netns: Vec<u32>,
     /// Matches a transition's old or new state, or the state a retransmit or reset was seen in.
     pub states: Vec<TcpState>,
@@ -26,23 +29,27 @@ fn any_or<T: PartialEq>(wanted: &[T], found: &[T]) -> bool {
     wanted.is_empty() || found.iter().any(|f| wanted.contains(f))
 }
 
+/// An owner whose unit is unknown matches no `--unit`.
+fn unit_matches(wanted: &[String], workload: Option<&Workload>) -> bool {
+    wanted.is_empty() || workload.is_some_and(|w| wanted.iter().any(|name| w.matches(name)))
+}
+
 impl Filter {
     pub fn matches(&self, ev: &TcpEvent) -> bool {
         let states: Vec<TcpState> = [ev.old_state, ev.new_state].into_iter().flatten().collect();
         self.matches_parts(
             ev.sport,
             ev.dport,
-            ev.pid,
-            &ev.comm,
+            (ev.pid, &ev.comm, ev.workload.as_deref()),
             ev.netns,
             &states,
             ev.family(),
         )
     }
 
-    /// For a finished connection: the state criterion matches the states it
-    /// was seen to pass through.
-    pub fn matches_connection(&self, c: &Connection) -> bool {
+    /// For a finished connection, whose owner's cgroup is `workload`: the
+    /// state criterion matches the states it was seen to pass through.
+    pub fn matches_connection(&self, c: &Connection, workload: Option<&Workload>) -> bool {
         let states: Vec<TcpState> = TcpState::ALL
             .iter()
             .zip(c.time_in_state)
@@ -55,8 +62,7 @@ impl Filter {
         self.matches_parts(
             t.local_port,
             t.remote_port,
-            c.pid,
-            &c.comm,
+            (c.pid, &c.comm, workload),
             t.netns,
             &states,
             family,
@@ -77,16 +83,16 @@ impl Filter {
             && any_or(&self.remote_ports, &rport.into_iter().collect::<Vec<_>>())
             && any_or(&self.pids, &pid.into_iter().collect::<Vec<_>>())
             && (self.comms.is_empty() || comm.is_some_and(|c| self.comms.iter().any(|w| w == c)))
+            && unit_matches(&self.units, f.workload.as_deref())
             && any_or(&self.netns, &[netns])
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `owner` is the pid, comm and cgroup of the owning process.
     fn matches_parts(
         &self,
         sport: u16,
         dport: u16,
-        pid: u32,
-        comm: &str,
+        (pid, comm, workload): (u32, &str, Option<&Workload>),
         netns: u32,
         states: &[TcpState],
         family: u8,
@@ -96,6 +102,7 @@ impl Filter {
             && any_or(&self.remote_ports, &[dport])
             && any_or(&self.pids, &[pid])
             && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
+            && unit_matches(&self.units, workload)
             && any_or(&self.netns, &[netns])
             && any_or(&self.states, states)
             && self.family.is_none_or(|f| f == family)
@@ -126,6 +133,8 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -178,6 +187,11 @@ mod tests {
             netns: vec![1],
             ..Default::default()
         }));
+        // The unit is unknown: no --unit matches.
+        assert!(!f(Filter {
+            units: vec!["nginx.service".into()],
+            ..Default::default()
+        }));
         assert!(f(Filter {
             states: vec![TcpState::SynRecv],
             ..Default::default()
@@ -203,5 +217,37 @@ mod tests {
             pids: vec![1],
             ..Default::default()
         }));
+    }
+
+    #[test]
+    fn the_unit_filter_matches_units_and_containers() {
+        use std::sync::Arc;
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut nginx = ev();
+        nginx.workload = crate::cgroup::classify("/system.slice/nginx.service").map(Arc::new);
+        let mut docker = ev();
+        docker.workload =
+            crate::cgroup::classify(&format!("/system.slice/docker-{id}.scope")).map(Arc::new);
+        let units = |names: &[&str]| Filter {
+            units: names.iter().map(|n| (*n).to_owned()).collect(),
+            ..Default::default()
+        };
+        assert!(units(&["nginx.service"]).matches(&nginx));
+        assert!(units(&["other.service", "nginx"]).matches(&nginx));
+        assert!(!units(&["docker:0123456789ab"]).matches(&nginx));
+        assert!(units(&["docker:0123456789ab"]).matches(&docker));
+        assert!(units(&["0123456789ab"]).matches(&docker));
+        assert!(!units(&["nginx.service"]).matches(&docker));
+        assert!(Filter::default().matches(&docker));
+
+        // Findings by the unit their evidence names.
+        let finding = |w: &TcpEvent| {
+            let mut f = Finding::new("close_wait_leak", crate::finding::Severity::Warning, "x");
+            f.workload = w.workload.clone();
+            f
+        };
+        assert!(units(&["nginx.service"]).matches_finding(&finding(&nginx), 1));
+        assert!(!units(&["nginx.service"]).matches_finding(&finding(&docker), 1));
+        assert!(!units(&["nginx.service"]).matches_finding(&finding(&ev()), 1));
     }
 }

@@ -41,6 +41,10 @@ pub struct Finding {
     pub evidence: BTreeMap<String, serde_json::Value>,
     /// What to do, and why, in terms of what the kernel does.
     pub remedy: String,
+    /// The unit or container of the process it names, when known (also in
+    /// the evidence as `unit` and `container`).
+    #[serde(skip)]
+    pub workload: Option<std::sync::Arc<crate::cgroup::Workload>>,
 }
 
 impl Finding {
@@ -51,6 +55,7 @@ impl Finding {
             summary: summary.into(),
             evidence: BTreeMap::new(),
             remedy: String::new(),
+            workload: None,
         }
     }
 
@@ -62,6 +67,31 @@ impl Finding {
 
     pub fn remedy(mut self, remedy: impl Into<String>) -> Self {
         self.remedy = remedy.into();
+        self
+    }
+
+    /// Names the unit or container of the process the finding names: the
+    /// `unit` and `container` evidence, and the summary says it first
+    /// (`nginx.service: nginx (pid 123) holds ...`).
+    pub fn in_workload(
+        mut self,
+        workload: Option<std::sync::Arc<crate::cgroup::Workload>>,
+    ) -> Self {
+        let Some(w) = workload else {
+            return self;
+        };
+        let names_process = self.evidence.contains_key("pid") || self.evidence.contains_key("comm");
+        if !names_process {
+            return self;
+        }
+        if let Some(unit) = w.unit() {
+            self = self.evidence("unit", unit);
+        }
+        if let Some(c) = w.container() {
+            self = self.evidence("container", c);
+        }
+        self.summary = format!("{}: {}", w.label(), self.summary);
+        self.workload = Some(w);
         self
     }
 }

@@ -4,6 +4,7 @@
 //! subcommands can use the decoding, filtering and rendering without a kernel.
 pub mod audit;
 pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -194,6 +194,8 @@ pub struct Probe {
     pub attached: Vec<String>,
     /// Owners of the sockets that existed when tcpwatch started.
     pub snapshot: Snapshot,
+    /// What the owners' cgroups are (units, containers), learnt since.
+    pub units: crate::cgroup::Units,
 }
 
 /// Reads the kernel-side counters.
@@ -728,7 +730,8 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     }
 
     // After attaching, so no socket falls between the snapshot and the programs.
-    let snapshot = crate::snapshot::take();
+    let units = crate::cgroup::Units::system();
+    let snapshot = crate::snapshot::take(&units);
     seed_listeners(&mut ebpf, &snapshot)?;
 
     let events = RingBuf::try_from(
@@ -783,6 +786,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
         reasons,
         attached,
         snapshot,
+        units,
     })
 }
 
@@ -808,6 +812,7 @@ fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError>
             state: tcpwatch_common::tcp_state::LISTEN,
             _pad: [0; 6],
             comm,
+            cgroup: owner.cgroup,
         };
         let key = ListenerKey {
             netns: *netns,

@@ -205,8 +205,8 @@ impl Metrics {
         let time_wait = g("tcpwatch_time_wait_sockets", "TIME_WAIT sockets by remote endpoint (top N, then other; server :PORT when this host closes first).", &["endpoint"])?;
         let close_wait = g(
             "tcpwatch_close_wait_sockets",
-            "CLOSE_WAIT sockets by process and local port (top N, then other).",
-            &["comm", "port"],
+            "CLOSE_WAIT sockets by process, local port and the process's unit or container (top N, then other).",
+            &["comm", "port", "unit"],
         )?;
         let findings_open = g(
             "tcpwatch_findings_open",
@@ -224,8 +224,8 @@ impl Metrics {
             &["bound"],
         )?;
         let close_wait_oldest = prometheus::GaugeVec::new(
-            Opts::new("tcpwatch_close_wait_oldest_seconds", "Age of the oldest CLOSE_WAIT socket by process and local port (a lower bound for sockets older than tcpwatch)."),
-            &["comm", "port"],
+            Opts::new("tcpwatch_close_wait_oldest_seconds", "Age of the oldest CLOSE_WAIT socket by process, local port and unit (a lower bound for sockets older than tcpwatch)."),
+            &["comm", "port", "unit"],
         )?;
         r.register(Box::new(close_wait_oldest.clone()))?;
         let listen_queue = g(
@@ -592,7 +592,7 @@ impl Metrics {
         // Rows are per process; the labels are not (two workers of one
         // program on one port share them), so counts add up and the oldest
         // is the oldest of all.
-        let mut by_label: BTreeMap<(&str, String), (u64, f64)> = BTreeMap::new();
+        let mut by_label: BTreeMap<(&str, String, &str), (u64, f64)> = BTreeMap::new();
         for row in &summary.close_wait {
             let port = if row.local_port == 0 {
                 String::new()
@@ -600,17 +600,17 @@ impl Metrics {
                 row.local_port.to_string()
             };
             let entry = by_label
-                .entry((row.comm.as_str(), port))
+                .entry((row.comm.as_str(), port, row.unit.as_str()))
                 .or_insert((0, 0.0));
             entry.0 += row.count;
             entry.1 = entry.1.max(row.oldest_seconds);
         }
-        for ((comm, port), (count, oldest)) in &by_label {
+        for ((comm, port, unit), (count, oldest)) in &by_label {
             self.close_wait
-                .with_label_values(&[comm, port.as_str()])
+                .with_label_values(&[comm, port.as_str(), unit])
                 .set(*count as i64);
             self.close_wait_oldest
-                .with_label_values(&[comm, port.as_str()])
+                .with_label_values(&[comm, port.as_str(), unit])
                 .set(*oldest);
         }
         self.listen_queue.reset();
@@ -879,6 +879,8 @@ mod tests {
             reason: 1,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -991,15 +993,23 @@ mod tests {
         let mut m = Metrics::new().unwrap();
         let model = Model::new(Limits::default());
         let mut summary = summarize(&model, 0, &[], 10);
-        let row = |pid, count, oldest_seconds| crate::summary::CloseWaitRow {
+        let row = |pid, count, oldest_seconds, unit: &str| crate::summary::CloseWaitRow {
             pid,
             comm: "nginx".into(),
+            cgroup: 0,
+            unit: unit.into(),
             local_port: 8080,
             count,
             oldest_seconds,
             at_least: false,
         };
-        summary.close_wait = vec![row(11, 5, 70.0), row(12, 3, 90.0)];
+        summary.close_wait = vec![
+            row(11, 5, 70.0, "nginx.service"),
+            row(12, 3, 90.0, "nginx.service"),
+            // Another unit's nginx is another series; an unknown unit is empty.
+            row(13, 1, 10.0, "docker:0123456789ab"),
+            row(14, 2, 20.0, ""),
+        ];
         let text = m.render(
             &KernelTotals::default(),
             &ResetReasons::default(),
@@ -1009,13 +1019,14 @@ mod tests {
             &Counters::default(),
             None,
         );
-        assert!(
-            text.contains("tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\"} 8\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tcpwatch_close_wait_oldest_seconds{comm=\"nginx\",port=\"8080\"} 90\n")
-        );
+        for line in [
+            "tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\",unit=\"nginx.service\"} 8\n",
+            "tcpwatch_close_wait_oldest_seconds{comm=\"nginx\",port=\"8080\",unit=\"nginx.service\"} 90\n",
+            "tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\",unit=\"docker:0123456789ab\"} 1\n",
+            "tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\",unit=\"\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]
@@ -1069,6 +1080,7 @@ mod tests {
             state,
             pid: 0,
             comm: String::new(),
+            cgroup: 0,
             orphan: false,
             time_wait_left_ns: None,
             holders: Vec::new(),

@@ -19,6 +19,7 @@ use crate::records::Records;
 use serde::Serialize;
 
 use crate::event::{EventKind, TcpEvent, TcpState};
+use crate::snapshot::Owner;
 
 /// The kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, include/net/tcp.h).
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -230,6 +231,8 @@ pub struct Connection {
     pub pid: u32,
     /// Shared by every record of the same command name (interned).
     pub comm: Arc<str>,
+    /// The owner's cgroup v2 id (0 when unknown): its unit or container.
+    pub cgroup: u64,
     pub opener: Opener,
     pub closer: Option<Closer>,
     /// Monotonic birth time; `None` when born before tcpwatch saw it.
@@ -366,6 +369,7 @@ pub struct TimeWait {
     pub entered_ns: u64,
     pub pid: u32,
     pub comm: Arc<str>,
+    pub cgroup: u64,
     /// Who opened the connection: `Passive` is the server-side case.
     pub opener: Opener,
     /// TIME_WAIT, or FIN_WAIT2 for an orphaned socket whose peer has not
@@ -393,6 +397,7 @@ pub enum Outcome {
         age_ns: u64,
         pid: u32,
         comm: String,
+        cgroup: u64,
     },
     /// A new incoming SYN took over a 4-tuple in TIME_WAIT on this host.
     TimeWaitSynReused { tuple: FourTuple, age_ns: u64 },
@@ -439,6 +444,7 @@ pub struct KernelSocket {
     pub state: TcpState,
     pub pid: u32,
     pub comm: String,
+    pub cgroup: u64,
     /// No process holds it (inode 0): a timewait socket, possibly in its
     /// FIN_WAIT2 substate.
     pub orphan: bool,
@@ -446,7 +452,7 @@ pub struct KernelSocket {
     pub time_wait_left_ns: Option<u64>,
     /// The processes holding it now (`/proc/PID/fd`, as `ss -p`), lowest
     /// pid first, a few at most; and how many hold it in all.
-    pub holders: Vec<(u32, String)>,
+    pub holders: Vec<Owner>,
     pub holder_count: u32,
     /// For a listener: its accept queue's length and limit.
     pub queue: u32,
@@ -458,23 +464,23 @@ impl KernelSocket {
     /// current owner while it still holds the socket (it used it last as
     /// far as the kernel said), else the first holder. None when nobody is
     /// known to hold it.
-    fn owner_for(&self, current: u32) -> Option<(u32, &str)> {
+    fn owner_for(&self, current: u32) -> Option<(u32, &str, u64)> {
         if self.holders.is_empty() {
-            return (self.pid != 0).then_some((self.pid, self.comm.as_str()));
+            return (self.pid != 0).then_some((self.pid, self.comm.as_str(), self.cgroup));
         }
         // More hold it than were kept: the current owner may be among
         // the others, so it is not renamed.
         if current != 0
             && self.holder_count as usize > self.holders.len()
-            && !self.holders.iter().any(|(pid, _)| *pid == current)
+            && !self.holders.iter().any(|h| h.pid == current)
         {
             return None;
         }
         self.holders
             .iter()
-            .find(|(pid, _)| *pid == current)
+            .find(|h| h.pid == current)
             .or(self.holders.first())
-            .map(|(pid, comm)| (*pid, comm.as_str()))
+            .map(|h| (h.pid, h.comm.as_str(), h.cgroup))
     }
 }
 
@@ -485,6 +491,7 @@ pub struct Listener {
     pub tuple: FourTuple,
     pub pid: u32,
     pub comm: Arc<str>,
+    pub cgroup: u64,
     pub since_ns: u64,
     /// Its accept queue's length and limit at the last reconciliation.
     pub queue: u32,
@@ -658,6 +665,7 @@ pub struct TimeWaitDeath {
     pub age_ns: u64,
     pub pid: u32,
     pub comm: Arc<str>,
+    pub cgroup: u64,
     pub opener: Opener,
 }
 
@@ -792,6 +800,7 @@ impl Model {
                 if let Some(c) = self.connections.get_mut(&ev.skaddr) {
                     if ev.pid != 0 {
                         c.pid = ev.pid;
+                        c.cgroup = ev.cgroup;
                         c.owner_confirmed = true;
                         if *c.comm != *ev.comm {
                             c.comm = self.comms.share(&ev.comm);
@@ -865,6 +874,7 @@ impl Model {
                         tuple: FourTuple::of(ev),
                         pid: ev.pid,
                         comm,
+                        cgroup: ev.cgroup,
                         since_ns: ev.ts_ns,
                         queue: 0,
                         queue_limit: 0,
@@ -912,6 +922,7 @@ impl Model {
                     tuple,
                     pid: ev.pid,
                     comm,
+                    cgroup: ev.cgroup,
                     opener: Opener::Unknown,
                     closer: closer_of(old, new),
                     born_ns: None,
@@ -949,6 +960,7 @@ impl Model {
         );
         if ev.pid != 0 && ev.pid != c.pid && (in_process_context || !c.owner_confirmed) {
             c.pid = ev.pid;
+            c.cgroup = ev.cgroup;
             c.owner_confirmed = in_process_context;
             if *c.comm != *ev.comm {
                 c.comm = self.comms.share(&ev.comm);
@@ -988,6 +1000,7 @@ impl Model {
                     age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
                     pid: ev.pid,
                     comm: ev.comm.clone(),
+                    cgroup: ev.cgroup,
                 });
             }
         }
@@ -1032,6 +1045,7 @@ impl Model {
             tuple,
             pid: ev.pid,
             comm,
+            cgroup: ev.cgroup,
             opener,
             closer: None,
             born_ns: Birth::at(ev.ts_ns),
@@ -1182,6 +1196,7 @@ impl Model {
                 entered_ns: now,
                 pid: c.pid,
                 comm: c.comm.clone(),
+                cgroup: c.cgroup,
                 opener: c.opener,
                 substate: TcpState::TimeWait,
                 confirmed: false,
@@ -1319,6 +1334,7 @@ impl Model {
                         age_ns,
                         pid: tw.pid,
                         comm: tw.comm.clone(),
+                        cgroup: tw.cgroup,
                         opener: tw.opener,
                     });
                 }
@@ -1354,6 +1370,7 @@ impl Model {
                         entered_ns,
                         pid: 0,
                         comm,
+                        cgroup: 0,
                         opener,
                         substate: *substate,
                         confirmed: *substate == TcpState::TimeWait,
@@ -1388,11 +1405,14 @@ impl Model {
             }
             match kernel_live.get(&c.tuple) {
                 Some(k) => {
-                    if let Some((pid, comm)) = k.owner_for(c.pid) {
+                    if let Some((pid, comm, cgroup)) = k.owner_for(c.pid) {
                         if pid != c.pid || *c.comm != *comm {
                             c.pid = pid;
                             c.comm = self.comms.share(comm);
                             r.owners_corrected += 1;
+                        }
+                        if cgroup != 0 {
+                            c.cgroup = cgroup;
                         }
                         c.owner_confirmed = true;
                     }
@@ -1419,11 +1439,14 @@ impl Model {
             let Some(k) = kernel_live.get(&c.tuple) else {
                 continue;
             };
-            if let Some((pid, comm)) = k.owner_for(c.pid) {
+            if let Some((pid, comm, cgroup)) = k.owner_for(c.pid) {
                 if pid != c.pid || *c.comm != *comm {
                     c.pid = pid;
                     c.comm = self.comms.share(comm);
                     r.owners_corrected += 1;
+                }
+                if cgroup != 0 {
+                    c.cgroup = cgroup;
                 }
             }
             c.holders = u16::try_from(k.holder_count).unwrap_or(u16::MAX);
@@ -1465,7 +1488,7 @@ impl Model {
             } else {
                 Opener::Unknown
             };
-            let (pid, comm) = k.owner_for(0).unwrap_or((0, ""));
+            let (pid, comm, cgroup) = k.owner_for(0).unwrap_or((0, "", 0));
             let comm = self.comms.share(comm);
             self.seeded.insert(
                 tuple,
@@ -1474,6 +1497,7 @@ impl Model {
                     tuple,
                     pid,
                     comm,
+                    cgroup,
                     opener,
                     closer: closer_of(TcpState::Established, k.state),
                     born_ns: None,
@@ -1566,16 +1590,19 @@ impl Model {
             // each keeps its owner while that process holds one of them.
             let Some(k) = listed
                 .iter()
-                .find(|k| k.holders.iter().any(|(pid, _)| *pid == l.pid))
+                .find(|k| k.holders.iter().any(|h| h.pid == l.pid))
                 .or(listed.first())
             else {
                 continue;
             };
-            if let Some((pid, comm)) = k.owner_for(l.pid) {
+            if let Some((pid, comm, cgroup)) = k.owner_for(l.pid) {
                 if pid != l.pid || *l.comm != *comm {
                     l.pid = pid;
                     l.comm = self.comms.share(comm);
                     r.owners_corrected += 1;
+                }
+                if cgroup != 0 {
+                    l.cgroup = cgroup;
                 }
             }
             (l.queue, l.queue_limit) = (k.queue, k.queue_limit);
@@ -1588,7 +1615,7 @@ impl Model {
                     return;
                 }
                 self.next_seeded_listener = (self.next_seeded_listener + 1) % SEEDED_LISTENER_KEYS;
-                let (pid, comm) = s.owner_for(0).unwrap_or((0, ""));
+                let (pid, comm, cgroup) = s.owner_for(0).unwrap_or((0, "", 0));
                 let comm = self.comms.share(comm);
                 self.listeners.insert(
                     self.next_seeded_listener,
@@ -1596,6 +1623,7 @@ impl Model {
                         tuple,
                         pid,
                         comm,
+                        cgroup,
                         since_ns: dump_start_ns,
                         queue: s.queue,
                         queue_limit: s.queue_limit,
@@ -1663,6 +1691,19 @@ fn closer_of(old: TcpState, new: TcpState) -> Option<Closer> {
     }
 }
 
+/// Holders of a socket, for tests: (pid, comm) pairs without cgroups.
+#[cfg(test)]
+fn owners(holders: &[(u32, &str)]) -> Vec<Owner> {
+    holders
+        .iter()
+        .map(|(pid, comm)| Owner {
+            pid: *pid,
+            comm: (*comm).to_owned(),
+            cgroup: 0,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1695,6 +1736,8 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -2111,7 +2154,8 @@ mod tests {
                 tuple: tuple(),
                 age_ns: 10_001 * MS,
                 pid: 42,
-                comm: "client".into()
+                comm: "client".into(),
+                cgroup: 0,
             }]
         );
         assert_eq!(m.time_wait().count(), 0);
@@ -2226,6 +2270,7 @@ mod tests {
             state,
             pid: 99,
             comm: "old".into(),
+            cgroup: 0,
             orphan: matches!(state, TimeWait),
             time_wait_left_ns: None,
             holders: Vec::new(),
@@ -2398,6 +2443,7 @@ mod tests {
             state: FinWait2,
             pid: 0,
             comm: String::new(),
+            cgroup: 0,
             orphan: true,
             time_wait_left_ns: None,
             holders: Vec::new(),
@@ -2550,13 +2596,14 @@ mod tests {
 
     #[test]
     fn a_record_stays_small() {
-        // Memory per tracked socket is a stated bound (see BENCHMARKS.md).
+        // Memory per tracked socket is a stated bound (see BENCHMARKS.md):
+        // 168 bytes before the owner's cgroup id (8) was added.
         assert!(
-            std::mem::size_of::<Connection>() <= 168,
+            std::mem::size_of::<Connection>() <= 176,
             "{}",
             std::mem::size_of::<Connection>()
         );
-        assert!(std::mem::size_of::<super::TimeWait>() <= 32);
+        assert!(std::mem::size_of::<super::TimeWait>() <= 40);
     }
 
     #[test]
@@ -2659,7 +2706,7 @@ mod tests {
             &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
         );
         let held_by = |holders: &[(u32, &str)]| KernelSocket {
-            holders: holders.iter().map(|(p, c)| (*p, (*c).to_owned())).collect(),
+            holders: owners(holders),
             holder_count: holders.len() as u32,
             ..kernel(tuple(), Established)
         };
@@ -2691,7 +2738,7 @@ mod tests {
         run(&mut m, &[listen]);
         let l = m.listeners().next().unwrap().tuple;
         let daemon = KernelSocket {
-            holders: vec![(90, "daemon".into())],
+            holders: owners(&[(90, "daemon")]),
             holder_count: 1,
             ..kernel(l, Listen)
         };
@@ -2727,6 +2774,8 @@ mod regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -2785,6 +2834,8 @@ mod attribution_regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -2801,7 +2852,8 @@ mod attribution_regressions {
             time_wait_left_ns: None,
             pid: holders.first().map_or(0, |h| h.0),
             comm: holders.first().map_or("", |h| h.1).to_owned(),
-            holders: holders.iter().map(|(p, c)| (*p, (*c).to_owned())).collect(),
+            cgroup: 0,
+            holders: owners(holders),
             holder_count: count,
             queue: 0,
             queue_limit: 0,

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::{
+    cgroup::Units,
     clock::monotonic_ns,
     detect::{Detectors, Report},
     diag,
@@ -51,6 +52,8 @@ pub struct Observer {
     /// Namespaces the tick wants reconciled now (owners to confirm): the
     /// caller runs it, the daemon off its lock, see [`Self::take_reconcile_request`].
     reconcile_request: Option<Vec<u32>>,
+    /// What owners' cgroups are: resolved as events come in.
+    units: Units,
 }
 
 impl Observer {
@@ -65,13 +68,32 @@ impl Observer {
             exited_rechecked: Default::default(),
             last_triggered_ns: 0,
             reconcile_request: None,
+            units: Units::default(),
         }
+    }
+
+    /// Resolves owners' cgroups to units and containers with `units`
+    /// (without, none are: tests, hosts without cgroup v2).
+    pub fn with_units(mut self, units: Units) -> Self {
+        if let Some(d) = self.detectors.as_mut() {
+            d.units = units.clone();
+        }
+        self.units = units;
+        self
+    }
+
+    /// What owners' cgroups are.
+    pub fn units(&self) -> &Units {
+        &self.units
     }
 
     pub fn record(&mut self, mut event: TcpEvent) -> Observed {
         self.snapshot.attribute(&mut event);
         self.attribute_to_listener(&mut event);
         forget_exited_closer(&mut event);
+        // Resolved now, while the owner (and its cgroup) is still there:
+        // later looks read the cache.
+        event.workload = self.units.resolve(event.cgroup, event.pid);
         let outcomes = self.model.apply(&event);
         let reports = match self.detectors.as_mut() {
             Some(d) => d.on_event(&event, &outcomes, &self.model),
@@ -192,6 +214,7 @@ impl Observer {
             if l.pid != event.pid {
                 event.pid = l.pid;
                 event.comm = l.comm.to_string();
+                event.cgroup = l.cgroup;
             }
         }
     }
@@ -238,7 +261,8 @@ impl Observer {
     /// Checks the model against sock_diag in every namespace (or those in
     /// `only`) and reads each namespace's settings and counters.
     pub fn reconcile(&mut self, only: &[u32]) -> Vec<Report> {
-        self.apply_dumps(dump_namespaces(only))
+        let dumps = dump_namespaces(only, &self.units);
+        self.apply_dumps(dumps)
     }
 
     /// Corrects the model with dumps taken by [`dump_namespaces`], which
@@ -311,7 +335,8 @@ impl Observer {
                         time_wait_left_ns: s.time_wait_left_ms.map(|ms| u64::from(ms) * 1_000_000),
                         pid: owner.map_or(0, |o| o.pid),
                         comm: owner.map(|o| o.comm.clone()).unwrap_or_default(),
-                        holders: holders.iter().map(|o| (o.pid, o.comm.clone())).collect(),
+                        cgroup: owner.map_or(0, |o| o.cgroup),
+                        holders: holders.to_vec(),
                         holder_count,
                         queue: s.recv_queue,
                         queue_limit: s.send_queue,
@@ -352,9 +377,10 @@ pub struct Dumps {
     pub holders: crate::snapshot::Holders,
 }
 
-/// Dumps every namespace (or those in `only`). Blocking: sock_diag and
-/// /proc reads, a few milliseconds per thousand sockets.
-pub fn dump_namespaces(only: &[u32]) -> Dumps {
+/// Dumps every namespace (or those in `only`), and who holds each socket
+/// (their cgroups learnt through `units`). Blocking: sock_diag and /proc
+/// reads, a few milliseconds per thousand sockets.
+pub fn dump_namespaces(only: &[u32], units: &Units) -> Dumps {
     let mut dumps = Vec::new();
     let all = netns::all();
     // Every namespace is listed even when only some are dumped: what is
@@ -379,7 +405,7 @@ pub fn dump_namespaces(only: &[u32]) -> Dumps {
     Dumps {
         namespaces: dumps,
         listed,
-        holders: crate::snapshot::Holders::scan(),
+        holders: crate::snapshot::Holders::scan(units),
     }
 }
 
@@ -559,6 +585,8 @@ mod attribution_regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -613,6 +641,47 @@ mod attribution_regressions {
             renamed, 0,
             "{renamed} of 32 SYN-ACK retransmits of beta's listener were named after alpha"
         );
+    }
+
+    /// The cgroup an event carries is resolved as it comes in, and what a
+    /// listener's current holder is in replaces the kernel's binding.
+    #[test]
+    fn events_carry_their_owners_unit() {
+        use TcpState::*;
+        let units = crate::cgroup::Units::default();
+        units.learn(77, "/system.slice/nginx.service");
+        let mut o = Observer::new(Model::new(Limits::default()), None, Snapshot::default())
+            .with_units(units);
+        let mut listen = ev(
+            S,
+            EventKind::State,
+            0xa000,
+            7,
+            (4242, "nginx"),
+            ("127.0.0.1", 8080),
+            ("0.0.0.0", 0),
+            (Close, Listen),
+            OwnerSource::Listen,
+        );
+        listen.cgroup = 77;
+        let seen = o.record(listen);
+        assert_eq!(
+            seen.event.workload.as_deref().and_then(|w| w.unit()),
+            Some("nginx.service")
+        );
+        assert_eq!(o.model.listeners().next().map(|l| l.cgroup), Some(77));
+        let unknown = o.record(ev(
+            2 * S,
+            EventKind::State,
+            0xb000,
+            7,
+            (4243, "curl"),
+            ("127.0.0.1", 40000),
+            ("127.0.0.1", 8080),
+            (Close, SynSent),
+            OwnerSource::Connect,
+        ));
+        assert_eq!(unknown.event.workload, None);
     }
 
     /// A CLOSE_WAIT in a namespace no reconciliation has looked at (sock_diag

@@ -10,6 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    cgroup::{Container, Units, Workload},
     clock::WallClock,
     detect::{Report, Status},
     event::{EventKind, ResetReasons, TcpEvent, TcpState},
@@ -37,6 +38,10 @@ struct JsonEvent<'a> {
     kind: &'static str,
     pid: u32,
     comm: &'a str,
+    /// The owner's systemd unit (or slice); null when unknown.
+    unit: Option<&'a str>,
+    /// The owner's container (`runtime`, 12-digit `id`); null when none.
+    container: Option<&'a Container>,
     owner: &'static str,
     netns: u32,
     family: u8,
@@ -66,6 +71,8 @@ struct JsonLifecycle<'a> {
     kind: &'static str,
     pid: u32,
     comm: &'a str,
+    unit: Option<&'a str>,
+    container: Option<&'a Container>,
     netns: u32,
     family: u8,
     saddr: String,
@@ -101,6 +108,8 @@ pub struct Renderer {
     reasons: ResetReasons,
     /// tcpwatch's own network namespace: findings elsewhere name theirs.
     own_netns: u32,
+    /// What owners' cgroups are, for finished connections.
+    units: Units,
 }
 
 /// Width of the EVENT column: `ESTABLISHED -> CLOSE_WAIT` and most resets fit.
@@ -122,7 +131,14 @@ impl Renderer {
             clock,
             reasons,
             own_netns: 0,
+            units: Units::default(),
         }
+    }
+
+    /// Finished connections name their owner's unit or container from `units`.
+    pub fn with_units(mut self, units: Units) -> Self {
+        self.units = units;
+        self
     }
 
     /// Findings in other namespaces than `inode` name their namespace.
@@ -176,7 +192,7 @@ impl Renderer {
                 for (name, width) in HEADER {
                     let _ = write!(line, "{name:<width$} ");
                 }
-                line.push_str(&format!("{:>8}", "MS"));
+                line.push_str(&format!("{:>8}  UNIT", "MS"));
                 Some(line)
             }
         }
@@ -253,6 +269,7 @@ impl Renderer {
             .filter(|(_, secs)| *secs > 0.0)
             .map(|(s, secs)| (s.name(), f64::from(secs) * 1e3))
             .collect();
+        let workload = self.units.get(c.cgroup);
         match self.style {
             Style::Json => {
                 let line = JsonLifecycle {
@@ -261,6 +278,8 @@ impl Renderer {
                     kind: "lifecycle",
                     pid: c.pid,
                     comm: &c.comm,
+                    unit: workload.as_deref().and_then(Workload::unit),
+                    container: workload.as_deref().and_then(Workload::container),
                     netns: c.tuple.netns,
                     family: if c.tuple.local.is_ipv4() { 4 } else { 6 },
                     saddr: c.tuple.local.to_string(),
@@ -299,6 +318,9 @@ impl Renderer {
                 if f.time_wait {
                     details.push_str(" time_wait");
                 }
+                if let Some(w) = &workload {
+                    let _ = write!(details, " unit={}", w.label());
+                }
                 for state in LIFECYCLE_ORDER {
                     let secs = c.time_in_state[state_index(state)];
                     if secs > 0.0 {
@@ -334,6 +356,8 @@ impl Renderer {
             kind: ev.kind.name(),
             pid: ev.pid,
             comm: &ev.comm,
+            unit: ev.workload.as_deref().and_then(Workload::unit),
+            container: ev.workload.as_deref().and_then(Workload::container),
             owner: ev.owner.name(),
             netns: ev.netns,
             family: ev.family(),
@@ -404,8 +428,13 @@ impl Renderer {
             ev.pid.to_string()
         };
         let comm = if ev.comm.is_empty() { "-" } else { &ev.comm };
+        let unit = ev
+            .workload
+            .as_deref()
+            .map(Workload::label)
+            .unwrap_or_default();
         format!(
-            "{:<12} {:<7} {:<15} {:<23} {:<23} {what} {ms:>8}",
+            "{:<12} {:<7} {:<15} {:<23} {:<23} {what} {ms:>8}  {unit}",
             self.clock.time_of_day(ev.ts_ns),
             pid,
             comm,
@@ -441,6 +470,8 @@ mod tests {
             reason: 12,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -476,6 +507,31 @@ mod tests {
         assert_eq!(v["ms"], 1.25);
         assert!(v.get("state").is_none());
         assert!(v.get("reason").is_none());
+        // Unknown unit and container: present, null.
+        assert!(v["unit"].is_null() && v.as_object().unwrap().contains_key("unit"));
+        assert!(v["container"].is_null() && v.as_object().unwrap().contains_key("container"));
+    }
+
+    #[test]
+    fn units_and_containers_in_json_and_columns() {
+        use std::sync::Arc;
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let mut e = ev(EventKind::State);
+        e.workload = crate::cgroup::classify("/system.slice/nginx.service").map(Arc::new);
+        let v = json_line(&e);
+        assert_eq!(v["unit"], "nginx.service");
+        assert!(v["container"].is_null());
+        let line = renderer(Style::Human { color: false }).human(&e, false);
+        assert!(line.ends_with("1.250  nginx.service"), "{line}");
+
+        e.workload =
+            crate::cgroup::classify(&format!("/system.slice/docker-{id}.scope")).map(Arc::new);
+        let v = json_line(&e);
+        assert!(v["unit"].is_null());
+        assert_eq!(v["container"]["runtime"], "docker");
+        assert_eq!(v["container"]["id"], "0123456789ab");
+        let line = renderer(Style::Human { color: false }).human(&e, false);
+        assert!(line.ends_with("  docker:0123456789ab"), "{line}");
     }
 
     #[test]
@@ -517,7 +573,7 @@ mod tests {
         assert!(line.ends_with("1.250"), "{line}");
         assert_eq!(
             header.len(),
-            line.len(),
+            line.len() + "  UNIT".len(),
             "MS column aligned:\n{header}\n{line}"
         );
         assert_eq!(header.find("LOCAL"), line.find("[::1]:40000"));

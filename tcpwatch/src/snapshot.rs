@@ -14,13 +14,18 @@ use std::{
     os::unix::fs::MetadataExt,
 };
 
-use crate::event::{OwnerSource, TcpEvent};
+use crate::{
+    cgroup::Units,
+    event::{OwnerSource, TcpEvent},
+};
 
 /// A process that holds a socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
+    /// Its cgroup v2 id, read from `/proc/PID/cgroup` (0 when unknown).
+    pub cgroup: u64,
 }
 
 /// One row of `/proc/net/tcp` or `/proc/net/tcp6`.
@@ -68,6 +73,7 @@ impl Snapshot {
         if let Some(owner) = self.connections.get(&tuple) {
             ev.pid = owner.pid;
             ev.comm.clone_from(&owner.comm);
+            ev.cgroup = owner.cgroup;
             ev.owner = OwnerSource::Startup;
         }
     }
@@ -160,9 +166,10 @@ pub struct Holders {
 pub const HOLDERS_KEPT: usize = 64;
 
 impl Holders {
-    /// Scans `/proc`. Processes that vanish or cannot be read are skipped:
-    /// the scan is best effort, by nature racy.
-    pub fn scan() -> Holders {
+    /// Scans `/proc`, and learns each holder's cgroup through `units`.
+    /// Processes that vanish or cannot be read are skipped: the scan is
+    /// best effort, by nature racy.
+    pub fn scan(units: &Units) -> Holders {
         let mut holders = Holders::default();
         let Ok(procs) = fs::read_dir("/proc") else {
             return holders;
@@ -181,6 +188,7 @@ impl Holders {
                 continue;
             };
             let mut comm: Option<String> = None;
+            let mut cgroup: Option<u64> = None;
             let mut seen_here = std::collections::HashSet::new();
             for fd in fds.filter_map(Result::ok) {
                 let Ok(link) = fs::read_link(fd.path()) else {
@@ -200,10 +208,11 @@ impl Holders {
                             .unwrap_or_default()
                     })
                     .clone();
+                let cgroup = *cgroup.get_or_insert_with(|| units.of_pid(pid));
                 let (kept, count) = holders.by_inode.entry(inode).or_default();
                 *count += 1;
                 if kept.len() < HOLDERS_KEPT {
-                    kept.push(Owner { pid, comm });
+                    kept.push(Owner { pid, comm, cgroup });
                 }
             }
         }
@@ -231,8 +240,8 @@ pub fn alive(pid: u32) -> bool {
 
 /// Takes the snapshot from `/proc`. Processes that vanish or cannot be read
 /// are skipped: the snapshot is best effort, by nature racy.
-pub fn take() -> Snapshot {
-    let holders = Holders::scan();
+pub fn take(units: &Units) -> Snapshot {
+    let holders = Holders::scan(units);
     // The lowest pid wins a shared socket: the parent of a pre-fork server.
     let owners: HashMap<u64, Owner> = holders
         .by_inode
@@ -339,7 +348,7 @@ mod tests {
     fn snapshot_finds_this_process_listener() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let snap = take();
+        let snap = take(&Units::default());
         let me = std::process::id();
         assert!(
             snap.listeners

@@ -14,6 +14,11 @@ use crate::{
 pub struct CloseWaitRow {
     pub pid: u32,
     pub comm: String,
+    /// The process's cgroup v2 id (0 when unknown).
+    pub cgroup: u64,
+    /// Its unit or container ([`crate::cgroup::Workload::label`]), empty
+    /// when unknown; filled in by [`Summary::name_units`].
+    pub unit: String,
     pub local_port: u16,
     pub count: u64,
     pub oldest_seconds: f64,
@@ -73,6 +78,8 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
                 .or_insert_with(|| CloseWaitRow {
                     pid: c.pid,
                     comm: c.comm.to_string(),
+                    cgroup: c.cgroup,
+                    unit: String::new(),
                     local_port: c.tuple.local_port,
                     count: 0,
                     oldest_seconds: 0.0,
@@ -120,6 +127,8 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
         close_wait.push(CloseWaitRow {
             pid: 0,
             comm: OTHER.to_owned(),
+            cgroup: 0,
+            unit: String::new(),
             local_port: 0,
             count: rest.iter().map(|r| r.count).sum(),
             oldest_seconds: rest.iter().map(|r| r.oldest_seconds).fold(0.0, f64::max),
@@ -132,6 +141,16 @@ pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary 
         close_wait,
         ports_in_use: top_n(ports.into_iter().collect(), top),
         by_netns: Vec::new(),
+    }
+}
+
+impl Summary {
+    /// Names the unit or container of each CLOSE_WAIT row's process, from
+    /// what `units` has learnt.
+    pub fn name_units(&mut self, units: &crate::cgroup::Units) {
+        for row in &mut self.close_wait {
+            row.unit = units.get(row.cgroup).map(|w| w.label()).unwrap_or_default();
+        }
     }
 }
 
@@ -213,6 +232,8 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 

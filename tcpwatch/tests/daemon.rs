@@ -62,9 +62,13 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
         headers.contains("content-type: text/plain; version=0.0.4"),
         "{headers}"
     );
-    let close_wait =
-        format!("tcpwatch_close_wait_sockets{{comm=\"tw-leaky\",port=\"{leaky_port}\"}}");
-    assert_eq!(sample(&body, &close_wait), Some(2.0), "{body}");
+    let port = leaky_port.to_string();
+    let close_wait = [("comm", "tw-leaky"), ("port", port.as_str())];
+    assert_eq!(
+        sample_where(&body, "tcpwatch_close_wait_sockets", &close_wait),
+        Some(2.0),
+        "{body}"
+    );
     let time_wait = format!("tcpwatch_time_wait_sockets{{endpoint=\"server :{closer_port}\"}}");
     assert_eq!(sample(&body, &time_wait), Some(3.0), "{body}");
     // The client holds its two ports towards the leaky server (orphans in
@@ -420,7 +424,8 @@ fn close_wait_of_workers_sharing_a_comm_and_port_adds_up() {
         "{workers:?}"
     );
     client.ok("close_kept");
-    let series = format!("tcpwatch_close_wait_sockets{{comm=\"tw-worker\",port=\"{port}\"}}");
+    let port_label = port.to_string();
+    let series = [("comm", "tw-worker"), ("port", port_label.as_str())];
     let want = || ns.sockets("close-wait", &["sport", "=", &format!(":{port}")]);
     assert!(
         wait_until(Duration::from_secs(5), || want() == 8),
@@ -431,9 +436,9 @@ fn close_wait_of_workers_sharing_a_comm_and_port_adds_up() {
     let agreed = wait_until(Duration::from_secs(10), || {
         let (_, _, body) = http_get(&daemon.addr, "/metrics");
         last = body;
-        sample(&last, &series) == Some(8.0)
+        sample_where(&last, "tcpwatch_close_wait_sockets", &series) == Some(8.0)
     });
-    assert!(agreed, "{series} should be 8 (ss: {}):\n{last}", want());
+    assert!(agreed, "{series:?} should be 8 (ss: {}):\n{last}", want());
     // Two rows behind the one series: each worker holds its own.
     let (_, _, body) = http_get(
         &daemon.addr,

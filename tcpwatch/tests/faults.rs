@@ -113,8 +113,13 @@ fn killed_and_restarted_the_daemon_rebuilds_from_sock_diag() {
         Some(3.0),
         "{after}"
     );
-    let leak = format!("tcpwatch_close_wait_sockets{{comm=\"tw-leaky\",port=\"{leaky_port}\"}}");
-    assert_eq!(sample(&after, &leak), Some(2.0), "{after}");
+    let port = leaky_port.to_string();
+    let leak = [("comm", "tw-leaky"), ("port", port.as_str())];
+    assert_eq!(
+        sample_where(&after, "tcpwatch_close_wait_sockets", &leak),
+        Some(2.0),
+        "{after}"
+    );
     // Learnt, not replayed: the connections that predate the restart come
     // from sock_diag with their age unknown, not as new connections (the
     // opened counters count only what the new daemon saw open; other tests'

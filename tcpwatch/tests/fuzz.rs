@@ -146,6 +146,8 @@ proptest! {
                 reason: 0,
                 owner_exiting: sk % 3 == 0,
                 outstanding: (sk % 5 == 0).then_some(sk % 2 == 0),
+                cgroup: sk % 5,
+                workload: None,
             };
             let outcomes = model.apply(&ev);
             let _ = detectors.on_event(&ev, &outcomes, &model);

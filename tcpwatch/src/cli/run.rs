@@ -104,12 +104,14 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         reasons,
         attached,
         snapshot,
+        units,
     } = probe;
     let observer = Observer::new(
         Model::new(config.limits()),
         Some(Detectors::new(config.thresholds.thresholds())),
         snapshot,
-    );
+    )
+    .with_units(units);
     let shared = Arc::new(Mutex::new(Daemon {
         observer,
         metrics: Metrics::new().context("cannot register the metrics")?,
@@ -224,8 +226,10 @@ async fn reconcile(shared: &daemon::Shared) {
     // at once would apply dumps out of order and double the cost.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
+    let units = daemon::lock(shared).observer.units().clone();
     let dumped =
-        tokio::task::spawn_blocking(|| (dump_namespaces(&[]), netns::current_inode())).await;
+        tokio::task::spawn_blocking(move || (dump_namespaces(&[], &units), netns::current_inode()))
+            .await;
     let Ok((dumps, own)) = dumped else {
         warn!("the reconciliation thread failed");
         return;

@@ -79,13 +79,15 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         counters,
         attached,
         snapshot,
+        units,
         ..
     } = loader::load(LoadOptions::default())?;
     let mut observer = Observer::new(
         Model::new(Limits::default()),
         Some(Detectors::new(args.detect.thresholds())),
         snapshot,
-    );
+    )
+    .with_units(units);
     observer.reconcile(&args.netns);
     let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -140,6 +142,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                         findings = open_findings(&observer, &args.netns);
                         selection.index = selection.index.min(findings.len().saturating_sub(1));
                         summary = summarize(&observer.model, now, &args.netns, args.top);
+                        summary.name_units(observer.units());
                         draw(&mut terminal, &summary, &findings, &header, &selection)?;
                     } else if matches!(asked, Keys::Redraw) {
                         draw(&mut terminal, &summary, &findings, &header, &selection)?;
@@ -324,7 +327,12 @@ fn render(
         } else {
             r.local_port.to_string()
         };
-        Row::new([pid, r.comm.clone(), port, r.count.to_string(), age])
+        let unit = if r.unit.is_empty() {
+            "-".to_owned()
+        } else {
+            r.unit.clone()
+        };
+        Row::new([pid, r.comm.clone(), unit, port, r.count.to_string(), age])
     });
     frame.render_widget(
         Table::new(
@@ -332,13 +340,14 @@ fn render(
             [
                 Constraint::Length(8),
                 Constraint::Length(16),
+                Constraint::Length(24),
                 Constraint::Length(8),
                 Constraint::Length(8),
                 Constraint::Min(10),
             ],
         )
         .header(
-            Row::new(["PID", "COMM", "PORT", "COUNT", "OLDEST"])
+            Row::new(["PID", "COMM", "UNIT", "PORT", "COUNT", "OLDEST"])
                 .style(Style::new().add_modifier(Modifier::BOLD)),
         )
         .block(Block::bordered().title("CLOSE_WAIT by process")),

@@ -49,6 +49,12 @@ pub struct TraceArgs {
     #[arg(long = "comm", value_name = "COMM")]
     pub comms: Vec<String>,
 
+    /// Only connections owned by a process in this systemd unit or slice
+    /// (`nginx.service`, `nginx`, `user-1000.slice`) or container (its id,
+    /// 12 digits or all 64, or `docker:ID`) (repeatable).
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+
     /// Only this network namespace, by inode number as in `ls -L -i /proc/PID/ns/net` (repeatable).
     #[arg(long = "netns", value_name = "INODE")]
     pub netns: Vec<u32>,
@@ -115,6 +121,7 @@ impl TraceArgs {
             remote_ports: self.remote_ports.clone(),
             pids: self.pids.clone(),
             comms: self.comms.clone(),
+            units: self.units.clone(),
             netns: self.netns.clone(),
             states: self.states.clone(),
             family: if self.ipv4 {
@@ -140,6 +147,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         reasons,
         attached,
         snapshot,
+        units,
     } = loader::load(LoadOptions {
         ring_bytes: args.ring_kib * 1024,
         ..Default::default()
@@ -157,13 +165,15 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline {
         renderer: Renderer::new(style, WallClock::now(), reasons)
-            .with_own_netns(crate::netns::current_inode().map_or(0, |i| i as u32)),
+            .with_own_netns(crate::netns::current_inode().map_or(0, |i| i as u32))
+            .with_units(units.clone()),
         filter: args.filter(),
         observer: Observer::new(
             Model::new(Limits::default()),
             (!args.no_findings).then(|| Detectors::new(args.detect.thresholds())),
             snapshot,
-        ),
+        )
+        .with_units(units),
         lifecycle: args.lifecycle,
         events: !args.no_events,
         tally: Tally::default(),
@@ -333,7 +343,11 @@ impl<W: Write> Pipeline<W> {
         }
         for outcome in outcomes {
             if let Outcome::Finished(f) = outcome {
-                if self.filter.matches_connection(&f.connection) {
+                let workload = self.observer.units().get(f.connection.cgroup);
+                if self
+                    .filter
+                    .matches_connection(&f.connection, workload.as_deref())
+                {
                     self.tally.lifecycle += 1;
                     self.renderer.write_lifecycle(&mut self.out, &f)?;
                 }
@@ -449,6 +463,10 @@ mod tests {
             "7",
             "--comm",
             "nginx",
+            "--unit",
+            "nginx.service",
+            "--unit",
+            "0123456789ab",
             "--netns",
             "4026531840",
             "--state",
@@ -463,6 +481,7 @@ mod tests {
         assert_eq!(f.remote_ports, vec![5432]);
         assert_eq!(f.pids, vec![7]);
         assert_eq!(f.comms, vec!["nginx".to_owned()]);
+        assert_eq!(f.units, ["nginx.service", "0123456789ab"]);
         assert_eq!(f.netns, vec![4026531840]);
         assert_eq!(f.states, vec![TcpState::CloseWait]);
         assert_eq!(f.family, Some(6));

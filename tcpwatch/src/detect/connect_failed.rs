@@ -49,6 +49,7 @@ impl Detectors {
             comm: (c.pid != 0).then(|| c.comm.to_string()),
             raddr: Some(t.remote),
             rport: Some(t.remote_port),
+            cgroup: c.cgroup,
             ..Default::default()
         };
         let named = if c.pid == 0 {

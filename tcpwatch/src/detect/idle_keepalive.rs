@@ -58,7 +58,7 @@ impl Idle {
 /// (netns, pid, server side, service port) of a group of idle connections.
 type IdleKey = (u32, u32, bool, u16);
 /// Count, longest idle time and comm of such a group.
-type IdleGroup = (u64, u64, String);
+type IdleGroup = (u64, u64, String, u64);
 
 /// The port that names the service: a server's own, a client's peer's.
 fn service_port(c: &Connection) -> (bool, u16) {
@@ -183,11 +183,11 @@ impl Detectors {
             let (server, port) = service_port(c);
             let g = groups
                 .entry((c.tuple.netns, c.pid, server, port))
-                .or_insert((0, 0, c.comm.to_string()));
+                .or_insert((0, 0, c.comm.to_string(), c.cgroup));
             g.0 += 1;
             g.1 = g.1.max(idle);
         }
-        for ((netns, pid, server, port), (count, longest, comm)) in groups {
+        for ((netns, pid, server, port), (count, longest, comm, cgroup)) in groups {
             let (time, intvl, probes) = self
                 .idle
                 .keepalive
@@ -208,6 +208,7 @@ impl Detectors {
             let who = Who {
                 pid: (pid != 0).then_some(pid),
                 comm: (pid != 0).then(|| comm.clone()),
+                cgroup,
                 ..Default::default()
             };
             let longest_s = secs(longest);

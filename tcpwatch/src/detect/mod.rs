@@ -234,6 +234,9 @@ pub struct Detectors {
     /// or FIN_WAIT2 is reported only once a reconciliation has looked at it
     /// in that state. Set by the observer while sock_diag answers.
     pub confirm_owners: bool,
+    /// What owners' cgroups are, read from its cache (the observer
+    /// resolves them as events come in): findings name the unit.
+    pub units: crate::cgroup::Units,
 }
 
 /// (netns, local address, remote address, remote port).
@@ -251,12 +254,22 @@ struct Who {
     /// Processes holding the socket(s) at the last look (`ss -p`); shown
     /// when more than one does.
     holders: Option<u16>,
+    /// The process's cgroup v2 id (0 when unknown): its unit or container,
+    /// named by [`Detectors::observe`].
+    cgroup: u64,
 }
+
+/// Evidence key of the cgroup id, replaced by `unit` and `container` before
+/// a finding leaves the detectors.
+const CGROUP_EVIDENCE: &str = "cgroup";
 
 impl Who {
     fn apply(self, mut f: Finding) -> Finding {
         if let Some(n) = self.holders.filter(|n| *n > 1) {
             f = f.evidence("holders", n);
+        }
+        if self.cgroup != 0 && self.pid.is_some() {
+            f = f.evidence(CGROUP_EVIDENCE, self.cgroup);
         }
         if let Some(pid) = self.pid {
             f = f.evidence("pid", pid);
@@ -280,6 +293,17 @@ impl Who {
     }
 }
 
+/// Replaces the cgroup id a [`Who`] put in the evidence by what it is:
+/// `unit` and `container`, and the summary starts with it.
+fn name_workload(units: &crate::cgroup::Units, mut f: Finding) -> Finding {
+    let id = f
+        .evidence
+        .remove(CGROUP_EVIDENCE)
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0);
+    f.in_workload(units.get(id))
+}
+
 impl Who {
     /// The process holding the listener that serves `addr:port`, as the
     /// model knows it (checked against `/proc` by the reconciliation that
@@ -295,6 +319,7 @@ impl Who {
             comm: owner.map(|l| l.comm.to_string()),
             laddr: Some(addr),
             lport: Some(port),
+            cgroup: owner.map_or(0, |l| l.cgroup),
             ..Default::default()
         };
         let named = owner.map_or_else(
@@ -307,9 +332,10 @@ impl Who {
 
 /// (kind, netns, pid, local port) of sockets waiting in one state.
 type WaitKey = (&'static str, u32, u32, u16);
-/// Count, oldest age, comm, local address of such a group, and whether
-/// some ages are only lower bounds (sockets older than tcpwatch).
-type Group = (u64, u64, String, IpAddr, bool, u16);
+/// Count, oldest age, comm, local address of such a group, whether
+/// some ages are only lower bounds (sockets older than tcpwatch), the most
+/// holders of one, and the owner's cgroup.
+type Group = (u64, u64, String, IpAddr, bool, u16, u64);
 /// (netns, server side, address, port) of a TIME_WAIT group.
 type TimeWaitKey = (u32, bool, IpAddr, u16);
 
@@ -341,6 +367,7 @@ impl Detectors {
             orphans: Default::default(),
             syn: Default::default(),
             confirm_owners: false,
+            units: Default::default(),
         }
     }
 
@@ -524,6 +551,8 @@ impl Detectors {
         make: impl FnOnce(u64) -> Finding,
     ) {
         let every = self.thresholds.update_every.as_nanos() as u64;
+        let units = self.units.clone();
+        let make = |count| name_workload(&units, make(count));
         match self.open.get_mut(&(kind, key.clone())) {
             None => {
                 if self.open.len() >= MAX_OPEN_FINDINGS {
@@ -627,8 +656,7 @@ impl Detectors {
                     self.reuse_reset(
                         &mut out,
                         tuple,
-                        ev.pid,
-                        &ev.comm,
+                        (ev.pid, &ev.comm, ev.cgroup),
                         now,
                         now.saturating_sub(since),
                         "sent a reset from SYN_SENT",
@@ -644,6 +672,7 @@ impl Detectors {
                     pid: Some(ev.pid),
                     comm: Some(ev.comm.clone()),
                     lport: Some(ev.sport),
+                    cgroup: ev.cgroup,
                     ..Default::default()
                 };
                 let listener = endpoint(ev.saddr, ev.sport);
@@ -676,6 +705,7 @@ impl Detectors {
                     comm: Some(ev.comm.clone()),
                     raddr: Some(ev.daddr),
                     rport: Some(ev.dport),
+                    cgroup: ev.cgroup,
                     ..Default::default()
                 };
                 let peer = endpoint(ev.daddr, ev.dport);
@@ -718,8 +748,7 @@ impl Detectors {
         &mut self,
         out: &mut Vec<Report>,
         tuple: FourTuple,
-        pid: u32,
-        comm: &str,
+        (pid, comm, cgroup): (u32, &str, u64),
         now: u64,
         since_ns: u64,
         what: &str,
@@ -735,6 +764,7 @@ impl Detectors {
             raddr: Some(tuple.remote),
             rport: Some(tuple.remote_port),
             holders: None,
+            cgroup,
         };
         let peer = endpoint(tuple.remote, tuple.remote_port);
         let age = secs(since_ns);
@@ -786,6 +816,7 @@ impl Detectors {
                     comm: Some(c.comm.to_string()),
                     raddr: Some(t.remote),
                     rport: Some(t.remote_port),
+                    cgroup: c.cgroup,
                     ..Default::default()
                 };
                 let peer = endpoint(t.remote, t.remote_port);
@@ -835,13 +866,14 @@ impl Detectors {
                 } else {
                     "sent a reset"
                 };
-                self.reuse_reset(out, c.tuple, c.pid, &c.comm, now, age, what);
+                self.reuse_reset(out, c.tuple, (c.pid, &c.comm, c.cgroup), now, age, what);
             }
             Outcome::TimeWaitReused {
                 tuple,
                 age_ns,
                 pid,
                 comm,
+                cgroup,
             } => {
                 self.recent_reuse.insert(*tuple, now);
                 let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
@@ -854,6 +886,7 @@ impl Detectors {
                     raddr: Some(tuple.remote),
                     rport: Some(tuple.remote_port),
                     holders: None,
+                    cgroup: *cgroup,
                 };
                 let peer = endpoint(tuple.remote, tuple.remote_port);
                 let age = secs(*age_ns);
@@ -967,14 +1000,16 @@ impl Detectors {
             }
             let entry = waiting
                 .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
-                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false, 0));
+                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false, 0, c.cgroup));
             entry.0 += 1;
             entry.1 = entry.1.max(age);
             entry.4 |= !c.state_age_known;
             entry.5 = entry.5.max(c.holders);
         }
-        for ((kind, netns, pid, lport), (count, oldest, comm, laddr, lower_bound, holders)) in
-            waiting
+        for (
+            (kind, netns, pid, lport),
+            (count, oldest, comm, laddr, lower_bound, holders, cgroup),
+        ) in waiting
         {
             let at_least = if lower_bound { "at least " } else { "" };
             let key = format!("{netns}|{pid}|{lport}");
@@ -984,6 +1019,7 @@ impl Detectors {
                 laddr: Some(laddr),
                 lport: Some(lport),
                 holders: Some(holders),
+                cgroup,
                 ..Default::default()
             };
             let oldest_s = secs(oldest);
@@ -1017,7 +1053,7 @@ impl Detectors {
 
         // TIME_WAIT towards one remote endpoint (this host as client), or on
         // one local port (this host as a server that closes first).
-        let mut tw: BTreeMap<TimeWaitKey, (u64, u32, String)> = BTreeMap::new();
+        let mut tw: BTreeMap<TimeWaitKey, (u64, u32, String, u64)> = BTreeMap::new();
         for (tuple, entry) in model
             .time_wait()
             .filter(|(_, e)| e.substate == TcpState::TimeWait)
@@ -1030,10 +1066,10 @@ impl Detectors {
             };
             let e = tw
                 .entry(key)
-                .or_insert((0, entry.pid, entry.comm.to_string()));
+                .or_insert((0, entry.pid, entry.comm.to_string(), entry.cgroup));
             e.0 += 1;
         }
-        for ((netns, server, addr, port), (count, pid, comm)) in tw {
+        for ((netns, server, addr, port), (count, pid, comm, cgroup)) in tw {
             if count < t.time_wait_count {
                 continue;
             }
@@ -1045,6 +1081,7 @@ impl Detectors {
                     comm: Some(comm.clone()),
                     laddr: Some(addr),
                     lport: Some(port),
+                    cgroup,
                     ..Default::default()
                 }
             } else {
@@ -1053,6 +1090,7 @@ impl Detectors {
                     comm: Some(comm.clone()),
                     raddr: Some(addr),
                     rport: Some(port),
+                    cgroup,
                     ..Default::default()
                 }
             };
@@ -1091,25 +1129,25 @@ impl Detectors {
         // open outgoing connections plus the active closer's TIME_WAIT.
         self.recent_reuse
             .retain(|_, t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS);
-        let mut in_use: HashMap<PortUseKey, (u64, u32, String)> = HashMap::new();
+        let mut in_use: HashMap<PortUseKey, (u64, u32, String, u64)> = HashMap::new();
         let outgoing = model
             .connections()
             .filter(|c| c.opener != Opener::Passive && c.tuple.local_port != 0)
-            .map(|c| (c.tuple, c.pid, c.comm.clone()))
+            .map(|c| (c.tuple, c.pid, c.comm.clone(), c.cgroup))
             .chain(
                 model
                     .time_wait()
                     .filter(|(_, tw)| tw.opener != Opener::Passive)
-                    .map(|(t, tw)| (*t, tw.pid, tw.comm.clone())),
+                    .map(|(t, tw)| (*t, tw.pid, tw.comm.clone(), tw.cgroup)),
             );
-        for (tuple, pid, comm) in outgoing {
+        for (tuple, pid, comm, cgroup) in outgoing {
             let e = in_use
                 .entry((tuple.netns, tuple.local, tuple.remote, tuple.remote_port))
-                .or_insert((0, pid, comm.to_string()));
+                .or_insert((0, pid, comm.to_string(), cgroup));
             e.0 += 1;
         }
         let mut previous = std::mem::take(&mut self.port_use);
-        for (key, (count, pid, comm)) in in_use {
+        for (key, (count, pid, comm, cgroup)) in in_use {
             let (netns, laddr, raddr, rport) = key;
             let (low, high) = self
                 .port_range
@@ -1141,6 +1179,7 @@ impl Detectors {
                 laddr: Some(laddr),
                 raddr: Some(raddr),
                 rport: Some(rport),
+                cgroup,
                 ..Default::default()
             };
             let peer = endpoint(raddr, rport);
@@ -1231,6 +1270,8 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 
@@ -1388,6 +1429,74 @@ mod tests {
         // The host's orphans drop: the pressure finding ends.
         let r = d.on_netns(1, &host(2), 4 * S);
         assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Resolved)]);
+    }
+
+    #[test]
+    fn findings_name_the_unit_or_container_of_the_process_first() {
+        let mut m = Model::new(Limits::default());
+        let mut d = Detectors::new(Thresholds::default());
+        d.units.learn(77, "/system.slice/nginx.service");
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        d.units
+            .learn(78, &format!("/system.slice/docker-{id}.scope"));
+        let in_cgroup = |e: TcpEvent, cgroup: u64, port: u16| TcpEvent {
+            cgroup,
+            sport: port,
+            ..e
+        };
+        let mut evs = Vec::new();
+        for (i, (cgroup, port)) in [(77, 8080), (78, 9090), (0, 7070)].into_iter().enumerate() {
+            let sk = 0x1000 + i as u64 * 64;
+            for (t, old, new) in [
+                (0, Listen, SynRecv),
+                (1, SynRecv, Established),
+                (2, Established, CloseWait),
+            ] {
+                evs.push(in_cgroup(st(t, sk, old, new, port, 50000), cgroup, port));
+            }
+        }
+        feed(&mut m, &mut d, &evs);
+        let r = d.tick(63 * S, &m);
+        let by_port = |port: u64| {
+            r.iter()
+                .map(|r| &r.finding)
+                .find(|f| f.evidence["lport"].as_u64() == Some(port))
+                .unwrap_or_else(|| panic!("no finding on {port}: {r:?}"))
+        };
+        let nginx = by_port(8080);
+        assert!(
+            nginx
+                .summary
+                .starts_with("nginx.service: app (pid 7) holds 1 connections"),
+            "{}",
+            nginx.summary
+        );
+        assert_eq!(nginx.evidence["unit"], "nginx.service");
+        assert!(!nginx.evidence.contains_key("container"));
+        assert!(
+            !nginx.evidence.contains_key(CGROUP_EVIDENCE),
+            "the id stays inside"
+        );
+        let docker = by_port(9090);
+        assert!(
+            docker
+                .summary
+                .starts_with("docker:0123456789ab: app (pid 7)"),
+            "{}",
+            docker.summary
+        );
+        assert_eq!(
+            docker.evidence["container"],
+            serde_json::json!({"runtime": "docker", "id": "0123456789ab"})
+        );
+        assert!(!docker.evidence.contains_key("unit"));
+        let unknown = by_port(7070);
+        assert!(
+            unknown.summary.starts_with("app (pid 7)"),
+            "{}",
+            unknown.summary
+        );
+        assert!(unknown.workload.is_none() && !unknown.evidence.contains_key("unit"));
     }
 
     #[test]
@@ -2025,9 +2134,16 @@ mod tests {
             state: CloseWait,
             pid: 7,
             comm: "app".into(),
+            cgroup: 0,
             orphan: false,
             time_wait_left_ns: None,
-            holders: vec![(7, "app".into()), (9, "app".into())],
+            holders: [7, 9]
+                .map(|pid| crate::snapshot::Owner {
+                    pid,
+                    comm: "app".into(),
+                    cgroup: 0,
+                })
+                .to_vec(),
             holder_count: 2,
             queue: 0,
             queue_limit: 0,
@@ -2073,6 +2189,8 @@ mod regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         }
     }
 

@@ -124,23 +124,30 @@ impl Detectors {
             })
             .map(|s| (s.local, s.local_port, s.remote, s.remote_port))
             .collect();
-        let mut closers: HashMap<(u32, String), u64> = HashMap::new();
+        let mut closers: HashMap<(u32, String), (u64, u64)> = HashMap::new();
         for c in model.connections().filter(|c| c.tuple.netns == netns) {
             let t = &c.tuple;
             if c.pid != 0 && orphaned.contains(&(t.local, t.local_port, t.remote, t.remote_port)) {
-                *closers.entry((c.pid, c.comm.to_string())).or_default() += 1;
+                let e = closers
+                    .entry((c.pid, c.comm.to_string()))
+                    .or_insert((0, c.cgroup));
+                e.0 += 1;
             }
         }
-        let mut closers: Vec<((u32, String), u64)> = closers.into_iter().collect();
-        closers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let top = closers.first().cloned();
+        let mut closers: Vec<((u32, String), (u64, u64))> = closers.into_iter().collect();
+        closers.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let top = closers
+            .first()
+            .cloned()
+            .map(|(owner, (n, cgroup))| (owner, n, cgroup));
         let who = Who {
-            pid: top.as_ref().map(|((pid, _), _)| *pid),
-            comm: top.as_ref().map(|((_, comm), _)| comm.clone()),
+            pid: top.as_ref().map(|((pid, _), _, _)| *pid),
+            comm: top.as_ref().map(|((_, comm), _, _)| comm.clone()),
+            cgroup: top.as_ref().map_or(0, |(_, _, cgroup)| *cgroup),
             ..Default::default()
         };
         let by = match &top {
-            Some(((pid, comm), n)) => {
+            Some(((pid, comm), n, _)) => {
                 format!("; {n} of those still closing here were closed by {comm} (pid {pid})")
             }
             None => String::new(),

@@ -261,10 +261,16 @@ impl Detectors {
             if now.saturating_sub(start) < after_ms * 1_000_000 {
                 continue;
             }
-            stalled.push((*tuple, c.pid, c.comm.to_string(), c.holders, *h, start));
+            stalled.push((
+                *tuple,
+                (c.pid, c.comm.to_string(), c.cgroup),
+                c.holders,
+                *h,
+                start,
+            ));
         }
         self.health.open.extend(stalled.iter().map(|s| s.0));
-        for (tuple, pid, comm, holders, h, start) in stalled {
+        for (tuple, (pid, comm, cgroup), holders, h, start) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let stalled_for = now.saturating_sub(start);
             let next_ns = match h.timer {
@@ -293,6 +299,7 @@ impl Detectors {
                 raddr: Some(tuple.remote),
                 rport: Some(tuple.remote_port),
                 holders: Some(holders),
+                cgroup,
             };
             let peer = endpoint(tuple.remote, tuple.remote_port);
             let count = u64::from(h.retransmits);
@@ -348,8 +355,7 @@ impl Detectors {
             }
             stalled.push((
                 *tuple,
-                c.pid,
-                c.comm.to_string(),
+                (c.pid, c.comm.to_string(), c.cgroup),
                 c.state,
                 c.holders,
                 *h,
@@ -357,7 +363,7 @@ impl Detectors {
             ));
         }
         self.health.open.extend(stalled.iter().map(|s| s.0));
-        for (tuple, pid, comm, state, holders, h, since) in stalled {
+        for (tuple, (pid, comm, cgroup), state, holders, h, since) in stalled {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let age_s = secs(now.saturating_sub(since));
             let peer = endpoint(tuple.remote, tuple.remote_port);
@@ -373,6 +379,7 @@ impl Detectors {
                 raddr: Some(tuple.remote),
                 rport: Some(tuple.remote_port),
                 holders: Some(holders),
+                cgroup,
             };
             let probes = u64::from(h.probes);
             let waiting = h.send_queue;

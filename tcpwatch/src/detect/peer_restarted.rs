@@ -30,6 +30,7 @@ impl Detectors {
             lport: Some(t.local_port),
             raddr: Some(t.remote),
             rport: Some(t.remote_port),
+            cgroup: c.cgroup,
             ..Default::default()
         };
         let named = if c.pid == 0 {

@@ -30,6 +30,8 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         reason: 0,
         owner_exiting: false,
         outstanding: None,
+        cgroup: 0,
+        workload: None,
     }
 }
 
@@ -156,7 +158,12 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
         comm: "app".into(),
         orphan: false,
         time_wait_left_ns: None,
-        holders: vec![(7, "app".into())],
+        holders: vec![crate::snapshot::Owner {
+            pid: 7,
+            comm: "app".into(),
+            cgroup: 0,
+        }],
+        cgroup: 0,
         holder_count: 1,
         queue: 0,
         queue_limit: 0,

@@ -900,6 +900,7 @@ mod tests {
             state: TcpState::Listen,
             pid: 42,
             comm: "nginx".into(),
+            cgroup: 0,
             orphan: false,
             time_wait_left_ns: None,
             holders: Vec::new(),
@@ -940,6 +941,8 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            cgroup: 0,
+            workload: None,
         };
         let r = d.on_event(&synack, &[], &model);
         assert_eq!(r[0].finding.kind, kind::SYNACK_RETRANSMIT);

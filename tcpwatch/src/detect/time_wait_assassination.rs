@@ -84,6 +84,7 @@ impl Detectors {
                 lport: Some(t.local_port),
                 raddr: Some(t.remote),
                 rport: Some(t.remote_port),
+                cgroup: d.cgroup,
                 ..Default::default()
             };
             let named = if d.pid == 0 {

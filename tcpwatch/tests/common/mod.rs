@@ -931,6 +931,28 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The sum of the samples of `metric` whose labels include every one of
+/// `labels` (others, such as `unit`, may take any value), or None when no
+/// sample matches.
+pub fn sample_where(text: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((set, value)) = rest.rsplit_once('}') else {
+            continue;
+        };
+        let has = |(name, value): &(&str, &str)| set.contains(&format!("{name}=\"{value}\""));
+        if labels.iter().all(has) {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
 /// (status line, lower-cased headers, body) of a GET; empty strings while
 /// the server is not up yet.
 pub fn http_get(addr: &str, path: &str) -> (String, String, String) {
@@ -1229,4 +1251,140 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The cgroup v2 hierarchy's mount, as tcpwatch finds it.
+pub fn cgroup2_mount() -> tcpwatch::cgroup::Mount {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    tcpwatch::cgroup::cgroup2_mount(&text).expect("a cgroup2 mount (pure v2 or hybrid host)")
+}
+
+/// Directories above test cgroups that this process made (`system.slice`
+/// on a host without systemd, the test slice), with how many test cgroups
+/// use each: the last one out removes it.
+static SHARED_CGROUPS: std::sync::Mutex<BTreeMap<std::path::PathBuf, usize>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// A cgroup made for a test under the v2 mount (`system.slice/NAME.service`,
+/// `SLICE/docker-ID.scope`); processes moved into it go back to where they
+/// came from, and the directory (with the parents this process made) is
+/// removed, when it is dropped. Existing cgroups are only read.
+pub struct TestCgroup {
+    pub dir: std::path::PathBuf,
+    /// Its path as `/proc/PID/cgroup` names it.
+    pub path: String,
+    /// The parents made for it, innermost first.
+    parents: Vec<std::path::PathBuf>,
+    /// Where each process moved in came from.
+    origins: Vec<(u32, std::path::PathBuf)>,
+}
+
+impl TestCgroup {
+    /// Makes the cgroup at `rel` (below the mount, e.g. `system.slice/x.service`).
+    pub fn new(rel: &str) -> TestCgroup {
+        let mount = cgroup2_mount();
+        let dir = mount.point.join(rel);
+        assert!(!dir.exists(), "{} exists already", dir.display());
+        let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parents = Vec::new();
+        let mut at = dir.parent();
+        while let Some(parent) = at.filter(|p| *p != mount.point.as_path()) {
+            if let Some(users) = shared.get_mut(parent) {
+                *users += 1;
+                parents.push(parent.to_owned());
+            } else if !parent.exists() {
+                parents.push(parent.to_owned());
+            }
+            at = parent.parent();
+        }
+        // Made outermost first; counted as this process's own.
+        for parent in parents.iter().rev() {
+            if !shared.contains_key(parent) {
+                std::fs::create_dir(parent)
+                    .unwrap_or_else(|e| panic!("cannot make {}: {e}", parent.display()));
+                shared.insert(parent.clone(), 1);
+            }
+        }
+        drop(shared);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+        TestCgroup {
+            path: mount.path_of(rel),
+            dir,
+            parents,
+            origins: Vec::new(),
+        }
+    }
+
+    /// The directory of the cgroup process `pid` is in now.
+    fn dir_of(pid: u32) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroup");
+        let path = tcpwatch::cgroup::v2_path(&text).expect("a cgroup v2 line");
+        cgroup2_mount().dir_of(path).expect("within the mount")
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup.
+    pub fn add(&mut self, pid: u32) {
+        self.origins.push((pid, Self::dir_of(pid)));
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("cannot move {pid} into {}: {e}", self.dir.display()));
+        assert_eq!(Self::dir_of(pid), self.dir, "{pid} moved");
+    }
+
+    /// The cgroup id tcpwatch sees: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        std::fs::metadata(&self.dir).expect("the cgroup").ino()
+    }
+
+    /// Moves what is left inside back out and removes the directory (and
+    /// the parents nobody else uses).
+    pub fn remove(mut self) {
+        self.clean();
+    }
+
+    fn clean(&mut self) {
+        if !self.dir.exists() {
+            return;
+        }
+        let own = Self::dir_of(std::process::id());
+        // What is inside (forked children too) goes back where it came from.
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+                let back = self
+                    .origins
+                    .iter()
+                    .find(|(p, _)| *p == pid)
+                    .map_or(own.clone(), |(_, d)| d.clone());
+                let _ = std::fs::write(back.join("cgroup.procs"), pid.to_string());
+            }
+            // An exiting process leaves a moment after it is reaped.
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(40));
+        }
+        let mut shared = SHARED_CGROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        for parent in &self.parents {
+            let Some(users) = shared.get_mut(parent) else {
+                continue;
+            };
+            *users -= 1;
+            if *users == 0 {
+                shared.remove(parent);
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        self.parents.clear();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+/// A docker container id (64 hexadecimal digits) unique to this process and `n`.
+pub fn container_id(n: u16) -> String {
+    format!("{:08x}{n:04x}", std::process::id()).repeat(6)[..64].to_owned()
 }
