@@ -711,6 +711,49 @@ mod tests {
         assert_eq!(v2_path(""), None);
     }
 
+    /// review: kubelet with the cgroupfs driver (k3s, kubeadm clusters set
+    /// up with `cgroupDriver: cgroupfs`) puts each container at
+    /// `/kubepods/<qos>/pod<uid>/<id>` (guaranteed pods: `/kubepods/pod<uid>/<id>`):
+    /// no scope name to tell the runtime, but a container all the same. Today
+    /// these classify as nothing at all.
+    #[test]
+    fn review_kubepods_with_the_cgroupfs_driver_are_containers() {
+        for path in [
+            format!("/kubepods/burstable/pod0c6e3a2b-4d0f-4f7e-9e3a-1a2b3c4d5e6f/{ID}"),
+            format!("/kubepods/pod0c6e3a2b-4d0f-4f7e-9e3a-1a2b3c4d5e6f/{ID}"),
+        ] {
+            let w = classify(&path);
+            assert!(
+                w.as_ref().and_then(|w| w.container()).is_some_and(|c| c.id == ID),
+                "{path}: {w:?}"
+            );
+        }
+    }
+
+    /// review: the DaemonSet's pod has a private cgroup namespace (the
+    /// default of containerd and CRI-O on cgroup v2): the runtime's own
+    /// cgroup2 mount at /sys/fs/cgroup shows only the pod's subtree (root
+    /// `/`), and the node's processes read as `0::/../../..`. A mount of the
+    /// node's hierarchy (a hostPath of /sys/fs/cgroup; mountinfo shows its root as
+    /// `/../../..` from inside the namespace, checked with unshare -C) is the
+    /// only one that can resolve anything, but the ranking picks
+    /// /sys/fs/cgroup by its mount point. (The DaemonSet mounts no such
+    /// hostPath either: there, nothing resolves.)
+    #[test]
+    fn review_in_a_pod_the_mount_that_sees_the_node_is_chosen() {
+        let pod = "\
+1200 1100 0:38 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+1201 1100 0:38 /../../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw
+";
+        let m = cgroup2_mount(pod).expect("a cgroup2 mount");
+        let host_process = format!("/../../../system.slice/docker-{ID}.scope");
+        assert_eq!(
+            m.dir_of(&host_process),
+            Some(PathBuf::from(format!("/host/sys/fs/cgroup/system.slice/docker-{ID}.scope"))),
+            "{m:?}"
+        );
+    }
+
     #[test]
     fn the_cache_is_bounded_and_its_looks_rate_limited() {
         let mut c = Cache::default();
