@@ -33,6 +33,9 @@ pub enum Runtime {
     CriO,
     /// `libpod-<id>.scope` (podman, rootless too).
     Podman,
+    /// `/kubepods/[<qos>/]pod<uid>/<id>`: kubelet's cgroupfs driver, whose
+    /// paths do not say which runtime runs the container.
+    Kubernetes,
 }
 
 impl Runtime {
@@ -43,6 +46,7 @@ impl Runtime {
             Runtime::Containerd => "containerd",
             Runtime::CriO => "cri-o",
             Runtime::Podman => "podman",
+            Runtime::Kubernetes => "kubernetes",
         }
     }
 }
@@ -190,6 +194,10 @@ fn container_of(parent: Option<&str>, component: &str) -> Option<(Runtime, Strin
     if parent == Some("docker") && is_container_id(component) {
         return Some((Runtime::Docker, component.to_owned()));
     }
+    // kubelet's cgroupfs driver: the container's id under its pod's cgroup.
+    if parent.is_some_and(|p| p.starts_with("pod")) && is_container_id(component) {
+        return Some((Runtime::Kubernetes, component.to_owned()));
+    }
     // `crio-conmon-<id>` and `libpod-conmon-<id>` are the monitors, not the
     // containers: their ids do not parse as ids.
     let name = component.strip_suffix(".scope").unwrap_or(component);
@@ -330,10 +338,18 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<Mount> {
             })
         })
         .collect();
-    let rank = |m: &Mount| match m.point.to_str() {
-        Some("/sys/fs/cgroup") => 0,
-        Some("/sys/fs/cgroup/unified") => 1,
-        _ => 2,
+    // The mount that sees the most first: inside a private cgroup namespace
+    // (a pod's, by default on cgroup v2) the runtime's own mount shows only
+    // the pod's subtree (root `/`), while a mount of the node's hierarchy
+    // shows its root as `/../..` and resolves the node's processes too.
+    let sees_above = |m: &Mount| m.root.split('/').filter(|c| *c == "..").count();
+    let rank = |m: &Mount| {
+        let point = match m.point.to_str() {
+            Some("/sys/fs/cgroup") => 0,
+            Some("/sys/fs/cgroup/unified") => 1,
+            _ => 2,
+        };
+        (std::cmp::Reverse(sees_above(m)), point)
     };
     mounts.into_iter().min_by_key(rank)
 }
@@ -370,9 +386,13 @@ const PENDING_CAPACITY: usize = 1024;
 /// those not yet found. Pure: time is handed in.
 #[derive(Debug, Default)]
 pub struct Cache {
-    known: HashMap<u64, Known>,
-    /// Insertion order, for eviction.
-    order: VecDeque<u64>,
+    /// What each id is, and when it was last asked for (a tick of `clock`).
+    known: HashMap<u64, (Known, std::cell::Cell<u64>)>,
+    /// Ids in the order they were queued, with the tick they were queued
+    /// at: one asked for since goes back to the end instead of out (the
+    /// ids in use stay; transient scopes and unknown ids go first).
+    order: VecDeque<(u64, u64)>,
+    clock: std::cell::Cell<u64>,
     /// Missing ids and when each was last looked for.
     pending: HashMap<u64, u64>,
     last_scan_ns: Option<u64>,
@@ -380,7 +400,11 @@ pub struct Cache {
 
 impl Cache {
     pub fn get(&self, id: u64) -> Option<&Known> {
-        self.known.get(&id)
+        let (known, used) = self.known.get(&id)?;
+        let tick = self.clock.get() + 1;
+        self.clock.set(tick);
+        used.set(tick);
+        Some(known)
     }
 
     pub fn len(&self) -> usize {
@@ -391,19 +415,33 @@ impl Cache {
         self.known.is_empty()
     }
 
-    /// Remembers what `id` is; the oldest entry goes when full.
+    /// Remembers what `id` is; when full, the entry least recently asked
+    /// for goes.
     pub fn insert(&mut self, id: u64, known: Known) {
         self.pending.remove(&id);
-        if self.known.insert(id, known).is_some() {
+        let tick = self.clock.get() + 1;
+        self.clock.set(tick);
+        if self
+            .known
+            .insert(id, (known, std::cell::Cell::new(tick)))
+            .is_some()
+        {
             return;
         }
-        self.order.push_back(id);
+        self.order.push_back((id, tick));
         while self.known.len() > CACHE_CAPACITY {
-            match self.order.pop_front() {
-                Some(old) => {
+            let Some((old, queued)) = self.order.pop_front() else {
+                break;
+            };
+            match self.known.get(&old).map(|(_, used)| used.get()) {
+                // Asked for since it was queued: a second chance. Each entry
+                // is requeued at most once per pass (nothing is asked for
+                // meanwhile), so this ends.
+                Some(used) if used > queued => self.order.push_back((old, used)),
+                Some(_) => {
                     self.known.remove(&old);
                 }
-                None => break,
+                None => {}
             }
         }
     }
@@ -711,36 +749,36 @@ mod tests {
         assert_eq!(v2_path(""), None);
     }
 
-    /// review: kubelet with the cgroupfs driver (k3s, kubeadm clusters set
+    /// kubelet with the cgroupfs driver (k3s, kubeadm clusters set
     /// up with `cgroupDriver: cgroupfs`) puts each container at
     /// `/kubepods/<qos>/pod<uid>/<id>` (guaranteed pods: `/kubepods/pod<uid>/<id>`):
-    /// no scope name to tell the runtime, but a container all the same. Today
-    /// these classify as nothing at all.
+    /// no scope name to tell the runtime, but a container all the same.
     #[test]
-    fn review_kubepods_with_the_cgroupfs_driver_are_containers() {
+    fn kubepods_with_the_cgroupfs_driver_are_containers() {
         for path in [
             format!("/kubepods/burstable/pod0c6e3a2b-4d0f-4f7e-9e3a-1a2b3c4d5e6f/{ID}"),
             format!("/kubepods/pod0c6e3a2b-4d0f-4f7e-9e3a-1a2b3c4d5e6f/{ID}"),
         ] {
             let w = classify(&path);
             assert!(
-                w.as_ref().and_then(|w| w.container()).is_some_and(|c| c.id == ID),
+                w.as_ref()
+                    .and_then(|w| w.container())
+                    .is_some_and(|c| c.id == ID),
                 "{path}: {w:?}"
             );
         }
     }
 
-    /// review: the DaemonSet's pod has a private cgroup namespace (the
+    /// the DaemonSet's pod has a private cgroup namespace (the
     /// default of containerd and CRI-O on cgroup v2): the runtime's own
     /// cgroup2 mount at /sys/fs/cgroup shows only the pod's subtree (root
     /// `/`), and the node's processes read as `0::/../../..`. A mount of the
     /// node's hierarchy (a hostPath of /sys/fs/cgroup; mountinfo shows its root as
     /// `/../../..` from inside the namespace, checked with unshare -C) is the
-    /// only one that can resolve anything, but the ranking picks
-    /// /sys/fs/cgroup by its mount point. (The DaemonSet mounts no such
-    /// hostPath either: there, nothing resolves.)
+    /// only one that can resolve anything: it is chosen over the one at
+    /// /sys/fs/cgroup.
     #[test]
-    fn review_in_a_pod_the_mount_that_sees_the_node_is_chosen() {
+    fn in_a_pod_the_mount_that_sees_the_node_is_chosen() {
         let pod = "\
 1200 1100 0:38 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
 1201 1100 0:38 /../../.. /host/sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw
@@ -749,7 +787,9 @@ mod tests {
         let host_process = format!("/../../../system.slice/docker-{ID}.scope");
         assert_eq!(
             m.dir_of(&host_process),
-            Some(PathBuf::from(format!("/host/sys/fs/cgroup/system.slice/docker-{ID}.scope"))),
+            Some(PathBuf::from(format!(
+                "/host/sys/fs/cgroup/system.slice/docker-{ID}.scope"
+            ))),
             "{m:?}"
         );
     }

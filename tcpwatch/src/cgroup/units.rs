@@ -305,7 +305,7 @@ mod tests {
         );
     }
 
-    /// review: the cache drops the oldest *inserted* id first, however
+    /// the cache drops the oldest *inserted* id first, however
     /// often it is asked for: the services learnt at start (nginx.service,
     /// sshd.service) are the first to go once 4,096 other ids have come
     /// (transient scopes: cron jobs, `systemd-run`, sessions, pods; and
@@ -314,7 +314,7 @@ mod tests {
     /// finding's prefix (they read the cache only), and an exited owner
     /// whose cgroup was removed is never named again.
     #[test]
-    fn review_an_id_in_use_is_not_evicted_by_churn() {
+    fn an_id_in_use_is_not_evicted_by_churn() {
         let units = Units::default();
         units.learn(1, "/system.slice/nginx.service");
         for id in 2..(super::super::CACHE_CAPACITY as u64 + 2) {
