@@ -232,6 +232,7 @@ impl Drop for TraceAll {
 /// periodic reconciliation — never with `--reconcile-interval 0s`, and for
 /// up to 10 s with the default.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn pre_fork_established_connections_name_the_worker_in_the_api() {
     if !privileged_or_skip("pre_fork_established_connections_name_the_worker_in_the_api") {
         return;
@@ -277,6 +278,7 @@ fn pre_fork_established_connections_name_the_worker_in_the_api() {
 /// launcher, and the model keeps it (recheck_exited_owners ignores
 /// ESTABLISHED sockets and has already checked the launcher's pid).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn daemon_connections_do_not_name_the_exited_launcher() {
     if !privileged_or_skip("daemon_connections_do_not_name_the_exited_launcher") {
         return;
@@ -335,6 +337,7 @@ fn daemon_connections_do_not_name_the_exited_launcher() {
 /// next state event (a reset, in softirq) puts the old name back: the
 /// lifecycle line names `r13-before`, a program this pid no longer runs.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_process_that_execs_itself_is_named_after_its_new_program() {
     if !privileged_or_skip("a_process_that_execs_itself_is_named_after_its_new_program") {
         return;
@@ -396,6 +399,7 @@ fn a_process_that_execs_itself_is_named_after_its_new_program() {
 /// `reconciled_at() == None` through, and the leak is raised naming the
 /// parent, which holds none of it.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn close_wait_in_a_namespace_never_reconciled_names_the_handler() {
     if !privileged_or_skip("close_wait_in_a_namespace_never_reconciled_names_the_handler") {
         return;
@@ -435,6 +439,7 @@ fn close_wait_in_a_namespace_never_reconciled_names_the_handler() {
 /// FIN_WAIT1 retransmits, and fin_retransmit names the exited pid (the
 /// event's owner, never checked; no process holds an orphan).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn fin_retransmit_of_an_orphan_names_no_exited_pid() {
     if !privileged_or_skip("fin_retransmit_of_an_orphan_names_no_exited_pid") {
         return;
@@ -518,6 +523,7 @@ fn healthz_latencies(addr: &str, secs: u64) -> Vec<Duration> {
 /// plus netns listing plus sock_diag dump every second or two. /healthz
 /// (and the ring buffer consumer, and /metrics) wait for each one.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_steady_leak_does_not_stall_the_daemon() {
     if !privileged_or_skip("a_steady_leak_does_not_stall_the_daemon") {
         return;
@@ -568,6 +574,7 @@ fn a_steady_leak_does_not_stall_the_daemon() {
 /// holds the socket. close_wait_leak names the parent, not the process
 /// that used the socket last (issue 13: "name the one that used it last").
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn of_two_holders_the_one_that_read_last_is_named() {
     if !privileged_or_skip("of_two_holders_the_one_that_read_last_is_named") {
         return;
@@ -638,6 +645,7 @@ fn of_two_holders_the_one_that_read_last_is_named() {
 /// never fixing anything (an orphan has no holder): a full reconciliation
 /// every tick, from the tick, under the daemon's lock.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn clients_giving_up_on_a_dead_server_do_not_stall_the_daemon() {
     if !privileged_or_skip("clients_giving_up_on_a_dead_server_do_not_stall_the_daemon") {
         return;

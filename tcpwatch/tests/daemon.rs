@@ -29,6 +29,7 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     if !privileged_or_skip("scraped_metrics_agree_with_ss_and_the_api_reports_findings") {
         return;
@@ -179,6 +180,7 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn sigterm_stops_the_daemon_cleanly() {
     if !privileged_or_skip("sigterm_stops_the_daemon_cleanly") {
         return;
@@ -345,6 +347,7 @@ fn tls_get(addr: &str, cert: &[u8], path: &str, credentials: Option<&str>) -> St
 /// file: plain HTTP gets no answer, no or wrong credentials get 401 with a
 /// challenge, the right ones the metrics.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn tls_and_basic_auth_from_a_web_config_file() {
     if !privileged_or_skip("tls_and_basic_auth_from_a_web_config_file") {
         return;
@@ -396,6 +399,7 @@ fn tls_and_basic_auth_from_a_web_config_file() {
 /// 3 sockets): the series labelled by comm and port sums them, as `ss`
 /// counts them.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn close_wait_of_workers_sharing_a_comm_and_port_adds_up() {
     if !privileged_or_skip("close_wait_of_workers_sharing_a_comm_and_port_adds_up") {
         return;
@@ -566,6 +570,7 @@ fn descriptors(pid: u32) -> usize {
 /// answered at once, and the server closes all of them once the header-read
 /// timeout has passed (not before).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn half_sent_request_heads_and_idle_connections_are_closed() {
     if !privileged_or_skip("half_sent_request_heads_and_idle_connections_are_closed") {
         return;
@@ -616,6 +621,7 @@ fn half_sent_request_heads_and_idle_connections_are_closed() {
 /// within 2 s, and every one of them is closed within 30 s (the oldest as
 /// new ones arrive, the last 512 at the header-read timeout).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_flood_of_half_sent_heads_holds_bounded_descriptors() {
     if !privileged_or_skip("a_flood_of_half_sent_heads_holds_bounded_descriptors") {
         return;
@@ -700,6 +706,7 @@ fn slow_hash(password: &str) -> String {
 /// verification, every answer comes quickly, a remembered credential is
 /// answered meanwhile, and the right password still works after.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn wrong_passwords_at_once_are_shed() {
     if !privileged_or_skip("wrong_passwords_at_once_are_shed") {
         return;
@@ -763,6 +770,7 @@ fn wrong_passwords_at_once_are_shed() {
 /// program's runs grow with the connections made (ten transitions for
 /// five connections at least) and take measurable time; both are counters.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn program_run_statistics_count_the_programs_runs() {
     if !privileged_or_skip("program_run_statistics_count_the_programs_runs") {
         return;

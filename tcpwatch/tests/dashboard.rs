@@ -223,6 +223,7 @@ fn answer(result: &Value) -> Result<(bool, bool), String> {
 /// Prometheus HTTP API, and every panel but those where zero is the
 /// healthy value shows activity.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn every_dashboard_panel_shows_data_from_a_real_prometheus() {
     const NAME: &str = "every_dashboard_panel_shows_data_from_a_real_prometheus";
     if !privileged_or_skip(NAME) || !tool("prometheus", NAME) || !tool("nft", NAME) {

@@ -40,6 +40,7 @@ fn netns_series(ns: &Netns, state: &str) -> String {
 /// after attach (CAP_BPF, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
 /// CAP_DAC_READ_SEARCH), no bounding set beyond them, and no_new_privs.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn after_attach_only_the_needed_capabilities_remain() {
     if !privileged_or_skip("after_attach_only_the_needed_capabilities_remain") {
         return;
@@ -73,6 +74,7 @@ fn after_attach_only_the_needed_capabilities_remain() {
 /// attributed to its process), and connections that existed before it
 /// started are not counted again as opened.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn killed_and_restarted_the_daemon_rebuilds_from_sock_diag() {
     if !privileged_or_skip("killed_and_restarted_the_daemon_rebuilds_from_sock_diag") {
         return;
@@ -145,6 +147,7 @@ fn killed_and_restarted_the_daemon_rebuilds_from_sock_diag() {
 /// A namespace deleted while observed: its sockets leave the metrics at the
 /// next reconciliation and the daemon stays healthy.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_namespace_that_disappears_is_forgotten() {
     if !privileged_or_skip("a_namespace_that_disappears_is_forgotten") {
         return;
@@ -192,6 +195,7 @@ fn namespace_inode_in_use(inode: u64) -> bool {
 /// scrapes from several threads: every scrape is answered, a fresh one
 /// stays quick, and events keep flowing.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon() {
     if !privileged_or_skip("clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon") {
         return;
@@ -255,6 +259,7 @@ fn clients_that_never_read_and_a_scrape_storm_do_not_stall_the_daemon() {
 /// tracefs not mounted (in a mount namespace of the test's own, so the
 /// host's mount is untouched): tcpwatch mounts it and traces.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_missing_tracefs_is_mounted() {
     if !privileged_or_skip("a_missing_tracefs_is_mounted") {
         return;
@@ -284,6 +289,7 @@ fn a_missing_tracefs_is_mounted() {
 /// losses are counted and reported, and the reconciliation that follows
 /// finds the CLOSE_WAIT leak made during the burst anyway.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_ring_buffer_overflow_is_counted_and_repaired() {
     if !privileged_or_skip("a_ring_buffer_overflow_is_counted_and_repaired") {
         return;

@@ -24,6 +24,7 @@ fn raised<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 /// SYNs dropped by a firewall with tcp_syn_retries lowered: connect_timeout.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn connect_timeout_against_dropped_syns() {
     if !privileged_or_skip("connect_timeout_against_dropped_syns") {
         return;
@@ -52,6 +53,7 @@ fn connect_timeout_against_dropped_syns() {
 
 /// The final ACK of handshakes is dropped: the listener retransmits SYN-ACKs.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn synack_retransmit_finding() {
     if !privileged_or_skip("synack_retransmit_finding") {
         return;
@@ -78,6 +80,7 @@ fn synack_retransmit_finding() {
 /// The server closes first and the client comes back from the same port: the
 /// new SYN takes over the server's TIME_WAIT.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn time_wait_syn_reuse_finding() {
     if !privileged_or_skip("time_wait_syn_reuse_finding") {
         return;
@@ -111,6 +114,7 @@ fn time_wait_syn_reuse_finding() {
 
 /// A half-close the peer never answers: FIN_WAIT2 held by a live process.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn fin_wait2_stall_finding() {
     if !privileged_or_skip("fin_wait2_stall_finding") {
         return;
@@ -152,6 +156,7 @@ fn fin_wait2_stall_finding() {
 /// The peer's packets are dropped after the client closes: its FIN is
 /// retransmitted in FIN_WAIT1.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn fin_retransmit_finding() {
     if !privileged_or_skip("fin_retransmit_finding") {
         return;
@@ -178,6 +183,7 @@ fn fin_retransmit_finding() {
 /// tcp_max_tw_buckets=1: further closes skip TIME_WAIT and TcpExt
 /// TCPTimeWaitOverflow moves.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn time_wait_overflow_finding() {
     if !privileged_or_skip("time_wait_overflow_finding") {
         return;
@@ -220,6 +226,7 @@ fn time_wait_overflow_finding() {
 
 /// Risky settings of a namespace are reported by trace too (warnings only).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn sysctl_risk_finding() {
     if !privileged_or_skip("sysctl_risk_finding") {
         return;
@@ -241,6 +248,7 @@ fn sysctl_risk_finding() {
 /// challenge ACK, this side resets from SYN_SENT and connects at its next
 /// SYN. tw_reuse, then tw_reuse_reset, both naming the client.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn tw_reuse_reset_when_the_final_ack_was_lost() {
     if !privileged_or_skip("tw_reuse_reset_when_the_final_ack_was_lost") {
         return;
@@ -335,6 +343,7 @@ fn tcpext(ns: &Netns, name: &str) -> u64 {
 /// raise peer_unresponsive on); the kernel says the peer answers, so
 /// nothing is raised.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer() {
     if !privileged_or_skip("bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer") {
         return;
@@ -436,6 +445,7 @@ fn bulk_transfer_through_a_bottleneck_is_no_unresponsive_peer() {
 /// drop is lifted. Then, dropped for good with tcp_retries2 lowered, the
 /// predicted abort comes within one backoff step of the retransmit_timeout.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn unresponsive_peer_is_confirmed_resolved_and_its_abort_predicted() {
     if !privileged_or_skip("unresponsive_peer_is_confirmed_resolved_and_its_abort_predicted") {
         return;
@@ -525,6 +535,7 @@ fn unresponsive_peer_is_confirmed_resolved_and_its_abort_predicted() {
 /// waits (zero_window_stall, the peer answering the probes); then the
 /// reader's packets are dropped and the probes go unanswered.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn zero_window_stall_when_the_reader_stops_and_vanishes() {
     if !privileged_or_skip("zero_window_stall_when_the_reader_stops_and_vanishes") {
         return;
@@ -588,6 +599,7 @@ fn zero_window_stall_when_the_reader_stops_and_vanishes() {
 /// Event-driven findings end: a refused connect after `--resolve-after`,
 /// a risky sysctl once fixed, and everything of a deleted namespace.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn findings_end_when_quiet_fixed_or_their_namespace_is_gone() {
     if !privileged_or_skip("findings_end_when_quiet_fixed_or_their_namespace_is_gone") {
         return;
@@ -643,6 +655,7 @@ fn findings_end_when_quiet_fixed_or_their_namespace_is_gone() {
 /// 2,000 SYNs take over server-side TIME_WAIT 4-tuples within a second:
 /// the finding reports (nearly) all of them, not the first.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_burst_of_time_wait_takeovers_is_counted() {
     if !privileged_or_skip("a_burst_of_time_wait_takeovers_is_counted") {
         return;
@@ -740,6 +753,7 @@ fn fork_after_accept(start: Start, exec: bool) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn fork_after_accept_names_the_handlers_tcpwatch_first() {
     if privileged_or_skip("fork_after_accept_names_the_handlers_tcpwatch_first") {
         fork_after_accept(Start::Before, false);
@@ -747,6 +761,7 @@ fn fork_after_accept_names_the_handlers_tcpwatch_first() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn fork_after_accept_names_the_handlers_tcpwatch_last() {
     if privileged_or_skip("fork_after_accept_names_the_handlers_tcpwatch_last") {
         fork_after_accept(Start::After, false);
@@ -754,6 +769,7 @@ fn fork_after_accept_names_the_handlers_tcpwatch_last() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn exec_after_fork_names_the_program_tcpwatch_first() {
     if privileged_or_skip("exec_after_fork_names_the_program_tcpwatch_first") {
         fork_after_accept(Start::Before, true);
@@ -761,6 +777,7 @@ fn exec_after_fork_names_the_program_tcpwatch_first() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn exec_after_fork_names_the_program_tcpwatch_last() {
     if privileged_or_skip("exec_after_fork_names_the_program_tcpwatch_last") {
         fork_after_accept(Start::After, true);
@@ -807,6 +824,7 @@ fn daemonized_listener(start: Start) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn daemonized_listener_names_the_daemon_tcpwatch_first() {
     if privileged_or_skip("daemonized_listener_names_the_daemon_tcpwatch_first") {
         daemonized_listener(Start::Before);
@@ -814,6 +832,7 @@ fn daemonized_listener_names_the_daemon_tcpwatch_first() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn daemonized_listener_names_the_daemon_tcpwatch_last() {
     if privileged_or_skip("daemonized_listener_names_the_daemon_tcpwatch_last") {
         daemonized_listener(Start::After);
@@ -890,6 +909,7 @@ fn pre_fork(start: Start) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn pre_fork_workers_are_named_tcpwatch_first() {
     if privileged_or_skip("pre_fork_workers_are_named_tcpwatch_first") {
         pre_fork(Start::Before);
@@ -897,6 +917,7 @@ fn pre_fork_workers_are_named_tcpwatch_first() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn pre_fork_workers_are_named_tcpwatch_last() {
     if privileged_or_skip("pre_fork_workers_are_named_tcpwatch_last") {
         pre_fork(Start::After);
@@ -907,6 +928,7 @@ fn pre_fork_workers_are_named_tcpwatch_last() {
 /// read on (sock_recv_length, 6.2+), the connection's events name it, before
 /// any look at /proc.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_handler_that_reads_is_named_from_its_first_read() {
     if !privileged_or_skip("a_handler_that_reads_is_named_from_its_first_read") {
         return;
@@ -956,6 +978,7 @@ fn a_handler_that_reads_is_named_from_its_first_read() {
 /// names the client, its destination and as many failures as it made;
 /// each failed connect ends as no_local_port.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn connect_failed_names_the_process_when_no_port_is_free() {
     if !privileged_or_skip("connect_failed_names_the_process_when_no_port_is_free") {
         return;
@@ -1026,6 +1049,7 @@ fn connect_failed_names_the_process_when_no_port_is_free() {
 /// and the other with a reset. Both end as owner_exited; a connection the
 /// server closed itself before ends as an ordinary close.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn owner_exited_is_told_apart_from_close() {
     if !privileged_or_skip("owner_exited_is_told_apart_from_close") {
         return;
@@ -1090,6 +1114,7 @@ fn owner_exited_is_told_apart_from_close() {
 /// next retransmit with a reset. peer_restarted names the client and the
 /// peer; the connection ends as peer_reset.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn peer_restarted_after_unanswered_retransmits() {
     if !privileged_or_skip("peer_restarted_after_unanswered_retransmits") {
         return;
@@ -1153,6 +1178,7 @@ fn peer_restarted_after_unanswered_retransmits() {
 /// client's process is reported for the one without (count 1), the
 /// server's for both of its sides (count 2), each with its port.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn idle_without_keepalive_counts_by_process_and_port() {
     if !privileged_or_skip("idle_without_keepalive_counts_by_process_and_port") {
         return;
@@ -1242,6 +1268,7 @@ fn stray_ack(ns: &Netns, from_port: u16, to_port: u16) {
 /// and the peer. With tcp_rfc1337=1 the same stray ACK kills nothing and
 /// nothing is reported.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn time_wait_assassination_is_reported_unless_rfc1337() {
     if !privileged_or_skip("time_wait_assassination_is_reported_unless_rfc1337") {
         return;
@@ -1317,6 +1344,7 @@ fn time_wait_assassination_is_reported_unless_rfc1337() {
 /// accept_queue_overflow names the listener's process and port, with the
 /// queue and its limit from sock_diag, and no more overflows than TcpExt.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn accept_queue_overflow_names_the_listener() {
     if !privileged_or_skip("accept_queue_overflow_names_the_listener") {
         return;
@@ -1552,6 +1580,7 @@ impl Flood {
 /// listener's process and port, says cookies protect it, and counts no more
 /// than the kernel's TcpExt counters.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn syn_flood_with_cookies_names_the_listener() {
     let test = "syn_flood_with_cookies_names_the_listener";
     if !privileged_or_skip(test) || !program_or_skip(test, "hping3") {
@@ -1576,6 +1605,7 @@ fn syn_flood_with_cookies_names_the_listener() {
 /// The same flood with tcp_syncookies=0: SYNs beyond the full SYN queue
 /// are dropped (TCPReqQFullDrop), and syn_flood is critical.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn syn_flood_without_cookies_is_critical() {
     let test = "syn_flood_without_cookies_is_critical";
     if !privileged_or_skip(test) || !program_or_skip(test, "hping3") {
@@ -1603,6 +1633,7 @@ fn syn_flood_without_cookies_is_critical() {
 /// A burst of 100 real clients at once, from the other namespace, to a
 /// listener with a backlog of 128 that accepts them: no syn_flood.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_burst_of_real_connections_is_no_syn_flood() {
     if !privileged_or_skip("a_burst_of_real_connections_is_no_syn_flood") {
         return;

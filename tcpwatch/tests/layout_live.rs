@@ -16,6 +16,7 @@ fn kernel_version() -> (u32, u32) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn discovers_the_running_kernels_layouts() {
     if !common::privileged_or_skip("discovers_the_running_kernels_layouts") {
         return;

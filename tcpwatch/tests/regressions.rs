@@ -208,6 +208,7 @@ fn holder(ns: &Netns, port: u16) -> String {
 /// the connection and writes to a client that stops reading. The worker
 /// holds the socket; zero_window_stall names the master.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn zero_window_stall_names_the_worker_that_accepted() {
     if !privileged_or_skip("zero_window_stall_names_the_worker_that_accepted") {
         return;
@@ -247,6 +248,7 @@ fn zero_window_stall_names_the_worker_that_accepted() {
 /// The same pre-fork worker sends, and the client's ACKs are dropped:
 /// peer_unresponsive names the master, not the worker holding the socket.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn peer_unresponsive_names_the_worker_that_accepted() {
     if !privileged_or_skip("peer_unresponsive_names_the_worker_that_accepted") {
         return;
@@ -291,6 +293,7 @@ fn peer_unresponsive_names_the_worker_that_accepted() {
 /// because the threshold is compared with the time since the last ACK,
 /// which on an idle connection is the idle time.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn a_short_outage_on_an_idle_connection_is_no_unresponsive_peer() {
     if !privileged_or_skip("a_short_outage_on_an_idle_connection_is_no_unresponsive_peer") {
         return;
@@ -339,6 +342,7 @@ fn a_short_outage_on_an_idle_connection_is_no_unresponsive_peer() {
 /// in CLOSE_WAIT. close_wait_leak names the parent, which is dead; the
 /// kernel (ss -tnp) names the heir.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn close_wait_leak_names_the_live_holder_not_a_dead_pid() {
     if !privileged_or_skip("close_wait_leak_names_the_live_holder_not_a_dead_pid") {
         return;

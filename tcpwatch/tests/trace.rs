@@ -118,6 +118,7 @@ fn client_active_close(v6: bool, classic: bool) {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn client_active_close_v4() {
     if privileged_or_skip("client_active_close_v4") {
         client_active_close(false, false);
@@ -125,6 +126,7 @@ fn client_active_close_v4() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn client_active_close_v6() {
     if privileged_or_skip("client_active_close_v6") {
         client_active_close(true, false);
@@ -132,6 +134,7 @@ fn client_active_close_v6() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn client_active_close_v4_on_classic_tracepoints() {
     if privileged_or_skip("client_active_close_v4_on_classic_tracepoints") {
         client_active_close(false, true);
@@ -139,6 +142,7 @@ fn client_active_close_v4_on_classic_tracepoints() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn client_active_close_v6_on_classic_tracepoints() {
     if privileged_or_skip("client_active_close_v6_on_classic_tracepoints") {
         client_active_close(true, true);
@@ -146,6 +150,7 @@ fn client_active_close_v6_on_classic_tracepoints() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn server_active_close() {
     if !privileged_or_skip("server_active_close") {
         return;
@@ -191,6 +196,7 @@ fn server_active_close() {
 /// retries until `ss` (sock_diag) shows both ends in CLOSING, then checks
 /// that tcpwatch saw exactly that.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn simultaneous_close() {
     if !privileged_or_skip("simultaneous_close") {
         return;
@@ -296,6 +302,7 @@ fn simultaneous_close() {
 
 /// SO_LINGER 0 then close(): a reset instead of a FIN.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn abortive_close() {
     if !privileged_or_skip("abortive_close") {
         return;
@@ -359,6 +366,7 @@ fn abortive_close() {
 
 /// A connect to a port nobody listens on: SYN answered by a reset.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn connect_refused() {
     if !privileged_or_skip("connect_refused") {
         return;
@@ -393,6 +401,7 @@ fn connect_refused() {
 /// A listener with a full accept queue drops SYNs: the client retransmits
 /// them until tcp_syn_retries (lowered in the namespace) runs out.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn syn_retransmits_against_full_accept_queue() {
     if !privileged_or_skip("syn_retransmits_against_full_accept_queue") {
         return;
@@ -460,6 +469,7 @@ fn syn_retransmits_against_full_accept_queue() {
 /// The final ACK of the handshake is dropped: the listener retransmits its
 /// SYN-ACK, attributed to the listening process.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn synack_retransmit() {
     if !privileged_or_skip("synack_retransmit") {
         return;
@@ -488,6 +498,7 @@ fn synack_retransmit() {
 
 /// Filters apply in the tracer: a port filter keeps only matching events.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn port_and_state_filters() {
     if !privileged_or_skip("port_and_state_filters") {
         return;
@@ -530,6 +541,7 @@ fn port_and_state_filters() {
 /// Sockets older than tcpwatch: a listener and an established connection
 /// made before tracing starts are attributed from `/proc` at start-up.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn sockets_older_than_tcpwatch() {
     if !privileged_or_skip("sockets_older_than_tcpwatch") {
         return;
@@ -584,6 +596,7 @@ fn sockets_older_than_tcpwatch() {
 /// A pre-fork server: one process listens, a forked worker accepts. The
 /// connection belongs to the listener until accept() returns in the worker.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn accepted_by_another_process() {
     if !privileged_or_skip("accepted_by_another_process") {
         return;
@@ -648,6 +661,7 @@ fn accepted_by_another_process() {
 /// `--lifecycle --no-events`: one line per finished connection, with who
 /// opened and closed it, how it ended, and TIME_WAIT on the active closer.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn lifecycle_lines() {
     if !privileged_or_skip("lifecycle_lines") {
         return;
@@ -757,6 +771,7 @@ fn lifecycle_lines() {
 /// CLOSE_WAIT leak, attributed to the server's pid and port, resolved once
 /// it finally closes them.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn close_wait_leak_finding() {
     if !privileged_or_skip("close_wait_leak_finding") {
         return;
@@ -809,6 +824,7 @@ fn close_wait_leak_finding() {
 /// A server that closes first keeps the TIME_WAIT sockets: a buildup on its
 /// listening port (threshold lowered for the test).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn server_side_time_wait_buildup_finding() {
     if !privileged_or_skip("server_side_time_wait_buildup_finding") {
         return;
@@ -846,6 +862,7 @@ fn server_side_time_wait_buildup_finding() {
 /// tcp_tw_reuse=1 with a fixed source port: the second connect takes over
 /// the first one's TIME_WAIT, and TcpExt TWRecycled agrees.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn tw_reuse_finding() {
     if !privileged_or_skip("tw_reuse_finding") {
         return;
@@ -890,6 +907,7 @@ fn tw_reuse_finding() {
 /// A TIME_WAIT older than tcpwatch is learnt from sock_diag at start with
 /// its true age (from the kernel's timer), and its reuse reports that age.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn tw_reuse_of_a_time_wait_older_than_tcpwatch() {
     if !privileged_or_skip("tw_reuse_of_a_time_wait_older_than_tcpwatch") {
         return;
@@ -920,6 +938,7 @@ fn tw_reuse_of_a_time_wait_older_than_tcpwatch() {
 /// Leaks and buildups that predate tcpwatch: found in the kernel's socket
 /// list (sock_diag) at start, owners from /proc, ages as lower bounds.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn findings_about_sockets_older_than_tcpwatch() {
     if !privileged_or_skip("findings_about_sockets_older_than_tcpwatch") {
         return;
@@ -988,6 +1007,7 @@ fn findings_about_sockets_older_than_tcpwatch() {
 /// time left) until tcp_retries2, lowered in the namespace, runs out
 /// (lifecycle end reason retransmit_timeout).
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn silent_peer_is_unresponsive_then_times_out() {
     if !privileged_or_skip("silent_peer_is_unresponsive_then_times_out") {
         return;
@@ -1054,6 +1074,7 @@ fn silent_peer_is_unresponsive_then_times_out() {
 /// A client that opens many short connections to one port with a narrowed
 /// ephemeral port range: TIME_WAIT takes most of the range.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn port_exhaustion_risk_finding() {
     if !privileged_or_skip("port_exhaustion_risk_finding") {
         return;
@@ -1095,6 +1116,7 @@ fn port_exhaustion_risk_finding() {
 /// close by either side, an abortive close, a refused connect and a
 /// connect with no free port, on IPv4 and IPv6.
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn raw_and_classic_tracepoints_see_the_same_events() {
     if !privileged_or_skip("raw_and_classic_tracepoints_see_the_same_events") {
         return;

@@ -106,6 +106,7 @@ impl Leak {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn trace_names_the_unit_or_container_of_every_owner() {
     if !privileged_or_skip("trace_names_the_unit_or_container_of_every_owner") {
         return;
@@ -308,6 +309,7 @@ fn trace_names_the_unit_or_container_of_every_owner() {
 }
 
 #[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn the_daemon_labels_close_wait_with_the_unit_and_the_api_names_it() {
     if !privileged_or_skip("the_daemon_labels_close_wait_with_the_unit_and_the_api_names_it") {
         return;

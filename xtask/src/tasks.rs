@@ -66,9 +66,17 @@ pub fn is_root() -> bool {
 pub fn test(extra: &[String]) -> Result<()> {
     setup::toolchain()?;
     setup::test_packages()?;
+    // The privileged tests are `#[ignore]`d with their reason, so a plain
+    // `cargo test` reports them as not run; here every one runs.
+    let (cargo_args, test_args) = match extra.iter().position(|a| a == "--") {
+        Some(at) => (&extra[..at], &extra[at + 1..]),
+        None => (extra, &[][..]),
+    };
     run(cargo()
         .args(["test", "--workspace", "--exclude", "tcpwatch-ebpf"])
-        .args(extra)
+        .args(cargo_args)
+        .args(["--", "--include-ignored"])
+        .args(test_args)
         .env("TCPWATCH_REQUIRE_PRIVILEGED_TESTS", "1"))?;
     if vm_test_wanted() {
         crate::vm::vm_test(&crate::vm::all_series(), None, false)?;
