@@ -188,6 +188,19 @@ impl Open {
     fn owes_update(&self) -> bool {
         self.count != self.reported_count || self.finding.severity != self.reported_severity
     }
+
+    /// The update report it is owed, noted as made at `now`.
+    fn report_update(&mut self, now: u64) -> Report {
+        self.last_report_ns = now;
+        self.reported_count = self.count;
+        self.reported_severity = self.finding.severity;
+        Report {
+            status: Status::Updated,
+            ts_ns: now,
+            netns: self.netns,
+            finding: self.finding.clone(),
+        }
+    }
 }
 
 /// Open findings kept at most; beyond, the one with the oldest evidence
@@ -490,15 +503,7 @@ impl Detectors {
     pub fn owed_updates(&mut self, now: u64) -> Vec<Report> {
         let mut out = Vec::new();
         for open in self.open.values_mut().filter(|o| o.owes_update()) {
-            open.last_report_ns = now;
-            open.reported_count = open.count;
-            open.reported_severity = open.finding.severity;
-            out.push(Report {
-                status: Status::Updated,
-                ts_ns: now,
-                netns: open.netns,
-                finding: open.finding.clone(),
-            });
+            out.push(open.report_update(now));
         }
         out.sort_by_key(|r| (r.finding.kind, r.netns));
         out
@@ -593,15 +598,7 @@ impl Detectors {
                 }
                 open.count = count;
                 if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
-                    open.last_report_ns = now;
-                    open.reported_count = count;
-                    open.reported_severity = open.finding.severity;
-                    out.push(Report {
-                        status: Status::Updated,
-                        ts_ns: now,
-                        netns,
-                        finding: open.finding.clone(),
-                    });
+                    out.push(open.report_update(now));
                 }
             }
         }
@@ -1228,15 +1225,7 @@ impl Detectors {
         let every = t.update_every.as_nanos() as u64;
         for open in self.open.values_mut() {
             if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
-                open.last_report_ns = now;
-                open.reported_count = open.count;
-                open.reported_severity = open.finding.severity;
-                out.push(Report {
-                    status: Status::Updated,
-                    ts_ns: now,
-                    netns: open.netns,
-                    finding: open.finding.clone(),
-                });
+                out.push(open.report_update(now));
             }
         }
         out
