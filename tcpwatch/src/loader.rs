@@ -507,7 +507,9 @@ fn read_format(events: &Path, hook: &Hook) -> Result<Option<Format>, LoadError> 
             if hook.required {
                 Err(LoadError::MissingTracepoint(hook.name))
             } else {
-                warn!(
+                // Expected on older kernels (README, Supported kernels, says
+                // what each lacks): not worth a warning at every start.
+                info!(
                     "this kernel has no tracepoint {}:{}; skipping it",
                     hook.category, hook.name
                 );
