@@ -75,11 +75,21 @@ pub fn parse_sockstat_orphans(text: &str) -> Option<u64> {
 impl NetnsState {
     /// tcp_max_tw_buckets, where the kernel has it.
     pub fn max_tw_buckets(&self) -> Option<u64> {
-        self.int("tcp_max_tw_buckets")
-            .and_then(|n| u64::try_from(n).ok())
+        self.uint("tcp_max_tw_buckets")
     }
 
-    fn int(&self, name: &str) -> Option<i64> {
+    /// A setting that cannot be negative, in the type that holds it.
+    pub fn uint<T: TryFrom<i64>>(&self, name: &str) -> Option<T> {
+        self.int(name).and_then(|n| T::try_from(n).ok())
+    }
+
+    /// A TcpExt counter, 0 where the kernel has none.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.tcpext.get(name).copied().unwrap_or(0)
+    }
+
+    /// A numeric setting (its first field), where the kernel has it.
+    pub fn int(&self, name: &str) -> Option<i64> {
         self.sysctls
             .get(name)?
             .split_whitespace()

@@ -71,11 +71,10 @@ fn service_port(c: &Connection) -> (bool, u16) {
 impl Detectors {
     /// A namespace's keep-alive settings, for the finding's arithmetic.
     pub(super) fn note_keepalive(&mut self, netns: u32, state: &NetnsState) {
-        let read = |name: &str| state.sysctls.get(name).and_then(|v| v.trim().parse().ok());
         if let (Some(time), Some(intvl), Some(probes)) = (
-            read("tcp_keepalive_time"),
-            read("tcp_keepalive_intvl"),
-            read("tcp_keepalive_probes"),
+            state.uint("tcp_keepalive_time"),
+            state.uint("tcp_keepalive_intvl"),
+            state.uint("tcp_keepalive_probes"),
         ) {
             self.idle.keepalive.insert(netns, (time, intvl, probes));
         }
@@ -147,11 +146,8 @@ impl Detectors {
                         .answers
                         .insert(tuple, (now.max(1), u64::from(idle_ms) * 1_000_000));
                 }
-                Some(_) => {
-                    self.idle.no_timer.remove(&tuple);
-                    self.idle.answers.remove(&tuple);
-                }
-                None => {
+                // Or gone: no longer a candidate either way.
+                Some(_) | None => {
                     self.idle.no_timer.remove(&tuple);
                     self.idle.answers.remove(&tuple);
                 }

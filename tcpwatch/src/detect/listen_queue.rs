@@ -12,7 +12,7 @@
 //! reconciliation reads both, and the namespace's counters.
 use std::collections::HashMap;
 
-use super::{endpoint, kind, Detectors, Driver, Report, Who};
+use super::{endpoint, kind, Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
     diag::DiagSocket,
@@ -24,11 +24,8 @@ use crate::{
 /// A namespace's listen counters at the last look.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct ListenCounters {
-    overflows: u64,
-    drops: u64,
-    /// What moved since the look before.
-    new_overflows: u64,
-    new_drops: u64,
+    overflows: Moved,
+    drops: Moved,
 }
 
 /// Per namespace; forgotten with the namespace.
@@ -38,17 +35,16 @@ impl Detectors {
     /// The namespace's `ListenOverflows` and `ListenDrops`, read at a
     /// reconciliation: what moved since the previous one.
     pub(super) fn note_listen_counters(&mut self, netns: u32, state: &NetnsState) {
-        let read = |name: &str| state.tcpext.get(name).copied().unwrap_or(0);
-        let (overflows, drops) = (read("ListenOverflows"), read("ListenDrops"));
+        let (overflows, drops) = (
+            state.counter("ListenOverflows"),
+            state.counter("ListenDrops"),
+        );
         let entry = self.listen.entry(netns).or_insert(ListenCounters {
-            overflows,
-            drops,
-            ..Default::default()
+            overflows: Moved::first(overflows),
+            drops: Moved::first(drops),
         });
-        entry.new_overflows = overflows.saturating_sub(entry.overflows);
-        entry.new_drops = drops.saturating_sub(entry.drops);
-        entry.overflows = overflows;
-        entry.drops = drops;
+        entry.overflows.read(overflows);
+        entry.drops.read(drops);
     }
 
     /// The listeners a reconciliation listed in `netns`: those whose accept
@@ -66,7 +62,7 @@ impl Detectors {
         let Some(counters) = self.listen.get(&netns).copied() else {
             return out;
         };
-        if counters.new_overflows == 0 && counters.new_drops == 0 {
+        if counters.overflows.moved == 0 && counters.drops.moved == 0 {
             return out;
         }
         for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
@@ -82,8 +78,8 @@ impl Detectors {
                 .open
                 .get(&(kind::ACCEPT_QUEUE_OVERFLOW, key.clone()))
                 .map_or(0, |o| o.count);
-            let count = previous + counters.new_overflows;
-            let drops = counters.new_drops;
+            let count = previous + counters.overflows.moved;
+            let drops = counters.drops.moved;
             let listener = endpoint(s.local, s.local_port);
             self.observe(&mut out, kind::ACCEPT_QUEUE_OVERFLOW, key, netns, now, count, Driver::Event, |count| {
                 who.apply(

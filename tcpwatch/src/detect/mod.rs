@@ -252,6 +252,29 @@ pub struct Detectors {
     pub units: crate::cgroup::Units,
 }
 
+/// A namespace's kernel counter, read at each reconciliation: its value
+/// then, and what it moved since the reconciliation before.
+#[derive(Clone, Copy, Debug, Default)]
+struct Moved {
+    last: u64,
+    moved: u64,
+}
+
+impl Moved {
+    /// The first reading: nothing moved before tcpwatch looked.
+    fn first(value: u64) -> Self {
+        Moved {
+            last: value,
+            moved: 0,
+        }
+    }
+
+    fn read(&mut self, value: u64) {
+        self.moved = value.saturating_sub(self.last);
+        self.last = value;
+    }
+}
+
 /// (netns, local address, remote address, remote port).
 type PortUseKey = (u32, IpAddr, IpAddr, u16);
 
@@ -400,11 +423,7 @@ impl Detectors {
                 open.seen = false;
             }
         }
-        if let Some(r) = state
-            .sysctls
-            .get("tcp_retries2")
-            .and_then(|v| v.parse().ok())
-        {
+        if let Some(r) = state.uint("tcp_retries2") {
             self.set_retries2(netns, r);
         }
         if let Some(range) = state.port_range() {

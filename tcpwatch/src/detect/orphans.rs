@@ -15,7 +15,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{kind, Detectors, Driver, Report, Who};
+use super::{kind, Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
     diag::DiagSocket,
@@ -39,7 +39,7 @@ pub(super) struct Orphans {
     /// The namespace whose settings carry `tcp_max_orphans`: the host's.
     host_netns: Option<u32>,
     /// TCPAbortOnMemory by namespace: (last value, moved since the look before).
-    aborts: HashMap<u32, (u64, u64)>,
+    aborts: HashMap<u32, Moved>,
 }
 
 impl Orphans {
@@ -56,21 +56,18 @@ impl Detectors {
     /// A namespace's orphan settings and counters, read at a reconciliation.
     pub(super) fn note_orphans(&mut self, netns: u32, state: &NetnsState) {
         let o = &mut self.orphans;
-        if let Some(max) = state
-            .sysctls
-            .get("tcp_max_orphans")
-            .and_then(|v| v.trim().parse().ok())
-        {
+        if let Some(max) = state.uint("tcp_max_orphans") {
             o.max = Some(max);
             o.host_netns = Some(netns);
         }
         if state.orphans.is_some() {
             o.count = state.orphans;
         }
-        let aborts = state.tcpext.get("TCPAbortOnMemory").copied().unwrap_or(0);
-        let entry = o.aborts.entry(netns).or_insert((aborts, 0));
-        entry.1 = aborts.saturating_sub(entry.0);
-        entry.0 = aborts;
+        let aborts = state.counter("TCPAbortOnMemory");
+        o.aborts
+            .entry(netns)
+            .or_insert(Moved::first(aborts))
+            .read(aborts);
         // The pressure finding is a condition of these settings and counts:
         // it stays open while each read still shows it (this read is
         // followed by `on_orphans`, which updates it).
@@ -104,7 +101,7 @@ impl Detectors {
     ) -> Vec<Report> {
         let mut out = Vec::new();
         let o = &self.orphans;
-        let new_aborts = o.aborts.get(&netns).map_or(0, |a| a.1);
+        let new_aborts = o.aborts.get(&netns).map_or(0, |a| a.moved);
         let near_limit = self.orphans_near_limit(netns);
         if new_aborts == 0 && !near_limit {
             return out;

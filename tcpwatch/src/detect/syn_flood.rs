@@ -63,7 +63,7 @@ pub struct SynCounters {
 
 impl SynCounters {
     fn read(state: &NetnsState) -> Self {
-        let read = |name: &str| state.tcpext.get(name).copied().unwrap_or(0);
+        let read = |name: &str| state.counter(name);
         SynCounters {
             cookies_sent: read("SyncookiesSent"),
             cookies_recv: read("SyncookiesRecv"),
@@ -107,13 +107,10 @@ pub struct SynSettings {
 
 impl SynSettings {
     fn read(state: &NetnsState) -> Self {
-        fn int<T: std::str::FromStr>(state: &NetnsState, name: &str) -> Option<T> {
-            state.sysctls.get(name)?.trim().parse().ok()
-        }
         SynSettings {
-            syncookies: int(state, "tcp_syncookies"),
-            max_syn_backlog: int(state, "tcp_max_syn_backlog"),
-            synack_retries: int(state, "tcp_synack_retries"),
+            syncookies: state.uint("tcp_syncookies"),
+            max_syn_backlog: state.uint("tcp_max_syn_backlog"),
+            synack_retries: state.uint("tcp_synack_retries"),
         }
     }
 

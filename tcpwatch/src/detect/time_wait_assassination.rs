@@ -13,7 +13,7 @@
 //! new connection on its 4-tuple (the model's [`TimeWaitDeath`]).
 use std::collections::HashMap;
 
-use super::{endpoint, kind, secs, Detectors, Driver, Report, Who};
+use super::{endpoint, kind, secs, Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
     finding::{Finding, Severity},
@@ -24,13 +24,11 @@ use crate::{
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct TimeWaitGuard {
     rfc1337: bool,
-    overflows: u64,
-    paws: u64,
-    /// TCPTimeWaitOverflow moved since the look before: TIME_WAIT sockets
-    /// the model inferred may never have existed.
-    overflowed: bool,
-    /// Segments rejected by PAWS since the look before.
-    new_paws: u64,
+    /// TCPTimeWaitOverflow: when it moved, TIME_WAIT sockets the model
+    /// inferred may never have existed.
+    overflows: Moved,
+    /// Segments rejected by PAWS.
+    paws: Moved,
 }
 
 pub(super) type TimeWaitGuards = HashMap<u32, TimeWaitGuard>;
@@ -38,25 +36,18 @@ pub(super) type TimeWaitGuards = HashMap<u32, TimeWaitGuard>;
 impl Detectors {
     /// A namespace's tcp_rfc1337 and counters, read at a reconciliation.
     pub(super) fn note_time_wait_guard(&mut self, netns: u32, state: &NetnsState) {
-        let read = |name: &str| state.tcpext.get(name).copied().unwrap_or(0);
-        let overflows = read("TCPTimeWaitOverflow");
+        let overflows = state.counter("TCPTimeWaitOverflow");
         // PAWSEstab counts PAWS rejects of TIME_WAIT sockets too;
         // PAWSTimewait (6.15+) only those.
-        let paws = read("PAWSEstab") + read("PAWSTimewait");
-        let rfc1337 = state
-            .sysctls
-            .get("tcp_rfc1337")
-            .is_some_and(|v| v.trim() != "0");
+        let paws = state.counter("PAWSEstab") + state.counter("PAWSTimewait");
         let entry = self.time_wait_guard.entry(netns).or_insert(TimeWaitGuard {
-            overflows,
-            paws,
+            overflows: Moved::first(overflows),
+            paws: Moved::first(paws),
             ..Default::default()
         });
-        entry.overflowed = overflows > entry.overflows;
-        entry.new_paws = paws.saturating_sub(entry.paws);
-        entry.overflows = overflows;
-        entry.paws = paws;
-        entry.rfc1337 = rfc1337;
+        entry.overflows.read(overflows);
+        entry.paws.read(paws);
+        entry.rfc1337 = state.int("tcp_rfc1337").is_some_and(|v| v != 0);
     }
 
     /// TIME_WAIT sockets the last reconciliations found gone early, grouped
@@ -72,7 +63,7 @@ impl Detectors {
                 .unwrap_or_default();
             // With tcp_rfc1337=1 a reset cannot kill it; past
             // tcp_max_tw_buckets it may never have existed.
-            if guard.rfc1337 || guard.overflowed {
+            if guard.rfc1337 || guard.overflows.moved > 0 {
                 continue;
             }
             let key = format!("{}|{}|{}|{}", t.netns, d.pid, t.remote, t.remote_port);
@@ -94,7 +85,7 @@ impl Detectors {
             };
             let peer = endpoint(t.remote, t.remote_port);
             let age = secs(d.age_ns);
-            let paws = guard.new_paws;
+            let paws = guard.paws.moved;
             self.observe(&mut out, kind::TIME_WAIT_ASSASSINATED, key, t.netns, now, count, Driver::Event, |count| {
                 who.apply(
                     Finding::new(
