@@ -108,6 +108,10 @@ impl Detectors {
     /// threshold (so possibly idle that long), not looked up lately.
     /// Sorted; at most [`MAX_IDLE_INSPECTED`], the longest unchecked first.
     pub fn wanted_idle(&self, model: &Model, now: u64) -> Vec<FourTuple> {
+        // Every tick: no pass over the model while no socket is a candidate.
+        if self.idle.no_timer.is_empty() {
+            return Vec::new();
+        }
         let after = self.thresholds.idle_after.as_nanos() as u64;
         let mut due: Vec<(u64, FourTuple)> = model
             .connections()
@@ -163,6 +167,11 @@ impl Detectors {
         now: u64,
         model: &Model,
     ) {
+        // Nothing looked up, nothing to report (what was open is resolved
+        // for not being seen): no pass over the model.
+        if self.idle.answers.is_empty() {
+            return;
+        }
         let after = self.thresholds.idle_after.as_nanos() as u64;
         let mut groups: HashMap<IdleKey, IdleGroup> = HashMap::new();
         for c in model.connections() {
