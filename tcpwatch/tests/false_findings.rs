@@ -17,13 +17,6 @@ fn peer_main() {
     }
 }
 
-fn raised<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    findings(lines, kind)
-        .into_iter()
-        .filter(|f| f["status"] == "raised")
-        .collect()
-}
-
 fn lifecycle(lines: &[Value], sport: u16) -> Vec<&Value> {
     lines
         .iter()
@@ -258,21 +251,6 @@ fn time_wait_killed_by_ss_k_is_not_blamed_on_a_reset_alone() {
         ),
         "an operator's ss -K must be named as a possible cause: {f:#?}\n{stderr:?}"
     );
-}
-
-/// The TcpExt counter `name` of a namespace.
-fn tcpext(ns: &Netns, name: &str) -> u64 {
-    let text = ns.exec(&["cat", "/proc/net/netstat"]);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A client closes (nothing unread: an orphan in FIN_WAIT1) while the

@@ -15,13 +15,6 @@ fn peer_main() {
     }
 }
 
-fn raised<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    findings(lines, kind)
-        .into_iter()
-        .filter(|f| f["status"] == "raised")
-        .collect()
-}
-
 /// SYNs dropped by a firewall with tcp_syn_retries lowered: connect_timeout.
 #[test]
 #[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
@@ -318,21 +311,6 @@ fn pair(ns: &Netns, addr: &str) -> (Peer, Peer, u16, u16) {
         .unwrap();
     assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
     (server, client, port, client_port)
-}
-
-/// The TcpExt counter `name` of a namespace (`nstat`'s view of /proc/net/netstat).
-fn tcpext(ns: &Netns, name: &str) -> u64 {
-    let text = ns.exec(&["cat", "/proc/net/netstat"]);
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A healthy bulk transfer through a 1 mbit bottleneck (a tbf qdisc on the

@@ -1064,6 +1064,30 @@ pub fn drop_rules(rules: &[&str]) -> String {
     format!("table inet tw {{\n  chain out {{\n    type filter hook output priority 0;\n{body}  }}\n}}\n")
 }
 
+/// The reports of `kind` in `lines` that raised it.
+pub fn raised<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    findings(lines, kind)
+        .into_iter()
+        .filter(|f| f["status"] == "raised")
+        .collect()
+}
+
+/// The TcpExt counter `name` of a namespace (`nstat`'s view of
+/// /proc/net/netstat, read here apart from tcpwatch's own parser: ground truth).
+pub fn tcpext(ns: &Netns, name: &str) -> u64 {
+    let text = ns.exec(&["cat", "/proc/net/netstat"]);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The finding reports of `kind` in `lines`.
 pub fn findings<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
     lines
