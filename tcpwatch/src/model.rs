@@ -139,6 +139,20 @@ impl EndReason {
         EndReason::PeerReset,
     ];
 
+    /// A close, reset or abort the kernel made because the connection's
+    /// owner exited holding it is that, whatever it sent; the other
+    /// reasons (the peer's reset, retransmits given up) say more.
+    fn or_owner_exited(self, c: &Connection) -> EndReason {
+        match self {
+            EndReason::NormalClose | EndReason::ResetSent | EndReason::Aborted
+                if c.closed_by_exit =>
+            {
+                EndReason::OwnerExited
+            }
+            end => end,
+        }
+    }
+
     /// The stable name used in JSON, on screen and in metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -831,11 +845,7 @@ impl Model {
                             parked.connection.resets_sent =
                                 parked.connection.resets_sent.saturating_add(1);
                             // tcp_close() of an exiting task with unread data.
-                            if parked.connection.closed_by_exit {
-                                EndReason::OwnerExited
-                            } else {
-                                EndReason::ResetSent
-                            }
+                            EndReason::ResetSent.or_owner_exited(&parked.connection)
                         } else {
                             parked.connection.resets_received =
                                 parked.connection.resets_received.saturating_add(1);
@@ -1127,26 +1137,19 @@ impl Model {
                 EndReason::PeerReset
             }
             (_, Some(EventKind::ResetReceived)) => EndReason::ResetReceived,
-            (_, Some(_)) if connection.closed_by_exit => EndReason::OwnerExited,
-            (_, Some(_)) => EndReason::ResetSent,
+            (_, Some(_)) => EndReason::ResetSent.or_owner_exited(&connection),
             (
                 TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait,
                 None,
-            ) if connection.closed_by_exit => EndReason::OwnerExited,
-            (
-                TcpState::FinWait2 | TcpState::Closing | TcpState::LastAck | TcpState::TimeWait,
-                None,
-            ) => EndReason::NormalClose,
+            ) => EndReason::NormalClose.or_owner_exited(&connection),
             (TcpState::SynSent, None) => EndReason::Aborted,
             (_, None) => {
                 // A reset may still follow (abortive close); decide at the
                 // reset or once the grace period has passed.
                 let end = if connection.retransmits.data > 0 || connection.retransmits.fin > 0 {
                     EndReason::RetransmitTimeout
-                } else if connection.closed_by_exit {
-                    EndReason::OwnerExited
                 } else {
-                    EndReason::Aborted
+                    EndReason::Aborted.or_owner_exited(&connection)
                 };
                 let parked = Finished {
                     connection,
