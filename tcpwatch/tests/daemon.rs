@@ -36,13 +36,24 @@ fn scraped_metrics_agree_with_ss_and_the_api_reports_findings() {
     }
     let _alone = alone();
     let ns = Netns::new("run");
+    // Every daemon traces the whole host: the scrapes of the tests running
+    // beside this one take ephemeral ports too, as many as this test's
+    // endpoints, and could push them into `other`. Every row is labelled.
+    let config_dir = temp_dir("scraped-config");
+    let config = config_dir.join("tcpwatch.toml");
+    std::fs::write(&config, "top_n = 1000\n").expect("config written");
+    let config = config.display().to_string();
     let daemon = RunningDaemon::start(&[
+        "--config",
+        &config,
         "--close-wait-age",
         "1s",
         "--reconcile-interval",
         "1s",
         "--netns-labels",
     ]);
+    // Read at start: not needed after.
+    let _ = std::fs::remove_dir_all(&config_dir);
     let LeakAndBuildup {
         leaky,
         leaky_port,
