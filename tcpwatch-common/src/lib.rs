@@ -24,6 +24,17 @@ pub const MAP_RETRANSMITS: &str = "RETRANSMITS";
 pub const MAP_RESETS: &str = "RESETS";
 /// Name of the per-CPU array of duration histograms (see [`hist`]).
 pub const MAP_HISTOGRAMS: &str = "HISTOGRAMS";
+/// Name of the per-CPU array counting TCP segments dropped for a known
+/// socket, by drop reason (`enum skb_drop_reason`, index `reason & 255`).
+pub const MAP_DROPS: &str = "DROPS";
+/// Entries of the drops map: the kernel's drop reasons number about 130.
+pub const DROPS_LEN: u32 = 256;
+/// Drop events one CPU may send per [`DROP_WINDOW_NS`]; beyond, drops are
+/// only counted (in the drops map and [`counter::DROP_EVENTS_LIMITED`]), so
+/// a flood of drops cannot crowd the ring buffer.
+pub const DROP_EVENTS_PER_WINDOW: u64 = 64;
+/// Length of a drop-event window.
+pub const DROP_WINDOW_NS: u64 = 100_000_000;
 /// Entries of the transitions map.
 pub const TRANSITIONS_LEN: u32 = 256;
 /// Entries of the resets map.
@@ -52,6 +63,12 @@ pub const GLOBAL_LAYOUT: &str = "LAYOUT";
 /// wake the consumer; below it, records wait for the consumer's next poll.
 pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 
+/// Name of the global holding the number the running kernel gives the drop
+/// reason `NOT_SPECIFIED` (`u32::MAX` when unknown). Frees that no one
+/// annotated with a reason are not drops anyone can act on: a TIME_WAIT
+/// socket frees the peer's last FIN that way on every close (6.12, 7.2).
+pub const GLOBAL_DROP_NOT_SPECIFIED: &str = "DROP_NOT_SPECIFIED";
+
 /// Default ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 /// Default number of sockets whose owner the kernel side remembers.
@@ -72,8 +89,11 @@ pub mod counter {
     /// Not a count: the most unread bytes this CPU saw in the ring buffer
     /// when it submitted, until userspace resets it.
     pub const RING_PEAK_BYTES: u32 = 4;
+    /// Drops counted in the drops map but not sent as events, beyond a
+    /// CPU's [`DROP_EVENTS_PER_WINDOW`](super::DROP_EVENTS_PER_WINDOW).
+    pub const DROP_EVENTS_LIMITED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// What an [`Event`] reports; carried as `Event::kind`.
@@ -91,6 +111,11 @@ pub mod kind {
     /// Another process took the socket (it accepted it, or sent or
     /// received on it): the event carries the new owner, no endpoints.
     pub const OWNER: u8 = 6;
+    /// A TCP segment the kernel dropped for a known socket
+    /// (`skb:kfree_skb` with `rx_sk`): `Event::reason` is the drop reason
+    /// (`enum skb_drop_reason`), the endpoints and state are the socket's
+    /// (a listener, a request or TIME_WAIT socket, or a connection).
+    pub const DROP: u8 = 7;
 }
 
 /// How the owner in an [`Event`] was learnt; carried in `Event::owner_source`.
@@ -232,6 +257,10 @@ pub mod event_flag {
     /// Segments sent and not acknowledged when the reset came
     /// (`tcp_sock.packets_out` > 0).
     pub const DATA_OUTSTANDING: u8 = 4;
+    /// A received reset's `Event::reason` holds the seconds since the peer
+    /// was last heard (`tcp_sock.rx_opt.ts_recent_stamp`: the last segment
+    /// with a timestamp it sent in the window), capped at `u16::MAX`.
+    pub const SILENCE_KNOWN: u8 = 8;
 }
 
 /// Durations the kernel aggregates into histograms, with no event each.
@@ -423,6 +452,18 @@ pub struct KernelOffsets {
     pub sock_lock_owned: u32,
     /// `struct tcp_sock` -> `packets_out`: segments in flight.
     pub tcp_packets_out: u32,
+    /// `struct sock` -> `__sk_common.skc_rcv_saddr` (IPv4 local address,
+    /// network order): in `struct sock_common`, so also valid for request
+    /// and TIME_WAIT sockets, which have no `struct inet_sock`.
+    pub sock_rcv_saddr: u32,
+    /// `struct sock` -> `__sk_common.skc_num`: the local port, host order
+    /// (valid while the socket is hashed, as it is when a segment finds it).
+    pub sock_num: u32,
+    /// `struct sock` -> `__sk_common.skc_state` (a `u8`).
+    pub sock_state: u32,
+    /// `struct tcp_sock` -> `rx_opt.ts_recent_stamp`: `ktime_get_seconds()`
+    /// when the peer's last in-window timestamped segment arrived (an `int`).
+    pub tcp_ts_recent_stamp: u32,
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
@@ -453,6 +494,10 @@ impl KernelOffsets {
             sock_v6_daddr: 0,
             sock_lock_owned: 0,
             tcp_packets_out: 0,
+            sock_rcv_saddr: 0,
+            sock_num: 0,
+            sock_state: 0,
+            tcp_ts_recent_stamp: 0,
             valid: 0,
         }
     }
@@ -484,7 +529,14 @@ pub const OFFSETS_SOCK_ENDPOINTS: u32 = 16;
 /// start of `do_exit()`, before the task's files are closed.
 pub const PF_EXITING: u32 = 0x0000_0004;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
+/// `KernelOffsets::valid` bit for `sock_rcv_saddr`, `sock_num` and
+/// `sock_state`, all within [`SOCK_HEAD_BYTES`] of `skc_daddr`: the
+/// endpoints of any socket a segment can find (full, request, TIME_WAIT).
+pub const OFFSETS_SOCK_COMMON: u32 = 64;
+/// `KernelOffsets::valid` bit for `tcp_ts_recent_stamp`.
+pub const OFFSETS_TS_RECENT: u32 = 128;
+
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -499,13 +551,16 @@ pub struct Layout {
     /// `sock:sock_send_length` and `sock:sock_recv_length` (6.2+): the
     /// socket and its protocol, in process context.
     pub sock_io: TpLayout,
+    /// `skb:kfree_skb`: `skaddr` is `rx_sk` (6.12+), `reason` the drop
+    /// reason (6.0+); the program runs only where both exist.
+    pub kfree_skb: TpLayout,
     /// Offset of `ret` in `syscalls:sys_exit_accept` and `sys_exit_accept4`.
     pub accept_ret: FieldOffset,
-    pub _pad: [u16; 2],
+    pub _pad: [u16; 1],
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 7 * 30 + 6 + 88);
+const _: () = assert!(core::mem::size_of::<Layout>() == 8 * 30 + 4 + 104);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.
@@ -518,8 +573,9 @@ impl Layout {
             receive_reset: TpLayout::absent(),
             destroy_sock: TpLayout::absent(),
             sock_io: TpLayout::absent(),
+            kfree_skb: TpLayout::absent(),
             accept_ret: FIELD_ABSENT,
-            _pad: [0; 2],
+            _pad: [0; 1],
             kernel: KernelOffsets::unknown(),
         }
     }

@@ -193,11 +193,11 @@ fn family_without_field(rec: &Record, tp: &TpLayout, sk: u64) -> Res<u16> {
 /// inet_sock` from `inet_saddr` (the local address and port). Userspace
 /// vouches that every field lies within (`OFFSETS_SOCK_ENDPOINTS`).
 #[repr(C, align(8))]
-struct SockHead([u8; SOCK_HEAD_BYTES]);
+pub struct SockHead([u8; SOCK_HEAD_BYTES]);
 
 impl SockHead {
     #[inline(always)]
-    fn read(at: u64) -> Res<SockHead> {
+    pub fn read(at: u64) -> Res<SockHead> {
         let mut head = SockHead([0; SOCK_HEAD_BYTES]);
         // SAFETY: bpf_probe_read_kernel checks the address.
         unsafe { bpf_probe_read_kernel_buf(at as *const u8, &mut head.0) }
@@ -206,7 +206,7 @@ impl SockHead {
     }
 
     #[inline(always)]
-    fn get<T: Copy>(&self, at: u32) -> Res<T> {
+    pub fn get<T: Copy>(&self, at: u32) -> Res<T> {
         let at = at as usize;
         if at > SOCK_HEAD_BYTES - core::mem::size_of::<T>() {
             return Err(-2);
@@ -233,6 +233,34 @@ pub fn read_sock_endpoints(sk: u64, k: &KernelOffsets, ev: &mut Event) -> Res<()
     } else {
         let saddr: [u8; 4] = local.get(0)?;
         let daddr: [u8; 4] = remote.get(0)?;
+        ev.saddr[..4].copy_from_slice(&saddr);
+        ev.daddr[..4].copy_from_slice(&daddr);
+    }
+    Ok(())
+}
+
+/// Fills family, ports and addresses of `ev` from `struct sock_common`
+/// alone (`head` read from `skc_daddr`): what every kind of socket a
+/// segment can find has, full, request or TIME_WAIT (`struct
+/// inet_timewait_sock` has no `inet_sport`; `skc_num` is the local port
+/// while the socket is hashed). Needs `OFFSETS_SOCK_COMMON`.
+#[inline(always)]
+pub fn read_common_endpoints(
+    sk: u64,
+    head: &SockHead,
+    k: &KernelOffsets,
+    ev: &mut Event,
+) -> Res<()> {
+    let family: u16 = head.get(k.sock_family.wrapping_sub(k.sock_daddr))?;
+    ev.family = family;
+    ev.sport = head.get(k.sock_num.wrapping_sub(k.sock_daddr))?;
+    ev.dport = u16::from_be(head.get(k.sock_dport.wrapping_sub(k.sock_daddr))?);
+    if family == AF_INET6 {
+        ev.saddr = read_kernel(sk + u64::from(k.sock_v6_rcv_saddr)).ok_or(-14)?;
+        ev.daddr = read_kernel(sk + u64::from(k.sock_v6_daddr)).ok_or(-14)?;
+    } else {
+        let saddr: [u8; 4] = head.get(k.sock_rcv_saddr.wrapping_sub(k.sock_daddr))?;
+        let daddr: [u8; 4] = head.get(0)?;
         ev.saddr[..4].copy_from_slice(&saddr);
         ev.daddr[..4].copy_from_slice(&daddr);
     }

@@ -8,6 +8,8 @@
 #[cfg(target_arch = "bpf")]
 mod accept;
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
 mod io;

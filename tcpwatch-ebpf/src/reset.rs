@@ -5,11 +5,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tcpwatch_common::{
-    event_flag, kind, FIELD_ABSENT, OFFSETS_SOCK_STATE, RESETS_LEN, RESETS_RECEIVED_INDEX,
+    event_flag, kind, FIELD_ABSENT, OFFSETS_SOCK_STATE, OFFSETS_TS_RECENT, RESETS_LEN,
+    RESETS_RECEIVED_INDEX,
 };
 
 use crate::{
-    emit::{bump_in, kernel_offsets, layout_of, read_endpoints, read_kernel, Record, Res},
+    emit::{bump_in, kernel_offsets, layout_of, now_ns, read_endpoints, read_kernel, Record, Res},
     lifecycle::emit_for_socket,
 };
 
@@ -70,7 +71,7 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     // connection) or came when all was acknowledged (`tcp_sock.packets_out`,
     // include/linux/tcp.h).
     let k = kernel_offsets();
-    let flags = if k.valid & OFFSETS_SOCK_STATE != 0 && sk != 0 {
+    let mut flags = if k.valid & OFFSETS_SOCK_STATE != 0 && sk != 0 {
         match read_kernel::<u32>(sk + u64::from(k.tcp_packets_out)) {
             Some(0) => event_flag::OUTSTANDING_KNOWN,
             Some(_) => event_flag::OUTSTANDING_KNOWN | event_flag::DATA_OUTSTANDING,
@@ -79,7 +80,25 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
     } else {
         0
     };
-    emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, 0, |ev| {
+    // How long the peer had been silent: `tcp_store_ts_recent()`
+    // (net/ipv4/tcp_input.c) stamps `ktime_get_seconds()`, the monotonic
+    // clock in seconds, at each in-window segment carrying a timestamp; a
+    // reset from a host that lost the connection carries none, so the stamp
+    // is the last word of the peer's old incarnation. 0: no timestamps.
+    let mut silence = 0u16;
+    if k.valid & OFFSETS_TS_RECENT != 0 && sk != 0 {
+        // An `int` (6.18), read as 32 bits: were it a `time64_t`, its low
+        // half on a little-endian machine is the same number of seconds.
+        if let Some(stamp) = read_kernel::<i32>(sk + u64::from(k.tcp_ts_recent_stamp)) {
+            let stamp = i64::from(stamp);
+            let now_s = (now_ns() / 1_000_000_000) as i64;
+            if stamp > 0 && stamp <= now_s {
+                silence = (now_s - stamp).min(i64::from(u16::MAX)) as u16;
+                flags |= event_flag::SILENCE_KNOWN;
+            }
+        }
+    }
+    emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, silence, |ev| {
         ev.flags = flags;
         read_endpoints(&rec, &tp, sk, ev)
     })
