@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use tcpwatch_common::{
-    KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_SOCK_ENDPOINTS,
-    OFFSETS_SOCK_STATE, OFFSETS_TASK_FLAGS, SOCK_HEAD_BYTES,
+    KernelOffsets, OFFSETS_FILES, OFFSETS_SKB, OFFSETS_SOCK, OFFSETS_SOCK_COMMON,
+    OFFSETS_SOCK_ENDPOINTS, OFFSETS_SOCK_STATE, OFFSETS_TASK_FLAGS, OFFSETS_TS_RECENT,
+    SOCK_HEAD_BYTES,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -275,6 +276,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.tcp_packets_out = packets_out;
         offsets.valid |= OFFSETS_SOCK_STATE;
     }
+    if let Ok(stamp) = btf.member_offset("tcp_sock", &["rx_opt", "ts_recent_stamp"]) {
+        offsets.tcp_ts_recent_stamp = stamp;
+        offsets.valid |= OFFSETS_TS_RECENT;
+    }
     let common = |field: &'static str| btf.member_offset("sock", &["__sk_common", field]);
     let endpoints = (|| -> Result<[u32; 7], BtfError> {
         Ok([
@@ -299,7 +304,22 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
                 && in_head(*dport, 2, *daddr)
                 && in_head(offsets.sock_family, 2, *daddr)
         });
+    let common_local = (|| -> Result<[u32; 3], BtfError> {
+        Ok([
+            common("skc_rcv_saddr")?,
+            common("skc_num")?,
+            common("skc_state")?,
+        ])
+    })();
     if let Some([protocol, sport, dport, saddr, daddr, v6_rcv_saddr, v6_daddr]) = endpoints {
+        if let Ok([rcv_saddr, num, state]) = common_local {
+            if in_head(rcv_saddr, 4, daddr) && in_head(num, 2, daddr) && in_head(state, 1, daddr) {
+                offsets.sock_rcv_saddr = rcv_saddr;
+                offsets.sock_num = num;
+                offsets.sock_state = state;
+                offsets.valid |= OFFSETS_SOCK_COMMON;
+            }
+        }
         offsets.sock_protocol = protocol;
         offsets.inet_sport = sport;
         offsets.sock_dport = dport;
@@ -432,6 +452,19 @@ mod tests {
                 | OFFSETS_TASK_FLAGS
                 | OFFSETS_SOCK_ENDPOINTS
                 | OFFSETS_SOCK_STATE
+                | OFFSETS_SOCK_COMMON
+                | OFFSETS_TS_RECENT
+        );
+        // skc_rcv_saddr follows skc_daddr; skc_num follows skc_dport, then
+        // the family and the state (include/net/sock.h).
+        assert_eq!(
+            (offsets.sock_rcv_saddr, offsets.sock_num, offsets.sock_state),
+            (4, 14, 18),
+            "{offsets:?}"
+        );
+        assert!(
+            offsets.tcp_ts_recent_stamp > offsets.tcp_packets_out / 2,
+            "{offsets:?}"
         );
         // struct sock_common opens with the addresses, then the hash, the
         // ports and the family (include/net/sock.h).

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::NetnsState,
     clock::monotonic_ns,
-    event::{ResetReasons, TcpState},
+    event::{KernelReasons, TcpState},
     loader::{CounterReader, Counters},
     metrics::{Metrics, CONTENT_TYPE},
     model::Outcome,
@@ -33,7 +33,7 @@ const HEALTH_WINDOW_NS: u64 = 60_000_000_000;
 pub struct Daemon {
     pub observer: Observer,
     pub metrics: Metrics,
-    pub reasons: ResetReasons,
+    pub reasons: KernelReasons,
     pub counters: CounterReader,
     /// Settings and counters of tcpwatch's own namespace, from the last reconciliation.
     pub own_netns: Option<NetnsState>,

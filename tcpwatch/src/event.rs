@@ -116,6 +116,9 @@ pub enum EventKind {
     /// Another process took the socket (accept, send, receive): no
     /// endpoints, the new owner only.
     Owner,
+    /// The kernel dropped a segment for the socket; `reason` is the drop
+    /// reason's number on this kernel (see [`KernelReasons::drop_name`]).
+    Drop,
 }
 
 impl EventKind {
@@ -128,6 +131,7 @@ impl EventKind {
             EventKind::ResetSent => "reset_sent",
             EventKind::ResetReceived => "reset_received",
             EventKind::Owner => "owner",
+            EventKind::Drop => "drop",
         }
     }
 }
@@ -142,6 +146,7 @@ impl TryFrom<u8> for EventKind {
             kind::RESET_SENT => EventKind::ResetSent,
             kind::RESET_RECEIVED => EventKind::ResetReceived,
             kind::OWNER => EventKind::Owner,
+            kind::DROP => EventKind::Drop,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -213,7 +218,7 @@ pub struct TcpEvent {
     pub new_state: Option<TcpState>,
     /// Nanoseconds spent in `old_state`, when the previous transition was seen.
     pub old_state_ns: Option<u64>,
-    /// `enum sk_rst_reason` of a sent reset.
+    /// `enum sk_rst_reason` of a sent reset; `enum skb_drop_reason` of a drop.
     pub reason: u16,
     /// A closing transition made in an exiting task: the process died or
     /// exited holding the socket, and the kernel closed it (not close()).
@@ -221,6 +226,9 @@ pub struct TcpEvent {
     /// For a received reset: whether data was in flight, unacknowledged,
     /// when it came (`None` where the kernel's offsets are unknown).
     pub outstanding: Option<bool>,
+    /// For a received reset: seconds since the peer was last heard (its
+    /// last timestamped segment); `None` without timestamps or offsets.
+    pub silence_s: Option<u16>,
     /// The owner's cgroup v2 id, taken by the kernel where it bound the
     /// owner (0 when unknown).
     pub cgroup: u64,
@@ -288,34 +296,84 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         old_state: state_or_none(raw.old_state)?,
         new_state: state_or_none(raw.new_state)?,
         old_state_ns: (raw.old_state_ns != DURATION_UNKNOWN).then_some(raw.old_state_ns),
-        reason: raw.reason,
+        // A received reset's `reason` carries the silence instead.
+        reason: if kind == EventKind::ResetReceived {
+            0
+        } else {
+            raw.reason
+        },
         owner_exiting: raw.flags & tcpwatch_common::event_flag::OWNER_EXITING != 0,
         outstanding: (raw.flags & tcpwatch_common::event_flag::OUTSTANDING_KNOWN != 0)
             .then_some(raw.flags & tcpwatch_common::event_flag::DATA_OUTSTANDING != 0),
+        silence_s: (raw.flags & tcpwatch_common::event_flag::SILENCE_KNOWN != 0)
+            .then_some(raw.reason),
         cgroup: raw.cgroup,
         workload: None,
     })
 }
 
-/// Names of `enum sk_rst_reason`, read from the running kernel's
-/// `tcp_send_reset` format where it has them.
-#[derive(Clone, Debug, Default)]
-pub struct ResetReasons(BTreeMap<u32, String>);
+/// The drop reason of a handshake's last ACK that met a full accept queue
+/// (`tcp_check_req()`, Linux 6.15+).
+pub const LISTEN_OVERFLOW: &str = "TCP_LISTEN_OVERFLOW";
 
-impl ResetReasons {
-    pub fn new(names: BTreeMap<u32, String>) -> Self {
-        Self(names)
+/// The running kernel's names for its reasons, read from tracepoint
+/// formats (their numbers change between kernels): `enum sk_rst_reason`
+/// from `tcp_send_reset` where it has them, and `enum skb_drop_reason` from
+/// `skb:kfree_skb` where tcpwatch counts drops (6.12+, which names the
+/// receiving socket).
+#[derive(Clone, Debug, Default)]
+pub struct KernelReasons {
+    resets: BTreeMap<u32, String>,
+    /// `None`: drops are not counted on this kernel.
+    drops: Option<BTreeMap<u32, String>>,
+}
+
+impl KernelReasons {
+    pub fn new(resets: BTreeMap<u32, String>) -> Self {
+        Self {
+            resets,
+            drops: None,
+        }
     }
 
-    /// The reason's kernel name, or its number when the kernel did not name
-    /// it. Kernels before 6.10 give no reason: 0 is then the kernel's own
-    /// name for it (`SK_RST_REASON_NOT_SPECIFIED`).
-    pub fn name(&self, reason: u16) -> String {
-        match self.0.get(&u32::from(reason)) {
+    /// With the drop reasons of a kernel whose drops tcpwatch counts.
+    pub fn with_drops(mut self, drops: BTreeMap<u32, String>) -> Self {
+        self.drops = Some(drops);
+        self
+    }
+
+    /// The reset reason's kernel name, or its number when the kernel did
+    /// not name it. Kernels before 6.10 give no reason: 0 is then the
+    /// kernel's own name for it (`SK_RST_REASON_NOT_SPECIFIED`).
+    pub fn reset_name(&self, reason: u16) -> String {
+        match self.resets.get(&u32::from(reason)) {
             Some(name) => name.clone(),
             None if reason == 0 => "NOT_SPECIFIED".to_owned(),
             None => reason.to_string(),
         }
+    }
+
+    /// Whether tcpwatch counts drops on this kernel.
+    pub fn drops_counted(&self) -> bool {
+        self.drops.is_some()
+    }
+
+    /// The drop reason's kernel name (`TCP_ZEROWINDOW`), or its number.
+    pub fn drop_name(&self, reason: u16) -> String {
+        self.drops
+            .as_ref()
+            .and_then(|names| names.get(&u32::from(reason)))
+            .cloned()
+            .unwrap_or_else(|| reason.to_string())
+    }
+
+    /// The number this kernel gives the drop reason `name`.
+    pub fn drop_number(&self, name: &str) -> Option<u16> {
+        self.drops
+            .as_ref()?
+            .iter()
+            .find(|(_, n)| *n == name)
+            .and_then(|(number, _)| u16::try_from(*number).ok())
     }
 }
 
@@ -434,8 +492,8 @@ mod tests {
 
     #[test]
     fn reset_reasons_fall_back_to_numbers() {
-        let reasons = ResetReasons::new([(9, "TCP_TIMEWAIT_SOCKET".to_owned())].into());
-        assert_eq!(reasons.name(9), "TCP_TIMEWAIT_SOCKET");
-        assert_eq!(reasons.name(77), "77");
+        let reasons = KernelReasons::new([(9, "TCP_TIMEWAIT_SOCKET".to_owned())].into());
+        assert_eq!(reasons.reset_name(9), "TCP_TIMEWAIT_SOCKET");
+        assert_eq!(reasons.reset_name(77), "77");
     }
 }

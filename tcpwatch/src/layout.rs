@@ -262,6 +262,17 @@ pub fn sock_io(f: &Format) -> Result<TpLayout, LayoutError> {
     Ok(l)
 }
 
+/// `skb:kfree_skb`: the receiving socket (`rx_sk`, 6.12+) and the drop
+/// reason (6.0+); `None` on kernels that lack either, where drops cannot
+/// be told apart by socket.
+pub fn kfree_skb(f: &Format) -> Result<Option<TpLayout>, LayoutError> {
+    let mut l = TpLayout::absent();
+    l.skbaddr = f.offset("skbaddr", 8)?;
+    l.skaddr = f.optional("rx_sk", 8)?;
+    l.reason = f.optional("reason", 4)?;
+    Ok((l.skaddr != FIELD_ABSENT && l.reason != FIELD_ABSENT).then_some(l))
+}
+
 /// `syscalls:sys_exit_*`: the return value.
 pub fn syscall_ret(f: &Format) -> Result<FieldOffset, LayoutError> {
     f.offset("ret", 8)
@@ -442,6 +453,24 @@ mod tests {
             }
             for name in ["syscalls__sys_exit_accept", "syscalls__sys_exit_accept4"] {
                 assert!(syscall_ret(&at(name)).is_ok(), "{version} {name}");
+            }
+            // Drops by socket: `rx_sk` from 6.12 (with the reason, from 6.0),
+            // and the reason names the kernel's own table gives.
+            let kfree = at("skb__kfree_skb");
+            let drops = kfree_skb(&kfree).unwrap();
+            assert_eq!(drops.is_some(), newer(6, 12), "{version}");
+            if newer(6, 12) {
+                let names = kfree.symbols("reason");
+                assert!(
+                    names.values().any(|n| n == "TCP_ZEROWINDOW"),
+                    "{version}: {names:?}"
+                );
+                // TCP_LISTEN_OVERFLOW came in 6.15.
+                assert_eq!(
+                    names.values().any(|n| n == "TCP_LISTEN_OVERFLOW"),
+                    newer(6, 15),
+                    "{version}"
+                );
             }
             // Attribution on use: sock_send_length/sock_recv_length from 6.2.
             for name in ["sock__sock_send_length", "sock__sock_recv_length"] {

@@ -14,14 +14,15 @@ use aya::{
 };
 use log::{debug, info, warn};
 use tcpwatch_common::{
-    counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN, GLOBAL_LAYOUT,
-    GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS, MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS,
-    OFFSETS_FILES, OFFSETS_SOCK_ENDPOINTS,
+    counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN,
+    GLOBAL_DROP_NOT_SPECIFIED, GLOBAL_LAYOUT, GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS,
+    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS, OFFSETS_FILES, OFFSETS_SOCK_COMMON,
+    OFFSETS_SOCK_ENDPOINTS,
 };
 
 use crate::{
     btf::{self, Btf},
-    event::ResetReasons,
+    event::KernelReasons,
     layout::{self, Format, LayoutError},
     snapshot::Snapshot,
 };
@@ -86,7 +87,7 @@ struct Hook {
     required: bool,
 }
 
-const HOOKS: [Hook; 10] = [
+const HOOKS: [Hook; 11] = [
     Hook {
         category: "sock",
         name: "inet_sock_set_state",
@@ -157,6 +158,13 @@ const HOOKS: [Hook; 10] = [
         raw: None,
         required: false,
     },
+    Hook {
+        category: "skb",
+        name: "kfree_skb",
+        program: "kfree_skb",
+        raw: None,
+        required: false,
+    },
 ];
 
 /// Sizes of the kernel-side maps.
@@ -188,7 +196,7 @@ pub struct Probe {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub counters: CounterReader,
-    pub reasons: ResetReasons,
+    pub reasons: KernelReasons,
     /// The tracepoints attached, each marked ` (raw)` when its raw
     /// tracepoint program runs.
     pub attached: Vec<String>,
@@ -205,6 +213,7 @@ pub struct CounterReader {
     retransmits: PerCpuArray<MapData, u64>,
     resets: PerCpuArray<MapData, u64>,
     histograms: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
     ring_bytes: u32,
     /// The attached programs by name in the object, for their run statistics.
     programs: Vec<(&'static str, aya::programs::ProgramFd)>,
@@ -238,6 +247,9 @@ pub struct Counters {
     /// [`CounterReader::reset_ring_peak`], and its size.
     pub ring_peak_bytes: u64,
     pub ring_bytes: u64,
+    /// Drops counted by reason but not sent as events (a CPU's budget of
+    /// drop events was spent).
+    pub drop_events_limited: u64,
 }
 
 impl CounterReader {
@@ -260,6 +272,7 @@ impl CounterReader {
             retransmit_not_sent: sum(counter::RETRANSMIT_NOT_SENT)?,
             read_failed: sum(counter::READ_FAILED)?,
             emitted: sum(counter::EMITTED)?,
+            drop_events_limited: sum(counter::DROP_EVENTS_LIMITED)?,
             ring_peak_bytes: self
                 .map
                 .get(&counter::RING_PEAK_BYTES, 0)?
@@ -335,6 +348,8 @@ pub struct KernelTotals {
     /// By `tcpwatch_common::hist`: per-bucket counts, the overflow bucket,
     /// then the sum in nanoseconds (see `tcpwatch_common::HIST_SLOTS`).
     pub histograms: [[u64; HIST_SLOTS as usize]; hist::COUNT as usize],
+    /// TCP segments dropped for a known socket: (reason, count), non-zero only.
+    pub drops: Vec<(u16, u64)>,
 }
 
 impl CounterReader {
@@ -362,6 +377,12 @@ impl CounterReader {
             }
         }
         t.resets_received = Self::sum(&self.resets, tcpwatch_common::RESETS_RECEIVED_INDEX);
+        for reason in 0..tcpwatch_common::DROPS_LEN {
+            let n = Self::sum(&self.drops, reason);
+            if n > 0 {
+                t.drops.push((reason as u16, n));
+            }
+        }
         for (h, slots) in t.histograms.iter_mut().enumerate() {
             for (i, slot) in slots.iter_mut().enumerate() {
                 *slot = Self::sum(&self.histograms, h as u32 * HIST_SLOTS + i as u32);
@@ -526,7 +547,7 @@ fn read_format(events: &Path, hook: &Hook) -> Result<Option<Format>, LoadError> 
 /// What start-up learnt about the running kernel.
 pub struct Discovery {
     pub layout: Layout,
-    pub reasons: ResetReasons,
+    pub reasons: KernelReasons,
     /// `category:name` of the tracepoints this kernel has.
     pub tracepoints: Vec<String>,
     hooks: Vec<&'static Hook>,
@@ -536,7 +557,8 @@ pub struct Discovery {
 /// fills the layout the programs get.
 pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
     let mut layout = Layout::absent();
-    let mut reasons = ResetReasons::default();
+    let mut reasons = KernelReasons::default();
+    let mut drop_names = None;
     let mut present = Vec::new();
     for hook in &HOOKS {
         let Some(format) = read_format(events, hook)? else {
@@ -557,7 +579,7 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
             }
             "tcp_send_reset" => {
                 layout.send_reset = layout::send_reset(&format).map_err(wrap)?;
-                reasons = ResetReasons::new(format.symbols("reason"));
+                reasons = KernelReasons::new(format.symbols("reason"));
             }
             "tcp_receive_reset" => {
                 layout.receive_reset = layout::event_sk(&format).map_err(wrap)?
@@ -568,6 +590,16 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
             "sock_send_length" | "sock_recv_length" => {
                 layout.sock_io = layout::sock_io(&format).map_err(wrap)?
             }
+            "kfree_skb" => match layout::kfree_skb(&format).map_err(wrap)? {
+                Some(l) => {
+                    layout.kfree_skb = l;
+                    drop_names = Some(format.symbols("reason"));
+                }
+                None => {
+                    info!("this kernel's skb:kfree_skb does not name the socket a segment was dropped for (rx_sk, Linux 6.12+): TCP drops are not counted by reason");
+                    continue;
+                }
+            },
             _ => continue,
         }
         present.push(hook);
@@ -584,10 +616,24 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
         // Without the fd -> socket path the accept hooks can do nothing.
         present.retain(|h| h.category != "syscalls");
     }
+    // The drop program reads the socket's endpoints from `struct sock_common`.
+    let drops_readable = OFFSETS_SOCK_COMMON | OFFSETS_SOCK_ENDPOINTS;
+    if layout.kernel.valid & drops_readable != drops_readable {
+        if drop_names.is_some() {
+            info!("kernel BTF lacks the socket offsets drop events need: TCP drops are not counted by reason");
+        }
+        drop_names = None;
+        present.retain(|h| h.category != "skb");
+    }
     // A developer's knob, for measuring what an optional hook costs
     // (`cargo xtask bench`): names of tracepoints to leave alone.
     if let Ok(skip) = std::env::var("TCPWATCH_SKIP_HOOKS") {
         present.retain(|h| h.required || !skip.split(',').any(|name| name.trim() == h.name));
+    }
+    if present.iter().any(|h| h.category == "skb") {
+        if let Some(names) = drop_names {
+            reasons = reasons.with_drops(names);
+        }
     }
     let tracepoints = present
         .iter()
@@ -672,6 +718,13 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_LAYOUT, &layout, true)
         .override_global(GLOBAL_WAKEUP_BYTES, &wakeup_bytes(options.ring_bytes), true)
+        .override_global(
+            GLOBAL_DROP_NOT_SPECIFIED,
+            &reasons
+                .drop_number("NOT_SPECIFIED")
+                .map_or(u32::MAX, u32::from),
+            true,
+        )
         .map_max_entries(MAP_EVENTS, options.ring_bytes)
         .map_max_entries(MAP_SOCKS, options.max_socks)
         .load(OBJECT)
@@ -753,6 +806,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
     let retransmits = per_cpu(tcpwatch_common::MAP_RETRANSMITS)?;
     let resets = per_cpu(tcpwatch_common::MAP_RESETS)?;
     let histograms = per_cpu(tcpwatch_common::MAP_HISTOGRAMS)?;
+    let drops = per_cpu(tcpwatch_common::MAP_DROPS)?;
     let stats = if options.program_stats {
         enable_program_stats()
             .inspect_err(|e| warn!("cannot turn on the kernel's BPF run statistics ({e}); tcpwatch_bpf_program_* stay at 0"))
@@ -781,6 +835,7 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
             retransmits,
             resets,
             histograms,
+            drops,
             ring_bytes: options.ring_bytes,
             programs,
             _stats: stats,

@@ -13,7 +13,7 @@ use tcpwatch_common::{hist, HIST_BOUNDS_NS, HIST_SLOTS};
 use crate::{
     audit::NetnsState,
     detect::Detectors,
-    event::{EventKind, ResetReasons, TcpEvent, TcpState},
+    event::{EventKind, KernelReasons, TcpEvent, TcpState},
     loader::{Counters, KernelTotals},
     model::{EndReason, Model, Opener, Outcome},
     summary::Summary,
@@ -40,6 +40,8 @@ pub struct Metrics {
     connect_failures: IntCounterVec,
     retransmits: IntCounterVec,
     resets: IntCounterVec,
+    drops: IntCounterVec,
+    drop_events_limited: IntCounter,
     tw_reuse: IntCounter,
     tw_reuse_resets: IntCounter,
     ports_in_use: IntGaugeVec,
@@ -161,6 +163,11 @@ impl Metrics {
             "Resets sent (by kernel reason) and received.",
             &["direction", "reason"],
         )?;
+        let drops = c(
+            "tcpwatch_drops_total",
+            "TCP segments the kernel dropped for a known socket (a connection, a listener, a request or TIME_WAIT socket), by the kernel's drop reason (skb:kfree_skb with rx_sk, Linux 6.12+; absent on older kernels).",
+            &["reason"],
+        )?;
         let findings_reported = c(
             "tcpwatch_findings_reported_total",
             "Findings raised, updated and resolved.",
@@ -256,6 +263,10 @@ impl Metrics {
             "tcpwatch_tw_reuse_resets_total",
             "Resets on a connection that reused a TIME_WAIT 4-tuple, from SYN_SENT or soon after.",
         )?;
+        let drop_events_limited = one(
+            "tcpwatch_drop_events_limited_total",
+            "Drops counted in tcpwatch_drops_total but not sent as events to userspace (each CPU sends at most 64 per 100 ms): per-connection drop counts are lower bounds while this grows.",
+        )?;
         let findings_evicted = one(
             "tcpwatch_findings_evicted_total",
             "Open findings dropped because more than 10000 were open at once.",
@@ -332,6 +343,8 @@ impl Metrics {
             connect_failures,
             retransmits,
             resets,
+            drops,
+            drop_events_limited,
             tw_reuse,
             tw_reuse_resets,
             ports_in_use,
@@ -400,7 +413,7 @@ impl Metrics {
     }
 
     /// Adds what the kernel counted since the last call.
-    fn apply_totals(&mut self, totals: &KernelTotals, reasons: &ResetReasons) {
+    fn apply_totals(&mut self, totals: &KernelTotals, reasons: &KernelReasons) {
         for &(old, new, n) in &totals.transitions {
             let (Ok(old), Ok(new)) = (TcpState::try_from(old), TcpState::try_from(new)) else {
                 continue;
@@ -423,7 +436,7 @@ impl Metrics {
                 .inc_by(n.saturating_sub(before));
         }
         for &(reason, n) in &totals.resets_sent {
-            let name = reasons.name(reason);
+            let name = reasons.reset_name(reason);
             let before = self
                 .last_totals
                 .insert(format!("s{reason}"), n)
@@ -439,6 +452,15 @@ impl Metrics {
         self.resets
             .with_label_values(&["received", ""])
             .inc_by(totals.resets_received.saturating_sub(before));
+        for &(reason, n) in &totals.drops {
+            let before = self
+                .last_totals
+                .insert(format!("d{reason}"), n)
+                .unwrap_or(0);
+            self.drops
+                .with_label_values(&[&reasons.drop_name(reason)])
+                .inc_by(n.saturating_sub(before));
+        }
     }
 
     pub fn on_outcome(&self, outcome: &Outcome) {
@@ -546,7 +568,7 @@ impl Metrics {
     pub fn render(
         &mut self,
         totals: &KernelTotals,
-        reasons: &ResetReasons,
+        reasons: &KernelReasons,
         summary: &Summary,
         model: &Model,
         detectors: Option<&Detectors>,
@@ -645,6 +667,11 @@ impl Metrics {
             &self.events_lost.with_label_values(&["bpf_recursion"]),
             last.recursion_misses,
             counters.recursion_misses,
+        );
+        grow(
+            &self.drop_events_limited,
+            last.drop_events_limited,
+            counters.drop_events_limited,
         );
         self.last_counters = *counters;
         if counters.ring_bytes > 0 {
@@ -879,6 +906,7 @@ mod tests {
             reason: 1,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }
@@ -887,7 +915,8 @@ mod tests {
     #[test]
     fn counts_and_renders_with_bounded_labels() {
         let mut m = Metrics::new().unwrap();
-        let reasons = ResetReasons::new([(1, "NO_SOCKET".to_owned())].into());
+        let reasons = KernelReasons::new([(1, "NO_SOCKET".to_owned())].into())
+            .with_drops([(32, "TCP_ZEROWINDOW".to_owned())].into());
         m.on_event(&ev(
             EventKind::State,
             TcpState::Close,
@@ -932,6 +961,7 @@ mod tests {
             resets_sent: vec![(1, 1)],
             resets_received: 0,
             histograms: Default::default(),
+            drops: vec![(32, 2)],
         };
         // A 2 ms handshake and 1.5 s in CLOSE_WAIT.
         totals.histograms[hist::HANDSHAKE as usize][3] = 1;
@@ -959,11 +989,14 @@ mod tests {
             "tcpwatch_findings_reported_total{kind=\"syn_flood\",status=\"raised\"} 0",
             "tcpwatch_connections_closed_total{end=\"owner_exited\",opener=\"passive\"} 0",
             "tcpwatch_retransmits_total{phase=\"fin\"} 0",
+            // Drops by the kernel's own name for the reason.
+            "tcpwatch_drops_total{reason=\"TCP_ZEROWINDOW\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
         // Counters read from cumulative sources are not double counted.
         totals.transitions = vec![(2, 1, 4)];
+        totals.drops = vec![(32, 3)];
         let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
         assert!(
             text.contains("tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3"),
@@ -977,6 +1010,10 @@ mod tests {
         );
         assert!(
             text.contains("tcpwatch_resets_total{direction=\"sent\",reason=\"NO_SOCKET\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcpwatch_drops_total{reason=\"TCP_ZEROWINDOW\"} 3"),
             "{text}"
         );
         // Every metric carries the prefix.
@@ -1012,7 +1049,7 @@ mod tests {
         ];
         let text = m.render(
             &KernelTotals::default(),
-            &ResetReasons::default(),
+            &KernelReasons::default(),
             &summary,
             &model,
             None,
@@ -1129,7 +1166,7 @@ mod tests {
         let summary = summarize(&model, 0, &[], 10);
         let text = m.render(
             &KernelTotals::default(),
-            &ResetReasons::default(),
+            &KernelReasons::default(),
             &summary,
             &model,
             None,
@@ -1156,7 +1193,7 @@ mod tests {
         let summary = summarize(&model, 0, &[], 10);
         m.render(
             &KernelTotals::default(),
-            &ResetReasons::default(),
+            &KernelReasons::default(),
             &summary,
             &model,
             None,

@@ -285,6 +285,14 @@ pub struct Connection {
     pub closed_by_exit: bool,
     /// For a received reset: whether the kernel had data in flight then.
     pub reset_outstanding: Option<bool>,
+    /// For a received reset: seconds the peer had been silent before it
+    /// (0 when the kernel could not tell: no timestamps on the connection).
+    pub reset_silence_s: u16,
+    /// Segments the kernel dropped for it (drop events, 6.12+; at most
+    /// [`tcpwatch_common::DROP_EVENTS_PER_WINDOW`] a CPU sends per 100 ms,
+    /// so a lower bound under a flood) and the last drop's reason number.
+    pub drops: u16,
+    pub last_drop_reason: u16,
 }
 
 /// Consecutive data retransmits whose gaps do not shrink (exponential
@@ -318,6 +326,25 @@ fn answered_unanswered_data(c: &Connection, now: u64) -> bool {
             }
     })
 }
+
+/// A reset in answer to data sent on an established connection after the
+/// peer had been silent: the first write after a quiet spell reached a
+/// host that no longer knows the connection (it rebooted, or its process
+/// and socket are gone without a FIN or a reset reaching us), which
+/// answered at once, so there was no retransmit to see. The kernel said
+/// data was in flight and how long the peer had been quiet (its last
+/// timestamped segment); a live peer that aborts in the middle of an
+/// exchange has been heard within a round trip, and one that closed
+/// normally sent a FIN first (the connection would not be ESTABLISHED).
+fn answered_after_silence(c: &Connection, state: TcpState) -> bool {
+    state == TcpState::Established
+        && c.reset_outstanding == Some(true)
+        && c.reset_silence_s >= PEER_SILENCE_MIN_S
+}
+
+/// Seconds of silence before a reset that tell a peer that lost the
+/// connection from one that aborts it while talking.
+pub const PEER_SILENCE_MIN_S: u16 = 5;
 
 /// TCP_RTO_MIN (include/net/tcp.h): 200 ms.
 const TCP_RTO_MIN_NS: u64 = 200_000_000;
@@ -514,6 +541,11 @@ pub struct Listener {
     /// (request sockets: see [`half_open_by_listener`]). The SYN queue's
     /// limit is the accept queue's (`inet_csk_reqsk_queue_is_full()`).
     pub half_open: u32,
+    /// Segments the kernel dropped for this listener since tcpwatch saw it
+    /// (drop events: 6.12+), and of those the handshakes' last ACKs that
+    /// met a full accept queue (`TCP_LISTEN_OVERFLOW`, 6.15+).
+    pub drops: u32,
+    pub overflow_drops: u32,
 }
 
 /// Half-open connections per listener: the kernel lists each request
@@ -653,6 +685,8 @@ pub struct Model {
     next_seeded_listener: u64,
     /// Command names shared by the records (a host has few distinct ones).
     comms: Comms,
+    /// This kernel's number for the drop reason `TCP_LISTEN_OVERFLOW`.
+    listen_overflow_reason: Option<u16>,
     /// Connections known only from the kernel's list, by 4-tuple, until an
     /// event names their socket address.
     seeded: HashMap<FourTuple, Connection>,
@@ -822,6 +856,7 @@ impl Model {
                     }
                 }
             }
+            EventKind::Drop => self.apply_drop(ev),
             EventKind::ResetSent | EventKind::ResetReceived => {
                 if ev.skaddr != 0 {
                     if let Some(c) = self.connections.get_mut(&ev.skaddr) {
@@ -830,6 +865,7 @@ impl Model {
                         } else {
                             c.resets_received = c.resets_received.saturating_add(1);
                             c.reset_outstanding = ev.outstanding;
+                            c.reset_silence_s = ev.silence_s.unwrap_or(0);
                         }
                     }
                     if let Some(mut parked) = self.parked.remove(&ev.skaddr) {
@@ -870,6 +906,47 @@ impl Model {
         out
     }
 
+    /// The drop reason this kernel numbers `TCP_LISTEN_OVERFLOW`, counted
+    /// per listener apart from its other drops; `None` where it has none.
+    pub fn with_listen_overflow_reason(mut self, reason: Option<u16>) -> Self {
+        self.listen_overflow_reason = reason;
+        self
+    }
+
+    /// A segment the kernel dropped for a connection or a listener (request
+    /// and TIME_WAIT sockets are counted only by reason, in the kernel).
+    fn apply_drop(&mut self, ev: &TcpEvent) {
+        if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+            c.drops = c.drops.saturating_add(1);
+            c.last_drop_reason = ev.reason;
+            return;
+        }
+        if ev.new_state != Some(TcpState::Listen) {
+            return;
+        }
+        let tuple = FourTuple::of(ev);
+        // By address where tcpwatch saw it listen; a listener learnt from
+        // the kernel's list has a key of its own, found by its endpoint.
+        let key = if self.listeners.contains_key(&ev.skaddr) {
+            Some(ev.skaddr)
+        } else {
+            self.listeners
+                .iter()
+                .find(|(_, l)| {
+                    l.tuple.netns == tuple.netns
+                        && l.tuple.local_port == tuple.local_port
+                        && l.tuple.local == tuple.local
+                })
+                .map(|(k, _)| *k)
+        };
+        if let Some(l) = key.and_then(|k| self.listeners.get_mut(&k)) {
+            l.drops = l.drops.saturating_add(1);
+            if Some(ev.reason) == self.listen_overflow_reason {
+                l.overflow_drops = l.overflow_drops.saturating_add(1);
+            }
+        }
+    }
+
     fn apply_state(&mut self, ev: &TcpEvent, out: &mut Vec<Outcome>) {
         let (Some(old), Some(new)) = (ev.old_state, ev.new_state) else {
             return;
@@ -889,6 +966,8 @@ impl Model {
                         queue: 0,
                         queue_limit: 0,
                         half_open: 0,
+                        drops: 0,
+                        overflow_drops: 0,
                     },
                 );
             }
@@ -950,6 +1029,9 @@ impl Model {
                     owner_confirmed: false,
                     closed_by_exit: false,
                     reset_outstanding: None,
+                    reset_silence_s: 0,
+                    drops: 0,
+                    last_drop_reason: 0,
                 });
             }
             return;
@@ -1073,6 +1155,9 @@ impl Model {
             owner_confirmed: false,
             closed_by_exit: false,
             reset_outstanding: None,
+            reset_silence_s: 0,
+            drops: 0,
+            last_drop_reason: 0,
         });
     }
 
@@ -1132,7 +1217,8 @@ impl Model {
                 EndReason::ConnectTimeout
             }
             (_, Some(EventKind::ResetReceived))
-                if answered_unanswered_data(&connection, ev.ts_ns) =>
+                if answered_unanswered_data(&connection, ev.ts_ns)
+                    || answered_after_silence(&connection, old) =>
             {
                 EndReason::PeerReset
             }
@@ -1518,6 +1604,9 @@ impl Model {
                     owner_confirmed: false,
                     closed_by_exit: false,
                     reset_outstanding: None,
+                    reset_silence_s: 0,
+                    drops: 0,
+                    last_drop_reason: 0,
                 },
             );
             r.connections_added += 1;
@@ -1631,6 +1720,8 @@ impl Model {
                         queue: s.queue,
                         queue_limit: s.queue_limit,
                         half_open: half_open_of(&tuple),
+                        drops: 0,
+                        overflow_drops: 0,
                     },
                 );
                 r.listeners_added += 1;
@@ -1739,6 +1830,7 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }
@@ -1986,6 +2078,91 @@ mod tests {
             ],
         );
         assert_eq!(finished(&out)[0].end, EndReason::ResetReceived);
+    }
+
+    #[test]
+    fn a_reset_answering_data_after_a_silence_is_the_peer_restarting() {
+        let reset = |silence: Option<u16>, outstanding: Option<bool>| {
+            let mut e = ev(
+                60_000,
+                SK,
+                EventKind::ResetReceived,
+                Established,
+                Established,
+            );
+            e.silence_s = silence;
+            e.outstanding = outstanding;
+            e
+        };
+        let end_after = |reset: TcpEvent, closing_from: TcpState| {
+            let mut m = Model::default();
+            let out = run(
+                &mut m,
+                &[
+                    st(0, SK, Close, SynSent),
+                    st(1, SK, SynSent, Established),
+                    st(2, SK, Established, closing_from),
+                    reset,
+                    st(60_000, SK, closing_from, Close),
+                ],
+            );
+            finished(&out)[0].clone()
+        };
+        // Quiet for a minute, then the write met a host without the connection.
+        let f = end_after(reset(Some(58), Some(true)), Established);
+        assert_eq!(f.end, EndReason::PeerReset);
+        assert_eq!(f.connection.reset_silence_s, 58);
+        // Heard from a moment ago: a live peer aborting.
+        assert_eq!(
+            end_after(reset(Some(0), Some(true)), Established).end,
+            EndReason::ResetReceived
+        );
+        // Nothing in flight: the reset answered no data of ours.
+        assert_eq!(
+            end_after(reset(Some(58), Some(false)), Established).end,
+            EndReason::ResetReceived
+        );
+        // Without timestamps nothing says how long the peer was quiet.
+        assert_eq!(
+            end_after(reset(None, Some(true)), Established).end,
+            EndReason::ResetReceived
+        );
+        // The peer had closed (a FIN came): not a lost connection.
+        assert_eq!(
+            end_after(reset(Some(58), Some(true)), CloseWait).end,
+            EndReason::ResetReceived
+        );
+    }
+
+    #[test]
+    fn drops_count_on_the_connection_and_the_listener() {
+        const LISTENER: u64 = 0xffff_0000_0000_2000;
+        let mut m = Model::default().with_listen_overflow_reason(Some(40));
+        let drop = |sk: u64, state: TcpState, reason: u16| {
+            let mut e = ev(5, sk, EventKind::Drop, state, state);
+            e.reason = reason;
+            e
+        };
+        let out = run(
+            &mut m,
+            &[
+                st(0, LISTENER, Close, Listen),
+                st(1, SK, Close, SynSent),
+                st(2, SK, SynSent, Established),
+                drop(SK, Established, 32),
+                drop(SK, Established, 33),
+                drop(LISTENER, Listen, 40),
+                drop(LISTENER, Listen, 40),
+                drop(LISTENER, Listen, 30),
+                // Unknown sockets (a request, another TIME_WAIT) change nothing.
+                drop(0xdead, TimeWait, 38),
+                st(9, SK, Established, Close),
+            ],
+        );
+        let c = &finished(&out)[0].connection;
+        assert_eq!((c.drops, c.last_drop_reason), (2, 33));
+        let l = m.listeners().next().unwrap();
+        assert_eq!((l.drops, l.overflow_drops), (3, 2));
     }
 
     #[test]
@@ -2600,9 +2777,10 @@ mod tests {
     #[test]
     fn a_record_stays_small() {
         // Memory per tracked socket is a stated bound (see BENCHMARKS.md):
-        // 168 bytes before the owner's cgroup id (8) was added.
+        // 168 bytes before the owner's cgroup id (8) was added, 176 before
+        // the drop count and reset silence (8 with alignment).
         assert!(
-            std::mem::size_of::<Connection>() <= 176,
+            std::mem::size_of::<Connection>() <= 184,
             "{}",
             std::mem::size_of::<Connection>()
         );
@@ -2777,6 +2955,7 @@ mod regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }
@@ -2837,6 +3016,7 @@ mod attribution_regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }

@@ -585,6 +585,7 @@ mod attribution_regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }

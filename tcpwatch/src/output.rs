@@ -13,7 +13,7 @@ use crate::{
     cgroup::{Container, Units, Workload},
     clock::WallClock,
     detect::{Report, Status},
-    event::{EventKind, ResetReasons, TcpEvent, TcpState},
+    event::{EventKind, KernelReasons, TcpEvent, TcpState},
     finding::Severity,
     model::{state_index, Closer, EndReason, Finished, Opener, Retransmits, LIFECYCLE_ORDER},
 };
@@ -60,6 +60,10 @@ struct JsonEvent<'a> {
     state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    /// A received reset: seconds since the peer was last heard, where the
+    /// kernel could tell (the connection had TCP timestamps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silence_s: Option<u16>,
     skaddr: String,
 }
 
@@ -90,6 +94,12 @@ struct JsonLifecycle<'a> {
     retransmits: Retransmits,
     resets_sent: u8,
     resets_received: u8,
+    /// Segments the kernel dropped for it (6.12+; see `tcpwatch_drops_total`)
+    /// and the last one's reason; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drops: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_drop_reason: Option<String>,
     /// Present (true) when events were lost during its life.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     uncertain: bool,
@@ -105,7 +115,7 @@ pub enum Style {
 pub struct Renderer {
     style: Style,
     clock: WallClock,
-    reasons: ResetReasons,
+    reasons: KernelReasons,
     /// tcpwatch's own network namespace: findings elsewhere name theirs.
     own_netns: u32,
     /// What owners' cgroups are, for finished connections.
@@ -125,7 +135,7 @@ const HEADER: [(&str, usize); 6] = [
 ];
 
 impl Renderer {
-    pub fn new(style: Style, clock: WallClock, reasons: ResetReasons) -> Self {
+    pub fn new(style: Style, clock: WallClock, reasons: KernelReasons) -> Self {
         Self {
             style,
             clock,
@@ -295,6 +305,9 @@ impl Renderer {
                     retransmits: c.retransmits,
                     resets_sent: c.resets_sent,
                     resets_received: c.resets_received,
+                    drops: (c.drops > 0).then_some(c.drops),
+                    last_drop_reason: (c.drops > 0)
+                        .then(|| self.reasons.drop_name(c.last_drop_reason)),
                     uncertain: c.uncertain,
                 };
                 serde_json::to_writer(&mut *out, &line)?;
@@ -330,6 +343,14 @@ impl Renderer {
                 let r = c.retransmits;
                 if r.syn + r.synack + r.data + r.fin > 0 {
                     let _ = write!(details, " rtx(syn={},data={},fin={})", r.syn, r.data, r.fin);
+                }
+                if c.drops > 0 {
+                    let _ = write!(
+                        details,
+                        " drops={}({})",
+                        c.drops,
+                        self.reasons.drop_name(c.last_drop_reason)
+                    );
                 }
                 writeln!(
                     out,
@@ -381,7 +402,12 @@ impl Renderer {
             } else {
                 ev.new_state.map(TcpState::name)
             },
-            reason: (ev.kind == EventKind::ResetSent).then(|| self.reasons.name(ev.reason)),
+            reason: match ev.kind {
+                EventKind::ResetSent => Some(self.reasons.reset_name(ev.reason)),
+                EventKind::Drop => Some(self.reasons.drop_name(ev.reason)),
+                _ => None,
+            },
+            silence_s: ev.silence_s,
             skaddr: format!("{:#x}", ev.skaddr),
         }
     }
@@ -406,7 +432,10 @@ impl Renderer {
             EventKind::Retransmit => (format!("RETRANSMIT{in_state}"), "33;1", String::new()),
             EventKind::SynackRetransmit => ("SYNACK RETRANSMIT".to_owned(), "33;1", String::new()),
             EventKind::ResetSent => (
-                format!("RESET SENT{in_state} ({})", self.reasons.name(ev.reason)),
+                format!(
+                    "RESET SENT{in_state} ({})",
+                    self.reasons.reset_name(ev.reason)
+                ),
                 "31;1",
                 String::new(),
             ),
@@ -414,6 +443,11 @@ impl Renderer {
                 (format!("RESET RECEIVED{in_state}"), "31;1", String::new())
             }
             EventKind::Owner => ("OWNER".to_owned(), "36", String::new()),
+            EventKind::Drop => (
+                format!("DROP{in_state} ({})", self.reasons.drop_name(ev.reason)),
+                "35",
+                String::new(),
+            ),
         };
         // Pad before colouring: escape sequences have no width on screen.
         let what = format!("{what:<EVENT_WIDTH$}");
@@ -470,6 +504,7 @@ mod tests {
             reason: 12,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }
@@ -479,7 +514,7 @@ mod tests {
         Renderer::new(
             style,
             WallClock::with_offset(0),
-            ResetReasons::new([(12, "TCP_ABORT_ON_LINGER".to_owned())].into()),
+            KernelReasons::new([(12, "TCP_ABORT_ON_LINGER".to_owned())].into()),
         )
     }
 

@@ -20,7 +20,7 @@ use crate::{
     config::Config,
     daemon::{self, Daemon},
     detect::Detectors,
-    event::decode,
+    event::{decode, LISTEN_OVERFLOW},
     loader::{self, LoadOptions},
     metrics::Metrics,
     model::Model,
@@ -107,7 +107,8 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         units,
     } = probe;
     let observer = Observer::new(
-        Model::new(config.limits()),
+        Model::new(config.limits())
+            .with_listen_overflow_reason(reasons.drop_number(LISTEN_OVERFLOW)),
         Some(Detectors::new(config.thresholds.thresholds())),
         snapshot,
     )

@@ -18,7 +18,7 @@ use super::DetectorArgs;
 use crate::{
     clock::monotonic_ns,
     detect::Detectors,
-    event::decode,
+    event::{decode, LISTEN_OVERFLOW},
     finding::{Finding, Severity},
     loader::{self, LoadOptions},
     model::{Limits, Model},
@@ -80,10 +80,12 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         attached,
         snapshot,
         units,
+        reasons,
         ..
     } = loader::load(LoadOptions::default())?;
     let mut observer = Observer::new(
-        Model::new(Limits::default()),
+        Model::new(Limits::default())
+            .with_listen_overflow_reason(reasons.drop_number(LISTEN_OVERFLOW)),
         Some(Detectors::new(args.detect.thresholds())),
         snapshot,
     )

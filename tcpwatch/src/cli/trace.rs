@@ -15,7 +15,7 @@ use super::DetectorArgs;
 use crate::{
     clock::{monotonic_ns, WallClock},
     detect::{Detectors, Report},
-    event::{decode, TcpState},
+    event::{decode, TcpState, LISTEN_OVERFLOW},
     filter::Filter,
     loader::{self, Counters, LoadOptions},
     model::{Limits, Model, Outcome},
@@ -152,6 +152,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         ring_bytes: args.ring_kib * 1024,
         ..Default::default()
     })?;
+    let listen_overflow = reasons.drop_number(LISTEN_OVERFLOW);
     let stdout = io::stdout();
     let color = match args.color {
         ColorChoice::Always => true,
@@ -169,7 +170,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             .with_units(units.clone()),
         filter: args.filter(),
         observer: Observer::new(
-            Model::new(Limits::default()),
+            Model::new(Limits::default()).with_listen_overflow_reason(listen_overflow),
             (!args.no_findings).then(|| Detectors::new(args.detect.thresholds())),
             snapshot,
         )

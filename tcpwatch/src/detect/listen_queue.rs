@@ -1,16 +1,19 @@
-//! `accept_queue_overflow`: a listener whose accept queue is full while the
-//! kernel counts overflows in its namespace.
+//! `accept_queue_overflow`: a listener whose accept queue overflowed.
 //!
 //! A connection that completed its handshake waits in the listener's
 //! accept queue until the application calls accept(). The queue holds
 //! `min(backlog, net.core.somaxconn)` connections; when it is full the
-//! kernel drops the handshake's final ACK (or, with
+//! kernel drops SYNs (`tcp_conn_request()`) and the handshake's final ACK
+//! (`tcp_v4_syn_recv_sock()`, net/ipv4/; or, with
 //! `tcp_abort_on_overflow=1`, resets the client) and counts TcpExt
-//! `ListenOverflows` and `ListenDrops` (`tcp_v4_syn_recv_sock()` and
-//! `tcp_conn_request()` in net/ipv4/). sock_diag shows each listener's
+//! `ListenOverflows` and `ListenDrops`. sock_diag shows each listener's
 //! queue (`idiag_rqueue`) and its limit (`idiag_wqueue`); each
-//! reconciliation reads both, and the namespace's counters.
-use std::collections::HashMap;
+//! reconciliation reads both, and the namespace's counters. From 6.15 the
+//! kernel also names the listener of each dropped final ACK (drop reason
+//! `TCP_LISTEN_OVERFLOW`, counted per listener by the model): proof for
+//! that listener even when its queue has drained by the time tcpwatch looks.
+//! Clients whose connects to the listener then timed out are named too.
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use super::{endpoint, kind, Detectors, Driver, Moved, Report, Who};
 use crate::{
@@ -18,7 +21,7 @@ use crate::{
     diag::DiagSocket,
     event::TcpState,
     finding::{Finding, Severity},
-    model::Model,
+    model::{Connection, Model},
 };
 
 /// A namespace's listen counters at the last look.
@@ -28,8 +31,76 @@ pub(super) struct ListenCounters {
     drops: Moved,
 }
 
-/// Per namespace; forgotten with the namespace.
-pub(super) type ListenState = HashMap<u32, ListenCounters>;
+/// What the detector keeps between reconciliations, bounded: namespaces
+/// (forgotten with the namespace), listeners (forgotten when a
+/// reconciliation no longer lists them) and destinations of timed-out
+/// connects (at most [`MAX_TIMEOUT_DESTINATIONS`], for [`TIMEOUT_WINDOW_NS`]).
+#[derive(Debug, Default)]
+pub(super) struct ListenState {
+    counters: HashMap<u32, ListenCounters>,
+    /// Overflow drops the model had counted for each listener at the last look.
+    overflow_drops: HashMap<ListenerKey, u32>,
+    timed_out: HashMap<Destination, TimedOut>,
+}
+
+impl ListenState {
+    pub(super) fn forget_netns(&mut self, gone: impl Fn(u32) -> bool) {
+        self.counters.retain(|netns, _| !gone(*netns));
+        self.overflow_drops.retain(|k, _| !gone(k.netns));
+        self.timed_out.retain(|d, _| !gone(d.netns));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ListenerKey {
+    netns: u32,
+    addr: IpAddr,
+    port: u16,
+}
+
+/// Where timed-out connects went: the client's namespace and destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Destination {
+    netns: u32,
+    addr: IpAddr,
+    port: u16,
+}
+
+/// Connects to one destination that timed out lately, and who made them.
+#[derive(Clone, Debug, Default)]
+struct TimedOut {
+    /// Times of the timeouts in the window, oldest first.
+    at_ns: Vec<u64>,
+    /// Up to [`NAMED_CLIENTS`] processes, the latest last.
+    clients: Vec<(u32, Arc<str>)>,
+}
+
+/// How long a timed-out connect counts against a listener.
+const TIMEOUT_WINDOW_NS: u64 = 300_000_000_000;
+/// Destinations remembered at once (the oldest forgotten beyond).
+const MAX_TIMEOUT_DESTINATIONS: usize = 1024;
+/// Timeouts remembered per destination.
+const MAX_TIMEOUTS: usize = 4096;
+/// Client processes named per listener.
+const NAMED_CLIENTS: usize = 3;
+
+impl Destination {
+    /// Whether connects to here reached `listener`: to its own address, or
+    /// over loopback inside its namespace to a loopback or wildcard one. A
+    /// wildcard listener's other addresses are not known here, so a connect
+    /// to one of them is not counted.
+    fn reaches(&self, listener: &ListenerKey) -> bool {
+        if self.port != listener.port {
+            return false;
+        }
+        if self.addr.is_loopback() {
+            self.netns == listener.netns
+                && (listener.addr == self.addr || listener.addr.is_unspecified())
+        } else {
+            !listener.addr.is_unspecified() && listener.addr == self.addr
+        }
+    }
+}
 
 impl Detectors {
     /// The namespace's `ListenOverflows` and `ListenDrops`, read at a
@@ -39,7 +110,7 @@ impl Detectors {
             state.counter("ListenOverflows"),
             state.counter("ListenDrops"),
         );
-        let entry = self.listen.entry(netns).or_insert(ListenCounters {
+        let entry = self.listen.counters.entry(netns).or_insert(ListenCounters {
             overflows: Moved::first(overflows),
             drops: Moved::first(drops),
         });
@@ -47,10 +118,72 @@ impl Detectors {
         entry.drops.read(drops);
     }
 
-    /// The listeners a reconciliation listed in `netns`: those whose accept
-    /// queue is full while the namespace's overflow counter moved are
-    /// reported, with their owner as the model knows it (the holder of the
-    /// listener, checked against `/proc` by the same reconciliation).
+    /// A connect that timed out: held against the listener it was meant
+    /// for, should one be seen overflowing.
+    pub(super) fn note_connect_timeout(&mut self, c: &Connection, now: u64) {
+        let t = &c.tuple;
+        let dest = Destination {
+            netns: t.netns,
+            addr: t.remote,
+            port: t.remote_port,
+        };
+        let timed_out = &mut self.listen.timed_out;
+        if !timed_out.contains_key(&dest) && timed_out.len() >= MAX_TIMEOUT_DESTINATIONS {
+            let oldest = timed_out
+                .iter()
+                .min_by_key(|(_, t)| t.at_ns.last().copied().unwrap_or(0))
+                .map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                timed_out.remove(&oldest);
+            }
+        }
+        let entry = timed_out.entry(dest).or_default();
+        if entry.at_ns.len() >= MAX_TIMEOUTS {
+            entry.at_ns.remove(0);
+        }
+        entry.at_ns.push(now);
+        if c.pid != 0 {
+            entry.clients.retain(|(pid, _)| *pid != c.pid);
+            if entry.clients.len() >= NAMED_CLIENTS {
+                entry.clients.remove(0);
+            }
+            entry.clients.push((c.pid, c.comm.clone()));
+        }
+    }
+
+    /// Connects to `listener` that timed out within the window, and the
+    /// processes that made the latest of them.
+    fn timed_out_towards(&mut self, listener: &ListenerKey, now: u64) -> (u64, Vec<String>) {
+        let since = now.saturating_sub(TIMEOUT_WINDOW_NS);
+        self.listen.timed_out.retain(|_, t| {
+            t.at_ns.retain(|at| *at >= since);
+            !t.at_ns.is_empty()
+        });
+        let mut count = 0;
+        let mut clients = Vec::new();
+        for (_, t) in self
+            .listen
+            .timed_out
+            .iter()
+            .filter(|(d, _)| d.reaches(listener))
+        {
+            count += t.at_ns.len() as u64;
+            for (pid, comm) in &t.clients {
+                if clients.len() < NAMED_CLIENTS {
+                    clients.push(format!("{comm} (pid {pid})"));
+                }
+            }
+        }
+        (count, clients)
+    }
+
+    /// The listeners a reconciliation listed in `netns`. One is reported
+    /// when the kernel dropped its handshakes for a full accept queue
+    /// (`TCP_LISTEN_OVERFLOW` drops for it since the last look), or when
+    /// its queue is full while the namespace's overflow counters moved;
+    /// with its owner as the model knows it (the holder of the listener,
+    /// checked against `/proc` by the same reconciliation). An open one is
+    /// brought up to date as clients' connects to it time out.
     pub fn on_listen_queues(
         &mut self,
         netns: u32,
@@ -59,52 +192,116 @@ impl Detectors {
         now: u64,
     ) -> Vec<Report> {
         let mut out = Vec::new();
-        let Some(counters) = self.listen.get(&netns).copied() else {
+        let Some(counters) = self.listen.counters.get(&netns).copied() else {
             return out;
         };
-        if counters.overflows.moved == 0 && counters.drops.moved == 0 {
-            return out;
+        let listed: Vec<&DiagSocket> = sockets
+            .iter()
+            .filter(|s| s.state == TcpState::Listen)
+            .collect();
+        // What each listed listener's overflow drops moved since the last look.
+        let mut drops_now = HashMap::new();
+        for l in model.listeners().filter(|l| l.tuple.netns == netns) {
+            let key = ListenerKey {
+                netns,
+                addr: l.tuple.local,
+                port: l.tuple.local_port,
+            };
+            *drops_now.entry(key).or_insert(0u32) += l.overflow_drops;
         }
-        for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
+        let before = std::mem::take(&mut self.listen.overflow_drops);
+        self.listen.overflow_drops.extend(
+            before
+                .iter()
+                .filter(|(k, _)| k.netns != netns)
+                .map(|(k, v)| (*k, *v)),
+        );
+        for s in &listed {
+            let key = ListenerKey {
+                netns,
+                addr: s.local,
+                port: s.local_port,
+            };
+            let dropped = drops_now.get(&key).copied().unwrap_or(0);
+            let dropped_since = dropped.saturating_sub(before.get(&key).copied().unwrap_or(0));
+            self.listen.overflow_drops.insert(key, dropped);
+
             let (queue, limit) = (s.recv_queue, s.send_queue);
             // The kernel's test is `sk_ack_backlog > sk_max_ack_backlog`
             // (sk_acceptq_is_full()): at the limit, the next one overflows.
-            if limit == 0 || queue < limit {
-                continue;
-            }
-            let (who, named) = Who::listener(model, netns, s.local, s.local_port);
-            let key = format!("{netns}|{}|{}", s.local, s.local_port);
+            let full = limit > 0 && queue >= limit;
+            let namespace_moved = counters.overflows.moved > 0 || counters.drops.moved > 0;
+            let finding_key = format!("{netns}|{}|{}", s.local, s.local_port);
             let previous = self
                 .open
-                .get(&(kind::ACCEPT_QUEUE_OVERFLOW, key.clone()))
-                .map_or(0, |o| o.count);
-            let count = previous + counters.overflows.moved;
+                .get(&(kind::ACCEPT_QUEUE_OVERFLOW, finding_key.clone()))
+                .map(|o| o.count);
+            let new_overflows = if full && namespace_moved {
+                counters.overflows.moved.max(u64::from(dropped_since))
+            } else {
+                u64::from(dropped_since)
+            };
+            if new_overflows == 0 && previous.is_none() {
+                continue;
+            }
+            let count = previous.unwrap_or(0) + new_overflows;
+            let (timed_out, clients) = self.timed_out_towards(&key, now);
+            let (who, named) = Who::listener(model, netns, s.local, s.local_port);
             let drops = counters.drops.moved;
             let listener = endpoint(s.local, s.local_port);
-            self.observe(&mut out, kind::ACCEPT_QUEUE_OVERFLOW, key, netns, now, count, Driver::Event, |count| {
-                who.apply(
-                    Finding::new(
-                        kind::ACCEPT_QUEUE_OVERFLOW,
-                        Severity::Warning,
-                        format!(
-                            "{named} on {listener} has {queue} connections waiting in a full accept queue (limit {limit}); the kernel counted {count} overflows in this namespace since, dropping handshakes"
-                        ),
+            let state = if full {
+                format!("has {queue} connections waiting in a full accept queue (limit {limit})")
+            } else {
+                format!("had a full accept queue (limit {limit}; {queue} waiting now)")
+            };
+            let per_listener = if dropped > 0 {
+                format!(
+                    "; the kernel dropped the final ACK of {dropped} handshakes to it for want of room"
+                )
+            } else {
+                String::new()
+            };
+            let clients_said = match (timed_out, clients.is_empty()) {
+                (0, _) => String::new(),
+                (n, true) => format!("; {n} connects to it timed out"),
+                (n, false) => format!("; {n} connects to it timed out, by {}", clients.join(", ")),
+            };
+            self.observe_detailed(
+                &mut out,
+                kind::ACCEPT_QUEUE_OVERFLOW,
+                finding_key,
+                netns,
+                now,
+                (count, timed_out),
+                Driver::Event,
+                |count| {
+                    who.apply(
+                        Finding::new(
+                            kind::ACCEPT_QUEUE_OVERFLOW,
+                            Severity::Warning,
+                            format!(
+                                "{named} on {listener} {state}; {count} handshakes overflowed it since{per_listener}{clients_said}"
+                            ),
+                        )
+                        .evidence("count", count)
+                        .evidence("ListenOverflows", count)
+                        .evidence("ListenDrops_last", drops)
+                        .evidence("overflow_drops", dropped)
+                        .evidence("queue", queue)
+                        .evidence("queue_limit", limit)
+                        .evidence("clients_timed_out", timed_out)
+                        .evidence("clients", &clients),
                     )
-                    .evidence("count", count)
-                    .evidence("ListenOverflows", count)
-                    .evidence("ListenDrops_last", drops)
-                    .evidence("queue", queue)
-                    .evidence("queue_limit", limit),
-                )
-                .remedy(
-                    "Connections finished their handshake faster than the application accept()s them. \
-                     The limit is min(the listen() backlog, net.core.somaxconn); beyond it the kernel \
-                     drops the client's final ACK (the client then retransmits, or times out: \
-                     connect_timeout) or, with net.ipv4.tcp_abort_on_overflow=1, resets it. Accept \
-                     faster (more workers, a shorter critical path in the accept loop) or raise the \
-                     backlog and somaxconn.",
-                )
-            });
+                    .remedy(
+                        "Connections finished their handshake faster than the application accept()s them. \
+                         The limit is min(the listen() backlog, net.core.somaxconn); beyond it the kernel \
+                         drops new SYNs and the client's final ACK (the client then retransmits, or its \
+                         connect times out after tcp_syn_retries) or, with net.ipv4.tcp_abort_on_overflow=1, \
+                         resets it. Accept faster (more workers, a shorter critical path in the accept \
+                         loop) or raise the backlog and somaxconn.",
+                    )
+                },
+            );
         }
         out
     }

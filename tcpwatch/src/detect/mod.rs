@@ -171,6 +171,9 @@ struct Open {
     netns: u32,
     /// The evidence's count now; `finding` is always built from it.
     count: u64,
+    /// A second measure of the evidence, where a finding has one (0 else).
+    detail: u64,
+    reported_detail: u64,
     last_report_ns: u64,
     /// The count the last report showed: a difference is owed an update.
     reported_count: u64,
@@ -186,13 +189,16 @@ struct Open {
 impl Open {
     /// Its evidence grew, or its severity changed, since the last report.
     fn owes_update(&self) -> bool {
-        self.count != self.reported_count || self.finding.severity != self.reported_severity
+        self.count != self.reported_count
+            || self.detail != self.reported_detail
+            || self.finding.severity != self.reported_severity
     }
 
     /// The update report it is owed, noted as made at `now`.
     fn report_update(&mut self, now: u64) -> Report {
         self.last_report_ns = now;
         self.reported_count = self.count;
+        self.reported_detail = self.detail;
         self.reported_severity = self.finding.severity;
         Report {
             status: Status::Updated,
@@ -537,7 +543,7 @@ impl Detectors {
         self.recent_reuse.retain(|t, _| alive.contains(&t.netns));
         self.port_use.retain(|k, _| alive.contains(&k.0));
         self.health.forget_namespaces_except(alive);
-        self.listen.retain(|n, _| alive.contains(n));
+        self.listen.forget_netns(|n| !alive.contains(&n));
         self.no_local_port.retain(|k, _| alive.contains(&k.0));
         self.idle.forget_namespaces_except(alive);
         self.time_wait_guard.retain(|n, _| alive.contains(n));
@@ -574,6 +580,24 @@ impl Detectors {
         driver: Driver,
         make: impl FnOnce(u64) -> Finding,
     ) {
+        self.observe_detailed(out, kind, key, netns, now, (count, 0), driver, make);
+    }
+
+    /// [`Self::observe`] for a finding whose evidence has a second measure
+    /// besides its count (`detail`: the clients whose connects timed out
+    /// behind a full accept queue): a change of either is owed an update.
+    #[allow(clippy::too_many_arguments)]
+    fn observe_detailed(
+        &mut self,
+        out: &mut Vec<Report>,
+        kind: &'static str,
+        key: String,
+        netns: u32,
+        now: u64,
+        (count, detail): (u64, u64),
+        driver: Driver,
+        make: impl FnOnce(u64) -> Finding,
+    ) {
         let every = self.thresholds.update_every.as_nanos() as u64;
         let units = self.units.clone();
         let make = |count| name_workload(&units, make(count));
@@ -596,6 +620,8 @@ impl Detectors {
                         finding,
                         netns,
                         count,
+                        detail,
+                        reported_detail: detail,
                         last_report_ns: now,
                         reported_count: count,
                         reported_severity,
@@ -611,11 +637,12 @@ impl Detectors {
                 // move every tick), even while its report waits for the
                 // interval: a burst is reported with its final count by the
                 // next tick, not frozen at its first event.
-                if driver != Driver::Event || count != open.count {
+                if driver != Driver::Event || count != open.count || detail != open.detail {
                     open.last_evidence_ns = now;
                     open.finding = make(count);
                 }
                 open.count = count;
+                open.detail = detail;
                 if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
                     out.push(open.report_update(now));
                 }
@@ -820,6 +847,9 @@ impl Detectors {
                 let c = &f.connection;
                 let t = &c.tuple;
                 let refused = f.end == EndReason::ConnectRefused;
+                if !refused {
+                    self.note_connect_timeout(c, now);
+                }
                 let kind = if refused {
                     kind::CONNECT_REFUSED
                 } else {
@@ -1278,6 +1308,7 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }
@@ -2197,6 +2228,7 @@ mod regressions {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         }

@@ -5,7 +5,10 @@
 //! and answers each with a reset (`tcp_v4_send_reset()` for a segment that
 //! matches no socket, net/ipv4/tcp_ipv4.c). The model ends such a
 //! connection as [`EndReason::PeerReset`]: a reset received while a run of
-//! data retransmits with backoff went unanswered.
+//! data retransmits with backoff went unanswered (the peer was down when
+//! written to), or one that answered data sent on an established
+//! connection after the peer had been silent for a while (it was back by
+//! the time of the write, so nothing was retransmitted).
 use super::{endpoint, kind, secs, Detectors, Driver, Report, Who};
 use crate::{
     finding::{Finding, Severity},
@@ -23,6 +26,8 @@ impl Detectors {
         let (retransmits, silent_ns) = c.rtx_run.as_deref().map_or((0, 0), |run| {
             (run.count, f.end_ns.saturating_sub(run.start_ns))
         });
+        // The kernel's own measure, from the peer's last segment, where it has one.
+        let silent_ns = silent_ns.max(u64::from(c.reset_silence_s) * 1_000_000_000);
         let who = Who {
             pid: (c.pid != 0).then_some(c.pid),
             comm: (c.pid != 0).then(|| c.comm.to_string()),
@@ -40,13 +45,18 @@ impl Detectors {
         };
         let peer = endpoint(t.remote, t.remote_port);
         let silent = secs(silent_ns);
+        let how = if retransmits > 0 {
+            format!("after leaving {retransmits} retransmits unanswered for {silent} s")
+        } else {
+            format!("at once, in answer to data sent after {silent} s of silence")
+        };
         self.observe(out, kind::PEER_RESTARTED, key, t.netns, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
                     kind::PEER_RESTARTED,
                     Severity::Warning,
                     format!(
-                        "{peer} reset {named} after leaving {retransmits} retransmits unanswered for {silent} s: the peer lost the connection (it restarted, or crashed and came back); {count} such resets from it"
+                        "{peer} reset {named} {how}: the peer lost the connection (it restarted, or crashed and came back); {count} such resets from it"
                     ),
                 )
                 .evidence("count", count)
@@ -55,8 +65,8 @@ impl Detectors {
                 .evidence("end", EndReason::PeerReset.name())
                 .remedy(
                     "While the peer was down nothing answered, so the kernel retransmitted with \
-                     growing backoff; once it was back, its stack had no such connection and \
-                     answered with a reset. Whatever was in flight is lost: the application must \
+                     growing backoff (if the application wrote then); once it was back, its stack \
+                     had no such connection and answered the next segment with a reset. Whatever was in flight is lost: the application must \
                      reconnect and retry what was not confirmed. Check the peer's uptime and logs \
                      for the restart; keep-alive (or an application heartbeat) finds such peers \
                      sooner on idle connections.",

@@ -30,6 +30,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         reason: 0,
         owner_exiting: false,
         outstanding: None,
+        silence_s: None,
         cgroup: 0,
         workload: None,
     }

@@ -938,6 +938,7 @@ mod tests {
             reason: 0,
             owner_exiting: false,
             outstanding: None,
+            silence_s: None,
             cgroup: 0,
             workload: None,
         };

@@ -31,6 +31,7 @@ fn ev(ts_ns: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
         reason: 0,
         owner_exiting: false,
         outstanding: None,
+        silence_s: None,
         cgroup: 0,
         workload: None,
     }
