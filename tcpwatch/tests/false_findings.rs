@@ -152,6 +152,50 @@ fn a_peer_abort_after_a_brief_loss_is_no_peer_restart() {
     assert!(f.is_empty(), "the peer never restarted: {f:#?}");
 }
 
+/// A live server that aborts a connection in answer to a request that came
+/// after a silence (an idle keep-alive connection it no longer wants): the
+/// client's request is acknowledged by the server's kernel at once (data
+/// after an idle spell is acknowledged without delay), then the server
+/// reads it and closes with SO_LINGER 0. A reset after a silence, but not
+/// one from a host that lost the connection: no peer_restarted.
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn a_live_peer_aborting_after_a_silence_is_no_peer_restart() {
+    if !privileged_or_skip("a_live_peer_aborting_after_a_silence_is_no_peer_restart") {
+        return;
+    }
+    let ns = Netns::new("rvsl");
+    let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
+    let (mut server, mut client, _port, client_port) =
+        connected_peers(&ns, "tw-server", "tw-client", "127.0.0.1");
+    thread::sleep(Duration::from_millis(6500));
+    client.ok("send request");
+    server.ok("recv");
+    server.ok("linger0");
+    server.ok("close");
+    let filter = ["sport", "=", &format!(":{client_port}")];
+    assert!(
+        wait_until(Duration::from_secs(2), || ns.sockets("all", &filter) == 0),
+        "ground truth: the client's connection was reset"
+    );
+    assert!(
+        alive(server.pid),
+        "ground truth: the server never restarted"
+    );
+    let (lines, stderr) = tracer.stop();
+    let ends: Vec<&Value> = lifecycle(&lines, client_port);
+    assert!(
+        !ends.is_empty(),
+        "the client's connection ended in sight: {lines:#?}\n{stderr:?}"
+    );
+    assert!(
+        ends.iter().all(|l| l["end"] == "reset_received"),
+        "an abort by a live peer: {ends:#?}"
+    );
+    let f = raised(&lines, "peer_restarted");
+    assert!(f.is_empty(), "the peer never restarted: {f:#?}");
+}
+
 /// Fork after accept: the server accepts, forks a handler that holds the
 /// connection and closes its own copy. The client sends a request the
 /// handler never reads, and the handler is killed. The kernel closes the

@@ -1099,31 +1099,15 @@ fn peer_restarted_after_unanswered_retransmits() {
     }
     let ns = Netns::new("prst");
     let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
-    let mut server = ns.peer("tw-server");
-    let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let mut client = ns.peer("tw-client");
-    let client_port: u16 = client
-        .ok(&format!("connect 127.0.0.1 {port}"))
-        .parse()
-        .unwrap();
-    server.ok("accept");
+    let (server, mut client, port, client_port) =
+        connected_peers(&ns, "tw-server", "tw-client", "127.0.0.1");
     client.ok("send before");
     // The server's host becomes unreachable: nothing reaches it, nothing
     // leaves it. Receive side: the client's segments count as sent.
-    ns.nft(&format!(
-        "table inet tw {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} drop\n  }}\n  chain out {{\n    type filter hook output priority 0;\n    tcp sport {port} drop\n  }}\n}}\n"
-    ));
-    // SAFETY: a signal to the peer process this test started.
-    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGKILL) }, 0);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            ns.sockets("all", &["sport", "=", &format!(":{port}")]) == 0
-        }),
-        "the server's sockets are gone"
-    );
+    kill_server_unseen(&ns, &server, port);
     client.ok("send after");
     thread::sleep(Duration::from_millis(1700));
-    ns.exec(&["nft", "delete", "table", "inet", "tw"]);
+    restore_path(&ns);
     assert!(
         wait_until(Duration::from_secs(10), || {
             ns.sockets("all", &["sport", "=", &format!(":{client_port}")]) == 0
@@ -1145,6 +1129,57 @@ fn peer_restarted_after_unanswered_retransmits() {
         "{f}"
     );
     assert!(f["retransmits"].as_u64().is_some_and(|n| n >= 2), "{f}");
+    let end = lines
+        .iter()
+        .find(|l| l["kind"] == "lifecycle" && l["sport"] == client_port)
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(end["end"], "peer_reset", "{end}");
+}
+
+/// A peer that lost the connection while nothing was being said: the
+/// server is killed with unread data while the path drops its reset, the
+/// path comes back, and after a few seconds of silence the client writes.
+/// The server's host answers at once with a reset (no socket), so nothing
+/// is retransmitted: peer_restarted says so, with the silence the kernel
+/// measured, and the connection ends as peer_reset.
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs, iproute2 and nftables; `cargo xtask test` runs it"]
+fn peer_restarted_after_a_silence() {
+    if !privileged_or_skip("peer_restarted_after_a_silence") {
+        return;
+    }
+    let ns = Netns::new("prsl");
+    let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
+    let (server, mut client, port, client_port) =
+        connected_peers(&ns, "tw-server", "tw-client", "127.0.0.1");
+    client.ok("send before");
+    thread::sleep(Duration::from_millis(200));
+    kill_server_unseen(&ns, &server, port);
+    restore_path(&ns);
+    thread::sleep(Duration::from_millis(6500));
+    client.ok("send after");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            ns.sockets("all", &["sport", "=", &format!(":{client_port}")]) == 0
+        }),
+        "the client's connection is reset"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (lines, stderr) = tracer.stop();
+    let raised = raised(&lines, "peer_restarted");
+    assert_eq!(raised.len(), 1, "{lines:#?}\n{stderr:?}");
+    let f = raised[0];
+    assert_eq!(
+        (
+            f["pid"].as_u64(),
+            f["rport"].as_u64(),
+            f["retransmits"].as_u64()
+        ),
+        (Some(client.pid.into()), Some(port.into()), Some(0)),
+        "{f}"
+    );
+    let silent = f["silent_seconds"].as_f64().unwrap_or(0.0);
+    assert!((5.0..=10.0).contains(&silent), "{f}");
     let end = lines
         .iter()
         .find(|l| l["kind"] == "lifecycle" && l["sport"] == client_port)
@@ -1337,7 +1372,9 @@ fn accept_queue_overflow_names_the_listener() {
     for c in &mut clients {
         c.send(&format!("connect 127.0.0.1 {port}"));
     }
-    thread::sleep(Duration::from_millis(3500));
+    // The clients behind the queue time out at 3 s (one SYN retransmit);
+    // a reconciliation after that names them.
+    thread::sleep(Duration::from_millis(4600));
     let (lines, stderr) = tracer.stop();
     let overflows = tcpext(&ns, "ListenOverflows");
     assert!(
@@ -1362,6 +1399,95 @@ fn accept_queue_overflow_names_the_listener() {
     assert!(
         (1..=overflows).contains(&reported),
         "{reported} overflows reported, TcpExt counted {overflows}"
+    );
+    // Two connections fit the queue (backlog 1 holds 2); the other four
+    // clients' connects timed out, and the finding names who made them.
+    let last = findings(&lines, "accept_queue_overflow")
+        .last()
+        .copied()
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let timed_out = last["clients_timed_out"].as_u64().unwrap_or(0);
+    assert!((1..=4).contains(&timed_out), "{last}");
+    let named: Vec<&str> = last["clients"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    assert!(!named.is_empty(), "{last}");
+    for client in named {
+        assert!(
+            clients
+                .iter()
+                .any(|c| client == format!("tw-client (pid {})", c.pid)),
+            "{client} is one of the test's clients: {last}"
+        );
+    }
+}
+
+/// Handshakes whose final ACK meets a full accept queue: three clients
+/// finish their side of the handshake while nftables drops their ACKs,
+/// five more fill the queue of a listener with a backlog of 4 that never
+/// accepts, and the three ACKs that answer the server's SYN-ACK
+/// retransmits are dropped by the kernel for want of room
+/// (`TCP_LISTEN_OVERFLOW`, Linux 6.15+). tcpwatch shows each as a drop of
+/// the listener, and accept_queue_overflow counts them for that listener,
+/// no more than TcpExt's ListenOverflows.
+#[test]
+#[ignore = "privileged: needs root, Linux 6.15+, tcpwatch built with its eBPF programs, iproute2 and nftables; `cargo xtask test` runs it"]
+fn accept_queue_overflow_counts_the_listeners_dropped_acks() {
+    if !privileged_or_skip("accept_queue_overflow_counts_the_listeners_dropped_acks") {
+        return;
+    }
+    let ns = Netns::new("aqd");
+    let tracer = Tracer::start(&ns, &["--reconcile-interval", "1s"]);
+    let mut server = ns.peer("tw-server");
+    let port: u16 = server.ok("listen 127.0.0.1 4").parse().unwrap();
+    ns.nft(&format!(
+        "table inet aqd {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} tcp flags == ack drop\n  }}\n}}\n"
+    ));
+    let mut early: Vec<Peer> = (0..3).map(|_| ns.peer("tw-client")).collect();
+    for c in &mut early {
+        c.ok(&format!("connect 127.0.0.1 {port}"));
+    }
+    ns.exec(&["nft", "delete", "table", "inet", "aqd"]);
+    let mut late: Vec<Peer> = (0..5).map(|_| ns.peer("tw-client")).collect();
+    for c in &mut late {
+        c.ok(&format!("connect 127.0.0.1 {port}"));
+    }
+    // The server retransmits its SYN-ACKs at 1 s; the early clients' ACKs
+    // then meet the full queue.
+    thread::sleep(Duration::from_millis(3200));
+    let (lines, stderr) = tracer.stop();
+    let overflows = tcpext(&ns, "ListenOverflows");
+    let drops: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "drop" && l["sport"] == port)
+        .collect();
+    assert!(!drops.is_empty(), "{lines:#?}\n{stderr:?}");
+    for d in &drops {
+        assert_eq!(
+            (
+                d["reason"].as_str(),
+                d["state"].as_str(),
+                d["dport"].as_u64()
+            ),
+            (Some("TCP_LISTEN_OVERFLOW"), Some("LISTEN"), Some(0)),
+            "{d}"
+        );
+    }
+    let last = findings(&lines, "accept_queue_overflow")
+        .last()
+        .copied()
+        .unwrap_or_else(|| panic!("{lines:#?}\n{stderr:?}"));
+    assert_eq!(
+        (last["pid"].as_u64(), last["lport"].as_u64()),
+        (Some(server.pid.into()), Some(port.into())),
+        "{last}"
+    );
+    let dropped = last["overflow_drops"].as_u64().unwrap_or(0);
+    assert!(
+        dropped >= 1 && dropped as usize <= drops.len() && dropped <= overflows,
+        "{dropped} dropped ACKs reported, {} drop events, TcpExt ListenOverflows {overflows}: {last}",
+        drops.len()
     );
 }
 

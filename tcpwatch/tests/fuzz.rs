@@ -111,12 +111,12 @@ proptest! {
     #[test]
     fn the_model_survives_any_event_sequence(
         events in proptest::collection::vec(
-            (0u8..6, 0u8..13, 0u8..13, 0u64..8, 0u64..200_000, 0u16..4, any::<bool>()),
+            (0u8..7, 0u8..13, 0u8..13, 0u64..8, 0u64..200_000, 0u16..4, any::<bool>()),
             0..300,
         )
     ) {
         let limits = Limits { max_connections: 4, max_time_wait: 4 };
-        let mut model = Model::new(limits);
+        let mut model = Model::new(limits).with_listen_overflow_reason(Some(2));
         let mut detectors = Detectors::new(Thresholds::default());
         let kinds = [
             EventKind::State,
@@ -125,6 +125,7 @@ proptest! {
             EventKind::ResetSent,
             EventKind::ResetReceived,
             EventKind::State,
+            EventKind::Drop,
         ];
         for (kind, old, new, sk, ms, port, v6) in events {
             let state = |n: u8| TcpState::try_from(n).ok();
@@ -143,9 +144,10 @@ proptest! {
                 old_state: state(old),
                 new_state: state(new),
                 old_state_ns: Some(ms),
-                reason: 0,
+                reason: port % 3,
                 owner_exiting: sk % 3 == 0,
                 outstanding: (sk % 5 == 0).then_some(sk % 2 == 0),
+                silence_s: (sk % 4 == 0).then_some((ms % 10) as u16),
                 cgroup: sk % 5,
                 workload: None,
             };

@@ -53,7 +53,23 @@ fn discovers_the_running_kernels_layouts() {
         "kernel {version:?}"
     );
     if version >= (6, 10) {
-        assert_eq!(found.reasons.name(1), "NO_SOCKET");
+        assert_eq!(found.reasons.reset_name(1), "NO_SOCKET");
+    }
+    // Drops are counted where skb:kfree_skb names the socket (6.12+), by
+    // the names this kernel gives its reasons.
+    assert_eq!(
+        found.reasons.drops_counted(),
+        version >= (6, 12),
+        "kernel {version:?}"
+    );
+    if version >= (6, 12) {
+        assert_eq!(l.kfree_skb.skaddr, 24, "rx_sk");
+        let zero_window = found.reasons.drop_number("TCP_ZEROWINDOW");
+        assert!(zero_window.is_some(), "kernel {version:?}");
+        assert_eq!(
+            zero_window.map(|n| found.reasons.drop_name(n)),
+            Some("TCP_ZEROWINDOW".to_owned())
+        );
     }
     // The stored 6.18 formats match the live ones on a 6.18 kernel.
     if version.0 == 6 && version.1 == 18 {

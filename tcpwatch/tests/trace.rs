@@ -20,18 +20,9 @@ const CLIENT: &str = "tw-client";
 
 const SERVER: &str = "tw-server";
 
-/// A server and a client peer in `ns`, connected over `addr`; returns them
-/// with the listening port and the client's port.
+/// A server and a client peer in `ns`, connected over `addr`.
 fn connected_pair(ns: &Netns, addr: &str) -> (Peer, Peer, u16, u16) {
-    let mut server = ns.peer(SERVER);
-    let mut client = ns.peer(CLIENT);
-    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
-    let client_port: u16 = client
-        .ok(&format!("connect {addr} {port}"))
-        .parse()
-        .unwrap();
-    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
-    (server, client, port, client_port)
+    connected_peers(ns, SERVER, CLIENT, addr)
 }
 
 fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -1191,4 +1182,70 @@ fn raw_and_classic_tracepoints_see_the_same_events() {
     let (a, b) = (states(&raw_events), states(&classic_events));
     assert!(a.len() >= 30, "the workload made transitions: {a:#?}");
     assert_eq!(a, b, "raw and classic programs disagree");
+}
+
+/// Segments the kernel drops for a live connection, by reason: the
+/// server's ACKs are dropped by nftables for a second, so the client
+/// retransmits data the server already has, and the server's kernel drops
+/// each duplicate (`TCP_OLD_DATA`, answering with a D-SACK: TcpExt
+/// `TCPDSACKOldSent`). Each is a `drop` event of the server's connection,
+/// owned by the server, and the server's lifecycle line counts them.
+#[test]
+#[ignore = "privileged: needs root, Linux 6.12+, tcpwatch built with its eBPF programs, iproute2 and nftables; `cargo xtask test` runs it"]
+fn drops_of_a_live_connection() {
+    if !privileged_or_skip("drops_of_a_live_connection") {
+        return;
+    }
+    let ns = Netns::new("drp");
+    let tracer = Tracer::start(&ns, &["--lifecycle"]);
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
+    server.ok("drain");
+    ns.nft(&format!(
+        "table inet drp {{\n  chain out {{\n    type filter hook output priority 0;\n    tcp sport {port} drop\n  }}\n}}\n"
+    ));
+    client.ok("send duplicated");
+    thread::sleep(Duration::from_millis(1200));
+    ns.exec(&["nft", "delete", "table", "inet", "drp"]);
+    thread::sleep(Duration::from_millis(800));
+    let old_data = tcpext(&ns, "TCPDSACKOldSent");
+    client.ok("close");
+    thread::sleep(Duration::from_millis(100));
+    server.ok("close");
+    thread::sleep(Duration::from_millis(300));
+    let (events, stderr) = tracer.stop();
+    let drops: Vec<&Value> = kinds(&events, "drop")
+        .into_iter()
+        .filter(|e| e["sport"] == port && e["dport"] == client_port)
+        .collect();
+    assert!(
+        !drops.is_empty() && drops.len() as u64 <= old_data,
+        "{} drop events, TcpExt TCPDSACKOldSent {old_data}: {events:#?}\n{stderr:?}",
+        drops.len()
+    );
+    for d in &drops {
+        assert_eq!(
+            (d["reason"].as_str(), d["state"].as_str(), d["pid"].as_u64()),
+            (
+                Some("TCP_OLD_DATA"),
+                Some("ESTABLISHED"),
+                Some(server.pid.into())
+            ),
+            "{d}"
+        );
+    }
+    let line = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["sport"] == port && e["dport"] == client_port)
+        .unwrap_or_else(|| panic!("the server's lifecycle line: {events:#?}"));
+    assert_eq!(
+        (line["drops"].as_u64(), line["last_drop_reason"].as_str()),
+        (Some(drops.len() as u64), Some("TCP_OLD_DATA")),
+        "{line}"
+    );
+    // The client's side saw no drop.
+    let client_line = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["sport"] == client_port)
+        .unwrap_or_else(|| panic!("the client's lifecycle line: {events:#?}"));
+    assert!(client_line.get("drops").is_none(), "{client_line}");
 }

@@ -575,6 +575,15 @@ pub fn peer_loop(comm: &str) {
                 conn = None;
                 Ok(String::new())
             }
+            // Reads once, waiting for data; replies with the bytes read.
+            ["recv"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| {
+                    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 65536];
+                    c.recv(&mut buf).map_err(|e| e.to_string())
+                })
+                .map(|n| n.to_string()),
             ["shutdown_wr"] => conn
                 .as_ref()
                 .ok_or("no connection".to_owned())
@@ -1143,6 +1152,50 @@ pub fn localhost(v6: bool) -> IpAddr {
     } else {
         "127.0.0.1".parse().expect("literal")
     }
+}
+
+/// A server and a client peer in `ns` with these command names, connected
+/// over `addr` (the server listening with a backlog of 16, the connection
+/// accepted); returns them with the listening port and the client's port.
+pub fn connected_peers(
+    ns: &Netns,
+    server: &str,
+    client: &str,
+    addr: &str,
+) -> (Peer, Peer, u16, u16) {
+    let mut server = ns.peer(server);
+    let mut client = ns.peer(client);
+    let port: u16 = server.ok(&format!("listen {addr} 16")).parse().unwrap();
+    let client_port: u16 = client
+        .ok(&format!("connect {addr} {port}"))
+        .parse()
+        .unwrap();
+    assert_eq!(server.ok("accept").parse::<u16>().unwrap(), client_port);
+    (server, client, port, client_port)
+}
+
+/// Kills `server` (listening on `port`, holding unread data so the kernel
+/// resets its connection) after cutting it off with nftables (table
+/// `unseen`: nothing reaches the port, nothing leaves it): the client
+/// never learns. The server's sockets are gone when this returns; the
+/// caller restores the path with [`restore_path`].
+pub fn kill_server_unseen(ns: &Netns, server: &Peer, port: u16) {
+    ns.nft(&format!(
+        "table inet unseen {{\n  chain in {{\n    type filter hook input priority 0;\n    tcp dport {port} drop\n  }}\n  chain out {{\n    type filter hook output priority 0;\n    tcp sport {port} drop\n  }}\n}}\n"
+    ));
+    // SAFETY: a signal to the peer process this test started.
+    assert_eq!(unsafe { libc::kill(server.pid as i32, libc::SIGKILL) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            ns.sockets("all", &["sport", "=", &format!(":{port}")]) == 0
+        }),
+        "the server's sockets are gone"
+    );
+}
+
+/// Undoes [`kill_server_unseen`]'s cut.
+pub fn restore_path(ns: &Netns) {
+    ns.exec(&["nft", "delete", "table", "inet", "unseen"]);
 }
 
 /// Waits until `cond` holds or the timeout passes.
