@@ -325,6 +325,13 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
             },
         ),
         (
+            "tcpwatch run without the drop hook (skb:kfree_skb)",
+            Mode::DaemonWith {
+                config: "",
+                env: &[("TCPWATCH_SKIP_HOOKS", "kfree_skb")],
+            },
+        ),
+        (
             "tcpwatch run without BPF statistics (bpf_stats = false)",
             Mode::DaemonWith {
                 config: "bpf_stats = false\n",

@@ -32,6 +32,7 @@ pub const CHECKS: &[&str] = &[
     "refused",
     "syn_timeout",
     "close_wait_leak",
+    "drops",
     "trace_stop",
     "run_metrics",
     "time_wait",
@@ -45,6 +46,7 @@ const TRACE_CHECKS: &[&str] = &[
     "refused",
     "syn_timeout",
     "close_wait_leak",
+    "drops",
     "trace_stop",
 ];
 
@@ -150,9 +152,9 @@ pub fn suite(tcpwatch: &Path, dump_formats: bool) -> Result<()> {
     let started = Instant::now();
     report("sock_diag", started, sock_diag_answers());
 
-    let ports = free_ports(4)?;
-    let (lifecycle_port, refused_port, syn_port, leak_port) =
-        (ports[0], ports[1], ports[2], ports[3]);
+    let ports = free_ports(5)?;
+    let (lifecycle_port, refused_port, syn_port, leak_port, drop_port) =
+        (ports[0], ports[1], ports[2], ports[3], ports[4]);
     let started = Instant::now();
     match Tracer::start(tcpwatch, &ports) {
         Err(e) => {
@@ -186,6 +188,8 @@ pub fn suite(tcpwatch: &Path, dump_formats: bool) -> Result<()> {
                 started,
                 close_wait_leak(&tracer, &peers, leak_port),
             );
+            let started = Instant::now();
+            report("drops", started, drops(&tracer, &peers, drop_port));
             let started = Instant::now();
             report("trace_stop", started, tracer.stop());
         }
@@ -636,6 +640,52 @@ fn close_wait_leak(tracer: &Tracer, peers: &PeerDir, port: u16) -> Result<()> {
             who(&finding),
             leaky.describe()
         );
+    }
+    Ok(())
+}
+
+/// A segment the kernel drops for a known socket: data sent to a server
+/// that shut down both directions (FIN_WAIT2, still holding the socket,
+/// reading nothing more) aborts it (`TCP_ABORT_ON_DATA`,
+/// tcp_rcv_state_process() in net/ipv4/tcp_input.c). A close() instead
+/// would make it an orphan, turned into a timewait socket on 6.12+, which
+/// frees the data without a reason. From 6.12 skb:kfree_skb names the socket: a
+/// `drop` event of the server's port, with the kernel's reason name. Older
+/// kernels cannot say which socket a drop was for: no drop event at all.
+fn drops(tracer: &Tracer, peers: &PeerDir, port: u16) -> Result<()> {
+    let mut server = peers.spawn("gserver")?;
+    let mut client = peers.spawn("gclient")?;
+    server.ok(&format!("listen {port} 16"))?;
+    client.ok(&format!("connect {port} 10000"))?;
+    server.ok("accept")?;
+    server.ok("shutdown_accepted")?;
+    thread::sleep(Duration::from_millis(300));
+    client.ok("send_connections")?;
+    // The server's kernel answers the data with a reset.
+    tracer.wait_for("the client's reset", |evs| {
+        evs.iter()
+            .find(|e| is_kind(e, "reset_received") && num(e, "dport") == u64::from(port))
+            .cloned()
+    })?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let of_port = |e: &&Value| is_kind(e, "drop") && num(e, "sport") == u64::from(port);
+    if version >= (6, 12) {
+        let drop = tracer.wait_for("a drop event of the server's socket", |evs| {
+            evs.iter().find(of_port).cloned()
+        })?;
+        println!("INFO drop event: {drop}");
+        if text(&drop, "reason") != "TCP_ABORT_ON_DATA" {
+            bail!("the drop's reason is not the kernel's TCP_ABORT_ON_DATA: {drop}");
+        }
+    } else {
+        thread::sleep(Duration::from_millis(500));
+        if let Some(e) = tracer.events().iter().find(|e| is_kind(e, "drop")) {
+            bail!("a drop event on Linux {version:?}, whose skb:kfree_skb has no rx_sk: {e}");
+        }
     }
     Ok(())
 }
@@ -1143,6 +1193,16 @@ pub fn peer() -> Result<()> {
                 accepted.clear();
                 Ok(String::new())
             }
+            ["shutdown_accepted"] => accepted
+                .iter()
+                .try_for_each(|c| c.shutdown(std::net::Shutdown::Both))
+                .map_err(Into::into)
+                .map(|()| String::new()),
+            ["send_connections"] => connections
+                .iter_mut()
+                .try_for_each(|c| c.write_all(b"late"))
+                .map_err(Into::into)
+                .map(|()| String::new()),
             other => Err(anyhow!("unknown command {other:?}")),
         };
         let line = match reply {
