@@ -13,7 +13,11 @@
 //! `TCP_LISTEN_OVERFLOW`, counted per listener by the model): proof for
 //! that listener even when its queue has drained by the time tcpwatch looks.
 //! Clients whose connects to the listener then timed out are named too.
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use super::{endpoint, kind, Detectors, Driver, Moved, Report, Who};
 use crate::{
@@ -69,8 +73,9 @@ struct Destination {
 /// Connects to one destination that timed out lately, and who made them.
 #[derive(Clone, Debug, Default)]
 struct TimedOut {
-    /// Times of the timeouts in the window, oldest first.
-    at_ns: Vec<u64>,
+    /// Times of the timeouts in the window, oldest first (the latest
+    /// [`MAX_TIMEOUTS`]: beyond, the count is a lower bound).
+    at_ns: VecDeque<u64>,
     /// Up to [`NAMED_CLIENTS`] processes, the latest last.
     clients: Vec<(u32, Arc<str>)>,
 }
@@ -79,8 +84,9 @@ struct TimedOut {
 const TIMEOUT_WINDOW_NS: u64 = 300_000_000_000;
 /// Destinations remembered at once (the oldest forgotten beyond).
 const MAX_TIMEOUT_DESTINATIONS: usize = 1024;
-/// Timeouts remembered per destination.
-const MAX_TIMEOUTS: usize = 4096;
+/// Timeouts remembered per destination: with [`MAX_TIMEOUT_DESTINATIONS`],
+/// at most 2 MiB of timestamps.
+const MAX_TIMEOUTS: usize = 256;
 /// Client processes named per listener.
 const NAMED_CLIENTS: usize = 3;
 
@@ -131,7 +137,7 @@ impl Detectors {
         if !timed_out.contains_key(&dest) && timed_out.len() >= MAX_TIMEOUT_DESTINATIONS {
             let oldest = timed_out
                 .iter()
-                .min_by_key(|(_, t)| t.at_ns.last().copied().unwrap_or(0))
+                .min_by_key(|(_, t)| t.at_ns.back().copied().unwrap_or(0))
                 .map(|(d, _)| *d);
             if let Some(oldest) = oldest {
                 timed_out.remove(&oldest);
@@ -139,9 +145,9 @@ impl Detectors {
         }
         let entry = timed_out.entry(dest).or_default();
         if entry.at_ns.len() >= MAX_TIMEOUTS {
-            entry.at_ns.remove(0);
+            entry.at_ns.pop_front();
         }
-        entry.at_ns.push(now);
+        entry.at_ns.push_back(now);
         if c.pid != 0 {
             entry.clients.retain(|(pid, _)| *pid != c.pid);
             if entry.clients.len() >= NAMED_CLIENTS {
@@ -304,5 +310,120 @@ impl Detectors {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{EventKind, OwnerSource, TcpEvent},
+        model::{Finished, Outcome},
+    };
+
+    /// A connect from `sport` in namespace `netns` to `to:port` that timed
+    /// out after one SYN retransmit, as the model ends it.
+    fn timed_out(netns: u32, sport: u16, to: &str, port: u16, pid: u32) -> Finished {
+        let ev = |ts: u64, kind: EventKind, old: TcpState, new: TcpState| TcpEvent {
+            ts_ns: ts,
+            skaddr: 0x1000 + u64::from(sport),
+            kind,
+            pid,
+            comm: "client".into(),
+            owner: OwnerSource::Connect,
+            netns,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport,
+            daddr: to.parse().unwrap(),
+            dport: port,
+            old_state: Some(old),
+            new_state: Some(new),
+            old_state_ns: None,
+            reason: 0,
+            owner_exiting: false,
+            outstanding: None,
+            silence_s: None,
+            cgroup: 0,
+            workload: None,
+        };
+        let mut model = Model::default();
+        let mut out = Vec::new();
+        for e in [
+            ev(0, EventKind::State, TcpState::Close, TcpState::SynSent),
+            ev(
+                1_000_000_000,
+                EventKind::Retransmit,
+                TcpState::SynSent,
+                TcpState::SynSent,
+            ),
+            ev(
+                3_000_000_000,
+                EventKind::State,
+                TcpState::SynSent,
+                TcpState::Close,
+            ),
+        ] {
+            out.extend(model.apply(&e));
+        }
+        match out.pop() {
+            Some(Outcome::Finished(f)) => {
+                assert_eq!(f.end, crate::model::EndReason::ConnectTimeout);
+                f
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn listener(netns: u32, addr: &str, port: u16) -> ListenerKey {
+        ListenerKey {
+            netns,
+            addr: addr.parse().unwrap(),
+            port,
+        }
+    }
+
+    #[test]
+    fn timed_out_connects_count_against_the_listener_they_were_for() {
+        let mut d = Detectors::new(Default::default());
+        d.note_connect_timeout(&timed_out(1, 40000, "127.0.0.1", 80, 10).connection, 5);
+        d.note_connect_timeout(&timed_out(1, 40001, "127.0.0.1", 80, 11).connection, 6);
+        // Another namespace's loopback is another listener.
+        d.note_connect_timeout(&timed_out(2, 40002, "127.0.0.1", 80, 12).connection, 7);
+        // Another port.
+        d.note_connect_timeout(&timed_out(1, 40003, "127.0.0.1", 81, 13).connection, 8);
+        // A remote host's port 80 is not a local wildcard listener's.
+        d.note_connect_timeout(&timed_out(1, 40004, "192.0.2.9", 80, 14).connection, 9);
+        let (count, clients) = d.timed_out_towards(&listener(1, "0.0.0.0", 80), 10);
+        assert_eq!(count, 2);
+        assert_eq!(clients, ["client (pid 10)", "client (pid 11)"]);
+        assert_eq!(d.timed_out_towards(&listener(1, "127.0.0.1", 80), 10).0, 2);
+        // The listener on that remote address is found by its address,
+        // from any namespace (a client elsewhere connecting to it).
+        assert_eq!(d.timed_out_towards(&listener(3, "192.0.2.9", 80), 10).0, 1);
+        // Five minutes on, they no longer count, and are forgotten.
+        let later = 10 + TIMEOUT_WINDOW_NS;
+        assert_eq!(d.timed_out_towards(&listener(1, "0.0.0.0", 80), later).0, 0);
+        assert!(d.listen.timed_out.is_empty());
+    }
+
+    #[test]
+    fn timed_out_connects_are_bounded() {
+        let mut d = Detectors::new(Default::default());
+        let one = timed_out(1, 40000, "127.0.0.1", 80, 10);
+        for i in 0..(2 * MAX_TIMEOUTS as u64) {
+            d.note_connect_timeout(&one.connection, i);
+        }
+        for port in 0..(2 * MAX_TIMEOUT_DESTINATIONS) as u16 {
+            let f = timed_out(1, 40000, "127.0.0.1", 1000 + port, 10);
+            d.note_connect_timeout(&f.connection, 1_000_000 + u64::from(port));
+        }
+        assert_eq!(d.listen.timed_out.len(), MAX_TIMEOUT_DESTINATIONS);
+        assert!(d
+            .listen
+            .timed_out
+            .values()
+            .all(|t| t.at_ns.len() <= MAX_TIMEOUTS && t.clients.len() <= NAMED_CLIENTS));
+        // The oldest destination went first.
+        assert!(!d.listen.timed_out.keys().any(|k| k.port == 80));
     }
 }
