@@ -3,7 +3,7 @@
 //! [`evaluate`] works on values read elsewhere, so tests need no kernel.
 use std::collections::BTreeMap;
 
-use crate::finding::{kind, Finding, Severity};
+use crate::finding::{Finding, FindingKind, Severity};
 
 /// The settings read, under `net.ipv4.`.
 /// `tcp_max_orphans` is global: only the initial namespace shows it.
@@ -157,7 +157,7 @@ fn risk(
     value: impl serde::Serialize,
     summary: String,
 ) -> Finding {
-    Finding::new(kind::SYSCTL_RISK, severity, summary)
+    Finding::new(FindingKind::SysctlRisk, severity, summary)
         .evidence("setting", format!("net.ipv4.{setting}"))
         .evidence("value", value)
 }
@@ -224,7 +224,7 @@ pub fn evaluate(s: &NetnsState) -> Vec<Finding> {
     if overflow > 0 {
         out.push(
             Finding::new(
-                kind::TIME_WAIT_OVERFLOW,
+                FindingKind::TimeWaitOverflow,
                 Severity::Warning,
                 format!(
                     "{overflow} connections skipped TIME_WAIT because tcp_max_tw_buckets ({}) was exceeded",
@@ -442,7 +442,7 @@ mod tests {
                 f.evidence
                     .get("setting")
                     .and_then(|v| v.as_str())
-                    .unwrap_or(f.kind)
+                    .unwrap_or(f.kind.name())
                     .to_owned()
             })
             .collect()
@@ -505,7 +505,7 @@ mod tests {
         let f = evaluate(&s);
         let overflow = f
             .iter()
-            .find(|f| f.kind == kind::TIME_WAIT_OVERFLOW)
+            .find(|f| f.kind == FindingKind::TimeWaitOverflow)
             .expect("overflow finding");
         assert_eq!(overflow.evidence["TCPTimeWaitOverflow"], 12);
         let pressure = f

@@ -184,7 +184,7 @@ async fn healthz(State(shared): State<Shared>) -> Response {
 
 #[derive(Serialize)]
 struct FindingView {
-    kind: &'static str,
+    kind: crate::finding::FindingKind,
     severity: &'static str,
     netns: u32,
     summary: String,
@@ -208,7 +208,12 @@ async fn findings(State(shared): State<Shared>) -> Json<Vec<FindingView>> {
             remedy: f.remedy.clone(),
         })
         .collect();
-    out.sort_by(|a, b| a.kind.cmp(b.kind).then_with(|| a.summary.cmp(&b.summary)));
+    out.sort_by(|a, b| {
+        a.kind
+            .name()
+            .cmp(b.kind.name())
+            .then_with(|| a.summary.cmp(&b.summary))
+    });
     Json(out)
 }
 

@@ -243,7 +243,11 @@ mod tests {
 
         // Findings by the unit their evidence names.
         let finding = |w: &TcpEvent| {
-            let mut f = Finding::new("close_wait_leak", crate::finding::Severity::Warning, "x");
+            let mut f = Finding::new(
+                crate::finding::FindingKind::CloseWaitLeak,
+                crate::finding::Severity::Warning,
+                "x",
+            );
             f.workload = w.workload.clone();
             f
         };

@@ -24,16 +24,111 @@ impl Severity {
     }
 }
 
-/// Stable finding kinds (used in JSON and, later, in metrics labels).
-pub mod kind {
-    pub const SYSCTL_RISK: &str = "sysctl_risk";
-    pub const TIME_WAIT_OVERFLOW: &str = "time_wait_overflow";
+/// Stable finding kinds: their names are what JSON, metrics labels and
+/// `--finding` filters use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FindingKind {
+    TimeWaitBuildup,
+    CloseWaitLeak,
+    TwReuse,
+    TimeWaitSynReuse,
+    ConnectTimeout,
+    ConnectRefused,
+    SynackRetransmit,
+    FinRetransmit,
+    FinWait2Stall,
+    PeerUnresponsive,
+    TwReuseReset,
+    PortExhaustionRisk,
+    ZeroWindowStall,
+    AcceptQueueOverflow,
+    ConnectFailed,
+    PeerRestarted,
+    IdleWithoutKeepalive,
+    TimeWaitAssassinated,
+    OrphanOverflow,
+    SynFlood,
+    SysctlRisk,
+    TimeWaitOverflow,
+}
+
+impl FindingKind {
+    /// Every kind tcpwatch reports.
+    pub const ALL: [FindingKind; 22] = [
+        FindingKind::TimeWaitBuildup,
+        FindingKind::CloseWaitLeak,
+        FindingKind::TwReuse,
+        FindingKind::TimeWaitSynReuse,
+        FindingKind::ConnectTimeout,
+        FindingKind::ConnectRefused,
+        FindingKind::SynackRetransmit,
+        FindingKind::FinRetransmit,
+        FindingKind::FinWait2Stall,
+        FindingKind::PeerUnresponsive,
+        FindingKind::TwReuseReset,
+        FindingKind::PortExhaustionRisk,
+        FindingKind::ZeroWindowStall,
+        FindingKind::AcceptQueueOverflow,
+        FindingKind::ConnectFailed,
+        FindingKind::PeerRestarted,
+        FindingKind::IdleWithoutKeepalive,
+        FindingKind::TimeWaitAssassinated,
+        FindingKind::OrphanOverflow,
+        FindingKind::SynFlood,
+        FindingKind::SysctlRisk,
+        FindingKind::TimeWaitOverflow,
+    ];
+
+    /// The stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::TimeWaitBuildup => "time_wait_buildup",
+            FindingKind::CloseWaitLeak => "close_wait_leak",
+            FindingKind::TwReuse => "tw_reuse",
+            FindingKind::TimeWaitSynReuse => "time_wait_syn_reuse",
+            FindingKind::ConnectTimeout => "connect_timeout",
+            FindingKind::ConnectRefused => "connect_refused",
+            FindingKind::SynackRetransmit => "synack_retransmit",
+            FindingKind::FinRetransmit => "fin_retransmit",
+            FindingKind::FinWait2Stall => "fin_wait2_stall",
+            FindingKind::PeerUnresponsive => "peer_unresponsive",
+            FindingKind::TwReuseReset => "tw_reuse_reset",
+            FindingKind::PortExhaustionRisk => "port_exhaustion_risk",
+            FindingKind::ZeroWindowStall => "zero_window_stall",
+            FindingKind::AcceptQueueOverflow => "accept_queue_overflow",
+            FindingKind::ConnectFailed => "connect_failed",
+            FindingKind::PeerRestarted => "peer_restarted",
+            FindingKind::IdleWithoutKeepalive => "idle_without_keepalive",
+            FindingKind::TimeWaitAssassinated => "time_wait_assassinated",
+            FindingKind::OrphanOverflow => "orphan_overflow",
+            FindingKind::SynFlood => "syn_flood",
+            FindingKind::SysctlRisk => "sysctl_risk",
+            FindingKind::TimeWaitOverflow => "time_wait_overflow",
+        }
+    }
+
+    /// The kind of a stable name.
+    pub fn from_name(name: &str) -> Option<FindingKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for FindingKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
-    pub kind: &'static str,
+    pub kind: FindingKind,
     pub severity: Severity,
     /// One sentence.
     pub summary: String,
@@ -48,7 +143,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(kind: &'static str, severity: Severity, summary: impl Into<String>) -> Self {
+    pub fn new(kind: FindingKind, severity: Severity, summary: impl Into<String>) -> Self {
         Finding {
             kind,
             severity,
@@ -93,5 +188,35 @@ impl Finding {
         self.summary = format!("{}: {}", w.label(), self.summary);
         self.workload = Some(w);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_unique_stable_names_the_readme_documents() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let mut seen = std::collections::HashSet::new();
+        for kind in FindingKind::ALL {
+            let name = kind.name();
+            assert!(seen.insert(name), "{name} twice");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            assert_eq!(FindingKind::from_name(name), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(serde_json::Value::from(name))
+            );
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README's findings table has no row for {name}"
+            );
+        }
+        assert_eq!(FindingKind::from_name("no_such_kind"), None);
     }
 }

@@ -10,6 +10,7 @@ use prometheus::{
 };
 use tcpwatch_common::{hist, HIST_BOUNDS_NS, HIST_SLOTS};
 
+use crate::finding::FindingKind;
 use crate::{
     audit::NetnsState,
     detect::Detectors,
@@ -173,9 +174,9 @@ impl Metrics {
             "Findings raised, updated and resolved.",
             &["kind", "status"],
         )?;
-        for kind in crate::detect::kind::ALL {
+        for kind in FindingKind::ALL {
             for status in ["raised", "updated", "resolved"] {
-                findings_reported.with_label_values(&[kind, status]);
+                findings_reported.with_label_values(&[kind.name(), status]);
             }
         }
         let tcpext = c(
@@ -483,9 +484,9 @@ impl Metrics {
         }
     }
 
-    pub fn on_report(&self, kind: &str, status: &str) {
+    pub fn on_report(&self, kind: FindingKind, status: &str) {
         self.findings_reported
-            .with_label_values(&[kind, status])
+            .with_label_values(&[kind.name(), status])
             .inc();
     }
 
@@ -653,7 +654,7 @@ impl Metrics {
         self.findings_open.reset();
         for (f, _) in detectors.into_iter().flat_map(|d| d.open_findings()) {
             self.findings_open
-                .with_label_values(&[f.kind, f.severity.name()])
+                .with_label_values(&[f.kind.name(), f.severity.name()])
                 .inc();
         }
         let grow = |c: &IntCounter, before: u64, now: u64| c.inc_by(now.saturating_sub(before));

@@ -476,7 +476,9 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::{audit::NetnsState, detect::Thresholds, event::TcpState, model::Limits};
+    use crate::{
+        audit::NetnsState, detect::Thresholds, event::TcpState, finding::FindingKind, model::Limits,
+    };
 
     fn dump(netns: u32, sockets: Option<Vec<diag::DiagSocket>>) -> Dumps {
         let sock_diag = sockets.is_some();
@@ -523,7 +525,7 @@ mod tests {
         assert!(
             reports
                 .iter()
-                .any(|r| r.finding.kind == crate::finding::kind::SYSCTL_RISK),
+                .any(|r| r.finding.kind == FindingKind::SysctlRisk),
             "sysctl findings stop without sock_diag"
         );
         assert_eq!(observer.model.time_wait().count(), 0);
@@ -547,9 +549,9 @@ mod attribution_regressions {
 
     use super::*;
     use crate::{
-        detect::kind,
         detect::Thresholds,
         event::{EventKind, OwnerSource, TcpState},
+        finding::FindingKind,
         model::Limits,
     };
 
@@ -740,7 +742,7 @@ mod attribution_regressions {
         let (_, reports) = o.tick(5 * S);
         let leaks: Vec<_> = reports
             .iter()
-            .filter(|r| r.finding.kind == kind::CLOSE_WAIT_LEAK)
+            .filter(|r| r.finding.kind == FindingKind::CloseWaitLeak)
             .map(|r| r.finding.summary.clone())
             .collect();
         assert!(

@@ -227,7 +227,7 @@ impl Renderer {
                 line.insert("time".into(), self.clock.rfc3339(r.ts_ns).into());
                 line.insert("ts_ns".into(), r.ts_ns.into());
                 line.insert("kind".into(), "finding".into());
-                line.insert("finding".into(), f.kind.into());
+                line.insert("finding".into(), f.kind.name().into());
                 line.insert("status".into(), r.status.name().into());
                 line.insert("severity".into(), f.severity.name().into());
                 line.insert("netns".into(), r.netns.into());
@@ -632,14 +632,18 @@ mod tests {
             status: Status::Raised,
             ts_ns: 0,
             netns,
-            finding: Finding::new("connect_refused", Severity::Warning, "refused 3 times")
-                .evidence("pid", 12)
-                .evidence("comm", "curl")
-                .evidence("laddr", "10.0.0.1")
-                .evidence("lport", 40000)
-                .evidence("raddr", "::1")
-                .evidence("rport", 9)
-                .remedy("start the server"),
+            finding: Finding::new(
+                crate::finding::FindingKind::ConnectRefused,
+                Severity::Warning,
+                "refused 3 times",
+            )
+            .evidence("pid", 12)
+            .evidence("comm", "curl")
+            .evidence("laddr", "10.0.0.1")
+            .evidence("lport", 40000)
+            .evidence("raddr", "::1")
+            .evidence("rport", 9)
+            .remedy("start the server"),
         };
         let r = renderer(Style::Human { color: false }).with_own_netns(7);
         let mut buf = Vec::new();

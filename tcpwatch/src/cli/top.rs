@@ -231,7 +231,7 @@ fn open_findings(observer: &Observer, netns: &[u32]) -> Vec<(Finding, u32)> {
     open.sort_by(|a, b| {
         b.0.severity
             .cmp(&a.0.severity)
-            .then_with(|| a.0.kind.cmp(b.0.kind))
+            .then_with(|| a.0.kind.name().cmp(b.0.kind.name()))
     });
     open
 }
@@ -376,7 +376,7 @@ fn render(
         }
         Row::new([
             Cell::from(f.severity.name()),
-            Cell::from(f.kind),
+            Cell::from(f.kind.name()),
             Cell::from(lines.join("\n")),
         ])
         .height(height)

@@ -11,9 +11,9 @@
 //! `port_exhaustion_risk` then says the range is exhausted, not at risk.
 use std::{collections::HashMap, net::IpAddr};
 
-use super::{endpoint, kind, Detectors, Driver, Report, Who};
+use super::{endpoint, Detectors, Driver, Report, Who};
 use crate::{
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{EndReason, Finished},
 };
 
@@ -43,7 +43,7 @@ impl Detectors {
             self.no_local_port.insert(destination, now);
         }
         let key = format!("{}|{}|{}|{}", t.netns, c.pid, t.remote, t.remote_port);
-        let count = self.bump(kind::CONNECT_FAILED, &key);
+        let count = self.bump(FindingKind::ConnectFailed, &key);
         let who = Who {
             pid: (c.pid != 0).then_some(c.pid),
             comm: (c.pid != 0).then(|| c.comm.to_string()),
@@ -58,10 +58,10 @@ impl Detectors {
             format!("{} (pid {})", c.comm, c.pid)
         };
         let peer = endpoint(t.remote, t.remote_port);
-        self.observe(out, kind::CONNECT_FAILED, key, t.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::ConnectFailed, key, t.netns, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
-                    kind::CONNECT_FAILED,
+                    FindingKind::ConnectFailed,
                     Severity::Critical,
                     format!(
                         "{named} had {count} connects to {peer} fail with EADDRNOTAVAIL: no local port was free, the ephemeral port range is exhausted"

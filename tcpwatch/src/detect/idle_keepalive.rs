@@ -19,12 +19,12 @@
 //! and service port, with their count and the longest idle time.
 use std::collections::{HashMap, HashSet};
 
-use super::{kind, secs, Detectors, Driver, Report, Who};
+use super::{secs, Detectors, Driver, Report, Who};
 use crate::{
     audit::NetnsState,
     diag::{DiagSocket, TcpHealth},
     event::TcpState,
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{Connection, FourTuple, Model, Opener},
 };
 
@@ -218,10 +218,10 @@ impl Detectors {
             };
             let longest_s = secs(longest);
             let key = format!("{netns}|{pid}|{server}|{port}");
-            self.observe(out, kind::IDLE_WITHOUT_KEEPALIVE, key, netns, now, count, Driver::Tick, |count| {
+            self.observe(out, FindingKind::IdleWithoutKeepalive, key, netns, now, count, Driver::Tick, |count| {
                 who.apply(
                     Finding::new(
-                        kind::IDLE_WITHOUT_KEEPALIVE,
+                        FindingKind::IdleWithoutKeepalive,
                         Severity::Info,
                         format!(
                             "{named} {count} ESTABLISHED connections {role} {port} idle for up to {longest_s} s without keep-alive: a peer that crashed or lost power or its path is invisible on them until the application writes"

@@ -19,12 +19,12 @@ use std::{
     sync::Arc,
 };
 
-use super::{endpoint, kind, Detectors, Driver, Moved, Report, Who};
+use super::{endpoint, Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
     diag::DiagSocket,
     event::TcpState,
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{Connection, Model},
 };
 
@@ -240,7 +240,7 @@ impl Detectors {
             let finding_key = format!("{netns}|{}|{}", s.local, s.local_port);
             let previous = self
                 .open
-                .get(&(kind::ACCEPT_QUEUE_OVERFLOW, finding_key.clone()))
+                .get(&(FindingKind::AcceptQueueOverflow, finding_key.clone()))
                 .map(|o| o.count);
             let new_overflows = if full && namespace_moved {
                 counters.overflows.moved.max(u64::from(dropped_since))
@@ -274,7 +274,7 @@ impl Detectors {
             };
             self.observe_detailed(
                 &mut out,
-                kind::ACCEPT_QUEUE_OVERFLOW,
+                FindingKind::AcceptQueueOverflow,
                 finding_key,
                 netns,
                 now,
@@ -283,7 +283,7 @@ impl Detectors {
                 |count| {
                     who.apply(
                         Finding::new(
-                            kind::ACCEPT_QUEUE_OVERFLOW,
+                            FindingKind::AcceptQueueOverflow,
                             Severity::Warning,
                             format!(
                                 "{named} on {listener} {state}; {count} handshakes overflowed it since{per_listener}{clients_said}"

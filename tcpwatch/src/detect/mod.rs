@@ -24,59 +24,9 @@ mod time_wait_assassination;
 use crate::{
     audit::{self, NetnsState},
     event::{EventKind, TcpEvent, TcpState},
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{EndReason, FourTuple, Model, Opener, Outcome},
 };
-
-/// Finding kinds raised here (stable names).
-pub mod kind {
-    pub const TIME_WAIT_BUILDUP: &str = "time_wait_buildup";
-    pub const CLOSE_WAIT_LEAK: &str = "close_wait_leak";
-    pub const TW_REUSE: &str = "tw_reuse";
-    pub const TIME_WAIT_SYN_REUSE: &str = "time_wait_syn_reuse";
-    pub const CONNECT_TIMEOUT: &str = "connect_timeout";
-    pub const CONNECT_REFUSED: &str = "connect_refused";
-    pub const SYNACK_RETRANSMIT: &str = "synack_retransmit";
-    pub const FIN_RETRANSMIT: &str = "fin_retransmit";
-    pub const FIN_WAIT2_STALL: &str = "fin_wait2_stall";
-    pub const PEER_UNRESPONSIVE: &str = "peer_unresponsive";
-    pub const TW_REUSE_RESET: &str = "tw_reuse_reset";
-    pub const PORT_EXHAUSTION_RISK: &str = "port_exhaustion_risk";
-    pub const ZERO_WINDOW_STALL: &str = "zero_window_stall";
-    pub const ACCEPT_QUEUE_OVERFLOW: &str = "accept_queue_overflow";
-    pub const CONNECT_FAILED: &str = "connect_failed";
-    pub const PEER_RESTARTED: &str = "peer_restarted";
-    pub const IDLE_WITHOUT_KEEPALIVE: &str = "idle_without_keepalive";
-    pub const TIME_WAIT_ASSASSINATED: &str = "time_wait_assassinated";
-    pub const ORPHAN_OVERFLOW: &str = "orphan_overflow";
-    pub const SYN_FLOOD: &str = "syn_flood";
-
-    /// Every kind tcpwatch reports, here and in `finding::kind`.
-    pub const ALL: [&str; 22] = [
-        TIME_WAIT_BUILDUP,
-        CLOSE_WAIT_LEAK,
-        TW_REUSE,
-        TIME_WAIT_SYN_REUSE,
-        CONNECT_TIMEOUT,
-        CONNECT_REFUSED,
-        SYNACK_RETRANSMIT,
-        FIN_RETRANSMIT,
-        FIN_WAIT2_STALL,
-        PEER_UNRESPONSIVE,
-        TW_REUSE_RESET,
-        PORT_EXHAUSTION_RISK,
-        ZERO_WINDOW_STALL,
-        ACCEPT_QUEUE_OVERFLOW,
-        CONNECT_FAILED,
-        PEER_RESTARTED,
-        IDLE_WITHOUT_KEEPALIVE,
-        TIME_WAIT_ASSASSINATED,
-        ORPHAN_OVERFLOW,
-        SYN_FLOOD,
-        crate::finding::kind::SYSCTL_RISK,
-        crate::finding::kind::TIME_WAIT_OVERFLOW,
-    ];
-}
 
 /// How long after a tw_reuse a reset counts as its consequence.
 const REUSE_RESET_WINDOW_NS: u64 = 10_000_000_000;
@@ -217,7 +167,7 @@ pub const MAX_OPEN_FINDINGS: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Detectors {
     thresholds: Thresholds,
-    open: HashMap<(&'static str, String), Open>,
+    open: HashMap<(FindingKind, String), Open>,
     /// TCPTimeWaitOverflow by namespace when first seen, to report its moves.
     overflow_baseline: HashMap<u32, u64>,
     /// tcp_retries2 by network namespace (15, the kernel's default, elsewhere).
@@ -373,7 +323,7 @@ impl Who {
 }
 
 /// (kind, netns, pid, local port) of sockets waiting in one state.
-type WaitKey = (&'static str, u32, u32, u16);
+type WaitKey = (FindingKind, u32, u32, u16);
 /// Count, oldest age, comm, local address of such a group, whether
 /// some ages are only lower bounds (sockets older than tcpwatch), the most
 /// holders of one, and the owner's cgroup.
@@ -452,8 +402,7 @@ impl Detectors {
             overflow.saturating_sub(baseline),
         );
         for finding in audit::evaluate(&moved) {
-            if finding.severity < Severity::Warning
-                && finding.kind != crate::finding::kind::TIME_WAIT_OVERFLOW
+            if finding.severity < Severity::Warning && finding.kind != FindingKind::TimeWaitOverflow
             {
                 continue;
             }
@@ -474,7 +423,7 @@ impl Detectors {
             let kind = finding.kind;
             // Overflows are events counted by the kernel: they end when the
             // counter stops moving. A risky setting ends when it is changed.
-            let driver = if kind == crate::finding::kind::TIME_WAIT_OVERFLOW {
+            let driver = if kind == FindingKind::TimeWaitOverflow {
                 Driver::Event
             } else {
                 Driver::Settings
@@ -489,7 +438,7 @@ impl Detectors {
 
     /// Resolves every open finding that `over` says is over.
     fn resolve(&mut self, out: &mut Vec<Report>, now: u64, over: impl Fn(&Open) -> bool) {
-        let gone: Vec<(&'static str, String)> = self
+        let gone: Vec<(FindingKind, String)> = self
             .open
             .iter()
             .filter(|(_, o)| over(o))
@@ -500,7 +449,7 @@ impl Detectors {
                 continue;
             };
             // The overflows it reported are history once it is resolved.
-            if o.finding.kind == crate::finding::kind::TIME_WAIT_OVERFLOW {
+            if o.finding.kind == FindingKind::TimeWaitOverflow {
                 *self.overflow_baseline.entry(o.netns).or_insert(0) += o.count;
             }
             out.push(Report {
@@ -517,7 +466,7 @@ impl Detectors {
     /// one's inode starts clean.
     /// The condition behind an open event-driven finding was seen again,
     /// though its count did not move: it is not over.
-    fn still_seen(&mut self, kind: &'static str, key: &str, now: u64) {
+    fn still_seen(&mut self, kind: FindingKind, key: &str, now: u64) {
         if let Some(open) = self.open.get_mut(&(kind, key.to_owned())) {
             open.last_evidence_ns = now;
         }
@@ -572,7 +521,7 @@ impl Detectors {
     fn observe(
         &mut self,
         out: &mut Vec<Report>,
-        kind: &'static str,
+        kind: FindingKind,
         key: String,
         netns: u32,
         now: u64,
@@ -590,7 +539,7 @@ impl Detectors {
     fn observe_detailed(
         &mut self,
         out: &mut Vec<Report>,
-        kind: &'static str,
+        kind: FindingKind,
         key: String,
         netns: u32,
         now: u64,
@@ -665,7 +614,7 @@ impl Detectors {
     }
 
     /// Counts one more occurrence of an event-driven finding.
-    fn bump(&mut self, kind: &'static str, key: &str) -> u64 {
+    fn bump(&mut self, kind: FindingKind, key: &str) -> u64 {
         self.open
             .get(&(kind, key.to_owned()))
             .map_or(1, |o| o.count + 1)
@@ -710,7 +659,7 @@ impl Detectors {
             EventKind::SynackRetransmit if self.note_synack_retransmit(ev) => {}
             EventKind::SynackRetransmit => {
                 let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
-                let count = self.bump(kind::SYNACK_RETRANSMIT, &key);
+                let count = self.bump(FindingKind::SynackRetransmit, &key);
                 let who = Who {
                     pid: Some(ev.pid),
                     comm: Some(ev.comm.clone()),
@@ -719,10 +668,10 @@ impl Detectors {
                     ..Default::default()
                 };
                 let listener = endpoint(ev.saddr, ev.sport);
-                self.observe(&mut out, kind::SYNACK_RETRANSMIT, key, ev.netns, now, count, Driver::Event, |count| {
+                self.observe(&mut out, FindingKind::SynackRetransmit, key, ev.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
-                            kind::SYNACK_RETRANSMIT,
+                            FindingKind::SynackRetransmit,
                             Severity::Warning,
                             format!("listener {listener} retransmitted {count} SYN-ACKs: handshakes are not completing"),
                         )
@@ -742,7 +691,7 @@ impl Detectors {
                 ) =>
             {
                 let key = format!("{}|{}|{}|{}", ev.netns, ev.pid, ev.daddr, ev.dport);
-                let count = self.bump(kind::FIN_RETRANSMIT, &key);
+                let count = self.bump(FindingKind::FinRetransmit, &key);
                 let who = Who {
                     pid: Some(ev.pid),
                     comm: Some(ev.comm.clone()),
@@ -752,10 +701,10 @@ impl Detectors {
                     ..Default::default()
                 };
                 let peer = endpoint(ev.daddr, ev.dport);
-                self.observe(&mut out, kind::FIN_RETRANSMIT, key, ev.netns, now, count, Driver::Event, |count| {
+                self.observe(&mut out, FindingKind::FinRetransmit, key, ev.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
-                            kind::FIN_RETRANSMIT,
+                            FindingKind::FinRetransmit,
                             Severity::Info,
                             format!("{count} FIN retransmits towards {peer}: the peer does not acknowledge the close"),
                         )
@@ -798,7 +747,7 @@ impl Detectors {
     ) {
         self.tw_reuse_resets += 1;
         let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
-        let count = self.bump(kind::TW_REUSE_RESET, &key);
+        let count = self.bump(FindingKind::TwReuseReset, &key);
         let who = Who {
             pid: Some(pid),
             comm: Some(comm.to_owned()),
@@ -811,10 +760,10 @@ impl Detectors {
         };
         let peer = endpoint(tuple.remote, tuple.remote_port);
         let age = secs(since_ns);
-        self.observe(out, kind::TW_REUSE_RESET, key, tuple.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::TwReuseReset, key, tuple.netns, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
-                    kind::TW_REUSE_RESET,
+                    FindingKind::TwReuseReset,
                     Severity::Warning,
                     format!("a connection to {peer} that reused a TIME_WAIT 4-tuple {what} ({count} so far)"),
                 )
@@ -851,9 +800,9 @@ impl Detectors {
                     self.note_connect_timeout(c, now);
                 }
                 let kind = if refused {
-                    kind::CONNECT_REFUSED
+                    FindingKind::ConnectRefused
                 } else {
-                    kind::CONNECT_TIMEOUT
+                    FindingKind::ConnectTimeout
                 };
                 let key = format!("{}|{}|{}|{}", t.netns, c.pid, t.remote, t.remote_port);
                 let count = self.bump(kind, &key);
@@ -923,7 +872,7 @@ impl Detectors {
             } => {
                 self.recent_reuse.insert(*tuple, now);
                 let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
-                let count = self.bump(kind::TW_REUSE, &key);
+                let count = self.bump(FindingKind::TwReuse, &key);
                 let who = Who {
                     pid: Some(*pid),
                     comm: Some(comm.clone()),
@@ -936,10 +885,10 @@ impl Detectors {
                 };
                 let peer = endpoint(tuple.remote, tuple.remote_port);
                 let age = secs(*age_ns);
-                self.observe(out, kind::TW_REUSE, key, tuple.netns, now, count, Driver::Event, |count| {
+                self.observe(out, FindingKind::TwReuse, key, tuple.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
-                            kind::TW_REUSE,
+                            FindingKind::TwReuse,
                             Severity::Info,
                             format!("{count} new connections to {peer} reused a 4-tuple still in TIME_WAIT (latest after {age} s)"),
                         )
@@ -955,7 +904,7 @@ impl Detectors {
             }
             Outcome::TimeWaitSynReused { tuple, age_ns } => {
                 let key = format!("{}|{}", tuple.netns, tuple.local_port);
-                let count = self.bump(kind::TIME_WAIT_SYN_REUSE, &key);
+                let count = self.bump(FindingKind::TimeWaitSynReuse, &key);
                 let who = Who {
                     lport: Some(tuple.local_port),
                     raddr: Some(tuple.remote),
@@ -964,10 +913,10 @@ impl Detectors {
                 };
                 let age = secs(*age_ns);
                 let port = tuple.local_port;
-                self.observe(out, kind::TIME_WAIT_SYN_REUSE, key, tuple.netns, now, count, Driver::Event, |count| {
+                self.observe(out, FindingKind::TimeWaitSynReuse, key, tuple.netns, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
-                            kind::TIME_WAIT_SYN_REUSE,
+                            FindingKind::TimeWaitSynReuse,
                             Severity::Info,
                             format!("{count} new SYNs on local port {port} took over 4-tuples in TIME_WAIT (latest after {age} s)"),
                         )
@@ -1025,8 +974,8 @@ impl Detectors {
         let mut waiting: BTreeMap<WaitKey, Group> = BTreeMap::new();
         for c in model.connections() {
             let (kind, limit) = match c.state {
-                TcpState::CloseWait => (kind::CLOSE_WAIT_LEAK, t.close_wait_age),
-                TcpState::FinWait2 => (kind::FIN_WAIT2_STALL, t.fin_wait2_age),
+                TcpState::CloseWait => (FindingKind::CloseWaitLeak, t.close_wait_age),
+                TcpState::FinWait2 => (FindingKind::FinWait2Stall, t.fin_wait2_age),
                 _ => continue,
             };
             let age = now.saturating_sub(c.state_since_ns);
@@ -1070,7 +1019,7 @@ impl Detectors {
             };
             let oldest_s = secs(oldest);
             self.observe(&mut out, kind, key, netns, now, count, Driver::Tick, |count| {
-                let f = if kind == kind::CLOSE_WAIT_LEAK {
+                let f = if kind == FindingKind::CloseWaitLeak {
                     Finding::new(
                         kind,
                         Severity::Warning,
@@ -1140,10 +1089,10 @@ impl Detectors {
                     ..Default::default()
                 }
             };
-            self.observe(&mut out, kind::TIME_WAIT_BUILDUP, key, netns, now, count, Driver::Tick, |count| {
+            self.observe(&mut out, FindingKind::TimeWaitBuildup, key, netns, now, count, Driver::Tick, |count| {
                 let f = if server {
                     Finding::new(
-                        kind::TIME_WAIT_BUILDUP,
+                        FindingKind::TimeWaitBuildup,
                         Severity::Warning,
                         format!("{count} connections accepted on {ep} are in TIME_WAIT here: this server closes first"),
                     )
@@ -1154,7 +1103,7 @@ impl Detectors {
                     )
                 } else {
                     Finding::new(
-                        kind::TIME_WAIT_BUILDUP,
+                        FindingKind::TimeWaitBuildup,
                         Severity::Warning,
                         format!("{count} connections to {ep} are in TIME_WAIT, each pinning an ephemeral port for 60 s"),
                     )
@@ -1230,7 +1179,7 @@ impl Detectors {
             };
             let peer = endpoint(raddr, rport);
             let key = format!("{netns}|{laddr}|{raddr}|{rport}");
-            self.observe(&mut out, kind::PORT_EXHAUSTION_RISK, key, netns, now, count, Driver::Tick, |count| {
+            self.observe(&mut out, FindingKind::PortExhaustionRisk, key, netns, now, count, Driver::Tick, |count| {
                 let when = match exhausted_in {
                     _ if exhausted => "; exhausted: connects found no free port (connect_failed)".to_owned(),
                     Some(s) => format!("; at the current rate the rest lasts {s} s"),
@@ -1238,7 +1187,7 @@ impl Detectors {
                 };
                 who.apply(
                     Finding::new(
-                        kind::PORT_EXHAUSTION_RISK,
+                        FindingKind::PortExhaustionRisk,
                         severity,
                         format!(
                             "{count} of {ports} ephemeral ports from {laddr} to {peer} are taken by connections and TIME_WAIT ({:.0}%){when}",
@@ -1323,7 +1272,7 @@ mod tests {
             .collect()
     }
 
-    fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
+    fn kinds(r: &[Report]) -> Vec<(FindingKind, Status)> {
         r.iter().map(|r| (r.finding.kind, r.status)).collect()
     }
 
@@ -1348,7 +1297,10 @@ mod tests {
         assert!(feed(&mut m, &mut d, &evs).is_empty());
         let r = d.tick(2 * S, &m);
         // Half the range: at the default 0.5, a warning.
-        assert_eq!(kinds(&r), [(kind::PORT_EXHAUSTION_RISK, Status::Raised)]);
+        assert_eq!(
+            kinds(&r),
+            [(FindingKind::PortExhaustionRisk, Status::Raised)]
+        );
         assert_eq!(r[0].finding.severity, Severity::Warning);
         let r = feed(
             &mut m,
@@ -1358,7 +1310,7 @@ mod tests {
                 st(3 * S, 0x9000, SynSent, Close, 0, 80),
             ],
         );
-        assert_eq!(kinds(&r), [(kind::CONNECT_FAILED, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::ConnectFailed, Status::Raised)]);
         let f = &r[0].finding;
         assert_eq!(
             (f.evidence["pid"].as_u64(), f.evidence["comm"].as_str()),
@@ -1370,14 +1322,14 @@ mod tests {
         let r = d.tick(20 * S, &m);
         let port = r
             .iter()
-            .find(|r| r.finding.kind == kind::PORT_EXHAUSTION_RISK)
+            .find(|r| r.finding.kind == FindingKind::PortExhaustionRisk)
             .expect("port_exhaustion_risk updated");
         assert_eq!(port.finding.severity, Severity::Critical);
         assert_eq!(port.finding.evidence["exhausted"].as_bool(), Some(true));
         // No more failures: resolved after resolve_after.
         let r = d.tick(400 * S, &m);
         assert!(
-            kinds(&r).contains(&(kind::CONNECT_FAILED, Status::Resolved)),
+            kinds(&r).contains(&(FindingKind::ConnectFailed, Status::Resolved)),
             "{:?}",
             kinds(&r)
         );
@@ -1408,7 +1360,7 @@ mod tests {
                 st(9 * S, 0x100, Established, Close, 40000, 6379),
             ],
         );
-        assert_eq!(kinds(&r), [(kind::PEER_RESTARTED, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::PeerRestarted, Status::Raised)]);
         let f = &r[0].finding;
         assert_eq!(f.evidence["retransmits"].as_u64(), Some(3));
         assert_eq!(f.evidence["pid"].as_u64(), Some(7));
@@ -1451,7 +1403,7 @@ mod tests {
         };
         assert!(d.on_netns(1, &host(9), S).is_empty());
         let r = d.on_orphans(1, &[], &m, S);
-        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.severity, Severity::Warning);
         assert_eq!(r[0].finding.evidence["tcp_max_orphans"].as_u64(), Some(10));
         // Still near the limit at the next read: stays open, quietly.
@@ -1462,12 +1414,12 @@ mod tests {
         assert!(d.on_orphans(2, &[], &m, 2 * S).is_empty());
         d.on_netns(2, &guest(8), 3 * S);
         let r = d.on_orphans(2, &[], &m, 3 * S);
-        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.severity, Severity::Critical);
         assert_eq!(r[0].finding.evidence["count"].as_u64(), Some(5));
         // The host's orphans drop: the pressure finding ends.
         let r = d.on_netns(1, &host(2), 4 * S);
-        assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Resolved)]);
+        assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Resolved)]);
     }
 
     #[test]
@@ -1562,7 +1514,7 @@ mod tests {
         assert!(feed(&mut m, &mut d, &evs).is_empty());
         assert!(d.tick(59 * S, &m).is_empty(), "younger than the threshold");
         let r = d.tick(63 * S, &m);
-        assert_eq!(kinds(&r), [(kind::CLOSE_WAIT_LEAK, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::CloseWaitLeak, Status::Raised)]);
         let f = &r[0].finding;
         assert_eq!(
             (
@@ -1585,7 +1537,7 @@ mod tests {
         assert!(d.tick(66 * S, &m).is_empty());
         assert_eq!(
             kinds(&d.tick(75 * S, &m)),
-            [(kind::CLOSE_WAIT_LEAK, Status::Updated)]
+            [(FindingKind::CloseWaitLeak, Status::Updated)]
         );
         // All closed: resolved.
         feed(
@@ -1598,7 +1550,7 @@ mod tests {
         );
         assert_eq!(
             kinds(&d.tick(77 * S, &m)),
-            [(kind::CLOSE_WAIT_LEAK, Status::Resolved)]
+            [(FindingKind::CloseWaitLeak, Status::Resolved)]
         );
     }
 
@@ -1624,7 +1576,7 @@ mod tests {
         }
         feed(&mut m, &mut d, &evs);
         let r = d.tick(S, &m);
-        assert_eq!(kinds(&r), [(kind::TIME_WAIT_BUILDUP, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::TimeWaitBuildup, Status::Raised)]);
         assert!(
             r[0].finding.summary.contains("this server closes first"),
             "{}",
@@ -1635,7 +1587,7 @@ mod tests {
         m.expire(61 * S);
         assert_eq!(
             kinds(&d.tick(61 * S, &m)),
-            [(kind::TIME_WAIT_BUILDUP, Status::Resolved)]
+            [(FindingKind::TimeWaitBuildup, Status::Resolved)]
         );
     }
 
@@ -1659,7 +1611,10 @@ mod tests {
             ));
         }
         // Raised once; the count moves without a new report inside the interval.
-        assert_eq!(kinds(&reports), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(
+            kinds(&reports),
+            [(FindingKind::ConnectRefused, Status::Raised)]
+        );
         assert_eq!(reports[0].finding.evidence["rport"], 9);
         let mut rst = st(20 * S + 1, 0x4000, SynSent, SynSent, 40000, 9);
         rst.kind = EventKind::ResetReceived;
@@ -1672,7 +1627,10 @@ mod tests {
                 st(20 * S + 2, 0x4000, SynSent, Close, 40000, 9),
             ],
         );
-        assert_eq!(kinds(&later), [(kind::CONNECT_REFUSED, Status::Updated)]);
+        assert_eq!(
+            kinds(&later),
+            [(FindingKind::ConnectRefused, Status::Updated)]
+        );
         assert_eq!(later[0].finding.evidence["count"], 4);
     }
 
@@ -1716,7 +1674,7 @@ mod tests {
         assert!(d.tick(2_500_000_000, &m).is_empty(), "not yet 2 s of stall");
         d.set_health([(tuple, Some(kernel(3300)))], 4_100_000_000);
         let r = d.tick(4_100_000_000, &m);
-        assert_eq!(kinds(&r), [(kind::PEER_UNRESPONSIVE, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::PeerUnresponsive, Status::Raised)]);
         let f = &r[0].finding;
         // tcp_retries2=4: a budget of 6.2 s from the first retransmit (at
         // 0.8 s); stalled 3.3 s, the next expiry at +3.2 s is past it.
@@ -1737,7 +1695,7 @@ mod tests {
         d.set_health([(tuple, None)], 6_300_000_000);
         assert_eq!(
             kinds(&d.tick(6_300_000_000, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+            [(FindingKind::PeerUnresponsive, Status::Resolved)]
         );
     }
 
@@ -1784,12 +1742,12 @@ mod tests {
         d.set_health([(tuple, Some(dead))], 31 * S);
         assert_eq!(
             kinds(&d.tick(31 * S, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+            [(FindingKind::PeerUnresponsive, Status::Raised)]
         );
         d.set_health([(tuple, Some(flowing))], 32 * S);
         assert_eq!(
             kinds(&d.tick(32 * S, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+            [(FindingKind::PeerUnresponsive, Status::Resolved)]
         );
     }
 
@@ -1834,14 +1792,14 @@ mod tests {
         assert!(d.tick(2 * S, &m).is_empty(), "not yet 5 s");
         d.set_health([(tuple, Some(shut))], 6 * S);
         let r = d.tick(6 * S, &m);
-        assert_eq!(kinds(&r), [(kind::ZERO_WINDOW_STALL, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::ZeroWindowStall, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["bytes_waiting"], 65_536);
         assert_eq!(r[0].finding.evidence["pid"], 7);
         // The peer stops answering the probes: updated with their count.
         let unanswered = crate::diag::TcpHealth { probes: 3, ..shut };
         d.set_health([(tuple, Some(unanswered))], 20 * S);
         let r = d.tick(20 * S, &m);
-        assert_eq!(kinds(&r), [(kind::ZERO_WINDOW_STALL, Status::Updated)]);
+        assert_eq!(kinds(&r), [(FindingKind::ZeroWindowStall, Status::Updated)]);
         assert_eq!(r[0].finding.evidence["probes"], 3);
         // The window opens: resolved.
         let open = crate::diag::TcpHealth {
@@ -1852,7 +1810,7 @@ mod tests {
         d.set_health([(tuple, Some(open))], 21 * S);
         assert_eq!(
             kinds(&d.tick(21 * S, &m)),
-            [(kind::ZERO_WINDOW_STALL, Status::Resolved)]
+            [(FindingKind::ZeroWindowStall, Status::Resolved)]
         );
     }
 
@@ -1868,17 +1826,11 @@ mod tests {
         assert_eq!(d.retries2.get(&9), Some(&5));
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 43);
         let r = d.on_netns(9, &state, S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 3);
         state.sysctls.insert("tcp_syncookies".into(), "0".into());
         let r = d.on_netns(9, &state, 2 * S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::SYSCTL_RISK, Status::Raised)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Raised)]);
     }
 
     #[test]
@@ -1922,7 +1874,10 @@ mod tests {
             close(&mut m, &mut d, i);
         }
         let r = d.tick(12 * S, &m);
-        assert_eq!(kinds(&r), [(kind::PORT_EXHAUSTION_RISK, Status::Raised)]);
+        assert_eq!(
+            kinds(&r),
+            [(FindingKind::PortExhaustionRisk, Status::Raised)]
+        );
         let f = &r[0].finding;
         assert_eq!(
             (f.evidence["count"].as_u64(), f.evidence["ports"].as_u64()),
@@ -1949,7 +1904,7 @@ mod tests {
         let mut rst = st(S, 0xa040, SynSent, SynSent, 41000, 80);
         rst.kind = EventKind::ResetSent;
         let r = feed(&mut m, &mut d, &[st(S, 0xa040, Close, SynSent, 0, 80), rst]);
-        assert_eq!(kinds(&r), [(kind::TW_REUSE_RESET, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::TwReuseReset, Status::Raised)]);
         // A reused connection reset soon after: the same finding, updated.
         let mut got = st(30 * S, 0xa040, Established, Established, 41000, 80);
         got.kind = EventKind::ResetReceived;
@@ -1965,8 +1920,8 @@ mod tests {
         assert_eq!(
             kinds(&r),
             [
-                (kind::TW_REUSE, Status::Raised),
-                (kind::TW_REUSE_RESET, Status::Updated)
+                (FindingKind::TwReuse, Status::Raised),
+                (FindingKind::TwReuseReset, Status::Updated)
             ]
         );
     }
@@ -1985,8 +1940,8 @@ mod tests {
         assert_eq!(
             kinds(&r),
             [
-                (kind::SYNACK_RETRANSMIT, Status::Raised),
-                (kind::FIN_RETRANSMIT, Status::Raised)
+                (FindingKind::SynackRetransmit, Status::Raised),
+                (FindingKind::FinRetransmit, Status::Raised)
             ]
         );
     }
@@ -2010,17 +1965,17 @@ mod tests {
             ..Thresholds::default()
         });
         let r = feed(&mut m, &mut d, &refused(0, 0x3000));
-        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::ConnectRefused, Status::Raised)]);
         // New evidence at 3 s keeps it open past 5 s from the first.
         feed(&mut m, &mut d, &refused(3 * S, 0x3040));
         assert!(d.tick(6 * S, &m).is_empty());
         assert_eq!(d.open_findings().count(), 1);
         let r = d.tick(8 * S + 2, &m);
-        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Resolved)]);
+        assert_eq!(kinds(&r), [(FindingKind::ConnectRefused, Status::Resolved)]);
         assert_eq!(d.open_findings().count(), 0);
         // A later refusal is a new finding, counted from one.
         let r = feed(&mut m, &mut d, &refused(20 * S, 0x3080));
-        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::ConnectRefused, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["count"], 1);
     }
 
@@ -2037,14 +1992,17 @@ mod tests {
                 &refused(i * 400_000, 0x10_000 + i * 64),
             ));
         }
-        assert_eq!(kinds(&reports), [(kind::CONNECT_REFUSED, Status::Raised)]);
+        assert_eq!(
+            kinds(&reports),
+            [(FindingKind::ConnectRefused, Status::Raised)]
+        );
         // What is open shows the truth at once...
         let (open, _) = d.open_findings().next().expect("open");
         assert_eq!(open.evidence["count"], 2000);
         // ...and the next tick past the interval reports it.
         assert!(d.tick(5 * S, &m).is_empty());
         let r = d.tick(11 * S, &m);
-        assert_eq!(kinds(&r), [(kind::CONNECT_REFUSED, Status::Updated)]);
+        assert_eq!(kinds(&r), [(FindingKind::ConnectRefused, Status::Updated)]);
         assert_eq!(r[0].finding.evidence["count"], 2000);
         // Nothing new, nothing more to report.
         assert!(d.tick(30 * S, &m).is_empty());
@@ -2056,20 +2014,14 @@ mod tests {
         let mut risky = NetnsState::default();
         risky.sysctls.insert("tcp_syncookies".into(), "0".into());
         let r = d.on_netns(9, &risky, S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::SYSCTL_RISK, Status::Raised)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Raised)]);
         // Still risky: still open, nothing new.
         assert!(d.on_netns(9, &risky, 2 * S).is_empty());
         // Fixed: resolved at the next read of the settings.
         let mut fixed = risky.clone();
         fixed.sysctls.insert("tcp_syncookies".into(), "1".into());
         let r = d.on_netns(9, &fixed, 3 * S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::SYSCTL_RISK, Status::Resolved)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Resolved)]);
 
         // Another namespace's finding ends with the namespace; its
         // settings are forgotten, so a namespace that gets the inode
@@ -2078,10 +2030,7 @@ mod tests {
         d.set_retries2(12, 3);
         assert!(d.forget_namespaces_except(&[9, 12], 5 * S).is_empty());
         let r = d.forget_namespaces_except(&[9], 6 * S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::SYSCTL_RISK, Status::Resolved)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Resolved)]);
         assert_eq!(r[0].netns, 12);
         assert!(!d.retries2.contains_key(&12));
         assert_eq!(d.open_findings().count(), 0);
@@ -2098,10 +2047,7 @@ mod tests {
         assert!(d.on_netns(9, &state, 0).is_empty());
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 14);
         let r = d.on_netns(9, &state, S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         let m = Model::new(Limits::default());
         // The counter stays at 14: resolved after the quiet period, and not
         // raised again by the same 4 overflows.
@@ -2109,15 +2055,12 @@ mod tests {
         let r = d.tick(7 * S, &m);
         assert_eq!(
             kinds(&r),
-            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Resolved)]
+            [(FindingKind::TimeWaitOverflow, Status::Resolved)]
         );
         assert!(d.on_netns(9, &state, 8 * S).is_empty());
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 15);
         let r = d.on_netns(9, &state, 9 * S);
-        assert_eq!(
-            kinds(&r),
-            [(crate::finding::kind::TIME_WAIT_OVERFLOW, Status::Raised)]
-        );
+        assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 1);
     }
 
@@ -2189,7 +2132,7 @@ mod tests {
         };
         m.reconcile(1, &[listed], 3 * S, 3 * S);
         let r = d.tick(4 * S, &m);
-        assert_eq!(kinds(&r), [(kind::CLOSE_WAIT_LEAK, Status::Raised)]);
+        assert_eq!(kinds(&r), [(FindingKind::CloseWaitLeak, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["pid"], 7);
         assert_eq!(r[0].finding.evidence["holders"], 2);
     }
@@ -2305,7 +2248,8 @@ mod regressions {
         d.set_health([(tuple, Some(kernel))], 601 * S);
         let r = d.tick(601 * S, &m);
         assert!(
-            r.iter().all(|r| r.finding.kind != kind::PEER_UNRESPONSIVE),
+            r.iter()
+                .all(|r| r.finding.kind != FindingKind::PeerUnresponsive),
             "raised after a 1 s stall with a 30 s threshold: {:?}",
             r.iter().map(|r| &r.finding.summary).collect::<Vec<_>>()
         );
@@ -2370,7 +2314,7 @@ mod regressions {
         d.set_health([(stalled, Some(dead(4_000)))], 5 * S);
         assert_eq!(
             kinds(&d.tick(5 * S, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+            [(FindingKind::PeerUnresponsive, Status::Raised)]
         );
         // Busy, healthy connections that each lost two segments once (a
         // burst of loss, recovered: their ACKs flow).
@@ -2407,7 +2351,7 @@ mod regressions {
             );
             let r = d.tick(s * S, &m);
             assert!(
-                !kinds(&r).contains(&(kind::PEER_UNRESPONSIVE, Status::Resolved)),
+                !kinds(&r).contains(&(FindingKind::PeerUnresponsive, Status::Resolved)),
                 "resolved at {s} s while the kernel still has no ACK (inspected: {})",
                 wanted.contains(&stalled)
             );
@@ -2437,7 +2381,7 @@ mod regressions {
         d.set_health([(tuple, Some(dead(4_000)))], 5 * S);
         assert_eq!(
             kinds(&d.tick(5 * S, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Raised)]
+            [(FindingKind::PeerUnresponsive, Status::Raised)]
         );
         let recovered = TcpHealth {
             retransmits: 0,
@@ -2450,7 +2394,7 @@ mod regressions {
         d.set_health([(tuple, Some(recovered))], 6 * S);
         assert_eq!(
             kinds(&d.tick(6 * S, &m)),
-            [(kind::PEER_UNRESPONSIVE, Status::Resolved)]
+            [(FindingKind::PeerUnresponsive, Status::Resolved)]
         );
         // The second stall: data sent at 19.8 s, retransmitted at 20.0 s.
         let e = ev(
@@ -2479,7 +2423,7 @@ mod regressions {
         let r = d.tick(20 * S + 300 * MS, &m);
         for r in r
             .iter()
-            .filter(|r| r.finding.kind == kind::PEER_UNRESPONSIVE)
+            .filter(|r| r.finding.kind == FindingKind::PeerUnresponsive)
         {
             let age = r.finding.evidence["age_seconds"].as_f64().unwrap();
             assert!(
@@ -2490,7 +2434,7 @@ mod regressions {
         }
     }
 
-    fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
+    fn kinds(r: &[Report]) -> Vec<(FindingKind, Status)> {
         r.iter().map(|r| (r.finding.kind, r.status)).collect()
     }
 }

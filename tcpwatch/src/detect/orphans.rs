@@ -15,12 +15,12 @@ use std::{
     net::IpAddr,
 };
 
-use super::{kind, Detectors, Driver, Moved, Report, Who};
+use super::{Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
     diag::DiagSocket,
     event::TcpState,
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::Model,
 };
 
@@ -72,7 +72,7 @@ impl Detectors {
         // it stays open while each read still shows it (this read is
         // followed by `on_orphans`, which updates it).
         if self.orphans_near_limit(netns) {
-            let key = (kind::ORPHAN_OVERFLOW, pressure_key(netns));
+            let key = (FindingKind::OrphanOverflow, pressure_key(netns));
             if let Some(open) = self.open.get_mut(&key) {
                 open.seen = true;
             }
@@ -83,7 +83,7 @@ impl Detectors {
         let o = &self.orphans;
         let open = self
             .open
-            .contains_key(&(kind::ORPHAN_OVERFLOW, pressure_key(netns)));
+            .contains_key(&(FindingKind::OrphanOverflow, pressure_key(netns)));
         let share = if open { PRESSURE_OVER } else { PRESSURE };
         o.host_netns == Some(netns)
             && matches!((o.count, o.max), (Some(c), Some(m)) if m > 0 && c as f64 >= m as f64 * share)
@@ -158,7 +158,7 @@ impl Detectors {
             let key = format!("{netns}|aborts");
             let total = self
                 .open
-                .get(&(kind::ORPHAN_OVERFLOW, key.clone()))
+                .get(&(FindingKind::OrphanOverflow, key.clone()))
                 .map_or(0, |o| o.count)
                 + new_aborts;
             (Severity::Critical, Driver::Event, key, total)
@@ -177,7 +177,7 @@ impl Detectors {
         };
         self.observe(
             &mut out,
-            kind::ORPHAN_OVERFLOW,
+            FindingKind::OrphanOverflow,
             key,
             netns,
             now,
@@ -185,7 +185,7 @@ impl Detectors {
             driver,
             |total| {
                 who.apply(
-                Finding::new(kind::ORPHAN_OVERFLOW, severity, summary)
+                Finding::new(FindingKind::OrphanOverflow, severity, summary)
                     .evidence("count", total)
                     .evidence("orphans", count)
                     .evidence("tcp_max_orphans", max)

@@ -16,11 +16,9 @@ use super::{endpoint, secs, Detectors, Driver, Who};
 use crate::{
     diag::{DiagSocket, KernelTimer, TcpHealth},
     event::TcpState,
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{Connection, FourTuple, Model},
 };
-
-use super::kind;
 
 /// Connections checked with the kernel in one tick, at most.
 pub const MAX_INSPECTED: usize = 256;
@@ -303,10 +301,10 @@ impl Detectors {
             };
             let peer = endpoint(tuple.remote, tuple.remote_port);
             let count = u64::from(h.retransmits);
-            self.observe(out, kind::PEER_UNRESPONSIVE, key, tuple.netns, now, count, Driver::Tick, |count| {
+            self.observe(out, FindingKind::PeerUnresponsive, key, tuple.netns, now, count, Driver::Tick, |count| {
                 who.apply(
                     Finding::new(
-                        kind::PEER_UNRESPONSIVE,
+                        FindingKind::PeerUnresponsive,
                         Severity::Warning,
                         format!("{comm} (pid {pid}) has retransmitted data to {peer} {count} times over {stalled_s} s without an answer (the kernel has had no ACK for {silent_s} s); the kernel gives up in about {left} s"),
                     )
@@ -388,10 +386,10 @@ impl Detectors {
             } else {
                 "window probes go unanswered"
             };
-            self.observe(out, kind::ZERO_WINDOW_STALL, key, tuple.netns, now, probes, Driver::Tick, |probes| {
+            self.observe(out, FindingKind::ZeroWindowStall, key, tuple.netns, now, probes, Driver::Tick, |probes| {
                 who.apply(
                     Finding::new(
-                        kind::ZERO_WINDOW_STALL,
+                        FindingKind::ZeroWindowStall,
                         Severity::Warning,
                         format!("{comm} (pid {pid}) has {waiting} bytes waiting for {peer} in {state}, whose receive window has been zero for {age_s} s; {answering} ({probes} unanswered)"),
                     )

@@ -9,9 +9,9 @@
 //! written to), or one that answered data sent on an established
 //! connection after the peer had been silent for a while (it was back by
 //! the time of the write, so nothing was retransmitted).
-use super::{endpoint, kind, secs, Detectors, Driver, Report, Who};
+use super::{endpoint, secs, Detectors, Driver, Report, Who};
 use crate::{
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{EndReason, Finished},
 };
 
@@ -22,7 +22,7 @@ impl Detectors {
         let c = &f.connection;
         let t = &c.tuple;
         let key = format!("{}|{}|{}", t.netns, t.remote, t.remote_port);
-        let count = self.bump(kind::PEER_RESTARTED, &key);
+        let count = self.bump(FindingKind::PeerRestarted, &key);
         let (retransmits, silent_ns) = c.rtx_run.as_deref().map_or((0, 0), |run| {
             (run.count, f.end_ns.saturating_sub(run.start_ns))
         });
@@ -50,10 +50,10 @@ impl Detectors {
         } else {
             format!("at once, in answer to data sent after {silent} s of silence")
         };
-        self.observe(out, kind::PEER_RESTARTED, key, t.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::PeerRestarted, key, t.netns, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
-                    kind::PEER_RESTARTED,
+                    FindingKind::PeerRestarted,
                     Severity::Warning,
                     format!(
                         "{peer} reset {named} {how}: the peer lost the connection (it restarted, or crashed and came back); {count} such resets from it"

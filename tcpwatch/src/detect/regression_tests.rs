@@ -2,6 +2,7 @@
 //! listener, or flapped while the condition it reports held.
 use super::syn_flood::{assess, ListenerSyn, SynCounters, SynSettings};
 use super::*;
+use crate::finding::FindingKind;
 use crate::{
     diag::DiagSocket,
     event::OwnerSource,
@@ -36,7 +37,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
     }
 }
 
-fn kinds(r: &[Report]) -> Vec<(&'static str, Status)> {
+fn kinds(r: &[Report]) -> Vec<(FindingKind, Status)> {
     r.iter().map(|r| (r.finding.kind, r.status)).collect()
 }
 
@@ -123,13 +124,13 @@ fn a_syn_queue_that_stays_full_is_not_resolved_and_raised_again() {
         reports.extend(d.on_syn_queues(1, &sockets, &m, now));
         reports.extend(d.tick(now, &m));
     }
-    let syn: Vec<(&str, Status)> = kinds(&reports)
+    let syn: Vec<(FindingKind, Status)> = kinds(&reports)
         .into_iter()
-        .filter(|(k, _)| *k == kind::SYN_FLOOD)
+        .filter(|(k, _)| *k == FindingKind::SynFlood)
         .collect();
     assert_eq!(
         syn,
-        [(kind::SYN_FLOOD, Status::Raised)],
+        [(FindingKind::SynFlood, Status::Raised)],
         "one condition, held throughout: raised once and never resolved"
     );
 }
@@ -187,7 +188,7 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
         send_queue: 0,
     };
     let r = d.on_orphans(1, &[listed(77)], &m, 2 * S);
-    assert_eq!(kinds(&r), [(kind::ORPHAN_OVERFLOW, Status::Raised)]);
+    assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
     let f = &r[0].finding;
     assert!(
         f.evidence.get("pid").is_none_or(|p| p.is_null()),
@@ -227,7 +228,7 @@ fn orphan_pressure_around_the_threshold_does_not_flap() {
     }
     let raised = reports
         .iter()
-        .filter(|r| r.finding.kind == kind::ORPHAN_OVERFLOW && r.status == Status::Raised)
+        .filter(|r| r.finding.kind == FindingKind::OrphanOverflow && r.status == Status::Raised)
         .count();
     assert_eq!(raised, 1, "{:?}", kinds(&reports));
 }

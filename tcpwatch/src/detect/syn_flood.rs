@@ -25,12 +25,12 @@ use std::{
     net::IpAddr,
 };
 
-use super::{endpoint, kind, Detectors, Driver, Open, Report, Status, Who};
+use super::{endpoint, Detectors, Driver, Open, Report, Status, Who};
 use crate::{
     audit::NetnsState,
     diag::DiagSocket,
     event::{TcpEvent, TcpState},
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::{half_open_by_listener, Model},
 };
 
@@ -413,7 +413,7 @@ impl Evidence {
     fn finding(&self, who: Who, count: u64) -> Finding {
         let c = &self.counters;
         who.apply(
-            Finding::new(kind::SYN_FLOOD, self.severity(), self.summary())
+            Finding::new(FindingKind::SynFlood, self.severity(), self.summary())
                 .evidence("count", count)
                 .evidence("half_open", self.half_open)
                 .evidence("backlog", self.backlog)
@@ -479,7 +479,13 @@ impl Detectors {
             *counts.entry(port).or_default() += 1;
         }
         match self.syn.flooded.get(&port) {
-            Some(key) if self.open.contains_key(&(kind::SYN_FLOOD, key.clone())) => true,
+            Some(key)
+                if self
+                    .open
+                    .contains_key(&(FindingKind::SynFlood, key.clone())) =>
+            {
+                true
+            }
             Some(_) => {
                 self.syn.flooded.remove(&port);
                 false
@@ -515,7 +521,7 @@ impl Detectors {
         let open = &self.open;
         self.syn
             .flooded
-            .retain(|_, key| open.contains_key(&(kind::SYN_FLOOD, key.clone())));
+            .retain(|_, key| open.contains_key(&(FindingKind::SynFlood, key.clone())));
         let listeners = listeners_of(sockets, &retransmits);
         for verdict in assess(&listeners, &moved, &settings) {
             let key = match &verdict.listener {
@@ -524,7 +530,7 @@ impl Detectors {
             };
             let (before, retransmits_before) = self
                 .open
-                .get(&(kind::SYN_FLOOD, key.clone()))
+                .get(&(FindingKind::SynFlood, key.clone()))
                 .map_or_else(Default::default, |o| Evidence::of(&o.finding));
             let counters = before.zip(verdict.counters, u64::saturating_add);
             let l = verdict.listener.as_ref();
@@ -547,10 +553,12 @@ impl Detectors {
             // Any new evidence keeps it open and is owed a report; the
             // count shown is the SYNs that found the queue full.
             let progress = counters.total().saturating_add(synack_retransmits);
-            let was_open = self.open.contains_key(&(kind::SYN_FLOOD, key.clone()));
+            let was_open = self
+                .open
+                .contains_key(&(FindingKind::SynFlood, key.clone()));
             self.observe(
                 &mut out,
-                kind::SYN_FLOOD,
+                FindingKind::SynFlood,
                 key.clone(),
                 netns,
                 now,
@@ -563,7 +571,7 @@ impl Detectors {
             // as with TCP_DEFER_ACCEPT): it stays open rather than resolve
             // and be raised again.
             if evidence.half_open * 4 >= evidence.limit * 3 && evidence.limit > 0 {
-                self.still_seen(kind::SYN_FLOOD, &key, now);
+                self.still_seen(FindingKind::SynFlood, &key, now);
             }
             if let Some(l) = l {
                 if !was_open {
@@ -586,10 +594,10 @@ impl Detectors {
         now: u64,
     ) {
         let prefix = format!("{netns}|{port}|");
-        let keys: Vec<(&'static str, String)> = self
+        let keys: Vec<(FindingKind, String)> = self
             .open
             .keys()
-            .filter(|(k, key)| *k == kind::SYNACK_RETRANSMIT && key.starts_with(&prefix))
+            .filter(|(k, key)| *k == FindingKind::SynackRetransmit && key.starts_with(&prefix))
             .cloned()
             .collect();
         for key in keys {
@@ -600,7 +608,7 @@ impl Detectors {
                 status: Status::Resolved,
                 ts_ns: now,
                 netns,
-                finding: finding.evidence("superseded_by", kind::SYN_FLOOD),
+                finding: finding.evidence("superseded_by", FindingKind::SynFlood),
             });
         }
     }
@@ -943,7 +951,7 @@ mod tests {
             workload: None,
         };
         let r = d.on_event(&synack, &[], &model);
-        assert_eq!(r[0].finding.kind, kind::SYNACK_RETRANSMIT);
+        assert_eq!(r[0].finding.kind, FindingKind::SynackRetransmit);
 
         d.on_netns(7, &set(4782), 2 * S);
         let r = d.on_syn_queues(7, &sockets, &model, 2 * S);
@@ -951,8 +959,8 @@ mod tests {
         assert_eq!(
             statuses,
             [
-                (kind::SYN_FLOOD, Status::Raised),
-                (kind::SYNACK_RETRANSMIT, Status::Resolved)
+                (FindingKind::SynFlood, Status::Raised),
+                (FindingKind::SynackRetransmit, Status::Resolved)
             ]
         );
         let f = &r[0].finding;
@@ -979,7 +987,10 @@ mod tests {
             "{}",
             f.summary
         );
-        assert_eq!(r[1].finding.evidence["superseded_by"], kind::SYN_FLOOD);
+        assert_eq!(
+            r[1].finding.evidence["superseded_by"],
+            FindingKind::SynFlood.name()
+        );
 
         // The flood's own retransmits raise nothing of their own.
         for i in 0..3 {
@@ -1008,7 +1019,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(
             (r[0].finding.kind, r[0].status),
-            (kind::SYN_FLOOD, Status::Resolved)
+            (FindingKind::SynFlood, Status::Resolved)
         );
         // A SYN-ACK retransmit after that is a synack_retransmit again.
         let r = d.on_event(
@@ -1022,7 +1033,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(
             (r[0].finding.kind, r[0].status),
-            (kind::SYNACK_RETRANSMIT, Status::Raised)
+            (FindingKind::SynackRetransmit, Status::Raised)
         );
     }
 }

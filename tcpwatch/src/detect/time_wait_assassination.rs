@@ -13,10 +13,10 @@
 //! new connection on its 4-tuple (the model's [`TimeWaitDeath`]).
 use std::collections::HashMap;
 
-use super::{endpoint, kind, secs, Detectors, Driver, Moved, Report, Who};
+use super::{endpoint, secs, Detectors, Driver, Moved, Report, Who};
 use crate::{
     audit::NetnsState,
-    finding::{Finding, Severity},
+    finding::{Finding, FindingKind, Severity},
     model::TimeWaitDeath,
 };
 
@@ -67,7 +67,7 @@ impl Detectors {
                 continue;
             }
             let key = format!("{}|{}|{}|{}", t.netns, d.pid, t.remote, t.remote_port);
-            let count = self.bump(kind::TIME_WAIT_ASSASSINATED, &key);
+            let count = self.bump(FindingKind::TimeWaitAssassinated, &key);
             let who = Who {
                 pid: (d.pid != 0).then_some(d.pid),
                 comm: (d.pid != 0).then(|| d.comm.to_string()),
@@ -86,10 +86,10 @@ impl Detectors {
             let peer = endpoint(t.remote, t.remote_port);
             let age = secs(d.age_ns);
             let paws = guard.paws.moved;
-            self.observe(&mut out, kind::TIME_WAIT_ASSASSINATED, key, t.netns, now, count, Driver::Event, |count| {
+            self.observe(&mut out, FindingKind::TimeWaitAssassinated, key, t.netns, now, count, Driver::Event, |count| {
                 who.apply(
                     Finding::new(
-                        kind::TIME_WAIT_ASSASSINATED,
+                        FindingKind::TimeWaitAssassinated,
                         Severity::Warning,
                         format!(
                             "{count} {named} towards {peer} vanished early (the latest after {age} s of 60): a reset reached them while tcp_rfc1337=0 (TIME_WAIT assassination), unless someone destroyed them (ss -K)"
