@@ -40,8 +40,6 @@ pub struct Daemon {
     pub top_n: usize,
     /// Sockets by namespace in the metrics too.
     pub netns_labels: bool,
-    /// How often the model is checked against sock_diag.
-    pub reconcile_every: std::time::Duration,
     /// When the event loop last ran, for /healthz.
     pub last_loop_ns: u64,
     /// (time, events received, events lost), one sample a second.

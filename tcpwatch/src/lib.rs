@@ -24,6 +24,7 @@ pub mod observer;
 pub mod output;
 pub mod privilege;
 pub mod records;
+pub mod session;
 pub mod snapshot;
 pub mod summary;
 pub mod web;

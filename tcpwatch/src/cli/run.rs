@@ -25,7 +25,8 @@ use crate::{
     metrics::Metrics,
     model::Model,
     netns,
-    observer::{dump_namespaces, Observer},
+    observer::{Dumps, Observer},
+    session::{self, Session, Step},
     web::{ServeLimits, Web},
 };
 
@@ -121,17 +122,24 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         own_netns: None,
         top_n: config.top_n,
         netns_labels: config.netns_labels,
-        reconcile_every: config.reconcile_interval.0,
         last_loop_ns: monotonic_ns(),
         loss_window: VecDeque::new(),
         received: 0,
         ring_full_seen: 0,
     }));
-    reconcile(&shared).await;
-    // Owners to confirm make the reconciler run early: one loop, so
-    // reconciliations never overlap.
-    let confirm = std::sync::Arc::new(tokio::sync::Notify::new());
-    let reconciler = tokio::spawn(reconcile_periodically(shared.clone(), confirm.clone()));
+    // Connections and TIME_WAIT sockets older than tcpwatch, before serving.
+    let units = daemon::lock(&shared).observer.units().clone();
+    if let Some(dumps) = session::dump_once(&[], &units).await {
+        apply_dumps(&shared, dumps);
+    }
+    let mut session = Session::new(
+        events,
+        units,
+        &[],
+        Duration::from_secs(1),
+        config.reconcile_interval.0,
+    )
+    .context("cannot poll the ring buffer")?;
 
     // Before announcing readiness: a signal sent after it must be handled.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -153,89 +161,70 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
-
-    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_watchdog = 0u64;
-    let mut last_repair = 0u64;
 
     loop {
         tokio::select! {
-            ready = loader::readable(&mut ring) => {
-                let ring = ready.context("cannot poll the ring buffer")?;
-                let mut d = daemon::lock(&shared);
-                while let Some(item) = ring.next() {
-                    match decode(&item) {
-                        Ok(ev) => {
-                            let observed = d.observer.record(ev);
-                            d.observed(&observed);
-                        }
-                        Err(_) => d.metrics.malformed(),
-                    }
-                }
-            }
-            _ = ticker.tick() => {
-                let now = monotonic_ns();
-                {
+            step = session.next() => match step.context("cannot poll the ring buffer")? {
+                Step::Ring(ring) => {
                     let mut d = daemon::lock(&shared);
-                    let (outcomes, reports) = d.observer.tick(now);
-                    // Owners to confirm: the periodic reconciliation runs
-                    // now, off the lock.
-                    if d.observer.take_reconcile_request().is_some() {
-                        confirm.notify_one();
-                    }
-                    d.outcomes(&outcomes);
-                    for r in &reports {
-                        d.metrics.on_report(r.finding.kind, r.status.name());
-                    }
-                    // Lost events leave the model unsure of some connections:
-                    // the kernel's socket list repairs it, at most every 5 s.
-                    if d.heartbeat(now) && now.saturating_sub(last_repair) >= 5_000_000_000 {
-                        last_repair = now;
-                        let marked = d.observer.model.mark_uncertain();
-                        info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
-                        tokio::spawn({
-                            let shared = shared.clone();
-                            async move { reconcile(&shared).await }
-                        });
+                    while let Some(item) = ring.next() {
+                        match decode(&item) {
+                            Ok(ev) => {
+                                let observed = d.observer.record(ev);
+                                d.observed(&observed);
+                            }
+                            Err(_) => d.metrics.malformed(),
+                        }
                     }
                 }
-                if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                    last_watchdog = now;
+                Step::Dumped(dumps) => apply_dumps(&shared, dumps),
+                Step::Tick(now) => {
+                    {
+                        let mut d = daemon::lock(&shared);
+                        let (outcomes, reports) = d.observer.tick(now);
+                        // Owners to confirm: the session dumps their
+                        // namespaces now, off the lock.
+                        if let Some(namespaces) = d.observer.take_reconcile_request() {
+                            session.reconcile_now(&namespaces);
+                        }
+                        d.outcomes(&outcomes);
+                        for r in &reports {
+                            d.metrics.on_report(r.finding.kind, r.status.name());
+                        }
+                        // Lost events leave the model unsure of some
+                        // connections: the kernel's socket list repairs it.
+                        if d.heartbeat(now) && session.repair(now) {
+                            let marked = d.observer.model.mark_uncertain();
+                            info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
+                        }
+                    }
+                    if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                        last_watchdog = now;
+                    }
+                }
+            },
+            _ = sighup.recv() => {
+                if let Some(every) = reload(&args, &mut config, &shared) {
+                    session.set_reconcile_every(every);
                 }
             }
-            _ = sighup.recv() => reload(&args, &mut config, &shared),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.abort();
-    reconciler.abort();
     info!("stopping; detaching the programs");
     Ok(())
 }
 
-/// Checks the model against sock_diag and keeps tcpwatch's own
-/// namespace's settings and counters (from the same dumps) for the metrics.
-/// The dumps run on a blocking thread without the daemon's lock, so neither
-/// the ring buffer consumer nor scrapes wait for them; only applying them
-/// takes the lock.
-async fn reconcile(shared: &daemon::Shared) {
-    // The periodic and the loss-triggered reconciliations take turns: two
-    // at once would apply dumps out of order and double the cost.
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let units = daemon::lock(shared).observer.units().clone();
-    let dumped =
-        tokio::task::spawn_blocking(move || (dump_namespaces(&[], &units), netns::current_inode()))
-            .await;
-    let Ok((dumps, own)) = dumped else {
-        warn!("the reconciliation thread failed");
-        return;
-    };
-    let own_state = own.ok().and_then(|inode| {
+/// Applies a dump of the kernel's socket list (taken by the session off
+/// the lock) and keeps tcpwatch's own namespace's settings and counters,
+/// from the same dumps, for the metrics.
+fn apply_dumps(shared: &daemon::Shared, dumps: Dumps) {
+    let own_state = netns::current_inode().ok().and_then(|inode| {
         dumps
             .namespaces
             .iter()
@@ -270,33 +259,9 @@ async fn reconcile(shared: &daemon::Shared) {
     }
 }
 
-/// Reconciles every `reconcile_interval` (read again after each round, so
-/// SIGHUP changes it); an interval of 0 reconciles only at start.
-async fn reconcile_periodically(
-    shared: daemon::Shared,
-    confirm: std::sync::Arc<tokio::sync::Notify>,
-) {
-    loop {
-        let every = daemon::lock(&shared).reconcile_every;
-        if every.is_zero() {
-            // Only at start, and when owners are to be confirmed; the
-            // interval is read again each second (SIGHUP may change it).
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = confirm.notified() => {}
-            }
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = confirm.notified() => {}
-            }
-        }
-        reconcile(&shared).await;
-    }
-}
-
-/// SIGHUP: new thresholds from the configuration file, keeping all state.
-fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
+/// SIGHUP: new thresholds from the configuration file, keeping all state;
+/// returns the reconciliation interval when the reload took.
+fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) -> Option<Duration> {
     match args.effective() {
         Ok(fresh) => {
             if fresh.listen != config.listen
@@ -313,11 +278,14 @@ fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) {
             d.netns_labels = fresh.netns_labels;
             config.thresholds = fresh.thresholds.clone();
             config.reconcile_interval = fresh.reconcile_interval;
-            d.reconcile_every = fresh.reconcile_interval.0;
             config.top_n = fresh.top_n;
             config.netns_labels = fresh.netns_labels;
             warn!("configuration reloaded");
+            Some(config.reconcile_interval.0)
         }
-        Err(e) => warn!("configuration not reloaded, keeping the previous one: {e:#}"),
+        Err(e) => {
+            warn!("configuration not reloaded, keeping the previous one: {e:#}");
+            None
+        }
     }
 }

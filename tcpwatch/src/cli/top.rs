@@ -16,13 +16,13 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::DetectorArgs;
 use crate::{
-    clock::monotonic_ns,
     detect::Detectors,
     event::{decode, LISTEN_OVERFLOW},
     finding::{Finding, Severity},
     loader::{self, LoadOptions},
     model::{Limits, Model},
     observer::Observer,
+    session::{self, Session, Step},
     summary::{summarize, Summary},
 };
 
@@ -90,10 +90,19 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         snapshot,
     )
     .with_units(units);
-    observer.reconcile(&args.netns);
-    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
+    if let Some(dumps) = session::dump_once(&args.netns, observer.units()).await {
+        observer.apply_dumps(dumps);
+    }
+    // Keys are read every 100 ms; the screen is redrawn every `--refresh`.
+    let mut session = Session::new(
+        events,
+        observer.units().clone(),
+        &args.netns,
+        Duration::from_millis(100),
+        args.detect.reconcile_every(),
+    )
+    .context("cannot poll the ring buffer")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut keys = tokio::time::interval(Duration::from_millis(100));
     let mut header = Header {
         attached: attached.len(),
         ..Default::default()
@@ -102,54 +111,58 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
     let mut selection = Selection::default();
     let mut summary = Summary::default();
     let mut last_draw = 0u64;
-    let mut last_reconcile = monotonic_ns();
     let mut events_at_last_draw = 0u64;
+    let mut ring_full_seen = counters.read().map(|c| c.ringbuf_full).unwrap_or(0);
     let refresh = args.refresh.as_nanos() as u64;
-    let reconcile_every = args.detect.reconcile_every().as_nanos() as u64;
 
     let mut terminal = ratatui::init();
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
-                ready = loader::readable(&mut ring) => {
-                    let ring = ready.context("cannot poll the ring buffer")?;
-                    while let Some(item) = ring.next() {
-                        header.events += 1;
-                        if let Ok(ev) = decode(&item) {
-                            observer.record(ev);
+                step = session.next() => match step.context("cannot poll the ring buffer")? {
+                    Step::Ring(ring) => {
+                        while let Some(item) = ring.next() {
+                            header.events += 1;
+                            if let Ok(ev) = decode(&item) {
+                                observer.record(ev);
+                            }
                         }
                     }
-                }
-                _ = keys.tick() => {
-                    let asked = read_keys(&mut selection, findings.len())?;
-                    if matches!(asked, Keys::Quit) {
-                        return Ok(());
+                    Step::Dumped(dumps) => {
+                        observer.apply_dumps(dumps);
                     }
-                    let now = monotonic_ns();
-                    if reconcile_every > 0 && now.saturating_sub(last_reconcile) >= reconcile_every {
-                        observer.reconcile(&args.netns);
-                        last_reconcile = now;
-                    }
-                    if now.saturating_sub(last_draw) >= refresh {
-                        observer.tick(now);
-                        if let Some(namespaces) = observer.take_reconcile_request() {
-                            observer.reconcile(&namespaces);
+                    Step::Tick(now) => {
+                        let asked = read_keys(&mut selection, findings.len())?;
+                        if matches!(asked, Keys::Quit) {
+                            return Ok(());
+                        }
+                        if now.saturating_sub(last_draw) >= refresh {
                             observer.tick(now);
+                            if let Some(namespaces) = observer.take_reconcile_request() {
+                                session.reconcile_now(&namespaces);
+                            }
+                            let elapsed = now.saturating_sub(last_draw) as f64 / 1e9;
+                            header.rate = if last_draw == 0 { 0.0 } else { (header.events - events_at_last_draw) as f64 / elapsed };
+                            events_at_last_draw = header.events;
+                            last_draw = now;
+                            let read = counters.read().unwrap_or_default();
+                            header.lost = read.ringbuf_full + read.recursion_misses;
+                            // Lost events leave the model unsure: repair it
+                            // from the kernel's socket list.
+                            if read.ringbuf_full > ring_full_seen && session.repair(now) {
+                                observer.model.mark_uncertain();
+                            }
+                            ring_full_seen = read.ringbuf_full;
+                            findings = open_findings(&observer, &args.netns);
+                            selection.index = selection.index.min(findings.len().saturating_sub(1));
+                            summary = summarize(&observer.model, now, &args.netns, args.top);
+                            summary.name_units(observer.units());
+                            draw(&mut terminal, &summary, &findings, &header, &selection)?;
+                        } else if matches!(asked, Keys::Redraw) {
+                            draw(&mut terminal, &summary, &findings, &header, &selection)?;
                         }
-                        let elapsed = now.saturating_sub(last_draw) as f64 / 1e9;
-                        header.rate = if last_draw == 0 { 0.0 } else { (header.events - events_at_last_draw) as f64 / elapsed };
-                        events_at_last_draw = header.events;
-                        last_draw = now;
-                        header.lost = counters.read().map(|c| c.ringbuf_full + c.recursion_misses).unwrap_or(0);
-                        findings = open_findings(&observer, &args.netns);
-                        selection.index = selection.index.min(findings.len().saturating_sub(1));
-                        summary = summarize(&observer.model, now, &args.netns, args.top);
-                        summary.name_units(observer.units());
-                        draw(&mut terminal, &summary, &findings, &header, &selection)?;
-                    } else if matches!(asked, Keys::Redraw) {
-                        draw(&mut terminal, &summary, &findings, &header, &selection)?;
                     }
-                }
+                },
                 _ = sigterm.recv() => return Ok(()),
             }
         }

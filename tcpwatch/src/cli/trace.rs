@@ -19,8 +19,9 @@ use crate::{
     filter::Filter,
     loader::{self, Counters, LoadOptions},
     model::{Limits, Model, Outcome},
-    observer::Observer,
+    observer::{Dumps, Observer},
     output::{Renderer, Style},
+    session::{self, Session, Step},
 };
 
 #[derive(Debug, Args)]
@@ -185,52 +186,52 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     pipeline.header()?;
     // Connections and TIME_WAIT sockets older than tcpwatch.
-    pipeline.reconcile(&args.netns)?;
-    let mut last_reconcile = monotonic_ns();
-    let reconcile_every = args.detect.reconcile_every().as_nanos() as u64;
+    if let Some(dumps) = session::dump_once(&args.netns, pipeline.observer.units()).await {
+        pipeline.apply_dumps(dumps)?;
+    }
     eprintln!(
         "tcpwatch: tracing TCP on {} tracepoints ({}); Ctrl-C to stop",
         attached.len(),
         attached.join(", ")
     );
 
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut reported = counters.read().unwrap_or_default();
-    let mut ring = loader::async_ring(events).context("cannot poll the ring buffer")?;
+    let mut session = Session::new(
+        events,
+        pipeline.observer.units().clone(),
+        &args.netns,
+        Duration::from_secs(1),
+        args.detect.reconcile_every(),
+    )
+    .context("cannot poll the ring buffer")?;
 
     let outcome: io::Result<()> = loop {
         tokio::select! {
-            ready = loader::readable(&mut ring) => {
-                let ring = ready.context("cannot poll the ring buffer")?;
-                if let Err(e) = pipeline.drain(ring) { break Err(e) }
-            }
-            _ = ticker.tick() => {
-                let now = monotonic_ns();
-                if reconcile_every > 0 && now.saturating_sub(last_reconcile) >= reconcile_every {
-                    if let Err(e) = pipeline.reconcile(&args.netns) { break Err(e) }
-                    last_reconcile = now;
-                }
-                if let Err(e) = pipeline.tick(now) { break Err(e) }
-                let read = counters.read().unwrap_or_default();
-                report_losses(&reported, &read);
-                // A ring buffer overflow leaves the model unsure: repair it
-                // from the kernel's socket list now (at most every 5 s).
-                if read.ringbuf_full > reported.ringbuf_full
-                    && reconcile_every > 0
-                    && now.saturating_sub(last_reconcile) >= 5_000_000_000
-                {
-                    pipeline.observer.model.mark_uncertain();
-                    if let Err(e) = pipeline.reconcile(&args.netns) { break Err(e) }
-                    last_reconcile = now;
-                }
-                reported = read;
+            step = session.next() => {
+                let step = step.context("cannot poll the ring buffer")?;
+                let done = match step {
+                    Step::Ring(ring) => pipeline.drain(ring),
+                    Step::Dumped(dumps) => pipeline.apply_dumps(dumps),
+                    Step::Tick(now) => {
+                        let read = counters.read().unwrap_or_default();
+                        report_losses(&reported, &read);
+                        // A ring buffer overflow leaves the model unsure:
+                        // repair it from the kernel's socket list.
+                        if read.ringbuf_full > reported.ringbuf_full && session.repair(now) {
+                            pipeline.observer.model.mark_uncertain();
+                        }
+                        reported = read;
+                        pipeline.tick(now, &mut session)
+                    }
+                };
+                if let Err(e) = done { break Err(e) }
             }
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
     };
     let flushed = outcome
-        .and_then(|()| pipeline.drain(ring.get_mut()))
+        .and_then(|()| pipeline.drain(session.ring()))
         .and_then(|()| pipeline.finish());
     match flushed {
         Ok(()) => {}
@@ -310,24 +311,26 @@ impl<W: Write> Pipeline<W> {
         self.reports(observed.reports)
     }
 
-    fn tick(&mut self, now: u64) -> io::Result<()> {
-        let (mut outcomes, mut reports) = self.observer.tick(now);
-        // Owners to confirm first: looked up now, and what waited for them
-        // is reported in this same tick.
+    /// Timers and expiries; owners the observer wants confirmed are dumped
+    /// by the session, and what waited for them is reported once applied.
+    fn tick(&mut self, now: u64, session: &mut Session) -> io::Result<()> {
+        let (outcomes, reports) = self.observer.tick(now);
         if let Some(namespaces) = self.observer.take_reconcile_request() {
-            reports.extend(self.observer.reconcile(&namespaces));
-            let (more_outcomes, more_reports) = self.observer.tick(now);
-            outcomes.extend(more_outcomes);
-            reports.extend(more_reports);
+            session.reconcile_now(&namespaces);
         }
         self.outcomes(outcomes)?;
         self.reports(reports)?;
         self.out.flush()
     }
 
-    fn reconcile(&mut self, only: &[u32]) -> io::Result<()> {
-        let reports = self.observer.reconcile(only);
-        self.reports(reports)
+    /// A dump of the kernel's list: corrections, then what they confirmed.
+    fn apply_dumps(&mut self, dumps: Dumps) -> io::Result<()> {
+        let reports = self.observer.apply_dumps(dumps);
+        self.reports(reports)?;
+        let (outcomes, reports) = self.observer.tick(monotonic_ns());
+        self.outcomes(outcomes)?;
+        self.reports(reports)?;
+        self.out.flush()
     }
 
     fn finish(&mut self) -> io::Result<()> {
