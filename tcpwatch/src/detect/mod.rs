@@ -2441,3 +2441,5 @@ mod regressions {
 
 #[cfg(test)]
 mod regression_tests;
+#[cfg(test)]
+mod review_tests;
