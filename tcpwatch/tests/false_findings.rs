@@ -196,6 +196,71 @@ fn a_live_peer_aborting_after_a_silence_is_no_peer_restart() {
     assert!(f.is_empty(), "the peer never restarted: {f:#?}");
 }
 
+/// The same live abort after a silence, by a request/response server: it
+/// answered an earlier request at once (which puts its socket in the
+/// kernel's interactive "pingpong" mode), so when the next request comes
+/// after 6.5 s of quiet its kernel delays the ACK, hoping to piggyback it
+/// on a reply (tcp_in_quickack_mode() is false in pingpong mode). The
+/// server reads the request and aborts (SO_LINGER 0) within that delay:
+/// the reset reaches the client before any ACK, with the request
+/// outstanding and the peer's last timestamp 6 s old. The server is alive
+/// and never lost the connection: no peer_restarted, and the connection
+/// ends as reset_received, not peer_reset.
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn a_live_request_response_server_aborting_after_a_silence_is_no_peer_restart() {
+    if !privileged_or_skip(
+        "a_live_request_response_server_aborting_after_a_silence_is_no_peer_restart",
+    ) {
+        return;
+    }
+    let ns = Netns::new("rvpp");
+    let tracer = Tracer::start(&ns, &["--no-events", "--lifecycle"]);
+    let (mut server, mut client, _port, client_port) =
+        connected_peers(&ns, "tw-server", "tw-client", "127.0.0.1");
+    // A first exchange, answered at once.
+    client.ok("send request1");
+    server.ok("recv");
+    server.ok("send response1");
+    client.ok("recv");
+    thread::sleep(Duration::from_millis(6500));
+    // The server waits in recv() before the request is sent, and aborts
+    // as soon as it has read it.
+    server.send("recv");
+    client.ok("send request2");
+    assert!(
+        server.reply().starts_with("ok"),
+        "the server read the request"
+    );
+    server.ok("linger0");
+    server.ok("close");
+    let filter = ["sport", "=", &format!(":{client_port}")];
+    assert!(
+        wait_until(Duration::from_secs(2), || ns.sockets("all", &filter) == 0),
+        "ground truth: the client's connection was reset"
+    );
+    assert!(
+        alive(server.pid),
+        "ground truth: the server never restarted"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (lines, stderr) = tracer.stop();
+    let ends: Vec<&Value> = lifecycle(&lines, client_port);
+    assert!(
+        !ends.is_empty(),
+        "the client's connection ended in sight: {lines:#?}\n{stderr:?}"
+    );
+    let f = raised(&lines, "peer_restarted");
+    assert!(
+        f.is_empty(),
+        "a live server aborted; it never restarted: {f:#?}\nends: {ends:#?}"
+    );
+    assert!(
+        ends.iter().all(|l| l["end"] == "reset_received"),
+        "an abort by a live peer: {ends:#?}"
+    );
+}
+
 /// Fork after accept: the server accepts, forks a handler that holds the
 /// connection and closes its own copy. The client sends a request the
 /// handler never reads, and the handler is killed. The kernel closes the
