@@ -432,7 +432,8 @@ pub fn peer_loop(comm: &str) {
             // (comm NAME) and exits; the daemon accepts connections and
             // keeps them until this peer ends. The launcher replies with
             // the port, the daemon's pid and its own.
-            ["daemonize", name] => {
+            ["daemonize", name] | ["daemonize_idle", name] => {
+                let accepts = words[0] == "daemonize";
                 let name = std::ffi::CString::new(*name).expect("comm has no NUL");
                 let mut pipe = [0 as libc::c_int; 2];
                 // SAFETY: pipe() fills the array; fork's children only make
@@ -443,7 +444,7 @@ pub fn peer_loop(comm: &str) {
                         continue;
                     }
                     match libc::fork() {
-                        0 => daemon_launcher(pipe, &name),
+                        0 => daemon_launcher(pipe, &name, accepts),
                         -1 => reply(format!("err fork: {}", std::io::Error::last_os_error())),
                         launcher => {
                             libc::close(pipe[0]);
@@ -678,7 +679,7 @@ unsafe fn forked_handler(conn: libc::c_int, exec: bool, read: bool) -> ! {
 ///
 /// # Safety
 /// Must run in a freshly forked child: only system calls, then `_exit`.
-unsafe fn daemon_launcher(pipe: [libc::c_int; 2], name: &std::ffi::CStr) -> ! {
+unsafe fn daemon_launcher(pipe: [libc::c_int; 2], name: &std::ffi::CStr, accepts: bool) -> ! {
     unsafe {
         libc::close(pipe[1]);
         libc::prctl(
@@ -694,7 +695,7 @@ unsafe fn daemon_launcher(pipe: [libc::c_int; 2], name: &std::ffi::CStr) -> ! {
         addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         let bound = libc::bind(listener, (&raw const addr).cast(), len) == 0
-            && libc::listen(listener, 16) == 0;
+            && libc::listen(listener, if accepts { 16 } else { 4 }) == 0;
         let mut got = len;
         libc::getsockname(listener, (&raw mut addr).cast(), &mut got);
         let port = u16::from_be(addr.sin_port);
@@ -713,6 +714,10 @@ unsafe fn daemon_launcher(pipe: [libc::c_int; 2], name: &std::ffi::CStr) -> ! {
                     revents: 0,
                 },
             ];
+            if !accepts {
+                // `daemonize_idle`: never accepts, so its queue fills.
+                fds[0].events = 0;
+            }
             loop {
                 if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
                     libc::_exit(1);
