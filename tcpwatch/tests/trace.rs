@@ -1326,3 +1326,54 @@ fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
+
+/// The drop that ends a connection is counted on its lifecycle line. The
+/// server shuts its connection down both ways (FIN_WAIT2, still held,
+/// reading nothing more); the client's late data aborts it: the kernel
+/// closes the socket and drops the segment (`TCP_ABORT_ON_DATA`, the
+/// same scenario as `cargo xtask vm-test`'s "drops" check). The kernel
+/// closes the socket (tcp_done) before it frees the segment, so the drop
+/// event comes after the CLOSE transition, when the model has already
+/// finished the connection: the server's lifecycle line says no drops.
+#[test]
+#[ignore = "privileged: needs root, Linux 6.12+, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn the_drop_that_aborts_a_connection_is_on_its_lifecycle_line() {
+    if !privileged_or_skip("the_drop_that_aborts_a_connection_is_on_its_lifecycle_line") {
+        return;
+    }
+    let ns = Netns::new("rvab");
+    let tracer = Tracer::start(&ns, &["--lifecycle"]);
+    let (mut server, mut client, port, client_port) = connected_pair(&ns, "127.0.0.1");
+    server.ok("shutdown_both");
+    thread::sleep(Duration::from_millis(300));
+    client.ok("send late");
+    let filter = ["sport", "=", &format!(":{port}")];
+    let server_side = ["dport", "=", &format!(":{client_port}")];
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            ns.sockets("all", &filter) == 0 || ns.sockets("all", &server_side) == 0
+        }),
+        "ground truth: the server's connection was aborted"
+    );
+    thread::sleep(Duration::from_millis(500));
+    let (events, stderr) = tracer.stop();
+    let drops: Vec<&Value> = kinds(&events, "drop")
+        .into_iter()
+        .filter(|e| e["sport"] == port && e["dport"] == client_port)
+        .collect();
+    assert!(
+        drops
+            .iter()
+            .any(|d| d["reason"] == "TCP_ABORT_ON_DATA"),
+        "ground truth: the kernel dropped the late data for the server's connection: {events:#?}\n{stderr:?}"
+    );
+    let line = events
+        .iter()
+        .find(|e| e["kind"] == "lifecycle" && e["sport"] == port && e["dport"] == client_port)
+        .unwrap_or_else(|| panic!("the server's lifecycle line: {events:#?}"));
+    assert_eq!(
+        (line["drops"].as_u64(), line["last_drop_reason"].as_str()),
+        (Some(drops.len() as u64), Some("TCP_ABORT_ON_DATA")),
+        "drop events {drops:#?}\nlifecycle {line}"
+    );
+}

@@ -593,6 +593,15 @@ pub fn peer_loop(comm: &str) {
                         .map_err(|e| e.to_string())
                 })
                 .map(|()| String::new()),
+            // shutdown(SHUT_RDWR): the socket stays held, reading nothing more.
+            ["shutdown_both"] => conn
+                .as_ref()
+                .ok_or("no connection".to_owned())
+                .and_then(|c| {
+                    c.shutdown(std::net::Shutdown::Both)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|()| String::new()),
             // Keep the connection open (never closed: a leak) and free the slot.
             ["keepalive"] => conn
                 .as_ref()
