@@ -179,3 +179,67 @@ fn accept_queue_overflow_is_not_renewed_by_timeouts_ageing_out() {
         "resolve_after is 300 s after the last evidence (t=10 s): {seen:?}"
     );
 }
+
+/// Two namespaces each have a listener on 10.0.0.2:80 (isolated networks
+/// may reuse addresses). In namespace 2, a client's connect to 10.0.0.2:80
+/// (its own namespace's address: it can only reach namespace 2's
+/// listener) times out. Namespace 1's listener then overflows. Its
+/// finding counts and names namespace 2's client: for an address that is
+/// not loopback, `Destination::reaches` ignores the namespace altogether.
+#[test]
+fn accept_queue_overflow_names_no_client_of_another_namespaces_listener() {
+    let mut m = Model::new(Limits::default());
+    let mut d = Detectors::new(Thresholds::default());
+    let mut reports = Vec::new();
+    m.apply(&st(
+        0,
+        LISTENER_SK,
+        Close,
+        Listen,
+        ("10.0.0.2", 80),
+        ("0.0.0.0", 0),
+    ));
+    let mut other = st(
+        0,
+        LISTENER_SK + 0x1000,
+        Close,
+        Listen,
+        ("10.0.0.2", 80),
+        ("0.0.0.0", 0),
+    );
+    other.netns = 2;
+    other.pid = 8;
+    m.apply(&other);
+    // The client in namespace 2.
+    let sk = 0xffff_0000_2000_0000;
+    for (at, old, new) in [(2 * S, Close, SynSent), (5 * S, SynSent, Close)] {
+        let mut ev = st(at, sk, old, new, ("10.0.0.2", 41_000), ("10.0.0.2", 80));
+        ev.netns = 2;
+        ev.pid = 99;
+        ev.comm = "ns2-client".into();
+        let outcomes = m.apply(&ev);
+        reports.extend(d.on_event(&ev, &outcomes, &m));
+    }
+    for step in 0..=2u64 {
+        let now = step * 10 * S;
+        let overflows = if step >= 1 { 5 } else { 0 };
+        let queue = if step == 1 { 4 } else { 0 };
+        reports.extend(d.on_netns(1, &counters(overflows), now));
+        reports.extend(d.on_listen_queues(1, &listed(queue), &m, now));
+    }
+    let raised: Vec<&Report> = reports
+        .iter()
+        .filter(|r| r.finding.kind == kind::ACCEPT_QUEUE_OVERFLOW)
+        .collect();
+    assert!(!raised.is_empty(), "namespace 1's listener overflowed");
+    for r in raised {
+        let f = &r.finding;
+        assert!(
+            !f.summary.contains("ns2-client")
+                && f.evidence.get("clients_timed_out").and_then(|v| v.as_u64()) == Some(0),
+            "namespace 2's client never connected to namespace 1's listener: {} {:?}",
+            f.summary,
+            f.evidence
+        );
+    }
+}
