@@ -261,6 +261,12 @@ pub mod event_flag {
     /// was last heard (`tcp_sock.rx_opt.ts_recent_stamp`: the last segment
     /// with a timestamp it sent in the window), capped at `u16::MAX`.
     pub const SILENCE_KNOWN: u8 = 8;
+    /// A received reset carried a TCP timestamp on a connection that uses
+    /// them: a live stack that knows the connection sent it
+    /// (`tcp_send_active_reset()` builds it like any segment of the
+    /// connection), never a host without the socket (`tcp_v4_send_reset()`
+    /// and `tcp_v6_send_reset()` add no timestamp).
+    pub const RESET_TIMESTAMPED: u8 = 16;
 }
 
 /// Durations the kernel aggregates into histograms, with no event each.
@@ -464,6 +470,12 @@ pub struct KernelOffsets {
     /// `struct tcp_sock` -> `rx_opt.ts_recent_stamp`: `ktime_get_seconds()`
     /// when the peer's last in-window timestamped segment arrived (an `int`).
     pub tcp_ts_recent_stamp: u32,
+    /// Bit offsets in `struct tcp_sock` of `rx_opt.saw_tstamp` (the segment
+    /// being processed carried a timestamp: `tcp_fast_parse_options()`
+    /// sets it before a reset is acted on) and `rx_opt.tstamp_ok` (the
+    /// connection uses timestamps).
+    pub tcp_saw_tstamp_bit: u32,
+    pub tcp_tstamp_ok_bit: u32,
     /// [`OFFSETS_SOCK`], [`OFFSETS_SKB`] and [`OFFSETS_FILES`] bits: which
     /// paths are valid. Whatever needs a missing path is reported as unknown.
     pub valid: u32,
@@ -498,6 +510,8 @@ impl KernelOffsets {
             sock_num: 0,
             sock_state: 0,
             tcp_ts_recent_stamp: 0,
+            tcp_saw_tstamp_bit: 0,
+            tcp_tstamp_ok_bit: 0,
             valid: 0,
         }
     }
@@ -533,10 +547,11 @@ pub const PF_EXITING: u32 = 0x0000_0004;
 /// `sock_state`, all within [`SOCK_HEAD_BYTES`] of `skc_daddr`: the
 /// endpoints of any socket a segment can find (full, request, TIME_WAIT).
 pub const OFFSETS_SOCK_COMMON: u32 = 64;
-/// `KernelOffsets::valid` bit for `tcp_ts_recent_stamp`.
+/// `KernelOffsets::valid` bit for `tcp_ts_recent_stamp`, `tcp_saw_tstamp_bit`
+/// and `tcp_tstamp_ok_bit`.
 pub const OFFSETS_TS_RECENT: u32 = 128;
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 112);
 
 /// Everything the programs learn from userspace at load time.
 #[repr(C)]
@@ -560,7 +575,7 @@ pub struct Layout {
     pub kernel: KernelOffsets,
 }
 
-const _: () = assert!(core::mem::size_of::<Layout>() == 8 * 30 + 4 + 104);
+const _: () = assert!(core::mem::size_of::<Layout>() == 8 * 30 + 4 + 112);
 
 impl Layout {
     /// A layout that makes every program a no-op until userspace fills it.

@@ -98,8 +98,22 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Res<()> {
             }
         }
     }
+    if k.valid & OFFSETS_TS_RECENT != 0 && sk != 0 && timestamped(sk, &k) {
+        flags |= event_flag::RESET_TIMESTAMPED;
+    }
     emit_for_socket(sk, 0, kind::RESET_RECEIVED, None, silence, |ev| {
         ev.flags = flags;
         read_endpoints(&rec, &tp, sk, ev)
     })
+}
+
+/// Whether the reset being processed carried a TCP timestamp on a
+/// connection that uses them (`rx_opt.saw_tstamp` and `rx_opt.tstamp_ok`,
+/// bitfields of `struct tcp_options_received`, include/linux/tcp.h).
+#[inline(always)]
+fn timestamped(sk: u64, k: &tcpwatch_common::KernelOffsets) -> bool {
+    let bit = |at: u32| {
+        read_kernel::<u8>(sk + u64::from(at / 8)).is_some_and(|byte| byte & (1 << (at % 8)) != 0)
+    };
+    bit(k.tcp_tstamp_ok_bit) && bit(k.tcp_saw_tstamp_bit)
 }

@@ -201,6 +201,12 @@ impl Btf {
     /// Byte offset of a member path such as `["__sk_common", "skc_net", "net"]`
     /// from the start of `struct strukt`.
     pub fn member_offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
+        Ok(self.member_bit_offset(strukt, path)? / 8)
+    }
+
+    /// Bit offset of a member path from the start of `struct strukt`: a
+    /// bitfield's own bit (`tcp_options_received.saw_tstamp`).
+    pub fn member_bit_offset(&self, strukt: &str, path: &[&str]) -> Result<u32, BtfError> {
         let id = *self
             .structs_by_name
             .get(strukt)
@@ -220,7 +226,7 @@ impl Btf {
             bits += off;
             ty = self.resolve(member_type)?;
         }
-        Ok(bits / 8)
+        Ok(bits)
     }
 }
 
@@ -276,8 +282,15 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         offsets.tcp_packets_out = packets_out;
         offsets.valid |= OFFSETS_SOCK_STATE;
     }
-    if let Ok(stamp) = btf.member_offset("tcp_sock", &["rx_opt", "ts_recent_stamp"]) {
+    let rx_opt_bit = |field: &str| btf.member_bit_offset("tcp_sock", &["rx_opt", field]);
+    if let (Ok(stamp), Ok(saw), Ok(ok)) = (
+        btf.member_offset("tcp_sock", &["rx_opt", "ts_recent_stamp"]),
+        rx_opt_bit("saw_tstamp"),
+        rx_opt_bit("tstamp_ok"),
+    ) {
         offsets.tcp_ts_recent_stamp = stamp;
+        offsets.tcp_saw_tstamp_bit = saw;
+        offsets.tcp_tstamp_ok_bit = ok;
         offsets.valid |= OFFSETS_TS_RECENT;
     }
     let common = |field: &'static str| btf.member_offset("sock", &["__sk_common", field]);

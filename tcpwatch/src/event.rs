@@ -229,6 +229,9 @@ pub struct TcpEvent {
     /// For a received reset: seconds since the peer was last heard (its
     /// last timestamped segment); `None` without timestamps or offsets.
     pub silence_s: Option<u16>,
+    /// For a received reset: it carried a TCP timestamp, so a live stack
+    /// that knows the connection sent it (never a host that lost it).
+    pub reset_timestamped: bool,
     /// The owner's cgroup v2 id, taken by the kernel where it bound the
     /// owner (0 when unknown).
     pub cgroup: u64,
@@ -307,6 +310,7 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
             .then_some(raw.flags & tcpwatch_common::event_flag::DATA_OUTSTANDING != 0),
         silence_s: (raw.flags & tcpwatch_common::event_flag::SILENCE_KNOWN != 0)
             .then_some(raw.reason),
+        reset_timestamped: raw.flags & tcpwatch_common::event_flag::RESET_TIMESTAMPED != 0,
         cgroup: raw.cgroup,
         workload: None,
     })

@@ -908,6 +908,7 @@ mod tests {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }

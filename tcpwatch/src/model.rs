@@ -288,6 +288,8 @@ pub struct Connection {
     /// For a received reset: seconds the peer had been silent before it
     /// (0 when the kernel could not tell: no timestamps on the connection).
     pub reset_silence_s: u16,
+    /// For a received reset: it carried a TCP timestamp (a live stack's).
+    pub reset_timestamped: bool,
     /// Segments the kernel dropped for it (drop events, 6.12+; at most
     /// [`tcpwatch_common::DROP_EVENTS_PER_WINDOW`] a CPU sends per 100 ms,
     /// so a lower bound under a flood) and the last drop's reason number.
@@ -313,18 +315,21 @@ pub struct RetransmitRun {
 /// that decides (a live peer that aborts after its ACKs caught up is not
 /// one); elsewhere the run must show RTO backoff: two retransmits or more,
 /// the last gap at least the kernel's minimum RTO (fast retransmits come
-/// within a round trip and say nothing of the peer's state).
+/// within a round trip and say nothing of the peer's state). A reset that
+/// carried a TCP timestamp came from a stack that has the connection
+/// (a live peer aborting), whatever came before.
 fn answered_unanswered_data(c: &Connection, now: u64) -> bool {
-    c.rtx_run.as_deref().is_some_and(|run| {
-        let window = (2 * run.last_gap_ns).clamp(5_000_000_000, RUN_MAX_GAP_NS);
-        let recent = now.saturating_sub(run.last_ns) <= window;
-        let backoff = run.count >= 2 && run.last_gap_ns >= TCP_RTO_MIN_NS;
-        recent
-            && match c.reset_outstanding {
-                Some(outstanding) => outstanding,
-                None => backoff,
-            }
-    })
+    !c.reset_timestamped
+        && c.rtx_run.as_deref().is_some_and(|run| {
+            let window = (2 * run.last_gap_ns).clamp(5_000_000_000, RUN_MAX_GAP_NS);
+            let recent = now.saturating_sub(run.last_ns) <= window;
+            let backoff = run.count >= 2 && run.last_gap_ns >= TCP_RTO_MIN_NS;
+            recent
+                && match c.reset_outstanding {
+                    Some(outstanding) => outstanding,
+                    None => backoff,
+                }
+        })
 }
 
 /// A reset in answer to data sent on an established connection after the
@@ -337,7 +342,8 @@ fn answered_unanswered_data(c: &Connection, now: u64) -> bool {
 /// exchange has been heard within a round trip, and one that closed
 /// normally sent a FIN first (the connection would not be ESTABLISHED).
 fn answered_after_silence(c: &Connection, state: TcpState) -> bool {
-    state == TcpState::Established
+    !c.reset_timestamped
+        && state == TcpState::Established
         && c.reset_outstanding == Some(true)
         && c.reset_silence_s >= PEER_SILENCE_MIN_S
 }
@@ -866,6 +872,7 @@ impl Model {
                             c.resets_received = c.resets_received.saturating_add(1);
                             c.reset_outstanding = ev.outstanding;
                             c.reset_silence_s = ev.silence_s.unwrap_or(0);
+                            c.reset_timestamped = ev.reset_timestamped;
                         }
                     }
                     if let Some(mut parked) = self.parked.remove(&ev.skaddr) {
@@ -880,6 +887,14 @@ impl Model {
                         parked.end = if ev.kind == EventKind::ResetSent {
                             parked.connection.resets_sent =
                                 parked.connection.resets_sent.saturating_add(1);
+                            if parked.end == EndReason::ResetReceived {
+                                // Data after our close: the kernel aborted
+                                // the connection itself (`tcp_reset()`,
+                                // which its receive-reset tracepoint
+                                // reports, then this reset): none came in.
+                                parked.connection.resets_received =
+                                    parked.connection.resets_received.saturating_sub(1);
+                            }
                             // tcp_close() of an exiting task with unread data.
                             EndReason::ResetSent.or_owner_exited(&parked.connection)
                         } else {
@@ -891,7 +906,9 @@ impl Model {
                                 EndReason::ResetReceived
                             }
                         };
-                        out.push(Outcome::Finished(parked));
+                        // Reported at the end of the grace period: a drop
+                        // of the segment that caused an abort comes after.
+                        self.parked.insert(ev.skaddr, parked);
                     } else {
                         // The CLOSE that follows explains itself by it.
                         if self.pending_reset.len() >= self.limits.max_connections {
@@ -916,7 +933,11 @@ impl Model {
     /// A segment the kernel dropped for a connection or a listener (request
     /// and TIME_WAIT sockets are counted only by reason, in the kernel).
     fn apply_drop(&mut self, ev: &TcpEvent) {
-        if let Some(c) = self.connections.get_mut(&ev.skaddr) {
+        // A connection the drop closed (an abort on data) is parked for its
+        // grace period by then.
+        let live = self.connections.get_mut(&ev.skaddr);
+        let closing = self.parked.get_mut(&ev.skaddr).map(|f| &mut f.connection);
+        if let Some(c) = live.or(closing) {
             c.drops = c.drops.saturating_add(1);
             c.last_drop_reason = ev.reason;
             return;
@@ -1030,6 +1051,7 @@ impl Model {
                     closed_by_exit: false,
                     reset_outstanding: None,
                     reset_silence_s: 0,
+                    reset_timestamped: false,
                     drops: 0,
                     last_drop_reason: 0,
                 });
@@ -1156,6 +1178,7 @@ impl Model {
             closed_by_exit: false,
             reset_outstanding: None,
             reset_silence_s: 0,
+            reset_timestamped: false,
             drops: 0,
             last_drop_reason: 0,
         });
@@ -1247,6 +1270,26 @@ impl Model {
                 return;
             }
         };
+        if end == EndReason::ResetReceived
+            && matches!(
+                old,
+                TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing
+            )
+        {
+            // After our own close, the kernel's abort for data that came
+            // anyway looks like a received reset; the reset it sends and
+            // the drop of that data follow within the grace period.
+            self.parked.insert(
+                ev.skaddr,
+                Finished {
+                    connection,
+                    end_ns: ev.ts_ns,
+                    end,
+                    time_wait: false,
+                },
+            );
+            return;
+        }
         let mut time_wait = matches!(end, EndReason::NormalClose | EndReason::OwnerExited)
             && matches!(old, TcpState::FinWait2 | TcpState::Closing);
         if time_wait && self.time_wait_full(connection.tuple.netns) {
@@ -1605,6 +1648,7 @@ impl Model {
                     closed_by_exit: false,
                     reset_outstanding: None,
                     reset_silence_s: 0,
+                    reset_timestamped: false,
                     drops: 0,
                     last_drop_reason: 0,
                 },
@@ -1831,6 +1875,7 @@ mod tests {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }
@@ -2132,6 +2177,11 @@ mod tests {
             end_after(reset(Some(58), Some(true)), CloseWait).end,
             EndReason::ResetReceived
         );
+        // A reset with a TCP timestamp: a live stack that has the
+        // connection aborted it (its delayed ACK not yet sent).
+        let mut live = reset(Some(58), Some(true));
+        live.reset_timestamped = true;
+        assert_eq!(end_after(live, Established).end, EndReason::ResetReceived);
     }
 
     #[test]
@@ -2246,9 +2296,64 @@ mod tests {
             "waits for a reset that may follow"
         );
         let out = m.apply(&ev(12, sk, EventKind::ResetSent, Close, Close));
+        assert!(
+            finished(&out).is_empty(),
+            "decided, and reported at the end of the grace period (a drop may follow)"
+        );
+        let out = m.expire(1000 * MS);
         let f = finished(&out)[0];
         assert_eq!((f.end, f.connection.resets_sent), (EndReason::ResetSent, 1));
-        assert!(m.expire(1000 * MS).is_empty(), "finished once only");
+        assert!(m.expire(2000 * MS).is_empty(), "finished once only");
+
+        // Data after our own close: the kernel aborts (its receive-reset
+        // tracepoint fires), sends a reset and drops the data.
+        let sk = SK + 0x200;
+        let mut late = ev(25, sk, EventKind::Drop, Close, Close);
+        late.reason = 31;
+        let out = apply_all(
+            &mut m,
+            &[
+                st(20, sk, Close, SynSent),
+                st(21, sk, SynSent, Established),
+                st(22, sk, Established, FinWait1),
+                st(23, sk, FinWait1, FinWait2),
+                ev(25, sk, EventKind::ResetReceived, FinWait2, FinWait2),
+                st(25, sk, FinWait2, Close),
+                ev(25, sk, EventKind::ResetSent, Close, Close),
+                late,
+            ],
+        );
+        assert!(finished(&out).is_empty());
+        let out = m.expire(3000 * MS);
+        let f = finished(&out)[0];
+        assert_eq!(
+            (
+                f.end,
+                f.connection.resets_sent,
+                f.connection.resets_received,
+                f.connection.drops,
+                f.connection.last_drop_reason
+            ),
+            (EndReason::ResetSent, 1, 0, 1, 31)
+        );
+        // A reset from the peer after our close stays one.
+        let sk = SK + 0x300;
+        apply_all(
+            &mut m,
+            &[
+                st(30, sk, Close, SynSent),
+                st(31, sk, SynSent, Established),
+                st(32, sk, Established, FinWait1),
+                ev(33, sk, EventKind::ResetReceived, FinWait1, FinWait1),
+                st(33, sk, FinWait1, Close),
+            ],
+        );
+        let out = m.expire(4000 * MS);
+        let f = finished(&out)[0];
+        assert_eq!(
+            (f.end, f.connection.resets_received),
+            (EndReason::ResetReceived, 1)
+        );
     }
 
     #[test]
@@ -2956,6 +3061,7 @@ mod regressions {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }
@@ -3017,6 +3123,7 @@ mod attribution_regressions {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }

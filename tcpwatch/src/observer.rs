@@ -18,9 +18,10 @@ use crate::{
 /// How often one exited owner may make tcpwatch look at its namespace again.
 const RECHECK_EXITED_NS: u64 = 10_000_000_000;
 
-/// At most one reconciliation triggered from the tick (an exited owner, a
-/// leak to confirm) per this period: each scans `/proc` and dumps sockets
-/// on the event loop's thread.
+/// At most one reconciliation of a namespace triggered from the tick (an
+/// exited owner, a leak to confirm) per this period: each scans `/proc`
+/// and dumps sockets. Per namespace, so owners exiting in one (a busy host
+/// of short-lived clients) never hold up the leak another must confirm.
 const TRIGGERED_RECONCILE_EVERY_NS: u64 = 3_000_000_000;
 
 /// What one event led to.
@@ -47,8 +48,11 @@ pub struct Observer {
     /// up at most every [`RECHECK_EXITED_NS`] (a socket nobody holds keeps
     /// its last owner).
     exited_rechecked: HashMap<u32, u64>,
-    /// When the tick last asked for a reconciliation of its own.
-    last_triggered_ns: u64,
+    /// When the tick last asked for a reconciliation of each namespace
+    /// (entries older than [`TRIGGERED_RECONCILE_EVERY_NS`] are dropped).
+    last_triggered: HashMap<u32, u64>,
+    /// When the owners were last checked to be alive.
+    last_exit_scan_ns: u64,
     /// Namespaces the tick wants reconciled now (owners to confirm): the
     /// caller runs it, the daemon off its lock, see [`Self::take_reconcile_request`].
     reconcile_request: Option<Vec<u32>>,
@@ -66,7 +70,8 @@ impl Observer {
             namespaces: HashMap::new(),
             netns_states: HashMap::new(),
             exited_rechecked: Default::default(),
-            last_triggered_ns: 0,
+            last_triggered: HashMap::new(),
+            last_exit_scan_ns: 0,
             reconcile_request: None,
             units: Units::default(),
         }
@@ -117,9 +122,11 @@ impl Observer {
         }
         self.exited_rechecked
             .retain(|_, at| now.saturating_sub(*at) < RECHECK_EXITED_NS);
-        if now.saturating_sub(self.last_triggered_ns) < TRIGGERED_RECONCILE_EVERY_NS {
+        // A look at every owner's `/proc` entry: at the same pace.
+        if now.saturating_sub(self.last_exit_scan_ns) < TRIGGERED_RECONCILE_EVERY_NS {
             return;
         }
+        self.last_exit_scan_ns = now;
         let mut owners: HashMap<u32, u32> = HashMap::new();
         // Sockets a process still holds: an orphan (closed, the kernel
         // finishing it) has no holder to find.
@@ -148,11 +155,21 @@ impl Observer {
         self.request_reconcile(now, namespaces);
     }
 
-    /// Asks the caller for a reconciliation of `namespaces`.
+    /// Asks the caller for a reconciliation of those of `namespaces` not
+    /// asked for in the last [`TRIGGERED_RECONCILE_EVERY_NS`].
     fn request_reconcile(&mut self, now: u64, namespaces: Vec<u32>) {
-        self.last_triggered_ns = now;
+        self.last_triggered
+            .retain(|_, at| now.saturating_sub(*at) < TRIGGERED_RECONCILE_EVERY_NS);
+        let due: Vec<u32> = namespaces
+            .into_iter()
+            .filter(|n| !self.last_triggered.contains_key(n))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.last_triggered.extend(due.iter().map(|n| (*n, now)));
         let request = self.reconcile_request.get_or_insert_with(Vec::new);
-        request.extend(namespaces);
+        request.extend(due);
         request.sort_unstable();
         request.dedup();
     }
@@ -172,9 +189,6 @@ impl Observer {
         let Some(d) = self.detectors.as_ref().filter(|d| d.confirm_owners) else {
             return;
         };
-        if now.saturating_sub(self.last_triggered_ns) < TRIGGERED_RECONCILE_EVERY_NS {
-            return;
-        }
         let namespaces = d.unconfirmed_waits(&self.model, now);
         if !namespaces.is_empty() {
             self.request_reconcile(now, namespaces);
@@ -188,7 +202,9 @@ impl Observer {
     /// listener passed on with exec, has another one since.
     fn attribute_to_listener(&self, event: &mut TcpEvent) {
         use crate::event::{EventKind, OwnerSource};
-        let listener = if event.kind == EventKind::SynackRetransmit {
+        let of_listener = event.kind == EventKind::SynackRetransmit
+            || (event.kind == EventKind::Drop && event.new_state == Some(TcpState::Listen));
+        let listener = if of_listener {
             // Its socket address is the listener's own.
             self.model.listener_at(event.skaddr).cloned().or_else(|| {
                 self.model
@@ -588,6 +604,7 @@ mod attribution_regressions {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }

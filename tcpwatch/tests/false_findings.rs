@@ -68,6 +68,10 @@ fn an_orphan_killed_by_late_data_is_no_time_wait_assassination() {
     server.ok("accept");
     client.ok("close");
     let filter = ["sport", "=", &format!(":{client_port}")];
+    // The server's ACK of the FIN may take a moment on a loaded machine.
+    wait_until(Duration::from_secs(1), || {
+        ns.sockets("fin-wait-2", &filter) + ns.sockets("time-wait", &filter) > 0
+    });
     let (fin_wait2, time_wait) = (
         ns.sockets("fin-wait-2", &filter),
         ns.sockets("time-wait", &filter),

@@ -91,11 +91,13 @@ const MAX_TIMEOUTS: usize = 256;
 const NAMED_CLIENTS: usize = 3;
 
 impl Destination {
-    /// Whether connects to here reached `listener`: to its own address, or
+    /// Whether connects to here were for `listener`: to its own address, or
     /// over loopback inside its namespace to a loopback or wildcard one. A
     /// wildcard listener's other addresses are not known here, so a connect
-    /// to one of them is not counted.
-    fn reaches(&self, listener: &ListenerKey) -> bool {
+    /// to one of them is not counted; nor is a connect from another
+    /// namespace that has a listener of its own on that address and port
+    /// (isolated networks reuse addresses): it went there.
+    fn reaches(&self, listener: &ListenerKey, model: &Model) -> bool {
         if self.port != listener.port {
             return false;
         }
@@ -103,7 +105,12 @@ impl Destination {
             self.netns == listener.netns
                 && (listener.addr == self.addr || listener.addr.is_unspecified())
         } else {
-            !listener.addr.is_unspecified() && listener.addr == self.addr
+            !listener.addr.is_unspecified()
+                && listener.addr == self.addr
+                && (self.netns == listener.netns
+                    || model
+                        .listeners_serving(self.netns, self.addr, self.port)
+                        .is_empty())
         }
     }
 }
@@ -157,30 +164,36 @@ impl Detectors {
         }
     }
 
-    /// Connects to `listener` that timed out within the window, and the
-    /// processes that made the latest of them.
-    fn timed_out_towards(&mut self, listener: &ListenerKey, now: u64) -> (u64, Vec<String>) {
+    /// Connects to `listener` that timed out within the window, when the
+    /// latest of them did (0: none), and the processes that made the latest.
+    fn timed_out_towards(
+        &mut self,
+        listener: &ListenerKey,
+        model: &Model,
+        now: u64,
+    ) -> (u64, u64, Vec<String>) {
         let since = now.saturating_sub(TIMEOUT_WINDOW_NS);
         self.listen.timed_out.retain(|_, t| {
             t.at_ns.retain(|at| *at >= since);
             !t.at_ns.is_empty()
         });
-        let mut count = 0;
+        let (mut count, mut latest) = (0, 0);
         let mut clients = Vec::new();
         for (_, t) in self
             .listen
             .timed_out
             .iter()
-            .filter(|(d, _)| d.reaches(listener))
+            .filter(|(d, _)| d.reaches(listener, model))
         {
             count += t.at_ns.len() as u64;
+            latest = latest.max(t.at_ns.back().copied().unwrap_or(0));
             for (pid, comm) in &t.clients {
                 if clients.len() < NAMED_CLIENTS {
                     clients.push(format!("{comm} (pid {pid})"));
                 }
             }
         }
-        (count, clients)
+        (count, latest, clients)
     }
 
     /// The listeners a reconciliation listed in `netns`. One is reported
@@ -238,10 +251,11 @@ impl Detectors {
             let full = limit > 0 && queue >= limit;
             let namespace_moved = counters.overflows.moved > 0 || counters.drops.moved > 0;
             let finding_key = format!("{netns}|{}|{}", s.local, s.local_port);
-            let previous = self
+            let open = self
                 .open
-                .get(&(FindingKind::AcceptQueueOverflow, finding_key.clone()))
-                .map(|o| o.count);
+                .get(&(FindingKind::AcceptQueueOverflow, finding_key.clone()));
+            let previous = open.map(|o| o.count);
+            let shown_timeout = open.map_or(0, |o| o.detail);
             let new_overflows = if full && namespace_moved {
                 counters.overflows.moved.max(u64::from(dropped_since))
             } else {
@@ -251,7 +265,9 @@ impl Detectors {
                 continue;
             }
             let count = previous.unwrap_or(0) + new_overflows;
-            let (timed_out, clients) = self.timed_out_towards(&key, now);
+            let (timed_out, latest_timeout, clients) = self.timed_out_towards(&key, model, now);
+            // Never back: timeouts leaving the window are no news.
+            let latest_timeout = latest_timeout.max(shown_timeout);
             let (who, named) = Who::listener(model, netns, s.local, s.local_port);
             let drops = counters.drops.moved;
             let listener = endpoint(s.local, s.local_port);
@@ -278,7 +294,9 @@ impl Detectors {
                 finding_key,
                 netns,
                 now,
-                (count, timed_out),
+                // A newer timeout is worth an update, not new evidence of
+                // an overflow; timeouts ageing out of the window are neither.
+                (count, latest_timeout),
                 Driver::Event,
                 |count| {
                     who.apply(
@@ -343,6 +361,7 @@ mod tests {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         };
@@ -393,16 +412,30 @@ mod tests {
         d.note_connect_timeout(&timed_out(1, 40003, "127.0.0.1", 81, 13).connection, 8);
         // A remote host's port 80 is not a local wildcard listener's.
         d.note_connect_timeout(&timed_out(1, 40004, "192.0.2.9", 80, 14).connection, 9);
-        let (count, clients) = d.timed_out_towards(&listener(1, "0.0.0.0", 80), 10);
+        let model = Model::default();
+        let (count, latest, clients) = d.timed_out_towards(&listener(1, "0.0.0.0", 80), &model, 10);
+        assert_eq!(latest, 6);
         assert_eq!(count, 2);
         assert_eq!(clients, ["client (pid 10)", "client (pid 11)"]);
-        assert_eq!(d.timed_out_towards(&listener(1, "127.0.0.1", 80), 10).0, 2);
+        assert_eq!(
+            d.timed_out_towards(&listener(1, "127.0.0.1", 80), &model, 10)
+                .0,
+            2
+        );
         // The listener on that remote address is found by its address,
         // from any namespace (a client elsewhere connecting to it).
-        assert_eq!(d.timed_out_towards(&listener(3, "192.0.2.9", 80), 10).0, 1);
+        assert_eq!(
+            d.timed_out_towards(&listener(3, "192.0.2.9", 80), &model, 10)
+                .0,
+            1
+        );
         // Five minutes on, they no longer count, and are forgotten.
         let later = 10 + TIMEOUT_WINDOW_NS;
-        assert_eq!(d.timed_out_towards(&listener(1, "0.0.0.0", 80), later).0, 0);
+        assert_eq!(
+            d.timed_out_towards(&listener(1, "0.0.0.0", 80), &model, later)
+                .0,
+            0
+        );
         assert!(d.listen.timed_out.is_empty());
     }
 

@@ -532,9 +532,10 @@ impl Detectors {
         self.observe_detailed(out, kind, key, netns, now, (count, 0), driver, make);
     }
 
-    /// [`Self::observe`] for a finding whose evidence has a second measure
-    /// besides its count (`detail`: the clients whose connects timed out
-    /// behind a full accept queue): a change of either is owed an update.
+    /// [`Self::observe`] for a finding whose report has a second measure
+    /// besides its count (`detail`: the latest connect that timed out
+    /// behind a full accept queue): a change of either is owed an update,
+    /// but only the count is evidence that keeps an event-driven finding open.
     #[allow(clippy::too_many_arguments)]
     fn observe_detailed(
         &mut self,
@@ -586,8 +587,12 @@ impl Detectors {
                 // move every tick), even while its report waits for the
                 // interval: a burst is reported with its final count by the
                 // next tick, not frozen at its first event.
-                if driver != Driver::Event || count != open.count || detail != open.detail {
+                if driver != Driver::Event || count != open.count {
                     open.last_evidence_ns = now;
+                    open.finding = make(count);
+                } else if detail != open.detail {
+                    // Shown, and owed an update, but no evidence that
+                    // keeps the finding open.
                     open.finding = make(count);
                 }
                 open.count = count;
@@ -1258,6 +1263,7 @@ mod tests {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }
@@ -2172,6 +2178,7 @@ mod regressions {
             owner_exiting: false,
             outstanding: None,
             silence_s: None,
+            reset_timestamped: false,
             cgroup: 0,
             workload: None,
         }

@@ -32,6 +32,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         owner_exiting: false,
         outstanding: None,
         silence_s: None,
+        reset_timestamped: false,
         cgroup: 0,
         workload: None,
     }

@@ -35,6 +35,7 @@ fn st(
         owner_exiting: false,
         outstanding: None,
         silence_s: None,
+        reset_timestamped: false,
         cgroup: 0,
         workload: None,
     }
@@ -88,7 +89,7 @@ fn connect_times_out(m: &mut Model, d: &mut Detectors, at: u64, i: u64) -> Vec<R
 
 fn overflow_reports(r: &[Report]) -> Vec<(u64, Status)> {
     r.iter()
-        .filter(|r| r.finding.kind == kind::ACCEPT_QUEUE_OVERFLOW)
+        .filter(|r| r.finding.kind == FindingKind::AcceptQueueOverflow)
         .map(|r| (r.ts_ns / S, r.status))
         .collect()
 }
@@ -229,7 +230,7 @@ fn accept_queue_overflow_names_no_client_of_another_namespaces_listener() {
     }
     let raised: Vec<&Report> = reports
         .iter()
-        .filter(|r| r.finding.kind == kind::ACCEPT_QUEUE_OVERFLOW)
+        .filter(|r| r.finding.kind == FindingKind::AcceptQueueOverflow)
         .collect();
     assert!(!raised.is_empty(), "namespace 1's listener overflowed");
     for r in raised {

@@ -32,6 +32,7 @@ fn ev(ts_ns: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
         owner_exiting: false,
         outstanding: None,
         silence_s: None,
+        reset_timestamped: false,
         cgroup: 0,
         workload: None,
     }
