@@ -596,7 +596,7 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
                     drop_names = Some(format.symbols("reason"));
                 }
                 None => {
-                    info!("this kernel's skb:kfree_skb does not name the socket a segment was dropped for (rx_sk, Linux 6.12+): TCP drops are not counted by reason");
+                    warn!("this kernel's skb:kfree_skb does not name the socket a segment was dropped for (rx_sk, Linux 6.12+): TCP drops are not counted by reason");
                     continue;
                 }
             },

@@ -51,8 +51,6 @@ pub struct Observer {
     /// When the tick last asked for a reconciliation of each namespace
     /// (entries older than [`TRIGGERED_RECONCILE_EVERY_NS`] are dropped).
     last_triggered: HashMap<u32, u64>,
-    /// When the owners were last checked to be alive.
-    last_exit_scan_ns: u64,
     /// Namespaces the tick wants reconciled now (owners to confirm): the
     /// caller runs it, the daemon off its lock, see [`Self::take_reconcile_request`].
     reconcile_request: Option<Vec<u32>>,
@@ -71,7 +69,6 @@ impl Observer {
             netns_states: HashMap::new(),
             exited_rechecked: Default::default(),
             last_triggered: HashMap::new(),
-            last_exit_scan_ns: 0,
             reconcile_request: None,
             units: Units::default(),
         }
@@ -122,11 +119,6 @@ impl Observer {
         }
         self.exited_rechecked
             .retain(|_, at| now.saturating_sub(*at) < RECHECK_EXITED_NS);
-        // A look at every owner's `/proc` entry: at the same pace.
-        if now.saturating_sub(self.last_exit_scan_ns) < TRIGGERED_RECONCILE_EVERY_NS {
-            return;
-        }
-        self.last_exit_scan_ns = now;
         let mut owners: HashMap<u32, u32> = HashMap::new();
         // Sockets a process still holds: an orphan (closed, the kernel
         // finishing it) has no holder to find.
