@@ -123,8 +123,15 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                     Step::Ring(ring) => {
                         while let Some(item) = ring.next() {
                             header.events += 1;
-                            if let Ok(ev) = decode(&item) {
-                                observer.record(ev);
+                            match decode(&item) {
+                                // `--netns`: only those namespaces are modelled.
+                                Ok(ev) if args.netns.is_empty()
+                                    || ev.netns == 0
+                                    || args.netns.contains(&ev.netns) =>
+                                {
+                                    observer.record(ev);
+                                }
+                                _ => {}
                             }
                         }
                     }

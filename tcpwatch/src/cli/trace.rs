@@ -170,6 +170,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             .with_own_netns(crate::netns::current_inode().map_or(0, |i| i as u32))
             .with_units(units.clone()),
         filter: args.filter(),
+        only_netns: args.netns.clone(),
         observer: Observer::new(
             Model::new(Limits::default()).with_listen_overflow_reason(listen_overflow),
             (!args.no_findings).then(|| Detectors::new(args.detect.thresholds())),
@@ -263,6 +264,8 @@ struct Tally {
 /// old sockets, the model, the detectors, filtering and rendering.
 struct Pipeline<W: Write> {
     renderer: Renderer,
+    /// `--netns`: the only namespaces observed (empty: all).
+    only_netns: Vec<u32>,
     filter: Filter,
     observer: Observer,
     lifecycle: bool,
@@ -299,6 +302,11 @@ impl<W: Write> Pipeline<W> {
                 return Ok(());
             }
         };
+        // `--netns`: other namespaces' sockets are neither shown nor
+        // modelled (their owners, leaks and reconciliations are not ours).
+        if !self.only_netns.is_empty() && ev.netns != 0 && !self.only_netns.contains(&ev.netns) {
+            return Ok(());
+        }
         let observed = self.observer.record(ev);
         // An owner change is no TCP event: the lines that follow name the
         // new owner.
