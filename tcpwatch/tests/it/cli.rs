@@ -1,9 +1,8 @@
 //! The command line as a user meets it: help, bad values, missing privileges.
-mod common;
 
 use std::process::Command;
 
-use common::tcpwatch;
+use crate::common::tcpwatch;
 
 #[test]
 fn every_trace_flag_is_documented() {
@@ -96,7 +95,7 @@ fn bad_values_exit_2_with_one_message() {
 #[test]
 #[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn unprivileged_trace_says_what_is_missing() {
-    if !common::privileged_or_skip("unprivileged_trace_says_what_is_missing") {
+    if !crate::common::privileged_or_skip("unprivileged_trace_says_what_is_missing") {
         return;
     }
     let out = Command::new("setpriv")

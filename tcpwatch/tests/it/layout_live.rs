@@ -1,6 +1,5 @@
 //! Layout discovery against the running kernel's own tracefs format files
 //! and BTF (privileged: tracefs may need mounting and is root-only).
-mod common;
 
 use tcpwatch::loader;
 use tcpwatch_common::{FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK};
@@ -18,7 +17,7 @@ fn kernel_version() -> (u32, u32) {
 #[test]
 #[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
 fn discovers_the_running_kernels_layouts() {
-    if !common::privileged_or_skip("discovers_the_running_kernels_layouts") {
+    if !crate::common::privileged_or_skip("discovers_the_running_kernels_layouts") {
         return;
     }
     let events = loader::tracefs_events().expect("tracefs is there or can be mounted");

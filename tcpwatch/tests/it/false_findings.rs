@@ -2,20 +2,11 @@
 //! did not happen (each once did): privileged scenarios with real sockets
 //! in namespaces made by each test. Each asserts the kernel's ground truth
 //! first, so a passing run means the situation was made.
-mod common;
 
 use std::{thread, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 fn lifecycle(lines: &[Value], sport: u16) -> Vec<&Value> {
     lines

@@ -1,19 +1,10 @@
 //! One privileged scenario per finding kind not covered in trace.rs, each in
 //! its own network namespace, with real sockets and `tcpwatch trace --json`.
-mod common;
 
 use std::{thread, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 /// SYNs dropped by a firewall with tcp_syn_retries lowered: connect_timeout.
 #[test]

@@ -2,7 +2,6 @@
 //! the owner tracking, each of which named a process that did not hold the
 //! socket (or had exited), or showed the owner checks stalling the daemon,
 //! before its fix.
-mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -12,16 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 const ROLE_ENV: &str = "TCPWATCH_ATTRIBUTION_ROLE";
 

@@ -3,20 +3,11 @@
 //! `docker-ID.scope` in a test slice) are named by `trace` (JSON `unit` and
 //! `container`, the `--unit` filter, findings), by the daemon's metrics and
 //! by its API; and still after the process and its cgroup are gone.
-mod common;
 
 use std::{thread, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the events' `ts_ns`.
 fn monotonic_ns() -> u64 {

@@ -2,7 +2,6 @@
 //! pre-fork server's connections name the worker that accepted them, a
 //! daemonizing client's leak names the live holder, and a short outage on an
 //! idle connection is no unresponsive peer.
-mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -11,15 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
+use crate::common::*;
 
 const ROLE_ENV: &str = "TCPWATCH_REGRESSION_ROLE";
 

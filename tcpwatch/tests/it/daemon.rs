@@ -1,22 +1,13 @@
 //! `tcpwatch run` end to end: real traffic in a test namespace, scraped over
 //! HTTP and checked against `ss`; and its configuration errors.
-mod common;
 
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use tcpwatch::web::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 /// Held by the tests that flood the host with connections and by the one
 /// that checks exact host-wide counts and health: every daemon traces the

@@ -1,20 +1,11 @@
 //! Privileged end-to-end tests of `tcpwatch trace --json`: real sockets in
 //! peer processes with their own command names, each test in its own
 //! network namespace, checked against what the test did.
-mod common;
 
 use std::{thread, time::Duration};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 const CLIENT: &str = "tw-client";
 

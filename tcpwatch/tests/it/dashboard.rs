@@ -1,7 +1,6 @@
 //! deploy/grafana/tcpwatch.json: every query of the dashboard names metrics
 //! tcpwatch exports, and every panel shows data from a real Prometheus
 //! scraping a real `tcpwatch run` during a workload.
-mod common;
 
 use std::{
     collections::BTreeSet,
@@ -10,16 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)

@@ -1,17 +1,8 @@
 //! `tcpwatch audit` against network namespaces the tests configure, with
 //! `ss` and the namespace's own counters as ground truth.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 fn audit(netns: &str) -> Value {
     let out = tcpwatch(&["audit", "--json", "--netns", netns]);

@@ -1,7 +1,6 @@
 //! deploy/: the systemd unit, the default configuration, the Prometheus
 //! scrape configuration and alerting rules, and a real Prometheus scraping
 //! tcpwatch.
-mod common;
 
 use std::{
     io::Write,
@@ -12,16 +11,8 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::common::*;
 use tcpwatch::config::Config;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)

@@ -1,17 +1,8 @@
 //! `tcpwatch top` as a person sees it: run in tmux, read the screen.
-mod common;
 
 use std::{process::Command, thread, time::Duration};
 
-use common::*;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
+use crate::common::*;
 
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux").args(args).output().expect("tmux runs");

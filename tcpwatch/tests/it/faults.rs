@@ -3,7 +3,6 @@
 //! restart, a namespace that disappears while observed, clients that never
 //! read and a scrape storm, tracefs missing, and the capabilities left
 //! after attach.
-mod common;
 
 use std::{
     io::Write,
@@ -13,15 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
-
-/// Not a test: the entry point of peer processes (see `common::Peer`).
-#[test]
-fn peer_main() {
-    if let Ok(comm) = std::env::var(PEER_ENV) {
-        peer_loop(&comm);
-    }
-}
+use crate::common::*;
 
 fn metrics(daemon: &RunningDaemon) -> String {
     let (status, _, body) = http_get(&daemon.addr, "/metrics");
