@@ -2446,6 +2446,46 @@ mod tests {
         assert_eq!(m.time_wait().count(), 0);
     }
 
+    /// Review: the session applies a dump after the events that came in
+    /// while it ran. A TIME_WAIT the dump listed and a new SYN then took
+    /// over (the model removed it, `time_wait_syn_reuse`) comes back as a
+    /// TIME_WAIT of nobody (pid 0) when the dump lands: a change made
+    /// during the dump is undone, against the README ("Only what predates
+    /// a dump is dropped, so changes during it are not undone"). It then
+    /// counts in the namespace's TIME_WAIT until a later reconciliation
+    /// finds it gone, which takes it for an early death.
+    #[test]
+    fn a_time_wait_taken_over_during_a_dump_does_not_come_back_when_it_lands() {
+        let s = 1_000_000_000;
+        let mut m = Model::default();
+        m.reconcile(7, &[], 0, 0);
+        // The server closes first: TIME_WAIT is on the server's side.
+        run(
+            &mut m,
+            &[
+                st(1_000, SK, Listen, SynRecv),
+                st(1_001, SK, SynRecv, Established),
+                st(1_002, SK, Established, FinWait1),
+                st(1_003, SK, FinWait1, FinWait2),
+                st(1_004, SK, FinWait2, Close),
+            ],
+        );
+        assert_eq!(m.time_wait().count(), 1);
+        // A dump starts at 5 s and lists the TIME_WAIT; at 5.5 s, while it
+        // runs, a new SYN takes the 4-tuple over.
+        let out = m.apply(&st(5_500, SK + 8, Listen, SynRecv));
+        assert!(matches!(out[..], [Outcome::TimeWaitSynReused { .. }]));
+        assert_eq!(m.time_wait().count(), 0);
+        // The dump lands at 6 s.
+        m.reconcile(7, &[kernel(tuple(), TimeWait)], 5 * s, 6 * s);
+        assert_eq!(
+            m.time_wait().count(),
+            0,
+            "the dump brought back a TIME_WAIT taken over after it started: {:?}",
+            m.time_wait().collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn server_time_wait_taken_over_by_a_new_syn() {
         let mut m = Model::default();
