@@ -827,7 +827,9 @@ mod session_review {
 
     /// A pid that has exited (and been reaped).
     fn dead_pid() -> u32 {
-        let mut child = std::process::Command::new("true").spawn().expect("true runs");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
         let pid = child.id();
         child.wait().expect("reaped");
         pid
@@ -854,10 +856,30 @@ mod session_review {
             .arg("30")
             .spawn()
             .expect("sleep runs");
-        o.record(ev(S, 0xa000, 7, first, (8080, 0), (Close, Listen), OwnerSource::Listen));
-        o.record(ev(S, 0xb000, 7, second.id(), (8081, 0), (Close, Listen), OwnerSource::Listen));
+        o.record(ev(
+            S,
+            0xa000,
+            7,
+            first,
+            (8080, 0),
+            (Close, Listen),
+            OwnerSource::Listen,
+        ));
+        o.record(ev(
+            S,
+            0xb000,
+            7,
+            second.id(),
+            (8081, 0),
+            (Close, Listen),
+            OwnerSource::Listen,
+        ));
         o.tick(2 * S);
-        assert_eq!(o.take_reconcile_request(), Some(vec![7]), "the first exited owner");
+        assert_eq!(
+            o.take_reconcile_request(),
+            Some(vec![7]),
+            "the first exited owner"
+        );
         // The second owner exits a second later.
         second.kill().expect("killed");
         second.wait().expect("reaped");
@@ -897,10 +919,37 @@ mod session_review {
         let dump_start = 9 * S;
         // Namespace 9 appears at 10 s; its events are applied while the
         // dump runs.
-        o.record(ev(10 * S, 0xa000, 9, me, (8080, 0), (Close, Listen), OwnerSource::Listen));
-        o.record(ev(10 * S + 1, 0xb000, 9, me, (40000, 8080), (Close, SynSent), OwnerSource::Connect));
-        o.record(ev(10 * S + 2, 0xb000, 9, me, (40000, 8080), (SynSent, Established), OwnerSource::Connect));
-        assert_eq!(o.model.connections().filter(|c| c.tuple.netns == 9).count(), 1);
+        o.record(ev(
+            10 * S,
+            0xa000,
+            9,
+            me,
+            (8080, 0),
+            (Close, Listen),
+            OwnerSource::Listen,
+        ));
+        o.record(ev(
+            10 * S + 1,
+            0xb000,
+            9,
+            me,
+            (40000, 8080),
+            (Close, SynSent),
+            OwnerSource::Connect,
+        ));
+        o.record(ev(
+            10 * S + 2,
+            0xb000,
+            9,
+            me,
+            (40000, 8080),
+            (SynSent, Established),
+            OwnerSource::Connect,
+        ));
+        assert_eq!(
+            o.model.connections().filter(|c| c.tuple.netns == 9).count(),
+            1
+        );
         // The dump lands at 11 s.
         o.apply_dumps(empty_dump(7, dump_start, vec![7]));
         assert_eq!(

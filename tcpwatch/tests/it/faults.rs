@@ -328,3 +328,74 @@ fn a_ring_buffer_overflow_is_counted_and_repaired() {
         .collect();
     assert!(!leaks.is_empty(), "{lines:#?}");
 }
+
+/// Review: losses within 5 s of a repair are never repaired. The session
+/// refuses the repair (at most one every 5 s) and `trace` forgets the
+/// loss (its count is taken as reported), so with `--reconcile-interval
+/// 0s` (documented: checks only at start; a long interval likewise until
+/// its next round) a CLOSE_WAIT leak whose events were lost in the second
+/// burst is never found. The README promises an early reconciliation
+/// after losses "at most every 5 s", i.e. one deferred, not dropped.
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn losses_soon_after_a_repair_are_repaired_too() {
+    if !privileged_or_skip("losses_soon_after_a_repair_are_repaired_too") {
+        return;
+    }
+    let ns = Netns::new("burst2");
+    let tracer = Tracer::start(
+        &ns,
+        &[
+            "--no-events",
+            "--ring-kib",
+            "4",
+            "--reconcile-interval",
+            "0s",
+            "--close-wait-age",
+            "1s",
+        ],
+    );
+    // Bursts of refused connects (to a port nobody listens on): their lost
+    // events leave no CLOSE_WAIT or FIN_WAIT2 behind whose owners a
+    // confirmation would dump the namespace for (that dump would find the
+    // leak by chance).
+    let mut client = ns.peer("tw-client");
+    let burst = |client: &mut Peer| {
+        for _ in 0..60 {
+            let answer = client.cmd("connect 127.0.0.1 9");
+            assert!(answer.starts_with("err"), "{answer}");
+        }
+    };
+    // First burst: losses, and the repair they trigger.
+    // SAFETY: signals to the tracer this test started and has not reaped.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    burst(&mut client);
+    // SAFETY: as above.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    thread::sleep(Duration::from_millis(1500));
+    // Second burst, a second or two after that repair: its losses hide a
+    // CLOSE_WAIT leak.
+    // SAFETY: as above.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    burst(&mut client);
+    let peers = leak_and_buildup(&ns, 2, 0);
+    let leaky_port = peers.leaky_port;
+    // SAFETY: as above.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    // Well past the 5 s after the first repair.
+    thread::sleep(Duration::from_millis(9000));
+    let (lines, stderr) = tracer.stop();
+    let lost = stderr
+        .iter()
+        .filter(|l| l.contains("LOST") || l.contains("lost"))
+        .count();
+    assert!(lost > 0, "events were lost: {stderr:#?}");
+    let leaks: Vec<_> = findings(&lines, "close_wait_leak")
+        .into_iter()
+        .filter(|f| f["lport"] == leaky_port)
+        .collect();
+    assert!(
+        !leaks.is_empty(),
+        "the leak hidden by the second burst's losses was never found (no repair): {stderr:#?}"
+    );
+}

@@ -1756,3 +1756,66 @@ fn a_burst_of_real_connections_is_no_syn_flood() {
         "{lines:#?}\n{stderr:?}"
     );
 }
+
+/// Review: every dump resets the session's periodic clock, even a dump of
+/// one namespace made to confirm the owners of a CLOSE_WAIT that crossed
+/// `--close-wait-age` unseen. A service that keeps leaking CLOSE_WAIT in
+/// namespace A asks for A every 3 s or so, so with `--reconcile-interval`
+/// above that the periodic dump of every namespace never comes: what only
+/// reconciliations find in namespace B (here a `sysctl_risk` set after
+/// start; likewise accept_queue_overflow, syn_flood, TIME_WAIT
+/// corrections) is never reported. The README: "at start and every
+/// `--reconcile-interval`, tcpwatch dumps the TCP sockets of every network
+/// namespace (or those of `--netns`)".
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn a_leak_confirmed_in_one_namespace_does_not_starve_the_periodic_reconciliation_of_another() {
+    if !privileged_or_skip(
+        "a_leak_confirmed_in_one_namespace_does_not_starve_the_periodic_reconciliation_of_another",
+    ) {
+        return;
+    }
+    let leaking = Netns::new("starve-a");
+    let quiet = Netns::new("starve-b");
+    let quiet_inode = quiet.inode.to_string();
+    let tracer = Tracer::start(
+        &leaking,
+        &[
+            "--netns",
+            &quiet_inode,
+            "--no-events",
+            "--close-wait-age",
+            "1s",
+            "--reconcile-interval",
+            "5s",
+        ],
+    );
+    // A risk in B that only a reconciliation of B can see.
+    quiet.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    quiet.sysctl("net.ipv4.tcp_timestamps", "0");
+    let mut leaky = leaking.peer("tw-leaky");
+    let mut client = leaking.peer("tw-client");
+    let port: u16 = leaky.ok("listen 127.0.0.1 64").parse().expect("port");
+    // A new CLOSE_WAIT every second for 16 s: each crosses 1 s before
+    // any dump of A has seen it.
+    for _ in 0..16 {
+        client.ok(&format!("connect 127.0.0.1 {port}"));
+        leaky.ok("accept");
+        client.ok("close");
+        leaky.ok("keep");
+        thread::sleep(Duration::from_millis(1000));
+    }
+    let (lines, stderr) = tracer.stop();
+    assert!(
+        !raised(&lines, "close_wait_leak").is_empty(),
+        "A's leak was reported: {lines:#?} {stderr:#?}"
+    );
+    let risks: Vec<_> = raised(&lines, "sysctl_risk")
+        .into_iter()
+        .filter(|f| f["netns"] == quiet.inode)
+        .collect();
+    assert!(
+        !risks.is_empty(),
+        "16 s with --reconcile-interval 5s and namespace B was never reconciled: {lines:#?}"
+    );
+}
