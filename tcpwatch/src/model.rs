@@ -811,6 +811,15 @@ impl Model {
         }
     }
 
+    /// A TIME_WAIT a new connection took over at `at_ns`: a dump that
+    /// started before still lists it, and must not bring it back.
+    fn note_taken_over(&mut self, tuple: FourTuple, at_ns: u64) {
+        self.recently_closed.push_back((tuple, at_ns));
+        if self.recently_closed.len() > self.limits.max_connections {
+            self.recently_closed.pop_front();
+        }
+    }
+
     fn tw_remove(&mut self, tuple: &FourTuple) -> Option<TimeWait> {
         let removed = self.time_wait.remove(tuple)?;
         if let Some(n) = self.time_wait_per_netns.get_mut(&tuple.netns) {
@@ -1109,6 +1118,7 @@ impl Model {
         if old == TcpState::SynSent && new == TcpState::Established {
             let reused = self.tw_remove(&tuple);
             if let Some(tw) = reused {
+                self.note_taken_over(tuple, ev.ts_ns);
                 out.push(Outcome::TimeWaitReused {
                     tuple,
                     age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
@@ -1147,6 +1157,7 @@ impl Model {
         }
         if new == TcpState::SynRecv {
             if let Some(tw) = self.tw_remove(&tuple) {
+                self.note_taken_over(tuple, ev.ts_ns);
                 out.push(Outcome::TimeWaitSynReused {
                     tuple,
                     age_ns: ev.ts_ns.saturating_sub(tw.entered_ns),
@@ -1368,6 +1379,33 @@ impl Model {
 
     /// Drops everything about namespaces not in `listed` (they are gone,
     /// and their sockets with them); returns how many entries went.
+    /// Namespaces whose records changed at or after `since_ns` (a
+    /// connection's transition, a listener, a TIME_WAIT entered): they
+    /// exist, even if a dump that started before listed none of them.
+    pub fn namespaces_active_since(&self, since_ns: u64) -> Vec<u32> {
+        let mut active: Vec<u32> = self
+            .connections
+            .values()
+            .filter(|c| c.state_since_ns >= since_ns)
+            .map(|c| c.tuple.netns)
+            .chain(
+                self.listeners
+                    .values()
+                    .filter(|l| l.since_ns >= since_ns)
+                    .map(|l| l.tuple.netns),
+            )
+            .chain(
+                self.time_wait
+                    .iter()
+                    .filter(|(_, tw)| tw.entered_ns >= since_ns)
+                    .map(|(t, _)| t.netns),
+            )
+            .collect();
+        active.sort_unstable();
+        active.dedup();
+        active
+    }
+
     pub fn forget_namespaces_except(&mut self, listed: &[u32]) -> u64 {
         // A set: every record is looked up, and a host may have thousands.
         let listed: std::collections::HashSet<u32> = listed.iter().copied().collect();
@@ -1473,7 +1511,18 @@ impl Model {
             }
             r.time_wait_removed += 1;
         }
+        // TIME_WAITs a new connection took over after the dump started are
+        // still in it, but over.
+        let taken_during_dump: std::collections::HashSet<FourTuple> = self
+            .recently_closed
+            .iter()
+            .filter(|(t, at)| *at >= dump_start_ns && t.netns == netns)
+            .map(|(t, _)| *t)
+            .collect();
         for (t, (substate, left_ns)) in &kernel_tw {
+            if taken_during_dump.contains(t) {
+                continue;
+            }
             if let Some(entry) = self.time_wait.get_mut(t) {
                 if entry.substate != *substate {
                     entry.substate = *substate;

@@ -131,9 +131,17 @@ impl Observer {
         for l in self.model.listeners() {
             owners.entry(l.pid).or_insert(l.tuple.netns);
         }
+        // Owners in a namespace looked at less than the limit ago wait for
+        // the next tick: marked as rechecked only once their look is asked.
+        self.last_triggered
+            .retain(|_, at| now.saturating_sub(*at) < TRIGGERED_RECONCILE_EVERY_NS);
         let exited: Vec<(u32, u32)> = owners
             .into_iter()
-            .filter(|(pid, _)| *pid != 0 && !self.exited_rechecked.contains_key(pid))
+            .filter(|(pid, netns)| {
+                *pid != 0
+                    && !self.exited_rechecked.contains_key(pid)
+                    && !self.last_triggered.contains_key(netns)
+            })
             .filter(|(pid, _)| !crate::snapshot::alive(*pid))
             .collect();
         self.exited_rechecked
@@ -279,13 +287,17 @@ impl Observer {
         let mut reports = Vec::new();
         if let Some(listed) = &dumps.listed {
             // Namespaces that no longer exist took their sockets with them,
-            // and their findings are over.
-            self.model.forget_namespaces_except(listed);
-            self.namespaces.retain(|inode, _| listed.contains(inode));
-            self.netns_states.retain(|inode, _| listed.contains(inode));
+            // and their findings are over; one made while the dump ran (its
+            // events came since) exists, listed or not.
+            let mut alive = listed.clone();
+            alive.extend(self.model.namespaces_active_since(dumps.started_ns));
+            alive.sort_unstable();
+            alive.dedup();
+            self.model.forget_namespaces_except(&alive);
+            self.namespaces.retain(|inode, _| alive.contains(inode));
+            self.netns_states.retain(|inode, _| alive.contains(inode));
             if let Some(d) = self.detectors.as_mut() {
-                let start = dumps.namespaces.first().map_or(0, |n| n.start_ns);
-                reports.extend(d.forget_namespaces_except(listed, start));
+                reports.extend(d.forget_namespaces_except(&alive, dumps.started_ns));
             }
         }
         if !dumps.namespaces.is_empty() {
@@ -383,12 +395,17 @@ pub struct Dumps {
     pub listed: Option<Vec<u32>>,
     /// Who holds each socket, scanned right after the dumps.
     pub holders: crate::snapshot::Holders,
+    /// When the namespaces were listed, before any was dumped.
+    pub started_ns: u64,
+    /// Every namespace was dumped, not only some (owner confirmations).
+    pub complete: bool,
 }
 
 /// Dumps every namespace (or those in `only`), and who holds each socket
 /// (their cgroups learnt through `units`). Blocking: sock_diag and /proc
 /// reads, a few milliseconds per thousand sockets.
 pub fn dump_namespaces(only: &[u32], units: &Units) -> Dumps {
+    let started_ns = monotonic_ns();
     let mut dumps = Vec::new();
     let all = netns::all();
     // Every namespace is listed even when only some are dumped: what is
@@ -414,6 +431,8 @@ pub fn dump_namespaces(only: &[u32], units: &Units) -> Dumps {
         namespaces: dumps,
         listed,
         holders: crate::snapshot::Holders::scan(units),
+        started_ns,
+        complete: only.is_empty(),
     }
 }
 
@@ -502,6 +521,8 @@ mod tests {
             }],
             listed: Some(vec![netns]),
             holders: Default::default(),
+            started_ns: 1,
+            complete: true,
         }
     }
 
@@ -725,6 +746,8 @@ mod attribution_regressions {
             }],
             listed: Some(vec![7]),
             holders: Default::default(),
+            started_ns: 1,
+            complete: true,
         });
         assert_eq!(o.sock_diag_available, Some(false));
         let parent = (me, "tw-parent");
@@ -822,6 +845,8 @@ mod session_review {
             }],
             listed: Some(listed),
             holders: Default::default(),
+            started_ns: start_ns,
+            complete: true,
         }
     }
 

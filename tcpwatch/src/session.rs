@@ -81,6 +81,8 @@ pub struct Session {
     reconcile_every_ns: u64,
     last_reconcile_ns: u64,
     last_repair_ns: u64,
+    /// Events were lost and the repair waits for [`REPAIR_EVERY_NS`] to pass.
+    repair_pending: bool,
     running: Option<JoinHandle<Dumps>>,
     queued: Option<Scope>,
 }
@@ -105,6 +107,7 @@ impl Session {
             reconcile_every_ns: reconcile_every.as_nanos() as u64,
             last_reconcile_ns: monotonic_ns(),
             last_repair_ns: 0,
+            repair_pending: false,
             running: None,
             queued: None,
         })
@@ -142,6 +145,7 @@ impl Session {
             Woken::Ring => Ok(Step::Ring(self.ring.get_mut())),
             Woken::Tick => {
                 let now = monotonic_ns();
+                self.start_due_repair(now);
                 if self.reconcile_every_ns > 0
                     && now.saturating_sub(self.last_reconcile_ns) >= self.reconcile_every_ns
                 {
@@ -166,14 +170,18 @@ impl Session {
     }
 
     /// Dumps `namespaces` (empty: those the user asked for) now, or right
-    /// after the dump that is running.
+    /// after the dump that is running. Only a dump of everything the user
+    /// asked for counts as the periodic one: a namespace confirming its
+    /// owners every few seconds must not hold up the others' checks.
     pub fn reconcile_now(&mut self, namespaces: &[u32]) {
         let scope = if namespaces.is_empty() {
             Scope::of(&self.only)
         } else {
             Scope::of(namespaces)
         };
-        self.last_reconcile_ns = monotonic_ns();
+        if scope == Scope::of(&self.only) {
+            self.last_reconcile_ns = monotonic_ns();
+        }
         if self.running.is_some() {
             self.queued = Some(match self.queued.take() {
                 Some(queued) => queued.union(scope),
@@ -184,16 +192,20 @@ impl Session {
         }
     }
 
-    /// Events were lost: dumps everything the user asked for, unless a
-    /// repair ran less than [`REPAIR_EVERY_NS`] ago. True when one starts
-    /// (the caller marks the model's records uncertain until it lands).
-    pub fn repair(&mut self, now: u64) -> bool {
-        if now.saturating_sub(self.last_repair_ns) < REPAIR_EVERY_NS {
-            return false;
+    /// Events were lost: dumps everything the user asked for now, or as
+    /// soon as [`REPAIR_EVERY_NS`] has passed since the last repair (the
+    /// caller marks the model's records uncertain until it lands).
+    pub fn repair(&mut self, now: u64) {
+        self.repair_pending = true;
+        self.start_due_repair(now);
+    }
+
+    fn start_due_repair(&mut self, now: u64) {
+        if self.repair_pending && now.saturating_sub(self.last_repair_ns) >= REPAIR_EVERY_NS {
+            self.repair_pending = false;
+            self.last_repair_ns = now;
+            self.reconcile_now(&[]);
         }
-        self.last_repair_ns = now;
-        self.reconcile_now(&[]);
-        true
     }
 
     /// The ring buffer, for a last drain before exiting.

@@ -194,9 +194,10 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
                         }
                         // Lost events leave the model unsure of some
                         // connections: the kernel's socket list repairs it.
-                        if d.heartbeat(now) && session.repair(now) {
+                        if d.heartbeat(now) {
+                            session.repair(now);
                             let marked = d.observer.model.mark_uncertain();
-                            info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag now");
+                            info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag (at most every 5 s)");
                         }
                     }
                     if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
@@ -224,6 +225,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
 /// the lock) and keeps tcpwatch's own namespace's settings and counters,
 /// from the same dumps, for the metrics.
 fn apply_dumps(shared: &daemon::Shared, dumps: Dumps) {
+    let dumps_complete = dumps.complete;
     let own_state = netns::current_inode().ok().and_then(|inode| {
         dumps
             .namespaces
@@ -243,11 +245,15 @@ fn apply_dumps(shared: &daemon::Shared, dumps: Dumps) {
         let d = &mut *d;
         d.metrics.count_tcpext(&d.observer.netns_states, d.top_n);
     }
+    let complete = dumps_complete;
     match own_state {
         Some(state) => d.own_netns = Some(state),
-        None => {
+        // A dump of some namespaces only (owners to confirm) says nothing
+        // of tcpwatch's own.
+        None if complete => {
             warn!("cannot read the TCP settings and counters of tcpwatch's own network namespace")
         }
+        None => {}
     }
     drop(d);
     // A dump of many sockets leaves freed memory in the allocator's arenas;

@@ -156,7 +156,8 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                             header.lost = read.ringbuf_full + read.recursion_misses;
                             // Lost events leave the model unsure: repair it
                             // from the kernel's socket list.
-                            if read.ringbuf_full > ring_full_seen && session.repair(now) {
+                            if read.ringbuf_full > ring_full_seen {
+                                session.repair(now);
                                 observer.model.mark_uncertain();
                             }
                             ring_full_seen = read.ringbuf_full;

@@ -218,7 +218,8 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                         report_losses(&reported, &read);
                         // A ring buffer overflow leaves the model unsure:
                         // repair it from the kernel's socket list.
-                        if read.ringbuf_full > reported.ringbuf_full && session.repair(now) {
+                        if read.ringbuf_full > reported.ringbuf_full {
+                            session.repair(now);
                             pipeline.observer.model.mark_uncertain();
                         }
                         reported = read;
