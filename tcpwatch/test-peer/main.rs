@@ -2,20 +2,27 @@
 //! process with the command name given as its argument, run inside a test's
 //! network namespace, that opens, accepts, sends, forks and closes sockets
 //! as the test tells it on stdin, one command a line, and answers each on
-//! stdout (`@@ ok ...` or `@@ err ...`). Not part of tcpwatch: built for
-//! the tests only, and not packaged.
+//! stdout (`@@ ok ...` or `@@ err ...`); or, with `--role ROLE`, one of
+//! the helper processes of the attribution and regression tests (roles.rs).
+//! Not part of tcpwatch: built for the tests only, and not packaged.
 use std::{
     io::{BufRead, Write},
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
+mod roles;
+
 fn main() {
-    let Some(comm) = std::env::args().nth(1) else {
-        eprintln!("usage: tcpwatch-test-peer COMM (commands on stdin)");
-        std::process::exit(2);
-    };
-    peer_loop(&comm);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, role] if flag == "--role" => roles::run(role),
+        [comm] => peer_loop(comm),
+        _ => {
+            eprintln!("usage: tcpwatch-test-peer COMM (commands on stdin) | --role ROLE");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// The peer side: a command interpreter over stdin, replies on stdout.

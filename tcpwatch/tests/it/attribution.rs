@@ -4,8 +4,7 @@
 //! before its fix.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::process::CommandExt,
+    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -14,135 +13,12 @@ use std::{
 use crate::common::*;
 use serde_json::Value;
 
-const ROLE_ENV: &str = "TCPWATCH_ATTRIBUTION_ROLE";
-
-fn set_comm(name: &str) {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    let _ = std::fs::write("/proc/self/comm", name);
-}
-
+/// A helper process of these tests, run by the test peer binary
+/// (`tcpwatch-test-peer --role ROLE`, test-peer/roles.rs).
 fn role_command(role: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "attribution_role_main",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE_ENV, role);
+    let mut cmd = Command::new(PEER);
+    cmd.args(["--role", role]);
     cmd
-}
-
-/// Not a test: helper processes.
-///
-/// `before:PORT`: as `r13-before`, connects to 127.0.0.1:PORT, then execs
-/// this same binary (same pid) as `after:FD`, keeping the connection.
-/// `after:FD`: as `r13-after`, sends 5 bytes on FD, says so, and holds it.
-#[test]
-fn attribution_role_main() {
-    let Ok(role) = std::env::var(ROLE_ENV) else {
-        return;
-    };
-    if let Some(port) = role.strip_prefix("before:") {
-        set_comm("r13-before");
-        let conn = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
-            .expect("connect");
-        let local = conn.local_addr().unwrap().port();
-        // dup() clears FD_CLOEXEC: the exec keeps the connection.
-        let fd = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&conn)) };
-        println!("@@ {local} {}", std::process::id());
-        let _ = std::io::stdout().flush();
-        let e = role_command(&format!("after:{fd}")).exec();
-        panic!("exec failed: {e}");
-    }
-    if role == "sharer" {
-        // Accepts one connection and forks a handler; both keep it (the
-        // parent forgot to close its copy). The handler reads the request
-        // (here: the peer's FIN) half a second later, then holds it.
-        set_comm("r13-parent");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        println!("@@ {}", listener.local_addr().unwrap().port());
-        let _ = std::io::stdout().flush();
-        let (conn, _) = listener.accept().unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
-        let name = c"r13-handler";
-        // SAFETY: the child only makes raw system calls.
-        let handler = unsafe { libc::fork() };
-        if handler == 0 {
-            unsafe {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
-                let half = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 500_000_000,
-                };
-                libc::nanosleep(&half, std::ptr::null_mut());
-                let mut buf = [0u8; 64];
-                libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        println!("@@ {handler}");
-        let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        drop(conn);
-        return;
-    }
-    if let Some(port) = role.strip_prefix("giveup:") {
-        // A client of a black-holed server: sends, waits 1.5 s for an
-        // answer that never comes, gives up and exits (the kernel keeps
-        // retransmitting the orphan).
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
-        {
-            let _ = c.write_all(&[7u8; 1000]);
-            thread::sleep(Duration::from_millis(1500));
-        }
-        return;
-    }
-    if let Some(n) = role.strip_prefix("hog:") {
-        // Many descriptors (what a busy host has): every holders scan
-        // reads each one's link.
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: plain system calls on our own limits and descriptors.
-        unsafe {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            for _ in 0..n.parse::<usize>().unwrap().min(lim.rlim_max as usize - 100) {
-                libc::dup(null);
-            }
-        }
-        println!("@@ ready");
-        let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        return;
-    }
-    if let Some(fd) = role.strip_prefix("after:") {
-        set_comm("r13-after");
-        let fd: i32 = fd.parse().unwrap();
-        // SAFETY: a send on the inherited descriptor.
-        let sent = unsafe { libc::send(fd, b"hello".as_ptr().cast(), 5, 0) };
-        println!("@@ sent {sent}");
-        let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-    }
 }
 
 fn alive(pid: u64) -> bool {
@@ -339,14 +215,8 @@ fn a_process_that_execs_itself_is_named_after_its_new_program() {
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
     let mut role = Command::new("ip")
         .args(["netns", "exec", &ns.name])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "attribution_role_main",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_ENV, format!("before:{port}"))
+        .arg(PEER)
+        .args(["--role", &format!("before:{port}")])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -581,14 +451,8 @@ fn of_two_holders_the_one_that_read_last_is_named() {
     );
     let mut role = Command::new("ip")
         .args(["netns", "exec", &ns.name])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "attribution_role_main",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_ENV, "sharer")
+        .arg(PEER)
+        .args(["--role", "sharer"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -658,9 +522,8 @@ fn clients_giving_up_on_a_dead_server_do_not_stall_the_daemon() {
             spawned.push(
                 Command::new("ip")
                     .args(["netns", "exec", &name])
-                    .arg(std::env::current_exe().unwrap())
-                    .args(["--exact", "attribution_role_main", "--test-threads=1"])
-                    .env(ROLE_ENV, format!("giveup:{port}"))
+                    .arg(PEER)
+                    .args(["--role", &format!("giveup:{port}")])
                     .stdout(Stdio::null())
                     .spawn()
                     .unwrap(),

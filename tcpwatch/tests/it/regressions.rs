@@ -4,126 +4,13 @@
 //! idle connection is no unresponsive peer.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     thread,
     time::Duration,
 };
 
 use crate::common::*;
-
-const ROLE_ENV: &str = "TCPWATCH_REGRESSION_ROLE";
-
-/// Not a test: a pre-fork server (see [`PreFork`]).
-#[test]
-fn regression_role_main() {
-    if let Ok(mode) = std::env::var(ROLE_ENV) {
-        match mode.strip_prefix("heir:") {
-            Some(port) => heir_role(port.parse().unwrap()),
-            None => prefork_role(&mode),
-        }
-    }
-}
-
-fn set_comm(name: &str) {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
-}
-
-/// The master listens on 127.0.0.1 (comm `rv-master`) and forks a worker
-/// (comm `rv-worker`) that accepts one connection and then, by `mode`,
-/// writes until the peer's window is shut (`fill`) or sends 5 bytes 1.5 s
-/// later (`send`). The accepted socket is held only by the worker.
-fn prefork_role(mode: &str) {
-    set_comm("rv-master");
-    let _ = std::fs::write("/proc/self/comm", "rv-master");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let fill = mode == "fill";
-    let worker_name = std::ffi::CString::new("rv-worker").unwrap();
-    // SAFETY: the child only makes raw system calls, then _exit.
-    let worker = unsafe { libc::fork() };
-    if worker == 0 {
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::prctl(
-                libc::PR_SET_NAME,
-                worker_name.as_ptr() as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            let conn = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
-            libc::close(fd);
-            let buf = [7u8; 65536];
-            let pause = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 20_000_000,
-            };
-            if fill {
-                libc::fcntl(conn, libc::F_SETFL, libc::O_NONBLOCK);
-                let mut idle = 0;
-                while idle < 20 {
-                    if libc::send(conn, buf.as_ptr().cast(), buf.len(), 0) < 0 {
-                        idle += 1;
-                        libc::nanosleep(&pause, std::ptr::null_mut());
-                    } else {
-                        idle = 0;
-                    }
-                }
-            } else {
-                let later = libc::timespec {
-                    tv_sec: 1,
-                    tv_nsec: 500_000_000,
-                };
-                libc::nanosleep(&later, std::ptr::null_mut());
-                libc::send(conn, buf.as_ptr().cast(), 5, 0);
-            }
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    println!("@@ {port} {worker}");
-    let _ = std::io::stdout().flush();
-    // Until told to stop (or stdin closes): then the worker dies with us.
-    let mut line = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut line);
-    // SAFETY: a kill of our own child.
-    unsafe { libc::kill(worker, libc::SIGKILL) };
-}
-
-/// A process (comm `rv-parent`) connects to 127.0.0.1:`port`, forks an
-/// heir (comm `rv-heir`) that keeps the socket, prints both pids and exits
-/// at once, as a daemonizing process does.
-fn heir_role(port: u16) {
-    set_comm("rv-parent");
-    let _ = std::fs::write("/proc/self/comm", "rv-parent");
-    let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let local = conn.local_addr().unwrap().port();
-    let name = std::ffi::CString::new("rv-heir").unwrap();
-    // SAFETY: the child only makes raw system calls.
-    let heir = unsafe { libc::fork() };
-    if heir == 0 {
-        unsafe {
-            libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
-            // Let go of the parent's stdout, so whoever reads it sees EOF.
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            // Hold the socket (never close it) until killed.
-            loop {
-                libc::pause();
-            }
-        }
-    }
-    println!("@@ {local} {} {heir}", std::process::id());
-    let _ = std::io::stdout().flush();
-    // SAFETY: exits without running destructors; the heir keeps the socket.
-    unsafe { libc::_exit(0) };
-}
 
 struct PreFork {
     child: Child,
@@ -134,17 +21,10 @@ struct PreFork {
 
 impl PreFork {
     fn start(ns: &Netns, mode: &str) -> PreFork {
-        let exe = std::env::current_exe().unwrap();
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
-            .arg(exe)
-            .args([
-                "--exact",
-                "regression_role_main",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE_ENV, mode)
+            .arg(PEER)
+            .args(["--role", &format!("prefork:{mode}")])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -351,17 +231,10 @@ fn close_wait_leak_names_the_live_holder_not_a_dead_pid() {
     );
     let mut server = ns.peer("tw-server");
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
-        .arg(exe)
-        .args([
-            "--exact",
-            "regression_role_main",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(ROLE_ENV, format!("heir:{port}"))
+        .arg(PEER)
+        .args(["--role", &format!("heir:{port}")])
         .stderr(Stdio::null())
         .output()
         .unwrap();

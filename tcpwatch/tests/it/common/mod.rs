@@ -17,7 +17,7 @@ use serde_json::Value;
 
 /// The test peer: a process the tests drive line by line, with a command
 /// name of their choosing (`tcpwatch/test-peer/main.rs`).
-const PEER: &str = env!("CARGO_BIN_EXE_tcpwatch-test-peer");
+pub const PEER: &str = env!("CARGO_BIN_EXE_tcpwatch-test-peer");
 
 /// Whether the privileged tests can run here. They are `#[ignore]`d, with
 /// their reason, so a plain `cargo test` reports them as ignored; run
