@@ -55,60 +55,21 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// When findings are raised.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ThresholdsConfig {
-    /// CLOSE_WAIT older than this is a leak.
-    pub close_wait_age: HumanDuration,
-    /// FIN_WAIT2 older than this is a stall.
-    pub fin_wait2_age: HumanDuration,
-    /// TIME_WAIT sockets towards one endpoint that make a buildup.
-    pub time_wait_count: u64,
-    /// Data retransmitted without an answer for this long: peer_unresponsive.
-    pub peer_unresponsive_after: HumanDuration,
-    /// A peer's zero window this long while data waits: zero_window_stall.
-    pub zero_window_after: HumanDuration,
-    /// Idle this long without keep-alive: idle_without_keepalive.
-    pub idle_after: HumanDuration,
-    /// Share of the ephemeral port range that makes a port_exhaustion_risk.
-    pub port_use_fraction: f64,
-    /// Minimum time between two reports of a finding.
-    pub finding_interval: HumanDuration,
-    /// An event-driven finding without new evidence for this long is resolved.
-    pub resolve_after: HumanDuration,
-}
+/// (De)serializes a `Duration` as a [`HumanDuration`] (`30s`, `2m`), for
+/// `#[serde(with = ...)]`.
+pub mod human_duration {
+    use std::time::Duration;
 
-impl Default for ThresholdsConfig {
-    fn default() -> Self {
-        let t = Thresholds::default();
-        ThresholdsConfig {
-            close_wait_age: HumanDuration(t.close_wait_age),
-            fin_wait2_age: HumanDuration(t.fin_wait2_age),
-            time_wait_count: t.time_wait_count,
-            peer_unresponsive_after: HumanDuration(t.peer_unresponsive_after),
-            zero_window_after: HumanDuration(t.zero_window_after),
-            idle_after: HumanDuration(t.idle_after),
-            port_use_fraction: t.port_use_fraction,
-            finding_interval: HumanDuration(t.update_every),
-            resolve_after: HumanDuration(t.resolve_after),
-        }
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::HumanDuration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        HumanDuration(*d).serialize(s)
     }
-}
 
-impl ThresholdsConfig {
-    pub fn thresholds(&self) -> Thresholds {
-        Thresholds {
-            close_wait_age: self.close_wait_age.0,
-            fin_wait2_age: self.fin_wait2_age.0,
-            time_wait_count: self.time_wait_count,
-            peer_unresponsive_after: self.peer_unresponsive_after.0,
-            zero_window_after: self.zero_window_after.0,
-            idle_after: self.idle_after.0,
-            port_use_fraction: self.port_use_fraction,
-            update_every: self.finding_interval.0,
-            resolve_after: self.resolve_after.0,
-        }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        HumanDuration::deserialize(d).map(|h| h.0)
     }
 }
 
@@ -139,7 +100,7 @@ pub struct Config {
     pub max_connections: usize,
     /// TIME_WAIT entries the model keeps (the oldest are evicted).
     pub max_time_wait: usize,
-    pub thresholds: ThresholdsConfig,
+    pub thresholds: Thresholds,
 }
 
 /// The daemon's port, next to node_exporter's 9100 family.
@@ -160,7 +121,7 @@ impl Default for Config {
             web_config_file: None,
             max_connections: limits.max_connections,
             max_time_wait: limits.max_time_wait,
-            thresholds: ThresholdsConfig::default(),
+            thresholds: Thresholds::default(),
         }
     }
 }
@@ -287,10 +248,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9999);
         assert_eq!(c.top_n, 3);
-        assert_eq!(
-            c.thresholds.thresholds().close_wait_age,
-            Duration::from_secs(120)
-        );
+        assert_eq!(c.thresholds.close_wait_age, Duration::from_secs(120));
         assert_eq!(c.thresholds.port_use_fraction, 0.8);
     }
 

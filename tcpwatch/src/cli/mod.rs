@@ -88,8 +88,8 @@ pub struct DetectorArgs {
 
     /// TIME_WAIT sockets towards one remote endpoint (or on one local port of
     /// a server that closes first) that make a buildup [default: 1000].
-    #[arg(long, value_name = "COUNT")]
-    pub time_wait_threshold: Option<u64>,
+    #[arg(long, value_name = "COUNT", alias = "time-wait-threshold")]
+    pub time_wait_count: Option<u64>,
 
     /// Data retransmitted without an answer for this long makes a
     /// peer_unresponsive finding (the kernel keeps trying until tcp_retries2)
@@ -134,61 +134,42 @@ pub struct DetectorArgs {
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl DetectorArgs {
-    /// The thresholds given on the command line, over `base` (the defaults,
-    /// or a configuration file's values).
-    pub fn thresholds_over(&self, base: Thresholds) -> Thresholds {
-        Thresholds {
-            close_wait_age: self.close_wait_age.unwrap_or(base.close_wait_age),
-            fin_wait2_age: self.fin_wait2_age.unwrap_or(base.fin_wait2_age),
-            time_wait_count: self.time_wait_threshold.unwrap_or(base.time_wait_count),
-            peer_unresponsive_after: self
-                .peer_unresponsive_after
-                .unwrap_or(base.peer_unresponsive_after),
-            zero_window_after: self.zero_window_after.unwrap_or(base.zero_window_after),
-            idle_after: self.idle_after.unwrap_or(base.idle_after),
-            port_use_fraction: self.port_use_fraction.unwrap_or(base.port_use_fraction),
-            update_every: self.finding_interval.unwrap_or(base.update_every),
-            resolve_after: self.resolve_after.unwrap_or(base.resolve_after),
-        }
-    }
-
-    pub fn thresholds(&self) -> Thresholds {
-        self.thresholds_over(Thresholds::default())
-    }
-
-    /// Puts the flags given over a configuration file's values.
-    pub fn apply_to(&self, config: &mut crate::config::Config) {
-        use crate::config::HumanDuration;
-        let t = &mut config.thresholds;
-        if let Some(v) = self.close_wait_age {
-            t.close_wait_age = HumanDuration(v);
-        }
-        if let Some(v) = self.fin_wait2_age {
-            t.fin_wait2_age = HumanDuration(v);
-        }
-        if let Some(v) = self.time_wait_threshold {
+    /// Lays the thresholds given on the command line over `t` (the
+    /// defaults, or a configuration file's values): the one place flags
+    /// meet the other sources.
+    pub fn overlay(&self, t: &mut Thresholds) {
+        let set = |slot: &mut Duration, flag: Option<Duration>| {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        };
+        set(&mut t.close_wait_age, self.close_wait_age);
+        set(&mut t.fin_wait2_age, self.fin_wait2_age);
+        set(&mut t.peer_unresponsive_after, self.peer_unresponsive_after);
+        set(&mut t.zero_window_after, self.zero_window_after);
+        set(&mut t.idle_after, self.idle_after);
+        set(&mut t.finding_interval, self.finding_interval);
+        set(&mut t.resolve_after, self.resolve_after);
+        if let Some(v) = self.time_wait_count {
             t.time_wait_count = v;
-        }
-        if let Some(v) = self.peer_unresponsive_after {
-            t.peer_unresponsive_after = HumanDuration(v);
-        }
-        if let Some(v) = self.zero_window_after {
-            t.zero_window_after = HumanDuration(v);
-        }
-        if let Some(v) = self.idle_after {
-            t.idle_after = HumanDuration(v);
         }
         if let Some(v) = self.port_use_fraction {
             t.port_use_fraction = v;
         }
-        if let Some(v) = self.finding_interval {
-            t.finding_interval = HumanDuration(v);
-        }
-        if let Some(v) = self.resolve_after {
-            t.resolve_after = HumanDuration(v);
-        }
+    }
+
+    /// The defaults with the flags laid over them.
+    pub fn thresholds(&self) -> Thresholds {
+        let mut t = Thresholds::default();
+        self.overlay(&mut t);
+        t
+    }
+
+    /// Puts the flags given over a configuration file's values.
+    pub fn apply_to(&self, config: &mut crate::config::Config) {
+        self.overlay(&mut config.thresholds);
         if let Some(v) = self.reconcile_interval {
-            config.reconcile_interval = HumanDuration(v);
+            config.reconcile_interval = crate::config::HumanDuration(v);
         }
     }
 
@@ -268,6 +249,38 @@ mod tests {
             .expect_err("not bcrypt");
         assert_eq!(exit_status(&web), EXIT_CONFIG);
         assert_eq!(exit_status(&anyhow::anyhow!("cannot listen")), 1);
+    }
+
+    #[test]
+    fn flags_lay_over_the_file_in_one_place() {
+        use clap::Parser as _;
+        let cli = super::Cli::try_parse_from([
+            "tcpwatch",
+            "trace",
+            "--time-wait-threshold",
+            "7",
+            "--finding-interval",
+            "3s",
+        ])
+        .expect("the old flag name still parses");
+        let super::Command::Trace(args) = cli.command else {
+            panic!("trace");
+        };
+        let mut config = crate::config::Config::parse(
+            "[thresholds]\ntime_wait_count = 5\nclose_wait_age = \"2m\"\nfinding_interval = \"20s\"\n",
+            "t.toml",
+        )
+        .expect("valid");
+        args.detect.apply_to(&mut config);
+        let t = config.thresholds;
+        assert_eq!(
+            (t.time_wait_count, t.close_wait_age, t.finding_interval),
+            (7, Duration::from_secs(120), Duration::from_secs(3))
+        );
+        assert_eq!(
+            args.detect.thresholds().close_wait_age,
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -110,7 +110,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let observer = Observer::new(
         Model::new(config.limits())
             .with_listen_overflow_reason(reasons.drop_number(LISTEN_OVERFLOW)),
-        Some(Detectors::new(config.thresholds.thresholds())),
+        Some(Detectors::new(config.thresholds)),
         snapshot,
     )
     .with_units(units);
@@ -278,11 +278,11 @@ fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) -> Optio
             }
             let mut d = daemon::lock(shared);
             if let Some(det) = d.observer.detectors.as_mut() {
-                det.set_thresholds(fresh.thresholds.thresholds());
+                det.set_thresholds(fresh.thresholds);
             }
             d.top_n = fresh.top_n;
             d.netns_labels = fresh.netns_labels;
-            config.thresholds = fresh.thresholds.clone();
+            config.thresholds = fresh.thresholds;
             config.reconcile_interval = fresh.reconcile_interval;
             config.top_n = fresh.top_n;
             config.netns_labels = fresh.netns_labels;

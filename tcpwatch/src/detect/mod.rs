@@ -4,7 +4,7 @@
 //!
 //! A finding is identified by its kind and a key (the process and endpoint
 //! responsible). It is raised once, then updated as its evidence grows
-//! (reported again at most every [`Thresholds::update_every`]), and
+//! (reported again at most every [`Thresholds::finding_interval`]), and
 //! resolved when the condition is gone.
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,30 +33,42 @@ const REUSE_RESET_WINDOW_NS: u64 = 10_000_000_000;
 
 /// When findings are raised. Defaults suit a busy server; every one can be
 /// set on the command line.
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// The one shape of these settings: the configuration file's
+/// `[thresholds]` table (durations written `30s`, `2m`), with the command
+/// line's flags laid over it by `cli::DetectorArgs::overlay`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
     /// CLOSE_WAIT older than this is a leak.
+    #[serde(with = "crate::config::human_duration")]
     pub close_wait_age: Duration,
     /// FIN_WAIT2 older than this is a stall.
+    #[serde(with = "crate::config::human_duration")]
     pub fin_wait2_age: Duration,
     /// TIME_WAIT sockets towards one remote endpoint, or on one local port
     /// of a server that closes first.
     pub time_wait_count: u64,
     /// Data retransmitted without progress for this long means the peer
     /// stopped answering.
+    #[serde(with = "crate::config::human_duration")]
     pub peer_unresponsive_after: Duration,
     /// A peer's zero window that lasts this long while data waits is a stall.
+    #[serde(with = "crate::config::human_duration")]
     pub zero_window_after: Duration,
     /// An ESTABLISHED connection without a keep-alive timer, idle this long
     /// (no data either way), is one whose peer could be gone unnoticed.
+    #[serde(with = "crate::config::human_duration")]
     pub idle_after: Duration,
     /// Share of the ephemeral port range that connections and TIME_WAIT
     /// towards one remote endpoint from one local address may take.
     pub port_use_fraction: f64,
     /// Minimum time between two reports of the same finding.
-    pub update_every: Duration,
+    #[serde(with = "crate::config::human_duration")]
+    pub finding_interval: Duration,
     /// An event-driven finding (a refused connect, a retransmitted SYN-ACK,
     /// a TIME_WAIT reuse...) with no new evidence for this long is resolved.
+    #[serde(with = "crate::config::human_duration")]
     pub resolve_after: Duration,
 }
 
@@ -70,7 +82,7 @@ impl Default for Thresholds {
             zero_window_after: Duration::from_secs(60),
             idle_after: Duration::from_secs(600),
             port_use_fraction: 0.5,
-            update_every: Duration::from_secs(10),
+            finding_interval: Duration::from_secs(10),
             resolve_after: Duration::from_secs(300),
         }
     }
@@ -548,7 +560,7 @@ impl Detectors {
         driver: Driver,
         make: impl FnOnce(u64) -> Finding,
     ) {
-        let every = self.thresholds.update_every.as_nanos() as u64;
+        let every = self.thresholds.finding_interval.as_nanos() as u64;
         let units = self.units.clone();
         let make = |count| name_workload(&units, make(count));
         match self.open.get_mut(&(kind, key.clone())) {
@@ -1225,7 +1237,7 @@ impl Detectors {
 
         // Evidence that grew since its last report (a burst between two
         // reports) is reported once the interval allows.
-        let every = t.update_every.as_nanos() as u64;
+        let every = t.finding_interval.as_nanos() as u64;
         for open in self.open.values_mut() {
             if open.owes_update() && now.saturating_sub(open.last_report_ns) >= every {
                 out.push(open.report_update(now));
@@ -1500,7 +1512,7 @@ mod tests {
     fn close_wait_leak_is_raised_updated_and_resolved() {
         let mut m = Model::new(Limits::default());
         let mut d = Detectors::new(Thresholds {
-            update_every: Duration::from_secs(10),
+            finding_interval: Duration::from_secs(10),
             ..Default::default()
         });
         let mut evs = Vec::new();

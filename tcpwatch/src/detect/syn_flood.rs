@@ -889,7 +889,7 @@ mod tests {
         const S: u64 = 1_000_000_000;
         let mut d = Detectors::new(Thresholds {
             resolve_after: Duration::from_secs(30),
-            update_every: Duration::from_secs(1),
+            finding_interval: Duration::from_secs(1),
             ..Thresholds::default()
         });
         let mut model = Model::new(Limits::default());

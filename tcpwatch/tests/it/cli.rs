@@ -25,7 +25,7 @@ fn every_trace_flag_is_documented() {
         "--no-findings",
         "--close-wait-age",
         "--fin-wait2-age",
-        "--time-wait-threshold",
+        "--time-wait-count",
         "--peer-unresponsive-after",
         "--port-use-fraction",
         "--finding-interval",

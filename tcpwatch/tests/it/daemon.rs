@@ -281,7 +281,7 @@ fn config_prints_the_file_with_flags_over_it() {
         "config",
         "--config",
         &path.display().to_string(),
-        "--time-wait-threshold",
+        "--time-wait-count",
         "20",
         "--listen",
         "0.0.0.0:9999",

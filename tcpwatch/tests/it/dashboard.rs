@@ -239,7 +239,7 @@ fn every_dashboard_panel_shows_data_from_a_real_prometheus() {
         "--netns-labels",
         "--close-wait-age",
         "1s",
-        "--time-wait-threshold",
+        "--time-wait-count",
         "2",
         "--finding-interval",
         "1s",

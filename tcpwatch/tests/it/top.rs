@@ -24,7 +24,7 @@ fn top_shows_states_close_wait_by_process_and_findings() {
 
     let session = format!("tcpwatch-top-{}", std::process::id());
     let command = format!(
-        "{} top --netns {} --close-wait-age 1s --time-wait-threshold 2 --refresh 300ms --reconcile-interval 1s",
+        "{} top --netns {} --close-wait-age 1s --time-wait-count 2 --refresh 300ms --reconcile-interval 1s",
         env!("CARGO_BIN_EXE_tcpwatch"),
         ns.inode
     );

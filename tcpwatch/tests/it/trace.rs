@@ -812,7 +812,7 @@ fn server_side_time_wait_buildup_finding() {
         return;
     }
     let ns = Netns::new("twb");
-    let tracer = Tracer::start(&ns, &["--no-events", "--time-wait-threshold", "3"]);
+    let tracer = Tracer::start(&ns, &["--no-events", "--time-wait-count", "3"]);
     let mut server = ns.peer(SERVER);
     let mut client = ns.peer(CLIENT);
     let port: u16 = server.ok("listen 127.0.0.1 16").parse().unwrap();
@@ -942,7 +942,7 @@ fn findings_about_sockets_older_than_tcpwatch() {
             "--no-events",
             "--close-wait-age",
             "1s",
-            "--time-wait-threshold",
+            "--time-wait-count",
             "3",
             "--reconcile-interval",
             "1s",
