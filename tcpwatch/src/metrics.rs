@@ -33,15 +33,15 @@ const SYSCTLS: [&str; 9] = [
     "tcp_synack_retries",
 ];
 
+mod kernel_counts;
+
 pub struct Metrics {
     registry: Registry,
-    transitions: IntCounterVec,
+    /// Transitions, retransmits, resets and drops as the kernel counts them.
+    kernel: kernel_counts::KernelCounts,
     opened: IntCounterVec,
     closed: IntCounterVec,
     connect_failures: IntCounterVec,
-    retransmits: IntCounterVec,
-    resets: IntCounterVec,
-    drops: IntCounterVec,
     drop_events_limited: IntCounter,
     tw_reuse: IntCounter,
     tw_reuse_resets: IntCounter,
@@ -88,7 +88,6 @@ pub struct Metrics {
     last_evicted: (u64, u64),
     /// Corrections and seeding already counted, and namespace records dropped.
     last_corrections: (crate::model::Reconciled, crate::model::Reconciled, u64),
-    last_totals: std::collections::HashMap<String, u64>,
 }
 
 fn counter_vec(
@@ -117,11 +116,8 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let r = Registry::new();
         let c = |name, help, labels: &[&str]| counter_vec(&r, name, help, labels);
-        let transitions = c(
-            "tcpwatch_state_transitions_total",
-            "TCP state changes seen by inet_sock_set_state.",
-            &["from", "to"],
-        )?;
+        let kernel = kernel_counts::KernelCounts::new()?;
+        r.register(Box::new(kernel.clone()))?;
         let opened = c(
             "tcpwatch_connections_opened_total",
             "Connections born, by who opened them.",
@@ -146,29 +142,11 @@ impl Metrics {
         ] {
             connect_failures.with_label_values(&[end.name()]);
         }
-        let retransmits = c(
-            "tcpwatch_retransmits_total",
-            "Segments retransmitted on the wire, by phase.",
-            &["phase"],
-        )?;
-        for phase in ["syn", "synack", "data", "fin"] {
-            retransmits.with_label_values(&[phase]);
-        }
         for opener in [Opener::Active, Opener::Passive, Opener::Unknown] {
             for end in EndReason::ALL {
                 closed.with_label_values(&[opener.name(), end.name()]);
             }
         }
-        let resets = c(
-            "tcpwatch_resets_total",
-            "Resets sent (by kernel reason) and received.",
-            &["direction", "reason"],
-        )?;
-        let drops = c(
-            "tcpwatch_drops_total",
-            "TCP segments the kernel dropped for a known socket (a connection, a listener, a request or TIME_WAIT socket), by the kernel's drop reason (skb:kfree_skb with rx_sk, Linux 6.12+; absent on older kernels).",
-            &["reason"],
-        )?;
         let findings_reported = c(
             "tcpwatch_findings_reported_total",
             "Findings raised, updated and resolved.",
@@ -338,13 +316,10 @@ impl Metrics {
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Ok(Metrics {
             registry: r,
-            transitions,
+            kernel,
             opened,
             closed,
             connect_failures,
-            retransmits,
-            resets,
-            drops,
             drop_events_limited,
             tw_reuse,
             tw_reuse_resets,
@@ -383,7 +358,6 @@ impl Metrics {
             last_counters: Counters::default(),
             last_evicted: (0, 0),
             last_corrections: Default::default(),
-            last_totals: Default::default(),
         })
     }
 
@@ -410,57 +384,6 @@ impl Metrics {
                 self.opened.with_label_values(&["passive"]).inc()
             }
             _ => {}
-        }
-    }
-
-    /// Adds what the kernel counted since the last call.
-    fn apply_totals(&mut self, totals: &KernelTotals, reasons: &KernelReasons) {
-        for &(old, new, n) in &totals.transitions {
-            let (Ok(old), Ok(new)) = (TcpState::try_from(old), TcpState::try_from(new)) else {
-                continue;
-            };
-            let before = self
-                .last_totals
-                .insert(format!("t{}/{}", old.name(), new.name()), n)
-                .unwrap_or(0);
-            self.transitions
-                .with_label_values(&[old.name(), new.name()])
-                .inc_by(n.saturating_sub(before));
-        }
-        for (phase, n) in ["syn", "synack", "data", "fin"]
-            .iter()
-            .zip(totals.retransmits)
-        {
-            let before = self.last_totals.insert(format!("r{phase}"), n).unwrap_or(0);
-            self.retransmits
-                .with_label_values(&[phase])
-                .inc_by(n.saturating_sub(before));
-        }
-        for &(reason, n) in &totals.resets_sent {
-            let name = reasons.reset_name(reason);
-            let before = self
-                .last_totals
-                .insert(format!("s{reason}"), n)
-                .unwrap_or(0);
-            self.resets
-                .with_label_values(&["sent", &name])
-                .inc_by(n.saturating_sub(before));
-        }
-        let before = self
-            .last_totals
-            .insert("received".to_owned(), totals.resets_received)
-            .unwrap_or(0);
-        self.resets
-            .with_label_values(&["received", ""])
-            .inc_by(totals.resets_received.saturating_sub(before));
-        for &(reason, n) in &totals.drops {
-            let before = self
-                .last_totals
-                .insert(format!("d{reason}"), n)
-                .unwrap_or(0);
-            self.drops
-                .with_label_values(&[&reasons.drop_name(reason)])
-                .inc_by(n.saturating_sub(before));
         }
     }
 
@@ -577,7 +500,7 @@ impl Metrics {
         own_netns: Option<&NetnsState>,
     ) -> String {
         let started = std::time::Instant::now();
-        self.apply_totals(totals, reasons);
+        self.kernel.set(totals, reasons);
         self.sockets.reset();
         for (state, n) in &summary.by_state {
             self.sockets
