@@ -899,3 +899,82 @@ fn confirming_owners_in_another_namespace_logs_no_false_warning_about_its_own() 
         "a false warning after dumping only the test namespace:\n{text}"
     );
 }
+
+/// `systemctl reload tcpwatch` (ExecReload: SIGHUP) after an operator added
+/// `web_config_file` (basic authentication) to /etc/tcpwatch/tcpwatch.toml:
+/// `reload` (cli/run.rs) logs "configuration reloaded" and keeps serving
+/// /metrics and /api to anyone, without authentication, and without the
+/// warning it gives for listen, ring_kib and bpf_stats that a change waits
+/// for the next start. The authentication must either apply or the daemon
+/// must say it did not.
+#[test]
+#[ignore = "privileged: needs root, tcpwatch built with its eBPF programs and iproute2; `cargo xtask test` runs it"]
+fn a_reload_that_adds_basic_auth_applies_it_or_says_it_did_not() {
+    use std::io::BufRead as _;
+    if !privileged_or_skip("a_reload_that_adds_basic_auth_applies_it_or_says_it_did_not") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcpwatch-reload-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("tcpwatch.toml");
+    std::fs::write(&config, "top_n = 10\n").expect("write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tcpwatch"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpwatch run starts");
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut logged = Vec::new();
+    let mut next_line = |until: Instant| -> Option<String> {
+        let line = rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .ok()?;
+        logged.push(line.clone());
+        Some(line)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let line = next_line(deadline).expect("tcpwatch run serves");
+        if let Some(rest) = line.split("serving http://").nth(1) {
+            break rest.trim().trim_end_matches("/metrics").to_owned();
+        }
+    };
+    let (status, _, _) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+
+    let hash = bcrypt::hash("s3cret", 4).expect("hash");
+    let web = dir.join("web.yml");
+    std::fs::write(&web, format!("basic_auth_users:\n  prom: '{hash}'\n")).expect("write");
+    std::fs::write(
+        &config,
+        format!("top_n = 10\nweb_config_file = \"{}\"\n", web.display()),
+    )
+    .expect("write");
+    // SAFETY: a signal to the daemon this test started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(line) = next_line(deadline) {
+        if line.contains("reloaded") {
+            break;
+        }
+    }
+    // Whatever else it logs about the reload.
+    while next_line(Instant::now() + Duration::from_millis(500)).is_some() {}
+    let (status, _, _) = http_get(&addr, "/metrics");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let said_so = logged.iter().any(|l| l.contains("web_config_file"));
+    assert!(
+        status.contains("401") || said_so,
+        "after the reload an unauthenticated /metrics is answered `{status}`, and nothing said the web configuration waits for a restart:\n{}",
+        logged.join("\n")
+    );
+}

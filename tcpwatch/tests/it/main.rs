@@ -19,6 +19,7 @@ mod findings;
 mod fuzz;
 mod layout_live;
 mod regressions;
+mod test_peer;
 mod top;
 mod trace;
 mod units;
