@@ -98,11 +98,14 @@ fn attribution_role(role: &str) {
         // A client of a black-holed server: sends, waits 1.5 s for an
         // answer that never comes, gives up and exits (the kernel keeps
         // retransmitting the orphan).
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
+        // Not connecting is a failure: the test's situation never arose.
+        let mut c = match std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
         {
-            let _ = c.write_all(&[7u8; 1000]);
-            thread::sleep(Duration::from_millis(1500));
-        }
+            Ok(c) => c,
+            Err(e) => fail(&format!("giveup: cannot connect: {e}")),
+        };
+        let _ = c.write_all(&[7u8; 1000]);
+        thread::sleep(Duration::from_millis(1500));
         return;
     }
     if let Some(n) = role.strip_prefix("hog:") {
@@ -137,7 +140,16 @@ fn attribution_role(role: &str) {
         let _ = std::io::stdout().flush();
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
+        return;
     }
+    fail(&format!("unknown role {role:?}"));
+}
+
+/// A helper that cannot do what it was asked ends the process with a
+/// failure status: a test must never go on as if the situation arose.
+fn fail(why: &str) -> ! {
+    eprintln!("tcpwatch-test-peer: {why}");
+    std::process::exit(1)
 }
 
 /// The master listens on 127.0.0.1 (comm `rv-master`) and forks a worker
@@ -150,7 +162,11 @@ fn prefork_role(mode: &str) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let fill = mode == "fill";
+    let fill = match mode {
+        "fill" => true,
+        "send" => false,
+        other => fail(&format!("unknown prefork mode {other:?}")),
+    };
     let worker_name = std::ffi::CString::new("rv-worker").unwrap();
     // SAFETY: the child only makes raw system calls, then _exit.
     let worker = unsafe { libc::fork() };

@@ -270,11 +270,32 @@ fn apply_dumps(shared: &daemon::Shared, dumps: Dumps) {
 fn reload(args: &RunArgs, config: &mut Config, shared: &daemon::Shared) -> Option<Duration> {
     match args.effective() {
         Ok(fresh) => {
-            if fresh.listen != config.listen
-                || fresh.ring_kib != config.ring_kib
-                || fresh.bpf_stats != config.bpf_stats
-            {
-                warn!("listen, ring_kib and bpf_stats take effect at the next start; reloading the rest");
+            // What a reload cannot change says so by name: an operator who
+            // adds authentication must not read "reloaded" and assume it.
+            let kept: Vec<&str> = [
+                ("listen", fresh.listen != config.listen),
+                ("ring_kib", fresh.ring_kib != config.ring_kib),
+                ("bpf_stats", fresh.bpf_stats != config.bpf_stats),
+                (
+                    "web_config_file",
+                    fresh.web_config_file != config.web_config_file,
+                ),
+                (
+                    "max_connections",
+                    fresh.max_connections != config.max_connections,
+                ),
+                ("max_time_wait", fresh.max_time_wait != config.max_time_wait),
+            ]
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect();
+            if !kept.is_empty() {
+                warn!(
+                    "{} changed but take effect only at the next start (restart tcpwatch); reloading the rest",
+                    kept.join(", ")
+                );
+            } else if fresh.web_config_file.is_some() {
+                warn!("the web configuration file (TLS, basic authentication) is read only at start: restart tcpwatch to apply changes made to it");
             }
             let mut d = daemon::lock(shared);
             if let Some(det) = d.observer.detectors.as_mut() {
