@@ -149,7 +149,7 @@ impl Session {
                 if self.reconcile_every_ns > 0
                     && now.saturating_sub(self.last_reconcile_ns) >= self.reconcile_every_ns
                 {
-                    self.reconcile_now(&self.only.clone());
+                    self.reconcile_now(&[]);
                 }
                 Ok(Step::Tick(now))
             }

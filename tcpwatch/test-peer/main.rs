@@ -26,14 +26,18 @@ fn main() {
 }
 
 /// The peer side: a command interpreter over stdin, replies on stdout.
+/// Takes `name` as this process's command name, what `ps`, `ss -p` and
+/// tcpwatch see (`/proc/self/comm`); a peer that cannot is no peer.
+fn set_comm(name: &str) {
+    let c = std::ffi::CString::new(name).expect("comm has no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    std::fs::write("/proc/self/comm", name).expect("can rename the process");
+}
+
 fn peer_loop(comm: &str) {
     use socket2::{Domain, SockAddr, Socket, Type};
-    let name = std::ffi::CString::new(comm).expect("comm has no NUL");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    // The main thread too (it is what /proc/PID/comm and `ps` show), since
-    // libtest runs this on a thread of its own.
-    std::fs::write("/proc/self/comm", comm).expect("can rename the main thread");
+    set_comm(comm);
     let mut listener: Option<Socket> = None;
     let mut conn: Option<Socket> = None;
     let mut kept: Vec<Socket> = Vec::new();

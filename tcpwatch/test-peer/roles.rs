@@ -1,5 +1,6 @@
 //! Helper processes of the attribution and regression tests, each with
 //! the command names the tests look for: `--role ROLE`.
+use crate::set_comm;
 use std::{
     io::{BufRead, Write},
     os::unix::process::CommandExt,
@@ -18,13 +19,6 @@ pub fn run(role: &str) {
     } else {
         attribution_role(role);
     }
-}
-
-fn set_comm(name: &str) {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    let _ = std::fs::write("/proc/self/comm", name);
 }
 
 /// This binary again as helper `role` (`before` execs itself as `after`).
@@ -158,7 +152,6 @@ fn fail(why: &str) -> ! {
 /// later (`send`). The accepted socket is held only by the worker.
 fn prefork_role(mode: &str) {
     set_comm("rv-master");
-    let _ = std::fs::write("/proc/self/comm", "rv-master");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
@@ -225,7 +218,6 @@ fn prefork_role(mode: &str) {
 /// at once, as a daemonizing process does.
 fn heir_role(port: u16) {
     set_comm("rv-parent");
-    let _ = std::fs::write("/proc/self/comm", "rv-parent");
     let conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     let local = conn.local_addr().unwrap().port();
     let name = std::ffi::CString::new("rv-heir").unwrap();
