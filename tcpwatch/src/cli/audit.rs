@@ -7,9 +7,10 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    audit::{self, NetnsState},
-    finding::{Finding, Severity},
-    netns::{self, Target},
+    findings::audit,
+    findings::{Finding, Severity},
+    host::netns::{self, Target},
+    host::netns_state::{self, NetnsState},
 };
 
 #[derive(Debug, Args)]
@@ -64,7 +65,7 @@ fn write(args: &AuditArgs, inode: u64, state: &NetnsState, findings: &[Finding])
 }
 
 fn tcpext(state: &NetnsState) -> std::collections::BTreeMap<&'static str, u64> {
-    audit::TCPEXT
+    netns_state::TCPEXT
         .iter()
         .filter_map(|name| state.tcpext.get(*name).map(|v| (*name, *v)))
         .collect()

@@ -3,14 +3,17 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::detect::Thresholds;
+use crate::findings::detect::Thresholds;
 
 pub mod audit;
 pub mod config;
 pub mod docs;
+pub mod logging;
 pub mod run;
 pub mod top;
 pub mod trace;
+
+pub use crate::duration::parse_duration;
 
 /// Observe the Linux kernel's TCP connection lifecycle with eBPF.
 #[derive(Debug, Parser)]
@@ -66,7 +69,7 @@ pub const EXIT_CONFIG: u8 = 78;
 /// (tcpwatch's own or the web configuration) is wrong, 1 otherwise.
 pub fn exit_status(error: &anyhow::Error) -> u8 {
     let configuration = error.chain().any(|cause| {
-        cause.is::<crate::config::ConfigError>() || cause.is::<crate::web::WebError>()
+        cause.is::<crate::serve::config::ConfigError>() || cause.is::<crate::serve::web::WebError>()
     });
     if configuration {
         EXIT_CONFIG
@@ -130,9 +133,6 @@ pub struct DetectorArgs {
     pub reconcile_interval: Option<Duration>,
 }
 
-/// How often the model is checked against sock_diag unless told otherwise.
-pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
-
 impl DetectorArgs {
     /// Lays the thresholds given on the command line over `t` (the
     /// defaults, or a configuration file's values): the one place flags
@@ -166,16 +166,16 @@ impl DetectorArgs {
     }
 
     /// Puts the flags given over a configuration file's values.
-    pub fn apply_to(&self, config: &mut crate::config::Config) {
+    pub fn apply_to(&self, config: &mut crate::serve::config::Config) {
         self.overlay(&mut config.thresholds);
         if let Some(v) = self.reconcile_interval {
-            config.reconcile_interval = crate::config::HumanDuration(v);
+            config.reconcile_interval = crate::duration::HumanDuration(v);
         }
     }
 
     pub fn reconcile_every(&self) -> Duration {
         self.reconcile_interval
-            .unwrap_or(DEFAULT_RECONCILE_INTERVAL)
+            .unwrap_or(crate::session::DEFAULT_RECONCILE_INTERVAL)
     }
 }
 
@@ -186,25 +186,6 @@ pub fn parse_fraction(s: &str) -> Result<f64, String> {
             "`{s}` is not a fraction between 0 (excluded) and 1, like 0.5"
         )),
     }
-}
-
-/// Parses a duration written like `500ms`, `30s`, `2m` or `1h`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 2m or 500ms"))?;
-    let ms = match unit {
-        "ms" => Some(value),
-        "s" => value.checked_mul(1000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => return Err(format!("`{s}` has no unit: write it like 30s, 2m or 500ms")),
-    }
-    .ok_or_else(|| format!("`{s}` is too long"))?;
-    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// Runs `future` on a single-threaded tokio runtime: the event loop, the
@@ -240,11 +221,11 @@ mod tests {
 
     #[test]
     fn configuration_errors_exit_78() {
-        let bad = crate::config::Config::parse("bogus = 1\n", "/etc/tcpwatch/tcpwatch.toml")
+        let bad = crate::serve::config::Config::parse("bogus = 1\n", "/etc/tcpwatch/tcpwatch.toml")
             .context("starting")
             .expect_err("unknown key");
         assert_eq!(exit_status(&bad), EXIT_CONFIG);
-        let web = crate::web::Web::parse("basic_auth_users:\n  p: plain\n", "web.yml")
+        let web = crate::serve::web::Web::parse("basic_auth_users:\n  p: plain\n", "web.yml")
             .map_err(anyhow::Error::from)
             .expect_err("not bcrypt");
         assert_eq!(exit_status(&web), EXIT_CONFIG);
@@ -266,7 +247,7 @@ mod tests {
         let super::Command::Trace(args) = cli.command else {
             panic!("trace");
         };
-        let mut config = crate::config::Config::parse(
+        let mut config = crate::serve::config::Config::parse(
             "[thresholds]\ntime_wait_count = 5\nclose_wait_age = \"2m\"\nfinding_interval = \"20s\"\n",
             "t.toml",
         )

@@ -16,18 +16,18 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::DetectorArgs;
 use crate::{
-    clock::monotonic_ns,
-    config::Config,
-    daemon::{self, Daemon},
-    detect::Detectors,
-    event::{decode, LISTEN_OVERFLOW},
-    loader::{self, LoadOptions},
-    metrics::Metrics,
+    findings::detect::Detectors,
+    host::clock::monotonic_ns,
+    host::netns,
+    kernel::event::{decode, LISTEN_OVERFLOW},
+    kernel::loader::{self, LoadOptions},
     model::Model,
-    netns,
-    observer::{Dumps, Observer},
+    serve::config::Config,
+    serve::daemon::{self, Daemon},
+    serve::metrics::Metrics,
+    serve::web::{ServeLimits, Web},
+    session::observer::{Dumps, Observer},
     session::{self, Session, Step},
-    web::{ServeLimits, Web},
 };
 
 #[derive(Debug, Args)]
@@ -88,7 +88,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()> {
-    let listener = crate::web::listen(config.listen)
+    let listener = crate::serve::web::listen(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let bound = listener
         .local_addr()
@@ -147,7 +147,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let router = daemon::router(shared.clone(), web.auth.clone());
     let scheme = if web.tls.is_some() { "https" } else { "http" };
-    let server = tokio::spawn(crate::web::serve(
+    let server = tokio::spawn(crate::serve::web::serve(
         listener,
         router,
         web.tls.clone(),

@@ -16,14 +16,14 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::DetectorArgs;
 use crate::{
-    detect::Detectors,
-    event::{decode, LISTEN_OVERFLOW},
-    finding::{Finding, Severity},
-    loader::{self, LoadOptions},
+    findings::detect::Detectors,
+    findings::{Finding, Severity},
+    kernel::event::{decode, LISTEN_OVERFLOW},
+    kernel::loader::{self, LoadOptions},
     model::{Limits, Model},
-    observer::Observer,
+    present::summary::{summarize, Summary},
+    session::observer::Observer,
     session::{self, Session, Step},
-    summary::{summarize, Summary},
 };
 
 #[derive(Debug, Args)]

@@ -13,14 +13,14 @@ use aya::maps::{MapData, RingBuf};
 
 use super::DetectorArgs;
 use crate::{
-    clock::{monotonic_ns, WallClock},
-    detect::{Detectors, Report},
-    event::{decode, TcpState, LISTEN_OVERFLOW},
-    filter::Filter,
-    loader::{self, Counters, LoadOptions},
+    findings::detect::{Detectors, Report},
+    host::clock::{monotonic_ns, WallClock},
+    kernel::event::{decode, TcpState, LISTEN_OVERFLOW},
+    kernel::loader::{self, Counters, LoadOptions},
     model::{Limits, Model, Outcome},
-    observer::{Dumps, Observer},
-    output::{Renderer, Style},
+    present::filter::Filter,
+    present::output::{Renderer, Style},
+    session::observer::{Dumps, Observer},
     session::{self, Session, Step},
 };
 
@@ -111,7 +111,7 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
     let kib: u32 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a whole number of KiB"))?;
-    crate::config::check_ring_kib(kib)
+    crate::serve::config::check_ring_kib(kib)
 }
 
 impl TraceArgs {
@@ -167,7 +167,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline {
         renderer: Renderer::new(style, WallClock::now(), reasons)
-            .with_own_netns(crate::netns::current_inode().map_or(0, |i| i as u32))
+            .with_own_netns(crate::host::netns::current_inode().map_or(0, |i| i as u32))
             .with_units(units.clone()),
         filter: args.filter(),
         only_netns: args.netns.clone(),
@@ -311,7 +311,7 @@ impl<W: Write> Pipeline<W> {
         let observed = self.observer.record(ev);
         // An owner change is no TCP event: the lines that follow name the
         // new owner.
-        let shown = observed.event.kind != crate::event::EventKind::Owner;
+        let shown = observed.event.kind != crate::kernel::event::EventKind::Owner;
         if shown && self.events && self.filter.matches(&observed.event) {
             self.tally.shown += 1;
             self.renderer.write(&mut self.out, &observed.event)?;
@@ -345,7 +345,9 @@ impl<W: Write> Pipeline<W> {
     fn finish(&mut self) -> io::Result<()> {
         let parked = self.observer.finish();
         self.outcomes(parked)?;
-        let owed = self.observer.final_reports(crate::clock::monotonic_ns());
+        let owed = self
+            .observer
+            .final_reports(crate::host::clock::monotonic_ns());
         self.reports(owed)?;
         self.out.flush()
     }

@@ -2,7 +2,7 @@
 //! behind time_wait_assassinated, in cases the model once got wrong. Each
 //! test states what the kernel did.
 use super::*;
-use crate::event::{EventKind, OwnerSource, TcpEvent, TcpState::*};
+use crate::kernel::event::{EventKind, OwnerSource, TcpEvent, TcpState::*};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::common::*;
-use tcpwatch::web::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+use tcpwatch::serve::web::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 /// Held by the tests that flood the host with connections and by the one
 /// that checks exact host-wide counts and health: every daemon traces the

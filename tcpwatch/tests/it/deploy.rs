@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::common::*;
-use tcpwatch::config::Config;
+use tcpwatch::serve::config::Config;
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)

@@ -285,7 +285,7 @@ fn tw_reuse_reset_when_the_final_ack_was_lost() {
         f[0]
     );
     let netstat = ns.exec(&["cat", "/proc/net/netstat"]);
-    let recycled = tcpwatch::audit::parse_netstat(&netstat)
+    let recycled = tcpwatch::host::netns_state::parse_netstat(&netstat)
         .get("TWRecycled")
         .copied();
     assert_eq!(recycled, Some(1), "the kernel counted the reuse too");

@@ -6,14 +6,14 @@
 //! any failing case in `proptest-regressions/` beside this file.
 use proptest::prelude::*;
 use tcpwatch::{
-    config::Config,
-    detect::{Detectors, Thresholds},
-    event::{decode, EventKind, OwnerSource, TcpEvent, TcpState},
-    layout::{self, Format},
+    findings::detect::{Detectors, Thresholds},
+    kernel::event::{decode, EventKind, OwnerSource, TcpEvent, TcpState},
+    kernel::tracefs::{self, Format},
     model::{Limits, Model},
+    serve::config::Config,
 };
 
-type LayoutBuilder = fn(&Format) -> Result<tcpwatch_common::TpLayout, layout::LayoutError>;
+type LayoutBuilder = fn(&Format) -> Result<tcpwatch_common::TpLayout, tracefs::LayoutError>;
 
 const EVENT_BYTES: usize = std::mem::size_of::<tcpwatch_common::Event>();
 
@@ -68,11 +68,11 @@ proptest! {
         let text = if pick < seeds.len() { mutate(&seeds[pick], &edits) } else { noise };
         if let Ok(f) = Format::parse(&text) {
             let builders: [LayoutBuilder; 5] = [
-                layout::set_state,
-                layout::retransmit_skb,
-                layout::retransmit_synack,
-                layout::send_reset,
-                layout::event_sk,
+                tracefs::set_state,
+                tracefs::retransmit_skb,
+                tracefs::retransmit_synack,
+                tracefs::send_reset,
+                tracefs::event_sk,
             ];
             for build in builders {
                 if let Ok(l) = build(&f) {
@@ -85,7 +85,7 @@ proptest! {
                 }
             }
             let _ = f.symbols("reason");
-            let _ = layout::syscall_ret(&f);
+            let _ = tracefs::syscall_ret(&f);
         }
     }
 

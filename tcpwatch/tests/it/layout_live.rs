@@ -1,7 +1,7 @@
 //! Layout discovery against the running kernel's own tracefs format files
 //! and BTF (privileged: tracefs may need mounting and is root-only).
 
-use tcpwatch::loader;
+use tcpwatch::kernel::loader;
 use tcpwatch_common::{FIELD_ABSENT, OFFSETS_SKB, OFFSETS_SOCK};
 
 /// (major, minor) of the running kernel.

@@ -36,8 +36,8 @@ fn docker(short: &str) -> Value {
 /// `unit` and `container` as trace writes them.
 fn own_workload() -> (Value, Value) {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("own cgroup");
-    let path = tcpwatch::cgroup::v2_path(&text).expect("a cgroup v2 line");
-    let w = tcpwatch::cgroup::classify(path);
+    let path = tcpwatch::host::cgroup::v2_path(&text).expect("a cgroup v2 line");
+    let w = tcpwatch::host::cgroup::classify(path);
     (
         serde_json::to_value(w.as_ref().and_then(|w| w.unit())).expect("json"),
         serde_json::to_value(w.as_ref().and_then(|w| w.container())).expect("json"),

@@ -803,9 +803,9 @@ impl Drop for Prometheus {
 }
 
 /// The cgroup v2 hierarchy's mount, as tcpwatch finds it.
-pub fn cgroup2_mount() -> tcpwatch::cgroup::Mount {
+pub fn cgroup2_mount() -> tcpwatch::host::cgroup::Mount {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    tcpwatch::cgroup::cgroup2_mount(&text).expect("a cgroup2 mount (pure v2 or hybrid host)")
+    tcpwatch::host::cgroup::cgroup2_mount(&text).expect("a cgroup2 mount (pure v2 or hybrid host)")
 }
 
 /// Directories above test cgroups that this process made (`system.slice`
@@ -867,7 +867,7 @@ impl TestCgroup {
     /// The directory of the cgroup process `pid` is in now.
     fn dir_of(pid: u32) -> std::path::PathBuf {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("its cgroup");
-        let path = tcpwatch::cgroup::v2_path(&text).expect("a cgroup v2 line");
+        let path = tcpwatch::host::cgroup::v2_path(&text).expect("a cgroup v2 line");
         cgroup2_mount().dir_of(path).expect("within the mount")
     }
 

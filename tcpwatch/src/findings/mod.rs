@@ -1,0 +1,225 @@
+//! Findings: what tcpwatch tells an operator, each with a stable kind, a
+//! severity, one sentence, the evidence, and what the kernel's behaviour
+//! implies should be done.
+
+pub mod audit;
+pub mod detect;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How much a finding matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Stable finding kinds: their names are what JSON, metrics labels and
+/// `--finding` filters use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FindingKind {
+    TimeWaitBuildup,
+    CloseWaitLeak,
+    TwReuse,
+    TimeWaitSynReuse,
+    ConnectTimeout,
+    ConnectRefused,
+    SynackRetransmit,
+    FinRetransmit,
+    FinWait2Stall,
+    PeerUnresponsive,
+    TwReuseReset,
+    PortExhaustionRisk,
+    ZeroWindowStall,
+    AcceptQueueOverflow,
+    ConnectFailed,
+    PeerRestarted,
+    IdleWithoutKeepalive,
+    TimeWaitAssassinated,
+    OrphanOverflow,
+    SynFlood,
+    SysctlRisk,
+    TimeWaitOverflow,
+}
+
+impl FindingKind {
+    /// Every kind tcpwatch reports.
+    pub const ALL: [FindingKind; 22] = [
+        FindingKind::TimeWaitBuildup,
+        FindingKind::CloseWaitLeak,
+        FindingKind::TwReuse,
+        FindingKind::TimeWaitSynReuse,
+        FindingKind::ConnectTimeout,
+        FindingKind::ConnectRefused,
+        FindingKind::SynackRetransmit,
+        FindingKind::FinRetransmit,
+        FindingKind::FinWait2Stall,
+        FindingKind::PeerUnresponsive,
+        FindingKind::TwReuseReset,
+        FindingKind::PortExhaustionRisk,
+        FindingKind::ZeroWindowStall,
+        FindingKind::AcceptQueueOverflow,
+        FindingKind::ConnectFailed,
+        FindingKind::PeerRestarted,
+        FindingKind::IdleWithoutKeepalive,
+        FindingKind::TimeWaitAssassinated,
+        FindingKind::OrphanOverflow,
+        FindingKind::SynFlood,
+        FindingKind::SysctlRisk,
+        FindingKind::TimeWaitOverflow,
+    ];
+
+    /// The stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::TimeWaitBuildup => "time_wait_buildup",
+            FindingKind::CloseWaitLeak => "close_wait_leak",
+            FindingKind::TwReuse => "tw_reuse",
+            FindingKind::TimeWaitSynReuse => "time_wait_syn_reuse",
+            FindingKind::ConnectTimeout => "connect_timeout",
+            FindingKind::ConnectRefused => "connect_refused",
+            FindingKind::SynackRetransmit => "synack_retransmit",
+            FindingKind::FinRetransmit => "fin_retransmit",
+            FindingKind::FinWait2Stall => "fin_wait2_stall",
+            FindingKind::PeerUnresponsive => "peer_unresponsive",
+            FindingKind::TwReuseReset => "tw_reuse_reset",
+            FindingKind::PortExhaustionRisk => "port_exhaustion_risk",
+            FindingKind::ZeroWindowStall => "zero_window_stall",
+            FindingKind::AcceptQueueOverflow => "accept_queue_overflow",
+            FindingKind::ConnectFailed => "connect_failed",
+            FindingKind::PeerRestarted => "peer_restarted",
+            FindingKind::IdleWithoutKeepalive => "idle_without_keepalive",
+            FindingKind::TimeWaitAssassinated => "time_wait_assassinated",
+            FindingKind::OrphanOverflow => "orphan_overflow",
+            FindingKind::SynFlood => "syn_flood",
+            FindingKind::SysctlRisk => "sysctl_risk",
+            FindingKind::TimeWaitOverflow => "time_wait_overflow",
+        }
+    }
+
+    /// The kind of a stable name.
+    pub fn from_name(name: &str) -> Option<FindingKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for FindingKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// One finding.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub severity: Severity,
+    /// One sentence.
+    pub summary: String,
+    /// The facts it rests on, by name.
+    pub evidence: BTreeMap<String, serde_json::Value>,
+    /// What to do, and why, in terms of what the kernel does.
+    pub remedy: String,
+    /// The unit or container of the process it names, when known (also in
+    /// the evidence as `unit` and `container`).
+    #[serde(skip)]
+    pub workload: Option<std::sync::Arc<crate::host::cgroup::Workload>>,
+}
+
+impl Finding {
+    pub fn new(kind: FindingKind, severity: Severity, summary: impl Into<String>) -> Self {
+        Finding {
+            kind,
+            severity,
+            summary: summary.into(),
+            evidence: BTreeMap::new(),
+            remedy: String::new(),
+            workload: None,
+        }
+    }
+
+    pub fn evidence(mut self, name: &str, value: impl Serialize) -> Self {
+        let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+        self.evidence.insert(name.to_owned(), value);
+        self
+    }
+
+    pub fn remedy(mut self, remedy: impl Into<String>) -> Self {
+        self.remedy = remedy.into();
+        self
+    }
+
+    /// Names the unit or container of the process the finding names: the
+    /// `unit` and `container` evidence, and the summary says it first
+    /// (`nginx.service: nginx (pid 123) holds ...`).
+    pub fn in_workload(
+        mut self,
+        workload: Option<std::sync::Arc<crate::host::cgroup::Workload>>,
+    ) -> Self {
+        let Some(w) = workload else {
+            return self;
+        };
+        let names_process = self.evidence.contains_key("pid") || self.evidence.contains_key("comm");
+        if !names_process {
+            return self;
+        }
+        if let Some(unit) = w.unit() {
+            self = self.evidence("unit", unit);
+        }
+        if let Some(c) = w.container() {
+            self = self.evidence("container", c);
+        }
+        self.summary = format!("{}: {}", w.label(), self.summary);
+        self.workload = Some(w);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_unique_stable_names_the_readme_documents() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+        let mut seen = std::collections::HashSet::new();
+        for kind in FindingKind::ALL {
+            let name = kind.name();
+            assert!(seen.insert(name), "{name} twice");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{name}"
+            );
+            assert_eq!(FindingKind::from_name(name), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(serde_json::Value::from(name))
+            );
+            assert!(
+                readme.contains(&format!("| `{name}` |")),
+                "README's findings table has no row for {name}"
+            );
+        }
+        assert_eq!(FindingKind::from_name("no_such_kind"), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! Reading a network namespace's view of /proc from inside it.
+use std::{
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::PathBuf,
+};
+
+use crate::{
+    host::{
+        netns_state::{self, NetnsState},
+        proc_net,
+        sock_diag::{self, DiagSocket},
+    },
+    tcp::TcpState,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {what} in the network namespace: {source}")]
+    Read {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Which network namespace: this process's, or one named by a path
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`) or a process id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Current,
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty network namespace".into());
+        }
+        Ok(match s.parse::<u32>() {
+            Ok(pid) => Target::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+            Err(_) if s.contains('/') => Target::Path(PathBuf::from(s)),
+            // `ip netns` names.
+            Err(_) => Target::Path(PathBuf::from("/run/netns").join(s)),
+        })
+    }
+}
+
+impl Target {
+    fn path(&self) -> PathBuf {
+        match self {
+            Target::Current => PathBuf::from("/proc/self/ns/net"),
+            Target::Path(p) => p.clone(),
+        }
+    }
+}
+
+/// The inode of the network namespace tcpwatch runs in.
+pub fn current_inode() -> std::io::Result<u64> {
+    fs::metadata(Target::Current.path()).map(|m| m.ino())
+}
+
+/// Runs `f` inside the network namespace `target`, on a thread of its own
+/// (setns() changes only the calling thread's namespace; /proc/thread-self
+/// and new sockets follow it). Returns the namespace's inode with the result.
+pub fn in_netns<T: Send>(
+    target: &Target,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send,
+) -> Result<(u64, T), NetnsError> {
+    let path = target.path();
+    let file = File::open(&path).map_err(|source| NetnsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let inode = file
+        .metadata()
+        .map(|m| m.ino())
+        .map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    let enter = !matches!(target, Target::Current);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if enter {
+                    // SAFETY: setns on an fd we own; it affects only this thread.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(NetnsError::Enter {
+                            path: path.clone(),
+                            source: std::io::Error::last_os_error(),
+                        });
+                    }
+                }
+                f().map(|value| (inode, value))
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NetnsError::Read {
+                    what: "namespace".into(),
+                    source: std::io::Error::other("reader thread panicked"),
+                })
+            })
+    })
+}
+
+/// The namespace's inode, sysctls, TcpExt counters and TIME_WAIT count.
+pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
+    in_netns(target, || {
+        let mut state = read_here()?;
+        state.time_wait = time_wait_count(sockets_here()?.0.as_deref());
+        Ok(state)
+    })
+}
+
+/// Every network namespace in use: those named by `ip netns` and those of
+/// running processes, once each, by inode.
+pub fn all() -> Vec<(u32, Target)> {
+    let mut seen = std::collections::BTreeMap::new();
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    let of_processes = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path().join("ns/net"));
+    for path in named.chain(of_processes) {
+        if let Ok(meta) = fs::metadata(&path) {
+            seen.entry(meta.ino() as u32).or_insert(Target::Path(path));
+        }
+    }
+    seen.into_iter().collect()
+}
+
+fn read_here() -> Result<NetnsState, NetnsError> {
+    let mut state = NetnsState::default();
+    for name in netns_state::SYSCTLS {
+        // A setting this kernel lacks is simply absent from the audit.
+        if let Ok(value) = fs::read_to_string(format!("/proc/sys/net/ipv4/{name}")) {
+            let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
+            state.sysctls.insert(name.to_owned(), value);
+        }
+    }
+    let netstat =
+        fs::read_to_string("/proc/thread-self/net/netstat").map_err(|source| NetnsError::Read {
+            what: "/proc/net/netstat".into(),
+            source,
+        })?;
+    state.tcpext = netns_state::parse_netstat(&netstat);
+    state.orphans = fs::read_to_string("/proc/thread-self/net/sockstat")
+        .ok()
+        .and_then(|text| netns_state::parse_sockstat_orphans(&text));
+    Ok(state)
+}
+
+/// The TCP sockets of a namespace (from sock_diag; from `/proc/net/tcp{,6}`
+/// when the kernel has no sock_diag handler for TCP, with `false`) and its
+/// settings and counters, read from inside it in one visit.
+pub type Observed = (NetnsState, Option<Vec<DiagSocket>>, bool);
+
+pub fn observe(target: &Target) -> Result<(u64, Observed), NetnsError> {
+    in_netns(target, || {
+        let (sockets, sock_diag) = sockets_here()?;
+        let mut state = read_here()?;
+        state.time_wait = time_wait_count(sockets.as_deref());
+        Ok((state, sockets, sock_diag))
+    })
+}
+
+/// This thread's namespace's TCP sockets: from sock_diag (`true`), or from
+/// `/proc/net/tcp{,6}` where the kernel has no sock_diag handler for TCP.
+fn sockets_here() -> Result<(Option<Vec<DiagSocket>>, bool), NetnsError> {
+    match sock_diag::dump_tcp() {
+        Ok(sockets) => Ok((Some(sockets), true)),
+        // The same list from /proc, where settings and counters are too.
+        Err(sock_diag::DiagError::Unavailable) => Ok((proc_sockets(), false)),
+        Err(e) => Err(NetnsError::Read {
+            what: "sock_diag".into(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// The TIME_WAIT count from the same socket list the model is checked
+/// against, so the two never disagree.
+fn time_wait_count(sockets: Option<&[DiagSocket]>) -> u64 {
+    sockets.map_or(0, |s| {
+        s.iter().filter(|s| s.state == TcpState::TimeWait).count() as u64
+    })
+}
+
+/// This thread's namespace's TCP sockets from `/proc/thread-self/net/tcp`
+/// and `tcp6`; None when neither can be read.
+fn proc_sockets() -> Option<Vec<DiagSocket>> {
+    let mut out = Vec::new();
+    let mut read_any = false;
+    for (file, v6) in [("tcp", false), ("tcp6", true)] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/thread-self/net/{file}")) {
+            read_any = true;
+            out.extend(
+                proc_net::parse_tcp_table(&text, v6)
+                    .iter()
+                    .filter_map(DiagSocket::from_proc_row),
+            );
+        }
+    }
+    read_any.then_some(out)
+}
