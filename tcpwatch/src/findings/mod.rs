@@ -4,7 +4,7 @@
 
 pub mod audit;
 pub mod detect;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
@@ -125,6 +125,86 @@ impl std::fmt::Display for FindingKind {
 impl Serialize for FindingKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
+    }
+}
+
+/// What one finding is about. Findings of one kind about one subject are
+/// one finding: raised once, updated while it lasts, resolved when it ends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A namespace as a whole (a SYN flood no one listener stands out in).
+    Namespace { netns: u32 },
+    /// A sysctl of a namespace (`net.ipv4.` and its name), or its TIME_WAIT
+    /// table overflowing (`None`).
+    Setting { netns: u32, name: Option<String> },
+    /// Orphaned sockets near the host's limit, or aborted because of it.
+    Orphans { netns: u32, aborted: bool },
+    /// A local port of a namespace, whoever uses it.
+    LocalPort { netns: u32, port: u16 },
+    /// A process's local port: its listener's SYN-ACK retransmits, its
+    /// CLOSE_WAIT sockets.
+    ProcessPort { netns: u32, pid: u32, port: u16 },
+    /// A listening address (its accept queue, a SYN flood towards it).
+    Listener { netns: u32, addr: IpAddr, port: u16 },
+    /// A peer, whoever talks to it.
+    Peer { netns: u32, addr: IpAddr, port: u16 },
+    /// A process and one peer it talks to.
+    ProcessPeer {
+        netns: u32,
+        pid: u32,
+        addr: IpAddr,
+        port: u16,
+    },
+    /// TIME_WAIT sockets of one local endpoint (the server side closed
+    /// first: `local`) or towards one remote endpoint.
+    TimeWaitGroup {
+        netns: u32,
+        local: bool,
+        addr: IpAddr,
+        port: u16,
+    },
+    /// The local ports in use from one address to one destination.
+    Route {
+        netns: u32,
+        from: IpAddr,
+        addr: IpAddr,
+        port: u16,
+    },
+    /// A process's idle connections on one of its local ports (`local`) or
+    /// towards one remote port.
+    IdleGroup {
+        netns: u32,
+        pid: u32,
+        local: bool,
+        port: u16,
+    },
+    /// One connection.
+    Connection {
+        netns: u32,
+        local: IpAddr,
+        local_port: u16,
+        remote: IpAddr,
+        remote_port: u16,
+    },
+}
+
+impl Subject {
+    /// The network namespace the subject is in.
+    pub fn netns(&self) -> u32 {
+        match *self {
+            Subject::Namespace { netns }
+            | Subject::Setting { netns, .. }
+            | Subject::Orphans { netns, .. }
+            | Subject::LocalPort { netns, .. }
+            | Subject::ProcessPort { netns, .. }
+            | Subject::Listener { netns, .. }
+            | Subject::Peer { netns, .. }
+            | Subject::ProcessPeer { netns, .. }
+            | Subject::TimeWaitGroup { netns, .. }
+            | Subject::Route { netns, .. }
+            | Subject::IdleGroup { netns, .. }
+            | Subject::Connection { netns, .. } => netns,
+        }
     }
 }
 

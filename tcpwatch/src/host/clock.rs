@@ -7,25 +7,21 @@ pub struct WallClock {
     offset_ns: i128,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_ns(clock: rustix::time::ClockId) -> i128 {
+    let ts = rustix::time::clock_gettime(clock);
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
-    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+    u64::try_from(clock_ns(rustix::time::ClockId::Monotonic)).unwrap_or(0)
 }
 
 impl WallClock {
     pub fn now() -> Self {
         Self {
-            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            offset_ns: clock_ns(rustix::time::ClockId::Realtime)
+                - clock_ns(rustix::time::ClockId::Monotonic),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reading a network namespace's view of /proc from inside it.
 use std::{
     fs::{self, File},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::PathBuf,
 };
 
@@ -94,13 +94,15 @@ pub fn in_netns<T: Send>(
         scope
             .spawn(|| {
                 if enter {
-                    // SAFETY: setns on an fd we own; it affects only this thread.
-                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        return Err(NetnsError::Enter {
-                            path: path.clone(),
-                            source: std::io::Error::last_os_error(),
-                        });
-                    }
+                    // setns() moves only this thread, which ends with the scope.
+                    rustix::thread::move_into_link_name_space(
+                        file.as_fd(),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| NetnsError::Enter {
+                        path: path.clone(),
+                        source: e.into(),
+                    })?;
                 }
                 f().map(|value| (inode, value))
             })

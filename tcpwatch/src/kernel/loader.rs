@@ -436,49 +436,11 @@ fn program_stats(fd: BorrowedFd<'_>) -> std::io::Result<ProgramStats> {
 /// BPF_STATS_RUN_TIME, Linux 5.8+; needs CAP_SYS_ADMIN), as bpftop does:
 /// nothing is left changed when tcpwatch exits.
 fn enable_program_stats() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    /// `BPF_ENABLE_STATS` in `enum bpf_cmd` (include/uapi/linux/bpf.h).
-    const BPF_ENABLE_STATS: libc::c_long = 32;
-    /// The `enable_stats` member of union bpf_attr: `BPF_STATS_RUN_TIME` is 0.
-    #[repr(C)]
-    struct EnableStatsAttr {
-        kind: u32,
-    }
-    let mut attr = EnableStatsAttr { kind: 0 };
-    // SAFETY: attr is a live struct of the size passed; the kernel only reads it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_ENABLE_STATS,
-            &mut attr as *mut EnableStatsAttr,
-            std::mem::size_of::<EnableStatsAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: on success the syscall returns a new descriptor that we own.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
-}
-
-/// Effective capabilities of this process, from /proc/self/status.
-fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(0)
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)
 }
 
 fn check_privileges() -> Result<(), LoadError> {
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
-    const CAP_BPF: u64 = 1 << 39;
-    let caps = effective_caps();
-    if caps & CAP_SYS_ADMIN != 0 || caps & (CAP_BPF | CAP_PERFMON) == CAP_BPF | CAP_PERFMON {
+    if crate::kernel::privilege::can_load_programs() {
         Ok(())
     } else {
         Err(LoadError::NotPrivileged)
@@ -494,23 +456,17 @@ pub fn tracefs_events() -> Result<PathBuf, LoadError> {
         }
     }
     let target = PathBuf::from("/sys/kernel/tracing");
-    let c_target = c"/sys/kernel/tracing";
-    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            c_target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(LoadError::Tracefs {
-            path: target,
-            source: std::io::Error::last_os_error(),
-        });
-    }
+    rustix::mount::mount(
+        "nodev",
+        &target,
+        "tracefs",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(|e| LoadError::Tracefs {
+        path: target.clone(),
+        source: e.into(),
+    })?;
     warn!("mounted tracefs on {}", target.display());
     Ok(target.join("events"))
 }
@@ -650,17 +606,14 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
 }
 
 fn raise_memlock() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let unlimited = Rlimit {
+        current: None,
+        maximum: None,
     };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+    if let Err(e) = setrlimit(Resource::Memlock, unlimited) {
         // Kernels from 5.11 account BPF memory to the cgroup instead.
-        debug!(
-            "could not raise RLIMIT_MEMLOCK: {}",
-            std::io::Error::last_os_error()
-        );
+        debug!("could not raise RLIMIT_MEMLOCK: {e}");
     }
 }
 

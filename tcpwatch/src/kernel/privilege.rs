@@ -6,26 +6,28 @@
 //! programs, before any other long-lived thread exists, and every thread
 //! created later inherits the reduced sets.
 
+use rustix::thread::{self as thread, CapabilitySet, CapabilitySets};
+
 /// What stays after attach, and why. Everything else is dropped from the
 /// effective, permitted, inheritable, ambient and bounding sets.
-pub const KEPT: [(u32, &str, &str); 4] = [
+pub const KEPT: [(CapabilitySet, &str, &str); 4] = [
     (
-        39,
+        CapabilitySet::BPF,
         "CAP_BPF",
         "reading and resetting tcpwatch's own maps (fd-based on recent kernels; kept for older ones)",
     ),
     (
-        21,
+        CapabilitySet::SYS_ADMIN,
         "CAP_SYS_ADMIN",
         "setns() into other network namespaces to reconcile them with sock_diag",
     ),
     (
-        19,
+        CapabilitySet::SYS_PTRACE,
         "CAP_SYS_PTRACE",
         "opening /proc/PID/ns/net of other users' processes to find their namespaces",
     ),
     (
-        2,
+        CapabilitySet::DAC_READ_SEARCH,
         "CAP_DAC_READ_SEARCH",
         "searching /proc/PID directories of other users' processes",
     ),
@@ -39,104 +41,65 @@ pub enum PrivilegeError {
     Set(std::io::Error),
 }
 
-/// `struct __user_cap_header_struct` (include/uapi/linux/capability.h).
-#[repr(C)]
-struct Header {
-    version: u32,
-    pid: i32,
+fn kept() -> CapabilitySet {
+    KEPT.iter()
+        .fold(CapabilitySet::empty(), |m, (cap, _, _)| m | *cap)
 }
 
-/// `struct __user_cap_data_struct`; version 3 uses two of them.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Data {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+fn get() -> Result<CapabilitySets, PrivilegeError> {
+    thread::capabilities(None).map_err(|e| PrivilegeError::Read(e.into()))
 }
 
-const VERSION_3: u32 = 0x2008_0522;
-const CAP_SETPCAP: u32 = 8;
-
-fn kept_mask() -> u64 {
-    KEPT.iter().fold(0, |m, (bit, _, _)| m | 1 << bit)
+/// This thread's effective capabilities.
+pub fn effective() -> Result<CapabilitySet, PrivilegeError> {
+    get().map(|sets| sets.effective)
 }
 
-fn get() -> Result<[Data; 2], PrivilegeError> {
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget writes two Data structs for version 3, as allocated.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(PrivilegeError::Read(std::io::Error::last_os_error()));
-    }
-    Ok(data)
-}
-
-fn mask(data: &[Data; 2], pick: fn(&Data) -> u32) -> u64 {
-    u64::from(pick(&data[0])) | u64::from(pick(&data[1])) << 32
+/// Whether this thread may load and attach tracing programs: CAP_SYS_ADMIN,
+/// or CAP_BPF with CAP_PERFMON (5.8+).
+pub fn can_load_programs() -> bool {
+    effective().is_ok_and(|caps| {
+        caps.contains(CapabilitySet::SYS_ADMIN)
+            || caps.contains(CapabilitySet::BPF | CapabilitySet::PERFMON)
+    })
 }
 
 /// Drops every capability but [`KEPT`] from this thread (and so from every
 /// thread it creates later), and forbids gaining privilege through exec.
 /// Returns the effective set left.
-pub fn drop_after_attach() -> Result<u64, PrivilegeError> {
-    let current = get()?;
-    let permitted = mask(&current, |d| d.permitted);
-    let keep = kept_mask() & permitted;
+pub fn drop_after_attach() -> Result<CapabilitySet, PrivilegeError> {
+    let keep = kept() & get()?.permitted;
     // The bounding set first: dropping from it needs CAP_SETPCAP, which
     // goes with the rest below.
-    if permitted & (1 << CAP_SETPCAP) != 0 {
-        for cap in 0..64u32 {
-            if keep & (1 << cap) == 0 {
-                // SAFETY: prctl with integer arguments; EINVAL past the
-                // kernel's last capability is expected and ignored.
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if get()?.permitted.contains(CapabilitySet::SETPCAP) {
+        for bit in 0..64u32 {
+            let cap = CapabilitySet::from_bits_retain(1 << bit);
+            if !keep.contains(cap) {
+                // EINVAL past the kernel's last capability is expected.
+                let _ = thread::remove_capability_from_bounding_set(cap);
             }
         }
     }
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    }
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        Data {
-            effective: keep as u32,
-            permitted: keep as u32,
-            inheritable: 0,
+    // Neither can fail on the supported kernels (4.3+ for the ambient set);
+    // if one did, the capability sets below still bound what is left.
+    let _ = thread::clear_ambient_capability_set();
+    let _ = thread::set_no_new_privs(true);
+    thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: keep,
+            permitted: keep,
+            inheritable: CapabilitySet::empty(),
         },
-        Data {
-            effective: (keep >> 32) as u32,
-            permitted: (keep >> 32) as u32,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset reads two Data structs for version 3.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    if rc != 0 {
-        return Err(PrivilegeError::Set(std::io::Error::last_os_error()));
-    }
-    Ok(mask(&get()?, |d| d.effective))
+    )
+    .map_err(|e| PrivilegeError::Set(e.into()))?;
+    effective()
 }
 
-/// Names of the capabilities in `mask` that tcpwatch knows.
-pub fn names(mask: u64) -> Vec<&'static str> {
+/// Names of the capabilities in `set` that tcpwatch knows.
+pub fn names(set: CapabilitySet) -> Vec<&'static str> {
     KEPT.iter()
-        .filter(|(bit, _, _)| mask & (1 << bit) != 0)
+        .filter(|(cap, _, _)| set.contains(*cap))
         .map(|(_, name, _)| *name)
         .collect()
 }
@@ -147,9 +110,9 @@ mod tests {
 
     #[test]
     fn the_kept_set_is_four_capabilities() {
-        assert_eq!(kept_mask().count_ones(), 4);
+        assert_eq!(kept().bits().count_ones(), 4);
         assert_eq!(
-            names(kept_mask()),
+            names(kept()),
             [
                 "CAP_BPF",
                 "CAP_SYS_ADMIN",
@@ -166,6 +129,6 @@ mod tests {
             .join()
             .expect("the thread ends")
             .expect("dropping capabilities never needs a capability");
-        assert_eq!(left & !kept_mask(), 0, "{left:#x}");
+        assert!(kept().contains(left), "{left:?}");
     }
 }

@@ -359,7 +359,14 @@ fn the_daemon_labels_close_wait_with_the_unit_and_the_api_names_it() {
         3,
         "two leaked, the server's side of the open one: {of_service:#?}"
     );
-    let of_container = api(&format!("unit={short}&port={port}"));
+    // The client's closing sides leave FIN_WAIT1 when the server's ACK of
+    // their FIN comes, which a delayed ACK can hold back for up to 200 ms
+    // after the server's side entered CLOSE_WAIT.
+    let mut of_container = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        of_container = api(&format!("unit={short}&port={port}"));
+        of_container.len() == 1
+    });
     assert_eq!(
         of_container.len(),
         1,

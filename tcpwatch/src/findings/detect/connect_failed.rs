@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use super::{endpoint, Detectors, Driver, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     model::{EndReason, Finished},
 };
 
@@ -42,8 +42,13 @@ impl Detectors {
         {
             self.no_local_port.insert(destination, now);
         }
-        let key = format!("{}|{}|{}|{}", t.netns, c.pid, t.remote, t.remote_port);
-        let count = self.bump(FindingKind::ConnectFailed, &key);
+        let subject = Subject::ProcessPeer {
+            netns: t.netns,
+            pid: c.pid,
+            addr: t.remote,
+            port: t.remote_port,
+        };
+        let count = self.bump(FindingKind::ConnectFailed, &subject);
         let who = Who {
             pid: (c.pid != 0).then_some(c.pid),
             comm: (c.pid != 0).then(|| c.comm.to_string()),
@@ -58,7 +63,7 @@ impl Detectors {
             format!("{} (pid {})", c.comm, c.pid)
         };
         let peer = endpoint(t.remote, t.remote_port);
-        self.observe(out, FindingKind::ConnectFailed, key, t.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::ConnectFailed, subject, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
                     FindingKind::ConnectFailed,

@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{secs, Detectors, Driver, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     host::sock_diag::{DiagSocket, TcpHealth},
     kernel::event::TcpState,
@@ -217,8 +217,13 @@ impl Detectors {
                 ..Default::default()
             };
             let longest_s = secs(longest);
-            let key = format!("{netns}|{pid}|{server}|{port}");
-            self.observe(out, FindingKind::IdleWithoutKeepalive, key, netns, now, count, Driver::Tick, |count| {
+            let subject = Subject::IdleGroup {
+                netns,
+                pid,
+                local: server,
+                port,
+            };
+            self.observe(out, FindingKind::IdleWithoutKeepalive, subject, now, count, Driver::Tick, |count| {
                 who.apply(
                     Finding::new(
                         FindingKind::IdleWithoutKeepalive,

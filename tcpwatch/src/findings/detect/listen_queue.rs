@@ -21,7 +21,7 @@ use std::{
 
 use super::{endpoint, Detectors, Driver, Moved, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     host::sock_diag::DiagSocket,
     kernel::event::TcpState,
@@ -250,10 +250,14 @@ impl Detectors {
             // (sk_acceptq_is_full()): at the limit, the next one overflows.
             let full = limit > 0 && queue >= limit;
             let namespace_moved = counters.overflows.moved > 0 || counters.drops.moved > 0;
-            let finding_key = format!("{netns}|{}|{}", s.local, s.local_port);
+            let subject = Subject::Listener {
+                netns,
+                addr: s.local,
+                port: s.local_port,
+            };
             let open = self
                 .open
-                .get(&(FindingKind::AcceptQueueOverflow, finding_key.clone()));
+                .get(&(FindingKind::AcceptQueueOverflow, subject.clone()));
             let previous = open.map(|o| o.count);
             let shown_timeout = open.map_or(0, |o| o.detail);
             let new_overflows = if full && namespace_moved {
@@ -291,8 +295,7 @@ impl Detectors {
             self.observe_detailed(
                 &mut out,
                 FindingKind::AcceptQueueOverflow,
-                finding_key,
-                netns,
+                subject,
                 now,
                 // A newer timeout is worth an update, not new evidence of
                 // an overflow; timeouts ageing out of the window are neither.

@@ -23,7 +23,7 @@ mod time_wait_assassination;
 
 use crate::{
     findings::audit,
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     kernel::event::{EventKind, TcpEvent, TcpState},
     model::{EndReason, FourTuple, Model, Opener, Outcome},
@@ -180,7 +180,7 @@ pub const MAX_OPEN_FINDINGS: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Detectors {
     thresholds: Thresholds,
-    open: HashMap<(FindingKind, String), Open>,
+    open: HashMap<(FindingKind, Subject), Open>,
     /// TCPTimeWaitOverflow by namespace when first seen, to report its moves.
     overflow_baseline: HashMap<u32, u64>,
     /// tcp_retries2 by network namespace (15, the kernel's default, elsewhere).
@@ -417,14 +417,14 @@ impl Detectors {
             {
                 continue;
             }
-            let key = format!(
-                "{netns}|{}",
-                finding
+            let subject = Subject::Setting {
+                netns,
+                name: finding
                     .evidence
                     .get("setting")
                     .and_then(|v| v.as_str())
-                    .unwrap_or("")
-            );
+                    .map(str::to_owned),
+            };
             let count = finding
                 .evidence
                 .get("TCPTimeWaitOverflow")
@@ -439,7 +439,7 @@ impl Detectors {
             } else {
                 Driver::Settings
             };
-            self.observe(&mut out, kind, key, netns, now, count, driver, |_| finding);
+            self.observe(&mut out, kind, subject, now, count, driver, |_| finding);
         }
         self.resolve(&mut out, now, |o| {
             o.driver == Driver::Settings && o.netns == netns && !o.seen
@@ -449,7 +449,7 @@ impl Detectors {
 
     /// Resolves every open finding that `over` says is over.
     fn resolve(&mut self, out: &mut Vec<Report>, now: u64, over: impl Fn(&Open) -> bool) {
-        let gone: Vec<(FindingKind, String)> = self
+        let gone: Vec<(FindingKind, Subject)> = self
             .open
             .iter()
             .filter(|(_, o)| over(o))
@@ -477,8 +477,8 @@ impl Detectors {
     /// one's inode starts clean.
     /// The condition behind an open event-driven finding was seen again,
     /// though its count did not move: it is not over.
-    fn still_seen(&mut self, kind: FindingKind, key: &str, now: u64) {
-        if let Some(open) = self.open.get_mut(&(kind, key.to_owned())) {
+    fn still_seen(&mut self, kind: FindingKind, subject: &Subject, now: u64) {
+        if let Some(open) = self.open.get_mut(&(kind, subject.clone())) {
             open.last_evidence_ns = now;
         }
     }
@@ -526,21 +526,20 @@ impl Detectors {
         self.open.values().map(|o| (&o.finding, o.netns))
     }
 
-    /// Raises or updates the finding `(kind, key)` whose evidence now counts
+    /// Raises or updates the finding `(kind, subject)` whose evidence now counts
     /// `count`, built by `make` (called only when it will be reported).
     #[allow(clippy::too_many_arguments)]
     fn observe(
         &mut self,
         out: &mut Vec<Report>,
         kind: FindingKind,
-        key: String,
-        netns: u32,
+        subject: Subject,
         now: u64,
         count: u64,
         driver: Driver,
         make: impl FnOnce(u64) -> Finding,
     ) {
-        self.observe_detailed(out, kind, key, netns, now, (count, 0), driver, make);
+        self.observe_detailed(out, kind, subject, now, (count, 0), driver, make);
     }
 
     /// [`Self::observe`] for a finding whose report has a second measure
@@ -552,8 +551,7 @@ impl Detectors {
         &mut self,
         out: &mut Vec<Report>,
         kind: FindingKind,
-        key: String,
-        netns: u32,
+        subject: Subject,
         now: u64,
         (count, detail): (u64, u64),
         driver: Driver,
@@ -562,7 +560,8 @@ impl Detectors {
         let every = self.thresholds.finding_interval.as_nanos() as u64;
         let units = self.units.clone();
         let make = |count| name_workload(&units, make(count));
-        match self.open.get_mut(&(kind, key.clone())) {
+        let netns = subject.netns();
+        match self.open.get_mut(&(kind, subject.clone())) {
             None => {
                 if self.open.len() >= MAX_OPEN_FINDINGS {
                     self.evict_oldest();
@@ -576,7 +575,7 @@ impl Detectors {
                     finding: finding.clone(),
                 });
                 self.open.insert(
-                    (kind, key),
+                    (kind, subject),
                     Open {
                         finding,
                         netns,
@@ -630,9 +629,9 @@ impl Detectors {
     }
 
     /// Counts one more occurrence of an event-driven finding.
-    fn bump(&mut self, kind: FindingKind, key: &str) -> u64 {
+    fn bump(&mut self, kind: FindingKind, subject: &Subject) -> u64 {
         self.open
-            .get(&(kind, key.to_owned()))
+            .get(&(kind, subject.clone()))
             .map_or(1, |o| o.count + 1)
     }
 
@@ -674,8 +673,12 @@ impl Detectors {
             // During a syn_flood of its listener, the flood's evidence.
             EventKind::SynackRetransmit if self.note_synack_retransmit(ev) => {}
             EventKind::SynackRetransmit => {
-                let key = format!("{}|{}|{}", ev.netns, ev.sport, ev.pid);
-                let count = self.bump(FindingKind::SynackRetransmit, &key);
+                let subject = Subject::ProcessPort {
+                    netns: ev.netns,
+                    pid: ev.pid,
+                    port: ev.sport,
+                };
+                let count = self.bump(FindingKind::SynackRetransmit, &subject);
                 let who = Who {
                     pid: Some(ev.pid),
                     comm: Some(ev.comm.clone()),
@@ -684,7 +687,7 @@ impl Detectors {
                     ..Default::default()
                 };
                 let listener = endpoint(ev.saddr, ev.sport);
-                self.observe(&mut out, FindingKind::SynackRetransmit, key, ev.netns, now, count, Driver::Event, |count| {
+                self.observe(&mut out, FindingKind::SynackRetransmit, subject, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             FindingKind::SynackRetransmit,
@@ -706,8 +709,13 @@ impl Detectors {
                     Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing)
                 ) =>
             {
-                let key = format!("{}|{}|{}|{}", ev.netns, ev.pid, ev.daddr, ev.dport);
-                let count = self.bump(FindingKind::FinRetransmit, &key);
+                let subject = Subject::ProcessPeer {
+                    netns: ev.netns,
+                    pid: ev.pid,
+                    addr: ev.daddr,
+                    port: ev.dport,
+                };
+                let count = self.bump(FindingKind::FinRetransmit, &subject);
                 let who = Who {
                     pid: Some(ev.pid),
                     comm: Some(ev.comm.clone()),
@@ -717,7 +725,7 @@ impl Detectors {
                     ..Default::default()
                 };
                 let peer = endpoint(ev.daddr, ev.dport);
-                self.observe(&mut out, FindingKind::FinRetransmit, key, ev.netns, now, count, Driver::Event, |count| {
+                self.observe(&mut out, FindingKind::FinRetransmit, subject, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             FindingKind::FinRetransmit,
@@ -762,8 +770,12 @@ impl Detectors {
         what: &str,
     ) {
         self.tw_reuse_resets += 1;
-        let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
-        let count = self.bump(FindingKind::TwReuseReset, &key);
+        let subject = Subject::Peer {
+            netns: tuple.netns,
+            addr: tuple.remote,
+            port: tuple.remote_port,
+        };
+        let count = self.bump(FindingKind::TwReuseReset, &subject);
         let who = Who {
             pid: Some(pid),
             comm: Some(comm.to_owned()),
@@ -776,7 +788,7 @@ impl Detectors {
         };
         let peer = endpoint(tuple.remote, tuple.remote_port);
         let age = secs(since_ns);
-        self.observe(out, FindingKind::TwReuseReset, key, tuple.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::TwReuseReset, subject, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
                     FindingKind::TwReuseReset,
@@ -820,8 +832,13 @@ impl Detectors {
                 } else {
                     FindingKind::ConnectTimeout
                 };
-                let key = format!("{}|{}|{}|{}", t.netns, c.pid, t.remote, t.remote_port);
-                let count = self.bump(kind, &key);
+                let subject = Subject::ProcessPeer {
+                    netns: t.netns,
+                    pid: c.pid,
+                    addr: t.remote,
+                    port: t.remote_port,
+                };
+                let count = self.bump(kind, &subject);
                 let who = Who {
                     pid: Some(c.pid),
                     comm: Some(c.comm.to_string()),
@@ -834,7 +851,7 @@ impl Detectors {
                 let syn_retransmits = c.retransmits.syn;
                 let waited = secs(f.lifetime_ns().unwrap_or(0));
                 let comm = c.comm.clone();
-                self.observe(out, kind, key, t.netns, now, count, Driver::Event, |count| {
+                self.observe(out, kind, subject, now, count, Driver::Event, |count| {
                     let finding = if refused {
                         Finding::new(
                             kind,
@@ -887,8 +904,12 @@ impl Detectors {
                 cgroup,
             } => {
                 self.recent_reuse.insert(*tuple, now);
-                let key = format!("{}|{}|{}", tuple.netns, tuple.remote, tuple.remote_port);
-                let count = self.bump(FindingKind::TwReuse, &key);
+                let subject = Subject::Peer {
+                    netns: tuple.netns,
+                    addr: tuple.remote,
+                    port: tuple.remote_port,
+                };
+                let count = self.bump(FindingKind::TwReuse, &subject);
                 let who = Who {
                     pid: Some(*pid),
                     comm: Some(comm.clone()),
@@ -901,7 +922,7 @@ impl Detectors {
                 };
                 let peer = endpoint(tuple.remote, tuple.remote_port);
                 let age = secs(*age_ns);
-                self.observe(out, FindingKind::TwReuse, key, tuple.netns, now, count, Driver::Event, |count| {
+                self.observe(out, FindingKind::TwReuse, subject, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             FindingKind::TwReuse,
@@ -919,8 +940,11 @@ impl Detectors {
                 });
             }
             Outcome::TimeWaitSynReused { tuple, age_ns } => {
-                let key = format!("{}|{}", tuple.netns, tuple.local_port);
-                let count = self.bump(FindingKind::TimeWaitSynReuse, &key);
+                let subject = Subject::LocalPort {
+                    netns: tuple.netns,
+                    port: tuple.local_port,
+                };
+                let count = self.bump(FindingKind::TimeWaitSynReuse, &subject);
                 let who = Who {
                     lport: Some(tuple.local_port),
                     raddr: Some(tuple.remote),
@@ -929,7 +953,7 @@ impl Detectors {
                 };
                 let age = secs(*age_ns);
                 let port = tuple.local_port;
-                self.observe(out, FindingKind::TimeWaitSynReuse, key, tuple.netns, now, count, Driver::Event, |count| {
+                self.observe(out, FindingKind::TimeWaitSynReuse, subject, now, count, Driver::Event, |count| {
                     who.apply(
                         Finding::new(
                             FindingKind::TimeWaitSynReuse,
@@ -1023,7 +1047,11 @@ impl Detectors {
         ) in waiting
         {
             let at_least = if lower_bound { "at least " } else { "" };
-            let key = format!("{netns}|{pid}|{lport}");
+            let subject = Subject::ProcessPort {
+                netns,
+                pid,
+                port: lport,
+            };
             let who = Who {
                 pid: Some(pid),
                 comm: Some(comm.clone()),
@@ -1034,7 +1062,7 @@ impl Detectors {
                 ..Default::default()
             };
             let oldest_s = secs(oldest);
-            self.observe(&mut out, kind, key, netns, now, count, Driver::Tick, |count| {
+            self.observe(&mut out, kind, subject, now, count, Driver::Tick, |count| {
                 let f = if kind == FindingKind::CloseWaitLeak {
                     Finding::new(
                         kind,
@@ -1084,7 +1112,12 @@ impl Detectors {
             if count < t.time_wait_count {
                 continue;
             }
-            let key = format!("{netns}|{server}|{addr}|{port}");
+            let subject = Subject::TimeWaitGroup {
+                netns,
+                local: server,
+                addr,
+                port,
+            };
             let ep = endpoint(addr, port);
             let who = if server {
                 Who {
@@ -1105,7 +1138,7 @@ impl Detectors {
                     ..Default::default()
                 }
             };
-            self.observe(&mut out, FindingKind::TimeWaitBuildup, key, netns, now, count, Driver::Tick, |count| {
+            self.observe(&mut out, FindingKind::TimeWaitBuildup, subject, now, count, Driver::Tick, |count| {
                 let f = if server {
                     Finding::new(
                         FindingKind::TimeWaitBuildup,
@@ -1194,8 +1227,13 @@ impl Detectors {
                 ..Default::default()
             };
             let peer = endpoint(raddr, rport);
-            let key = format!("{netns}|{laddr}|{raddr}|{rport}");
-            self.observe(&mut out, FindingKind::PortExhaustionRisk, key, netns, now, count, Driver::Tick, |count| {
+            let subject = Subject::Route {
+                netns,
+                from: laddr,
+                addr: raddr,
+                port: rport,
+            };
+            self.observe(&mut out, FindingKind::PortExhaustionRisk, subject, now, count, Driver::Tick, |count| {
                 let when = match exhausted_in {
                     _ if exhausted => "; exhausted: connects found no free port (connect_failed)".to_owned(),
                     Some(s) => format!("; at the current rate the rest lasts {s} s"),

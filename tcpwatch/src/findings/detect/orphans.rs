@@ -17,7 +17,7 @@ use std::{
 
 use super::{Detectors, Driver, Moved, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     host::sock_diag::DiagSocket,
     kernel::event::TcpState,
@@ -48,8 +48,11 @@ impl Orphans {
     }
 }
 
-fn pressure_key(netns: u32) -> String {
-    format!("{netns}|pressure")
+fn pressure(netns: u32) -> Subject {
+    Subject::Orphans {
+        netns,
+        aborted: false,
+    }
 }
 
 impl Detectors {
@@ -72,7 +75,7 @@ impl Detectors {
         // it stays open while each read still shows it (this read is
         // followed by `on_orphans`, which updates it).
         if self.orphans_near_limit(netns) {
-            let key = (FindingKind::OrphanOverflow, pressure_key(netns));
+            let key = (FindingKind::OrphanOverflow, pressure(netns));
             if let Some(open) = self.open.get_mut(&key) {
                 open.seen = true;
             }
@@ -83,7 +86,7 @@ impl Detectors {
         let o = &self.orphans;
         let open = self
             .open
-            .contains_key(&(FindingKind::OrphanOverflow, pressure_key(netns)));
+            .contains_key(&(FindingKind::OrphanOverflow, pressure(netns)));
         let share = if open { PRESSURE_OVER } else { PRESSURE };
         o.host_netns == Some(netns)
             && matches!((o.count, o.max), (Some(c), Some(m)) if m > 0 && c as f64 >= m as f64 * share)
@@ -154,19 +157,22 @@ impl Detectors {
             (Some(c), None) => format!("{c} orphaned sockets on the host"),
             _ => "orphaned sockets over the limit".to_owned(),
         };
-        let (severity, driver, key, total) = if new_aborts > 0 {
-            let key = format!("{netns}|aborts");
+        let (severity, driver, subject, total) = if new_aborts > 0 {
+            let subject = Subject::Orphans {
+                netns,
+                aborted: true,
+            };
             let total = self
                 .open
-                .get(&(FindingKind::OrphanOverflow, key.clone()))
+                .get(&(FindingKind::OrphanOverflow, subject.clone()))
                 .map_or(0, |o| o.count)
                 + new_aborts;
-            (Severity::Critical, Driver::Event, key, total)
+            (Severity::Critical, Driver::Event, subject, total)
         } else {
             (
                 Severity::Warning,
                 Driver::Settings,
-                pressure_key(netns),
+                pressure(netns),
                 count.unwrap_or(0),
             )
         };
@@ -178,8 +184,7 @@ impl Detectors {
         self.observe(
             &mut out,
             FindingKind::OrphanOverflow,
-            key,
-            netns,
+            subject,
             now,
             total,
             driver,

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{endpoint, secs, Detectors, Driver, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::sock_diag::{DiagSocket, KernelTimer, TcpHealth},
     kernel::event::TcpState,
     model::{Connection, FourTuple, Model},
@@ -285,10 +285,13 @@ impl Detectors {
             ));
             let stalled_s = secs(stalled_for);
             let silent_s = secs(u64::from(h.last_ack_recv_ms) * 1_000_000);
-            let key = format!(
-                "{}|{}|{}|{}|{}",
-                tuple.netns, tuple.local, tuple.local_port, tuple.remote, tuple.remote_port
-            );
+            let subject = Subject::Connection {
+                netns: tuple.netns,
+                local: tuple.local,
+                local_port: tuple.local_port,
+                remote: tuple.remote,
+                remote_port: tuple.remote_port,
+            };
             let who = Who {
                 pid: Some(pid),
                 comm: Some(comm.clone()),
@@ -301,7 +304,7 @@ impl Detectors {
             };
             let peer = endpoint(tuple.remote, tuple.remote_port);
             let count = u64::from(h.retransmits);
-            self.observe(out, FindingKind::PeerUnresponsive, key, tuple.netns, now, count, Driver::Tick, |count| {
+            self.observe(out, FindingKind::PeerUnresponsive, subject, now, count, Driver::Tick, |count| {
                 who.apply(
                     Finding::new(
                         FindingKind::PeerUnresponsive,
@@ -365,10 +368,13 @@ impl Detectors {
             let retries2 = self.retries2.get(&tuple.netns).copied().unwrap_or(15);
             let age_s = secs(now.saturating_sub(since));
             let peer = endpoint(tuple.remote, tuple.remote_port);
-            let key = format!(
-                "{}|{}|{}|{}|{}",
-                tuple.netns, tuple.local, tuple.local_port, tuple.remote, tuple.remote_port
-            );
+            let subject = Subject::Connection {
+                netns: tuple.netns,
+                local: tuple.local,
+                local_port: tuple.local_port,
+                remote: tuple.remote,
+                remote_port: tuple.remote_port,
+            };
             let who = Who {
                 pid: Some(pid),
                 comm: Some(comm.clone()),
@@ -386,7 +392,7 @@ impl Detectors {
             } else {
                 "window probes go unanswered"
             };
-            self.observe(out, FindingKind::ZeroWindowStall, key, tuple.netns, now, probes, Driver::Tick, |probes| {
+            self.observe(out, FindingKind::ZeroWindowStall, subject, now, probes, Driver::Tick, |probes| {
                 who.apply(
                     Finding::new(
                         FindingKind::ZeroWindowStall,

@@ -11,7 +11,7 @@
 //! the time of the write, so nothing was retransmitted).
 use super::{endpoint, secs, Detectors, Driver, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     model::{EndReason, Finished},
 };
 
@@ -21,8 +21,12 @@ impl Detectors {
         debug_assert_eq!(f.end, EndReason::PeerReset);
         let c = &f.connection;
         let t = &c.tuple;
-        let key = format!("{}|{}|{}", t.netns, t.remote, t.remote_port);
-        let count = self.bump(FindingKind::PeerRestarted, &key);
+        let subject = Subject::Peer {
+            netns: t.netns,
+            addr: t.remote,
+            port: t.remote_port,
+        };
+        let count = self.bump(FindingKind::PeerRestarted, &subject);
         let (retransmits, silent_ns) = c.rtx_run.as_deref().map_or((0, 0), |run| {
             (run.count, f.end_ns.saturating_sub(run.start_ns))
         });
@@ -50,7 +54,7 @@ impl Detectors {
         } else {
             format!("at once, in answer to data sent after {silent} s of silence")
         };
-        self.observe(out, FindingKind::PeerRestarted, key, t.netns, now, count, Driver::Event, |count| {
+        self.observe(out, FindingKind::PeerRestarted, subject, now, count, Driver::Event, |count| {
             who.apply(
                 Finding::new(
                     FindingKind::PeerRestarted,

@@ -27,7 +27,7 @@ use std::{
 
 use super::{endpoint, Detectors, Driver, Open, Report, Status, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     host::sock_diag::DiagSocket,
     kernel::event::{TcpEvent, TcpState},
@@ -147,7 +147,7 @@ pub(super) struct SynState {
     synack_retransmits: HashMap<(u32, u16), u64>,
     /// The open syn_flood finding of each (namespace, port), by key: its
     /// SYN-ACK retransmits are its evidence, not a synack_retransmit.
-    flooded: HashMap<(u32, u16), String>,
+    flooded: HashMap<(u32, u16), Subject>,
 }
 
 impl SynState {
@@ -479,10 +479,10 @@ impl Detectors {
             *counts.entry(port).or_default() += 1;
         }
         match self.syn.flooded.get(&port) {
-            Some(key)
+            Some(subject)
                 if self
                     .open
-                    .contains_key(&(FindingKind::SynFlood, key.clone())) =>
+                    .contains_key(&(FindingKind::SynFlood, subject.clone())) =>
             {
                 true
             }
@@ -521,16 +521,20 @@ impl Detectors {
         let open = &self.open;
         self.syn
             .flooded
-            .retain(|_, key| open.contains_key(&(FindingKind::SynFlood, key.clone())));
+            .retain(|_, subject| open.contains_key(&(FindingKind::SynFlood, subject.clone())));
         let listeners = listeners_of(sockets, &retransmits);
         for verdict in assess(&listeners, &moved, &settings) {
-            let key = match &verdict.listener {
-                Some(l) => format!("{netns}|{}|{}", l.addr, l.port),
-                None => format!("{netns}|"),
+            let subject = match &verdict.listener {
+                Some(l) => Subject::Listener {
+                    netns,
+                    addr: l.addr,
+                    port: l.port,
+                },
+                None => Subject::Namespace { netns },
             };
             let (before, retransmits_before) = self
                 .open
-                .get(&(FindingKind::SynFlood, key.clone()))
+                .get(&(FindingKind::SynFlood, subject.clone()))
                 .map_or_else(Default::default, |o| Evidence::of(&o.finding));
             let counters = before.zip(verdict.counters, u64::saturating_add);
             let l = verdict.listener.as_ref();
@@ -555,12 +559,11 @@ impl Detectors {
             let progress = counters.total().saturating_add(synack_retransmits);
             let was_open = self
                 .open
-                .contains_key(&(FindingKind::SynFlood, key.clone()));
+                .contains_key(&(FindingKind::SynFlood, subject.clone()));
             self.observe(
                 &mut out,
                 FindingKind::SynFlood,
-                key.clone(),
-                netns,
+                subject.clone(),
                 now,
                 progress,
                 Driver::Event,
@@ -571,13 +574,13 @@ impl Detectors {
             // as with TCP_DEFER_ACCEPT): it stays open rather than resolve
             // and be raised again.
             if evidence.half_open * 4 >= evidence.limit * 3 && evidence.limit > 0 {
-                self.still_seen(FindingKind::SynFlood, &key, now);
+                self.still_seen(FindingKind::SynFlood, &subject, now);
             }
             if let Some(l) = l {
                 if !was_open {
                     self.supersede_synack_retransmits(&mut out, netns, l.port, now);
                 }
-                self.syn.flooded.insert((netns, l.port), key);
+                self.syn.flooded.insert((netns, l.port), subject);
             }
         }
         out
@@ -593,11 +596,13 @@ impl Detectors {
         port: u16,
         now: u64,
     ) {
-        let prefix = format!("{netns}|{port}|");
-        let keys: Vec<(FindingKind, String)> = self
+        let keys: Vec<(FindingKind, Subject)> = self
             .open
             .keys()
-            .filter(|(k, key)| *k == FindingKind::SynackRetransmit && key.starts_with(&prefix))
+            .filter(|(kind, subject)| {
+                *kind == FindingKind::SynackRetransmit
+                    && matches!(*subject, Subject::ProcessPort { netns: n, port: p, .. } if n == netns && p == port)
+            })
             .cloned()
             .collect();
         for key in keys {

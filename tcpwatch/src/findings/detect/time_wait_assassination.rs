@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use super::{endpoint, secs, Detectors, Driver, Moved, Report, Who};
 use crate::{
-    findings::{Finding, FindingKind, Severity},
+    findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     model::TimeWaitDeath,
 };
@@ -66,8 +66,13 @@ impl Detectors {
             if guard.rfc1337 || guard.overflows.moved > 0 {
                 continue;
             }
-            let key = format!("{}|{}|{}|{}", t.netns, d.pid, t.remote, t.remote_port);
-            let count = self.bump(FindingKind::TimeWaitAssassinated, &key);
+            let subject = Subject::ProcessPeer {
+                netns: t.netns,
+                pid: d.pid,
+                addr: t.remote,
+                port: t.remote_port,
+            };
+            let count = self.bump(FindingKind::TimeWaitAssassinated, &subject);
             let who = Who {
                 pid: (d.pid != 0).then_some(d.pid),
                 comm: (d.pid != 0).then(|| d.comm.to_string()),
@@ -86,7 +91,7 @@ impl Detectors {
             let peer = endpoint(t.remote, t.remote_port);
             let age = secs(d.age_ns);
             let paws = guard.paws.moved;
-            self.observe(&mut out, FindingKind::TimeWaitAssassinated, key, t.netns, now, count, Driver::Event, |count| {
+            self.observe(&mut out, FindingKind::TimeWaitAssassinated, subject, now, count, Driver::Event, |count| {
                 who.apply(
                     Finding::new(
                         FindingKind::TimeWaitAssassinated,
