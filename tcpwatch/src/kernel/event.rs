@@ -157,6 +157,36 @@ pub struct TcpEvent {
 }
 
 impl TcpEvent {
+    /// A state event with nothing known: no socket, owner, endpoints or
+    /// states. Tests and the fuzzer build their events from it with struct
+    /// update syntax (`TcpEvent { kind, pid, ..TcpEvent::blank() }`), so a
+    /// field added to events needs no edit of each.
+    pub fn blank() -> TcpEvent {
+        TcpEvent {
+            ts_ns: 0,
+            skaddr: 0,
+            kind: EventKind::State,
+            pid: 0,
+            comm: String::new(),
+            owner: OwnerSource::Unknown,
+            netns: 0,
+            saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            sport: 0,
+            daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dport: 0,
+            old_state: None,
+            new_state: None,
+            old_state_ns: None,
+            reason: 0,
+            owner_exiting: false,
+            outstanding: None,
+            silence_s: None,
+            reset_timestamped: false,
+            cgroup: 0,
+            workload: None,
+        }
+    }
+
     /// 4 or 6.
     pub fn family(&self) -> u8 {
         if self.saddr.is_ipv4() {

@@ -1921,14 +1921,7 @@ mod tests {
             dport: 80,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 
@@ -3136,7 +3129,6 @@ mod regressions {
         TcpEvent {
             ts_ns,
             skaddr: sk,
-            kind: EventKind::State,
             pid: 42,
             comm: "client".into(),
             owner: OwnerSource::Connect,
@@ -3147,14 +3139,7 @@ mod regressions {
             dport: 80,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 
@@ -3198,7 +3183,6 @@ mod attribution_regressions {
         TcpEvent {
             ts_ns,
             skaddr: sk,
-            kind: EventKind::State,
             pid,
             comm: comm.into(),
             owner: OwnerSource::Connect,
@@ -3209,14 +3193,7 @@ mod attribution_regressions {
             dport: 80,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

@@ -27,14 +27,7 @@ fn ev(ts_ns: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
         dport: 80,
         old_state: Some(old),
         new_state: Some(new),
-        old_state_ns: None,
-        reason: 0,
-        owner_exiting: false,
-        outstanding: None,
-        silence_s: None,
-        reset_timestamped: false,
-        cgroup: 0,
-        workload: None,
+        ..TcpEvent::blank()
     }
 }
 

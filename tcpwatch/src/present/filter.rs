@@ -112,13 +112,12 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::event::{EventKind, OwnerSource};
+    use crate::kernel::event::OwnerSource;
 
     fn ev() -> TcpEvent {
         TcpEvent {
             ts_ns: 1,
             skaddr: 0xffff_0000,
-            kind: EventKind::State,
             pid: 100,
             comm: "nginx".into(),
             owner: OwnerSource::Listener,
@@ -130,13 +129,7 @@ mod tests {
             old_state: Some(TcpState::SynRecv),
             new_state: Some(TcpState::Established),
             old_state_ns: Some(10),
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

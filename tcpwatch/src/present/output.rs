@@ -496,12 +496,7 @@ mod tests {
             new_state: Some(TcpState::Established),
             old_state_ns: Some(1_250_000),
             reason: 12,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

@@ -200,7 +200,7 @@ pub fn by_netns(model: &Model, top: usize) -> Vec<(String, TcpState, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::event::{EventKind, OwnerSource, TcpEvent};
+    use crate::kernel::event::{OwnerSource, TcpEvent};
     use TcpState::*;
 
     const S: u64 = 1_000_000_000;
@@ -217,7 +217,6 @@ mod tests {
         TcpEvent {
             ts_ns: ts,
             skaddr: sk,
-            kind: EventKind::State,
             pid: 5,
             comm: "srv".into(),
             owner: OwnerSource::Listener,
@@ -228,14 +227,7 @@ mod tests {
             dport,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

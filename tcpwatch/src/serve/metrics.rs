@@ -817,7 +817,6 @@ mod tests {
 
     fn ev(kind: EventKind, old: TcpState, new: TcpState, ms: Option<u64>) -> TcpEvent {
         TcpEvent {
-            ts_ns: 0,
             skaddr: 1,
             kind,
             pid: 1,
@@ -832,12 +831,7 @@ mod tests {
             new_state: Some(new),
             old_state_ns: ms.map(|m| m * 1_000_000),
             reason: 1,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

@@ -634,14 +634,7 @@ mod attribution_regressions {
             dport,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 
@@ -815,7 +808,7 @@ mod session_review {
     use super::*;
     use crate::{
         findings::detect::Thresholds,
-        kernel::event::{EventKind, OwnerSource, TcpState},
+        kernel::event::{OwnerSource, TcpState},
         model::Limits,
     };
 
@@ -833,7 +826,6 @@ mod session_review {
         TcpEvent {
             ts_ns,
             skaddr: sk,
-            kind: EventKind::State,
             pid,
             comm: "tw-review".into(),
             owner,
@@ -846,14 +838,7 @@ mod session_review {
             dport,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

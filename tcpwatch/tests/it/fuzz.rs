@@ -148,9 +148,8 @@ proptest! {
                 owner_exiting: sk % 3 == 0,
                 outstanding: (sk % 5 == 0).then_some(sk % 2 == 0),
                 silence_s: (sk % 4 == 0).then_some((ms % 10) as u16),
-                reset_timestamped: false,
                 cgroup: sk % 5,
-                workload: None,
+                ..TcpEvent::blank()
             };
             let outcomes = model.apply(&ev);
             let _ = detectors.on_event(&ev, &outcomes, &model);

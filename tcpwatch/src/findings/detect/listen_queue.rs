@@ -359,14 +359,7 @@ mod tests {
             dport: port,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         };
         let mut model = Model::default();
         let mut out = Vec::new();

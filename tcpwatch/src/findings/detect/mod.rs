@@ -1296,7 +1296,6 @@ mod tests {
         TcpEvent {
             ts_ns: ts,
             skaddr: sk,
-            kind: EventKind::State,
             pid: 7,
             comm: "app".into(),
             owner: OwnerSource::Connect,
@@ -1307,14 +1306,7 @@ mod tests {
             dport,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 
@@ -2222,14 +2214,7 @@ mod regressions {
             dport: 443,
             old_state: Some(old),
             new_state: Some(new),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         }
     }
 

@@ -16,7 +16,6 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
     TcpEvent {
         ts_ns: ts,
         skaddr: sk,
-        kind: EventKind::State,
         pid: 7,
         comm: "app".into(),
         owner: OwnerSource::Connect,
@@ -27,14 +26,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         dport: 443,
         old_state: Some(old),
         new_state: Some(new),
-        old_state_ns: None,
-        reason: 0,
-        owner_exiting: false,
-        outstanding: None,
-        silence_s: None,
-        reset_timestamped: false,
-        cgroup: 0,
-        workload: None,
+        ..TcpEvent::blank()
     }
 }
 

@@ -19,7 +19,6 @@ fn st(
     TcpEvent {
         ts_ns: ts,
         skaddr: sk,
-        kind: EventKind::State,
         pid: 7,
         comm: "app".into(),
         owner: OwnerSource::Connect,
@@ -30,14 +29,7 @@ fn st(
         dport: dst.1,
         old_state: Some(old),
         new_state: Some(new),
-        old_state_ns: None,
-        reason: 0,
-        owner_exiting: false,
-        outstanding: None,
-        silence_s: None,
-        reset_timestamped: false,
-        cgroup: 0,
-        workload: None,
+        ..TcpEvent::blank()
     }
 }
 

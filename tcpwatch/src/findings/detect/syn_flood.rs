@@ -947,14 +947,7 @@ mod tests {
             dport: 4000,
             old_state: Some(TcpState::SynRecv),
             new_state: Some(TcpState::SynRecv),
-            old_state_ns: None,
-            reason: 0,
-            owner_exiting: false,
-            outstanding: None,
-            silence_s: None,
-            reset_timestamped: false,
-            cgroup: 0,
-            workload: None,
+            ..TcpEvent::blank()
         };
         let r = d.on_event(&synack, &[], &model);
         assert_eq!(r[0].finding.kind, FindingKind::SynackRetransmit);
