@@ -142,20 +142,22 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     if let Err(e) = d.counters.reset_ring_peak() {
         log::warn!("cannot reset the ring buffer's peak fill: {e}");
     }
-    let totals = d.counters.totals();
+    let kernel = crate::serve::metrics::KernelReading {
+        totals: d.counters.totals(),
+        reasons: d.reasons.clone(),
+        counters,
+        programs: d.counters.programs(),
+    };
     let d = &mut *d;
-    d.metrics.count_programs(&d.counters.programs());
     d.metrics.top_n_listeners = d.top_n;
     d.metrics
         .sock_diag_available
         .set(i64::from(d.observer.sock_diag_available.unwrap_or(false)));
     let body = d.metrics.render(
-        &totals,
-        &d.reasons,
+        kernel,
         &summary,
         &d.observer.model,
         d.observer.detectors.as_ref(),
-        &counters,
         d.own_netns.as_ref(),
     );
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()

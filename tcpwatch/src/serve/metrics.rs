@@ -14,8 +14,8 @@ use crate::findings::FindingKind;
 use crate::{
     findings::detect::Detectors,
     host::netns_state::NetnsState,
-    kernel::event::{EventKind, KernelReasons, TcpEvent, TcpState},
-    kernel::loader::{Counters, KernelTotals},
+    kernel::event::{EventKind, TcpEvent, TcpState},
+    kernel::loader::KernelTotals,
     model::{EndReason, Model, Opener, Outcome},
     present::summary::Summary,
 };
@@ -34,6 +34,7 @@ const SYSCTLS: [&str; 9] = [
 ];
 
 mod kernel_counts;
+pub use kernel_counts::KernelReading;
 
 pub struct Metrics {
     registry: Registry,
@@ -42,7 +43,6 @@ pub struct Metrics {
     opened: IntCounterVec,
     closed: IntCounterVec,
     connect_failures: IntCounterVec,
-    drop_events_limited: IntCounter,
     tw_reuse: IntCounter,
     tw_reuse_resets: IntCounter,
     ports_in_use: IntGaugeVec,
@@ -62,7 +62,6 @@ pub struct Metrics {
     sysctl: IntGaugeVec,
     port_range: IntGaugeVec,
     events_received: IntCounter,
-    events_lost: IntCounterVec,
     malformed: IntCounter,
     model_connections: IntGauge,
     model_time_wait: IntGauge,
@@ -74,10 +73,6 @@ pub struct Metrics {
     reconcile_seeded: IntCounterVec,
     scrape_seconds: prometheus::Gauge,
     ring_peak_fill: prometheus::Gauge,
-    program_runs: IntCounterVec,
-    program_seconds: prometheus::CounterVec,
-    /// Each program's statistics at the previous scrape.
-    last_programs: std::collections::HashMap<&'static str, crate::kernel::loader::ProgramStats>,
     /// Last values of cumulative sources, to add only what is new.
     /// Per namespace: the last reading of each TcpExt counter, and the
     /// increments counted since start (to rank namespaces for the top N).
@@ -85,7 +80,6 @@ pub struct Metrics {
         std::collections::HashMap<u32, ([u64; crate::host::netns_state::TCPEXT.len()], u64)>,
     /// Namespaces with series of their own in `tcpext` (the top N).
     tcpext_labelled: std::collections::HashSet<u32>,
-    last_counters: Counters,
     last_evicted: (u64, u64),
     /// Corrections and seeding already counted, and namespace records dropped.
     last_corrections: (crate::model::Reconciled, crate::model::Reconciled, u64),
@@ -163,11 +157,6 @@ impl Metrics {
             "TcpExt counters (TW, TWRecycled, ListenOverflows, SyncookiesSent, ...) by network namespace (inode; the top N by activity, then other), counted from tcpwatch's start.",
             &["netns", "counter"],
         )?;
-        let events_lost = c(
-            "tcpwatch_events_lost_total",
-            "Events lost: ring buffer full, or programs skipped by the kernel.",
-            &["cause"],
-        )?;
         let evictions = c(
             "tcpwatch_model_evictions_total",
             "Model entries evicted to stay within the memory bounds.",
@@ -243,10 +232,6 @@ impl Metrics {
             "tcpwatch_tw_reuse_resets_total",
             "Resets on a connection that reused a TIME_WAIT 4-tuple, from SYN_SENT or soon after.",
         )?;
-        let drop_events_limited = one(
-            "tcpwatch_drop_events_limited_total",
-            "Drops counted in tcpwatch_drops_total but not sent as events to userspace (each CPU sends at most 64 per 100 ms): per-connection drop counts are lower bounds while this grows.",
-        )?;
         let findings_evicted = one(
             "tcpwatch_findings_evicted_total",
             "Open findings dropped because more than 10000 were open at once.",
@@ -296,19 +281,6 @@ impl Metrics {
             "Most of the ring buffer that held unread events since the previous scrape (1 means events were being lost).",
         )?;
         r.register(Box::new(ring_peak_fill.clone()))?;
-        let program_runs = c(
-            "tcpwatch_bpf_program_runs_total",
-            "Runs of each of tcpwatch's kernel programs (by its name in the object; `_raw` ones are raw tracepoints), from the kernel's BPF statistics while tcpwatch runs.",
-            &["program"],
-        )?;
-        let program_seconds = prometheus::CounterVec::new(
-            Opts::new(
-                "tcpwatch_bpf_program_run_seconds_total",
-                "Time spent in each of tcpwatch's kernel programs, from the kernel's BPF statistics while tcpwatch runs: tcpwatch's own cost on the hot path.",
-            ),
-            &["program"],
-        )?;
-        r.register(Box::new(program_seconds.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new("tcpwatch_build_info", "tcpwatch's version."),
             &["version"],
@@ -321,7 +293,6 @@ impl Metrics {
             opened,
             closed,
             connect_failures,
-            drop_events_limited,
             tw_reuse,
             tw_reuse_resets,
             ports_in_use,
@@ -340,7 +311,6 @@ impl Metrics {
             sysctl,
             port_range,
             events_received,
-            events_lost,
             malformed,
             model_connections,
             model_time_wait,
@@ -351,12 +321,8 @@ impl Metrics {
             reconcile_seeded,
             scrape_seconds,
             ring_peak_fill,
-            program_runs,
-            program_seconds,
-            last_programs: Default::default(),
             last_tcpext: Default::default(),
             tcpext_labelled: Default::default(),
-            last_counters: Counters::default(),
             last_evicted: (0, 0),
             last_corrections: Default::default(),
         })
@@ -417,24 +383,10 @@ impl Metrics {
     /// Counts the TcpExt counters of every namespace read by the last
     /// reconciliation: each increment goes to its namespace's series when
     /// that namespace is among the `top_n` busiest, to `other` otherwise,
-    /// so the label set stays bounded and every counter only grows.
-    /// The kernel's run statistics of each attached program, counted from
-    /// what moved since the previous scrape.
-    pub fn count_programs(
-        &mut self,
-        programs: &[(&'static str, crate::kernel::loader::ProgramStats)],
-    ) {
-        for (name, now) in programs {
-            let before = self.last_programs.insert(name, *now).unwrap_or_default();
-            self.program_runs
-                .with_label_values(&[name])
-                .inc_by(now.runs.saturating_sub(before.runs));
-            self.program_seconds
-                .with_label_values(&[name])
-                .inc_by(now.run_ns.saturating_sub(before.run_ns) as f64 / 1e9);
-        }
-    }
-
+    /// so the label set stays bounded and every counter only grows. Counted
+    /// from deltas, not reported absolute like the kernel's own counts: a
+    /// namespace's counts move to `other` when it leaves the top N, and
+    /// `other` must never go down.
     pub fn count_tcpext(
         &mut self,
         namespaces: &std::collections::HashMap<u32, NetnsState>,
@@ -495,16 +447,16 @@ impl Metrics {
     #[allow(clippy::too_many_arguments)]
     pub fn render(
         &mut self,
-        totals: &KernelTotals,
-        reasons: &KernelReasons,
+        kernel: KernelReading,
         summary: &Summary,
         model: &Model,
         detectors: Option<&Detectors>,
-        counters: &Counters,
         own_netns: Option<&NetnsState>,
     ) -> String {
         let started = std::time::Instant::now();
-        self.kernel.set(totals, reasons);
+        let counters = kernel.counters;
+        let histograms = kernel_histograms(&kernel.totals);
+        self.kernel.set(kernel);
         self.sockets.reset();
         for (state, n) in &summary.by_state {
             self.sockets
@@ -585,23 +537,6 @@ impl Metrics {
                 .inc();
         }
         let grow = |c: &IntCounter, before: u64, now: u64| c.inc_by(now.saturating_sub(before));
-        let last = self.last_counters;
-        grow(
-            &self.events_lost.with_label_values(&["ringbuf_full"]),
-            last.ringbuf_full,
-            counters.ringbuf_full,
-        );
-        grow(
-            &self.events_lost.with_label_values(&["bpf_recursion"]),
-            last.recursion_misses,
-            counters.recursion_misses,
-        );
-        grow(
-            &self.drop_events_limited,
-            last.drop_events_limited,
-            counters.drop_events_limited,
-        );
-        self.last_counters = *counters;
         if counters.ring_bytes > 0 {
             self.ring_peak_fill
                 .set(counters.ring_peak_bytes as f64 / counters.ring_bytes as f64);
@@ -666,7 +601,7 @@ impl Metrics {
         }
         let mut out = Vec::new();
         let mut families = self.registry.gather();
-        families.extend(kernel_histograms(totals));
+        families.extend(histograms);
         let encoded = TextEncoder::new().encode(&families, &mut out);
         self.scrape_seconds.set(started.elapsed().as_secs_f64());
         match encoded {
@@ -813,6 +748,7 @@ fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::{event::KernelReasons, loader::Counters};
     use crate::{kernel::event::OwnerSource, model::Limits, present::summary::summarize};
 
     fn ev(kind: EventKind, old: TcpState, new: TcpState, ms: Option<u64>) -> TcpEvent {
@@ -891,8 +827,30 @@ mod tests {
         totals.histograms[hist::HANDSHAKE as usize][HIST_SLOTS as usize - 1] = 2_000_000;
         totals.histograms[hist::CLOSE_WAIT as usize][9] = 1;
         let summary = summarize(&model, 0, &[], 10);
-        let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
+        let text = m.render(
+            KernelReading {
+                totals: totals.clone(),
+                reasons: reasons.clone(),
+                counters,
+                programs: vec![(
+                    "inet_sock_set_state_raw",
+                    crate::kernel::loader::ProgramStats {
+                        runs: 10,
+                        run_ns: 3_600,
+                        recursion_misses: 0,
+                    },
+                )],
+            },
+            &summary,
+            &model,
+            None,
+            None,
+        );
         for line in [
+            "tcpwatch_bpf_program_runs_total{program=\"inet_sock_set_state_raw\"} 10",
+            "tcpwatch_bpf_program_run_seconds_total{program=\"inet_sock_set_state_raw\"} 0.0000036",
+            "tcpwatch_events_lost_total{cause=\"bpf_recursion\"} 0",
+            "tcpwatch_drop_events_limited_total 0",
             "tcpwatch_state_transitions_total{from=\"SYN_SENT\",to=\"ESTABLISHED\"} 1",
             "tcpwatch_connections_opened_total{opener=\"active\"} 1",
             "tcpwatch_retransmits_total{phase=\"syn\"} 1",
@@ -920,7 +878,18 @@ mod tests {
         // Counters read from cumulative sources are not double counted.
         totals.transitions = vec![(2, 1, 4)];
         totals.drops = vec![(32, 3)];
-        let text = m.render(&totals, &reasons, &summary, &model, None, &counters, None);
+        let text = m.render(
+            KernelReading {
+                totals: totals.clone(),
+                reasons: reasons.clone(),
+                counters,
+                programs: Vec::new(),
+            },
+            &summary,
+            &model,
+            None,
+            None,
+        );
         assert!(
             text.contains("tcpwatch_events_lost_total{cause=\"ringbuf_full\"} 3"),
             "{text}"
@@ -970,15 +939,7 @@ mod tests {
             row(13, 1, 10.0, "docker:0123456789ab"),
             row(14, 2, 20.0, ""),
         ];
-        let text = m.render(
-            &KernelTotals::default(),
-            &KernelReasons::default(),
-            &summary,
-            &model,
-            None,
-            &Counters::default(),
-            None,
-        );
+        let text = m.render(KernelReading::default(), &summary, &model, None, None);
         for line in [
             "tcpwatch_close_wait_sockets{comm=\"nginx\",port=\"8080\",unit=\"nginx.service\"} 8\n",
             "tcpwatch_close_wait_oldest_seconds{comm=\"nginx\",port=\"8080\",unit=\"nginx.service\"} 90\n",
@@ -1087,15 +1048,7 @@ mod tests {
         let mut m = Metrics::new().unwrap();
         m.top_n_listeners = 2;
         let summary = summarize(&model, 0, &[], 10);
-        let text = m.render(
-            &KernelTotals::default(),
-            &KernelReasons::default(),
-            &summary,
-            &model,
-            None,
-            &Counters::default(),
-            None,
-        );
+        let text = m.render(KernelReading::default(), &summary, &model, None, None);
         assert!(
             text.contains(
                 "tcpwatch_listen_queue_length{listener=\"127.0.0.1:80\",netns=\"7\"} 2\n"
@@ -1114,15 +1067,7 @@ mod tests {
     fn render_plain(m: &mut Metrics) -> String {
         let model = Model::new(Limits::default());
         let summary = summarize(&model, 0, &[], 10);
-        m.render(
-            &KernelTotals::default(),
-            &KernelReasons::default(),
-            &summary,
-            &model,
-            None,
-            &Counters::default(),
-            None,
-        )
+        m.render(KernelReading::default(), &summary, &model, None, None)
     }
 }
 
