@@ -2,31 +2,34 @@
 //! the model into findings. Pure, like the model: time comes from events
 //! and from the `now` handed to [`Detectors::tick`].
 //!
-//! A finding is identified by its kind and a key (the process and endpoint
-//! responsible). It is raised once, then updated as its evidence grows
+//! A finding is identified by its kind and its [`Subject`] (the process
+//! and endpoint responsible). It is raised once, then updated as its evidence grows
 //! (reported again at most every [`Thresholds::finding_interval`]), and
 //! resolved when the condition is gone.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::HashMap, net::IpAddr, time::Duration};
 
+mod connect_errors;
 mod connect_failed;
+mod half_closed;
 mod idle_keepalive;
 mod listen_queue;
 mod orphans;
 mod peer_health;
 mod peer_restarted;
+mod port_exhaustion;
+mod retransmits;
 mod syn_flood;
 mod time_wait_assassination;
+mod time_wait_buildup;
+mod time_wait_syn_reuse;
+mod tw_reuse;
 
 use crate::{
     findings::audit,
     findings::{Finding, FindingKind, Severity, Subject},
     host::netns_state::NetnsState,
     kernel::event::{EventKind, TcpEvent, TcpState},
-    model::{EndReason, FourTuple, Model, Opener, Outcome},
+    model::{EndReason, FourTuple, Model, Outcome},
 };
 
 /// How long after a tw_reuse a reset counts as its consequence.
@@ -334,15 +337,6 @@ impl Who {
         (who, named)
     }
 }
-
-/// (kind, netns, pid, local port) of sockets waiting in one state.
-type WaitKey = (FindingKind, u32, u32, u16);
-/// Count, oldest age, comm, local address of such a group, whether
-/// some ages are only lower bounds (sockets older than tcpwatch), the most
-/// holders of one, and the owner's cgroup.
-type Group = (u64, u64, String, IpAddr, bool, u16, u64);
-/// (netns, server side, address, port) of a TIME_WAIT group.
-type TimeWaitKey = (u32, bool, IpAddr, u16);
 
 fn secs(ns: u64) -> f64 {
     (ns as f64 / 1e9 * 10.0).round() / 10.0
@@ -672,74 +666,14 @@ impl Detectors {
             }
             // During a syn_flood of its listener, the flood's evidence.
             EventKind::SynackRetransmit if self.note_synack_retransmit(ev) => {}
-            EventKind::SynackRetransmit => {
-                let subject = Subject::ProcessPort {
-                    netns: ev.netns,
-                    pid: ev.pid,
-                    port: ev.sport,
-                };
-                let count = self.bump(FindingKind::SynackRetransmit, &subject);
-                let who = Who {
-                    pid: Some(ev.pid),
-                    comm: Some(ev.comm.clone()),
-                    lport: Some(ev.sport),
-                    cgroup: ev.cgroup,
-                    ..Default::default()
-                };
-                let listener = endpoint(ev.saddr, ev.sport);
-                self.observe(&mut out, FindingKind::SynackRetransmit, subject, now, count, Driver::Event, |count| {
-                    who.apply(
-                        Finding::new(
-                            FindingKind::SynackRetransmit,
-                            Severity::Warning,
-                            format!("listener {listener} retransmitted {count} SYN-ACKs: handshakes are not completing"),
-                        )
-                        .evidence("count", count)
-                        .remedy(
-                            "The client's final ACK is lost, or half-open connections from a SYN flood \
-                             wait in the SYN queue; the kernel retries tcp_synack_retries times (63 s \
-                             by default). Check the path for loss, and tcp_syncookies under floods.",
-                        ),
-                    )
-                });
-            }
+            EventKind::SynackRetransmit => self.on_synack_retransmit(ev, &mut out),
             EventKind::Retransmit
                 if matches!(
                     ev.new_state,
                     Some(TcpState::FinWait1 | TcpState::LastAck | TcpState::Closing)
                 ) =>
             {
-                let subject = Subject::ProcessPeer {
-                    netns: ev.netns,
-                    pid: ev.pid,
-                    addr: ev.daddr,
-                    port: ev.dport,
-                };
-                let count = self.bump(FindingKind::FinRetransmit, &subject);
-                let who = Who {
-                    pid: Some(ev.pid),
-                    comm: Some(ev.comm.clone()),
-                    raddr: Some(ev.daddr),
-                    rport: Some(ev.dport),
-                    cgroup: ev.cgroup,
-                    ..Default::default()
-                };
-                let peer = endpoint(ev.daddr, ev.dport);
-                self.observe(&mut out, FindingKind::FinRetransmit, subject, now, count, Driver::Event, |count| {
-                    who.apply(
-                        Finding::new(
-                            FindingKind::FinRetransmit,
-                            Severity::Info,
-                            format!("{count} FIN retransmits towards {peer}: the peer does not acknowledge the close"),
-                        )
-                        .evidence("count", count)
-                        .remedy(
-                            "A FIN goes unacknowledged when the peer is gone or the path drops it; \
-                             an orphaned socket retries tcp_orphan_retries times (0 means 8, about 100 s) \
-                             in FIN_WAIT1, LAST_ACK or CLOSING before the kernel gives up.",
-                        ),
-                    )
-                });
+                self.on_fin_retransmit(ev, &mut out)
             }
             _ => {}
         }
@@ -747,64 +681,6 @@ impl Detectors {
             self.on_outcome(outcome, now, &mut out);
         }
         out
-    }
-
-    /// When `tuple` was taken over from TIME_WAIT, if that was within the
-    /// window in which a reset is blamed on the reuse.
-    fn reused_recently(&self, tuple: &FourTuple, now: u64) -> Option<u64> {
-        self.recent_reuse
-            .get(tuple)
-            .copied()
-            .filter(|t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS)
-    }
-
-    /// A connection that skipped TIME_WAIT met the old connection's ghost.
-    #[allow(clippy::too_many_arguments)]
-    fn reuse_reset(
-        &mut self,
-        out: &mut Vec<Report>,
-        tuple: FourTuple,
-        (pid, comm, cgroup): (u32, &str, u64),
-        now: u64,
-        since_ns: u64,
-        what: &str,
-    ) {
-        self.tw_reuse_resets += 1;
-        let subject = Subject::Peer {
-            netns: tuple.netns,
-            addr: tuple.remote,
-            port: tuple.remote_port,
-        };
-        let count = self.bump(FindingKind::TwReuseReset, &subject);
-        let who = Who {
-            pid: Some(pid),
-            comm: Some(comm.to_owned()),
-            laddr: Some(tuple.local),
-            lport: Some(tuple.local_port),
-            raddr: Some(tuple.remote),
-            rport: Some(tuple.remote_port),
-            holders: None,
-            cgroup,
-        };
-        let peer = endpoint(tuple.remote, tuple.remote_port);
-        let age = secs(since_ns);
-        self.observe(out, FindingKind::TwReuseReset, subject, now, count, Driver::Event, |count| {
-            who.apply(
-                Finding::new(
-                    FindingKind::TwReuseReset,
-                    Severity::Warning,
-                    format!("a connection to {peer} that reused a TIME_WAIT 4-tuple {what} ({count} so far)"),
-                )
-                .evidence("count", count)
-                .evidence("age_seconds", age)
-                .remedy(
-                    "The two risks of skipping TIME_WAIT: a stale segment or reset of the old \
-                     connection, or a peer still in LAST_ACK (its final ACK was lost) answering the new \
-                     SYN with a challenge ACK that this side resets. Set tcp_tw_reuse back to 2 (or 0) \
-                     for this traffic and reuse connections instead.",
-                ),
-            )
-        });
     }
 
     fn on_outcome(&mut self, outcome: &Outcome, now: u64, out: &mut Vec<Report>) {
@@ -821,65 +697,7 @@ impl Detectors {
             Outcome::Finished(f)
                 if matches!(f.end, EndReason::ConnectRefused | EndReason::ConnectTimeout) =>
             {
-                let c = &f.connection;
-                let t = &c.tuple;
-                let refused = f.end == EndReason::ConnectRefused;
-                if !refused {
-                    self.note_connect_timeout(c, now);
-                }
-                let kind = if refused {
-                    FindingKind::ConnectRefused
-                } else {
-                    FindingKind::ConnectTimeout
-                };
-                let subject = Subject::ProcessPeer {
-                    netns: t.netns,
-                    pid: c.pid,
-                    addr: t.remote,
-                    port: t.remote_port,
-                };
-                let count = self.bump(kind, &subject);
-                let who = Who {
-                    pid: Some(c.pid),
-                    comm: Some(c.comm.to_string()),
-                    raddr: Some(t.remote),
-                    rport: Some(t.remote_port),
-                    cgroup: c.cgroup,
-                    ..Default::default()
-                };
-                let peer = endpoint(t.remote, t.remote_port);
-                let syn_retransmits = c.retransmits.syn;
-                let waited = secs(f.lifetime_ns().unwrap_or(0));
-                let comm = c.comm.clone();
-                self.observe(out, kind, subject, now, count, Driver::Event, |count| {
-                    let finding = if refused {
-                        Finding::new(
-                            kind,
-                            Severity::Warning,
-                            format!("{comm} had {count} connects to {peer} refused: a reset answered the SYN"),
-                        )
-                        .remedy(
-                            "Nothing listens on that address and port (or a firewall rejects with a reset): \
-                             check the upstream's configuration and health, and the client's target.",
-                        )
-                    } else {
-                        Finding::new(
-                            kind,
-                            Severity::Warning,
-                            format!(
-                                "{comm} had {count} connects to {peer} time out after {syn_retransmits} SYN retransmits and {waited} s"
-                            ),
-                        )
-                        .evidence("syn_retransmits", syn_retransmits)
-                        .evidence("age_seconds", waited)
-                        .remedy(
-                            "SYNs to that endpoint are dropped (a firewall, a dead host, or a full accept \
-                             queue); the kernel retries for as long as tcp_syn_retries allows (127 s by \
-                             default): give the client a connect timeout, and check the path.",
-                        )
-                    };
-                    who.apply(finding.evidence("count", count))
-                });
+                self.on_connect_error(f, now, out);
             }
             Outcome::Finished(f)
                 if matches!(
@@ -887,14 +705,7 @@ impl Detectors {
                     EndReason::ResetReceived | EndReason::ResetSent | EndReason::PeerReset
                 ) && self.reused_recently(&f.connection.tuple, now).is_some() =>
             {
-                let c = &f.connection;
-                let age = now.saturating_sub(self.reused_recently(&c.tuple, now).unwrap_or(now));
-                let what = if f.end != EndReason::ResetSent {
-                    "was reset"
-                } else {
-                    "sent a reset"
-                };
-                self.reuse_reset(out, c.tuple, (c.pid, &c.comm, c.cgroup), now, age, what);
+                self.on_reuse_reset(f, now, out)
             }
             Outcome::TimeWaitReused {
                 tuple,
@@ -902,73 +713,9 @@ impl Detectors {
                 pid,
                 comm,
                 cgroup,
-            } => {
-                self.recent_reuse.insert(*tuple, now);
-                let subject = Subject::Peer {
-                    netns: tuple.netns,
-                    addr: tuple.remote,
-                    port: tuple.remote_port,
-                };
-                let count = self.bump(FindingKind::TwReuse, &subject);
-                let who = Who {
-                    pid: Some(*pid),
-                    comm: Some(comm.clone()),
-                    laddr: Some(tuple.local),
-                    lport: Some(tuple.local_port),
-                    raddr: Some(tuple.remote),
-                    rport: Some(tuple.remote_port),
-                    holders: None,
-                    cgroup: *cgroup,
-                };
-                let peer = endpoint(tuple.remote, tuple.remote_port);
-                let age = secs(*age_ns);
-                self.observe(out, FindingKind::TwReuse, subject, now, count, Driver::Event, |count| {
-                    who.apply(
-                        Finding::new(
-                            FindingKind::TwReuse,
-                            Severity::Info,
-                            format!("{count} new connections to {peer} reused a 4-tuple still in TIME_WAIT (latest after {age} s)"),
-                        )
-                        .evidence("count", count)
-                        .evidence("age_seconds", age)
-                        .remedy(
-                            "tcp_tw_reuse let the kernel skip the rest of TIME_WAIT: a stale segment or reset \
-                             of the old connection can hit the new one, and if the old final ACK was lost \
-                             the peer answers the new SYN with a challenge ACK. Reuse connections instead.",
-                        ),
-                    )
-                });
-            }
+            } => self.on_time_wait_reused(*tuple, *age_ns, (*pid, comm, *cgroup), now, out),
             Outcome::TimeWaitSynReused { tuple, age_ns } => {
-                let subject = Subject::LocalPort {
-                    netns: tuple.netns,
-                    port: tuple.local_port,
-                };
-                let count = self.bump(FindingKind::TimeWaitSynReuse, &subject);
-                let who = Who {
-                    lport: Some(tuple.local_port),
-                    raddr: Some(tuple.remote),
-                    rport: Some(tuple.remote_port),
-                    ..Default::default()
-                };
-                let age = secs(*age_ns);
-                let port = tuple.local_port;
-                self.observe(out, FindingKind::TimeWaitSynReuse, subject, now, count, Driver::Event, |count| {
-                    who.apply(
-                        Finding::new(
-                            FindingKind::TimeWaitSynReuse,
-                            Severity::Info,
-                            format!("{count} new SYNs on local port {port} took over 4-tuples in TIME_WAIT (latest after {age} s)"),
-                        )
-                        .evidence("count", count)
-                        .evidence("age_seconds", age)
-                        .remedy(
-                            "This server closes first and clients come back from the same ports; the kernel \
-                             accepts such a SYN when its sequence number or timestamp is newer. Let clients \
-                             close first, or keep connections alive.",
-                        ),
-                    )
-                });
+                self.on_time_wait_syn_reused(*tuple, *age_ns, now, out)
             }
             _ => {}
         }
@@ -1010,258 +757,14 @@ impl Detectors {
         }
         let t = self.thresholds;
 
-        // CLOSE_WAIT and FIN_WAIT2 by owner and local port.
-        let mut waiting: BTreeMap<WaitKey, Group> = BTreeMap::new();
-        for c in model.connections() {
-            let (kind, limit) = match c.state {
-                TcpState::CloseWait => (FindingKind::CloseWaitLeak, t.close_wait_age),
-                TcpState::FinWait2 => (FindingKind::FinWait2Stall, t.fin_wait2_age),
-                _ => continue,
-            };
-            let age = now.saturating_sub(c.state_since_ns);
-            if age < limit.as_nanos() as u64 {
-                continue;
-            }
-            // Who holds it is confirmed by the kernel's list (and /proc)
-            // at each reconciliation: a leak is reported once one has
-            // looked at the socket in this state, so a socket handed to a
-            // forked handler is never blamed on the process that accepted it.
-            if self.confirm_owners
-                && model
-                    .reconciled_at(c.tuple.netns)
-                    .is_none_or(|at| at <= c.state_since_ns)
-            {
-                continue;
-            }
-            let entry = waiting
-                .entry((kind, c.tuple.netns, c.pid, c.tuple.local_port))
-                .or_insert((0, 0, c.comm.to_string(), c.tuple.local, false, 0, c.cgroup));
-            entry.0 += 1;
-            entry.1 = entry.1.max(age);
-            entry.4 |= !c.state_age_known;
-            entry.5 = entry.5.max(c.holders);
-        }
-        for (
-            (kind, netns, pid, lport),
-            (count, oldest, comm, laddr, lower_bound, holders, cgroup),
-        ) in waiting
-        {
-            let at_least = if lower_bound { "at least " } else { "" };
-            let subject = Subject::ProcessPort {
-                netns,
-                pid,
-                port: lport,
-            };
-            let who = Who {
-                pid: Some(pid),
-                comm: Some(comm.clone()),
-                laddr: Some(laddr),
-                lport: Some(lport),
-                holders: Some(holders),
-                cgroup,
-                ..Default::default()
-            };
-            let oldest_s = secs(oldest);
-            self.observe(&mut out, kind, subject, now, count, Driver::Tick, |count| {
-                let f = if kind == FindingKind::CloseWaitLeak {
-                    Finding::new(
-                        kind,
-                        Severity::Warning,
-                        format!("{comm} (pid {pid}) holds {count} connections on local port {lport} in CLOSE_WAIT, the oldest for {at_least}{oldest_s} s: it is not calling close()"),
-                    )
-                    .remedy(
-                        "The peer closed its side and the kernel waits for this process to close() the \
-                         socket; nothing in TCP ends CLOSE_WAIT. Find where the application drops the \
-                         connection without closing it (error paths, pools that never evict).",
-                    )
-                } else {
-                    Finding::new(
-                        kind,
-                        Severity::Warning,
-                        format!("{comm} (pid {pid}) has {count} half-closed connections on local port {lport} stuck in FIN_WAIT2, the oldest for {at_least}{oldest_s} s"),
-                    )
-                    .remedy(
-                        "This side shut down writing and the peer never closes its side; tcp_fin_timeout \
-                         limits only orphaned sockets, so a process that still holds the socket waits \
-                         forever: close it, or fix the peer.",
-                    )
-                };
-                who.apply(f.evidence("count", count).evidence("age_seconds", oldest_s))
-            });
-        }
-
-        // TIME_WAIT towards one remote endpoint (this host as client), or on
-        // one local port (this host as a server that closes first).
-        let mut tw: BTreeMap<TimeWaitKey, (u64, u32, String, u64)> = BTreeMap::new();
-        for (tuple, entry) in model
-            .time_wait()
-            .filter(|(_, e)| e.substate == TcpState::TimeWait)
-        {
-            let server = entry.opener == Opener::Passive;
-            let key = if server {
-                (tuple.netns, true, tuple.local, tuple.local_port)
-            } else {
-                (tuple.netns, false, tuple.remote, tuple.remote_port)
-            };
-            let e = tw
-                .entry(key)
-                .or_insert((0, entry.pid, entry.comm.to_string(), entry.cgroup));
-            e.0 += 1;
-        }
-        for ((netns, server, addr, port), (count, pid, comm, cgroup)) in tw {
-            if count < t.time_wait_count {
-                continue;
-            }
-            let subject = Subject::TimeWaitGroup {
-                netns,
-                local: server,
-                addr,
-                port,
-            };
-            let ep = endpoint(addr, port);
-            let who = if server {
-                Who {
-                    pid: Some(pid),
-                    comm: Some(comm.clone()),
-                    laddr: Some(addr),
-                    lport: Some(port),
-                    cgroup,
-                    ..Default::default()
-                }
-            } else {
-                Who {
-                    pid: Some(pid),
-                    comm: Some(comm.clone()),
-                    raddr: Some(addr),
-                    rport: Some(port),
-                    cgroup,
-                    ..Default::default()
-                }
-            };
-            self.observe(&mut out, FindingKind::TimeWaitBuildup, subject, now, count, Driver::Tick, |count| {
-                let f = if server {
-                    Finding::new(
-                        FindingKind::TimeWaitBuildup,
-                        Severity::Warning,
-                        format!("{count} connections accepted on {ep} are in TIME_WAIT here: this server closes first"),
-                    )
-                    .remedy(
-                        "The side that closes first keeps TIME_WAIT for 60 s. A server that closes first \
-                         usually has HTTP keep-alive off, a short keep-alive timeout or a keep-alive \
-                         request limit: let clients close, or keep connections open longer.",
-                    )
-                } else {
-                    Finding::new(
-                        FindingKind::TimeWaitBuildup,
-                        Severity::Warning,
-                        format!("{count} connections to {ep} are in TIME_WAIT, each pinning an ephemeral port for 60 s"),
-                    )
-                    .remedy(
-                        "This host opens and closes connections to that endpoint faster than TIME_WAIT \
-                         drains: pool and reuse connections (keep-alive); tcp_tw_reuse only hides it.",
-                    )
-                };
-                who.apply(f.evidence("count", count))
-            });
-        }
-
+        self.half_closed(&mut out, now, model);
+        self.time_wait_buildup(&mut out, now, model);
         self.peer_unresponsive(&mut out, now, model);
         self.zero_window_stall(&mut out, now, model);
         self.idle_without_keepalive(&mut out, now, model);
-
-        // Ephemeral ports towards one remote endpoint from one local address:
-        // open outgoing connections plus the active closer's TIME_WAIT.
         self.recent_reuse
             .retain(|_, t| now.saturating_sub(*t) <= REUSE_RESET_WINDOW_NS);
-        let mut in_use: HashMap<PortUseKey, (u64, u32, String, u64)> = HashMap::new();
-        let outgoing = model
-            .connections()
-            .filter(|c| c.opener != Opener::Passive && c.tuple.local_port != 0)
-            .map(|c| (c.tuple, c.pid, c.comm.clone(), c.cgroup))
-            .chain(
-                model
-                    .time_wait()
-                    .filter(|(_, tw)| tw.opener != Opener::Passive)
-                    .map(|(t, tw)| (*t, tw.pid, tw.comm.clone(), tw.cgroup)),
-            );
-        for (tuple, pid, comm, cgroup) in outgoing {
-            let e = in_use
-                .entry((tuple.netns, tuple.local, tuple.remote, tuple.remote_port))
-                .or_insert((0, pid, comm.to_string(), cgroup));
-            e.0 += 1;
-        }
-        let mut previous = std::mem::take(&mut self.port_use);
-        for (key, (count, pid, comm, cgroup)) in in_use {
-            let (netns, laddr, raddr, rport) = key;
-            let (low, high) = self
-                .port_range
-                .get(&netns)
-                .copied()
-                .unwrap_or((32768, 60999));
-            let ports = u64::from((high + 1).saturating_sub(low)).max(1);
-            let fraction = count as f64 / ports as f64;
-            // Ports taken per second since the last tick.
-            let rate = previous.remove(&key).and_then(|(before, at)| {
-                let dt = now.saturating_sub(at) as f64 / 1e9;
-                (dt > 0.0 && count > before).then(|| (count - before) as f64 / dt)
-            });
-            self.port_use.insert(key, (count, now));
-            let exhausted = self.ports_exhausted(netns, raddr, rport, now);
-            if fraction < t.port_use_fraction && !exhausted {
-                continue;
-            }
-            let severity = if fraction >= 0.9 || exhausted {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            let exhausted_in =
-                rate.map(|r| (ports.saturating_sub(count) as f64 / r * 10.0).round() / 10.0);
-            let who = Who {
-                pid: (pid != 0).then_some(pid),
-                comm: (!comm.is_empty()).then(|| comm.clone()),
-                laddr: Some(laddr),
-                raddr: Some(raddr),
-                rport: Some(rport),
-                cgroup,
-                ..Default::default()
-            };
-            let peer = endpoint(raddr, rport);
-            let subject = Subject::Route {
-                netns,
-                from: laddr,
-                addr: raddr,
-                port: rport,
-            };
-            self.observe(&mut out, FindingKind::PortExhaustionRisk, subject, now, count, Driver::Tick, |count| {
-                let when = match exhausted_in {
-                    _ if exhausted => "; exhausted: connects found no free port (connect_failed)".to_owned(),
-                    Some(s) => format!("; at the current rate the rest lasts {s} s"),
-                    None => String::new(),
-                };
-                who.apply(
-                    Finding::new(
-                        FindingKind::PortExhaustionRisk,
-                        severity,
-                        format!(
-                            "{count} of {ports} ephemeral ports from {laddr} to {peer} are taken by connections and TIME_WAIT ({:.0}%){when}",
-                            fraction * 100.0
-                        ),
-                    )
-                    .evidence("count", count)
-                    .evidence("ports", ports)
-                    .evidence("fraction", (fraction * 1000.0).round() / 1000.0)
-                    .evidence("seconds_to_exhaustion", exhausted_in)
-                    .evidence("exhausted", exhausted)
-                    .remedy(
-                        "Each connection this host closes first holds its port for 60 s of TIME_WAIT; when \
-                         the range is used up, connect() fails with EADDRNOTAVAIL. Reuse connections \
-                         (keep-alive, pools), spread over more local addresses, or widen \
-                         net.ipv4.ip_local_port_range.",
-                    ),
-                )
-            });
-        }
+        self.port_exhaustion_risk(&mut out, now, model);
 
         // Whatever a tick no longer sees is over, and so is an event-driven
         // finding without new evidence for `resolve_after`.
