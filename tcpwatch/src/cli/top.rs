@@ -423,7 +423,7 @@ fn render(
             Line::from(""),
             Line::from("Evidence:").style(Style::new().add_modifier(Modifier::BOLD)),
         ];
-        for (name, value) in &f.evidence {
+        for (name, value) in &f.rendered_evidence() {
             let value = match value {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),

@@ -208,21 +208,89 @@ impl Subject {
     }
 }
 
+/// Who and where a finding is about: the process and endpoints it names.
+/// Typed, for filters and for naming the workload; written into the
+/// evidence only when the finding is rendered ([`Finding::rendered_evidence`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Who {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub laddr: Option<IpAddr>,
+    pub lport: Option<u16>,
+    pub raddr: Option<IpAddr>,
+    pub rport: Option<u16>,
+    /// Processes holding the socket(s) at the last look (`ss -p`); shown
+    /// when more than one does.
+    pub holders: Option<u16>,
+    /// The process's cgroup v2 id (0 when unknown), which names its unit
+    /// or container; never rendered itself.
+    pub cgroup: u64,
+}
+
+impl Who {
+    /// `f`, about this process and these endpoints.
+    pub fn apply(self, mut f: Finding) -> Finding {
+        f.who = self;
+        f
+    }
+
+    /// The evidence fields it renders as, by name.
+    fn evidence(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut out = Vec::new();
+        if let Some(n) = self.holders.filter(|n| *n > 1) {
+            out.push(("holders", n.into()));
+        }
+        if let Some(pid) = self.pid {
+            out.push(("pid", pid.into()));
+        }
+        if let Some(comm) = &self.comm {
+            out.push(("comm", comm.as_str().into()));
+        }
+        if let Some(a) = self.laddr {
+            out.push(("laddr", a.to_string().into()));
+        }
+        if let Some(p) = self.lport {
+            out.push(("lport", p.into()));
+        }
+        if let Some(a) = self.raddr {
+            out.push(("raddr", a.to_string().into()));
+        }
+        if let Some(p) = self.rport {
+            out.push(("rport", p.into()));
+        }
+        out
+    }
+}
+
 /// One finding.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     pub kind: FindingKind,
     pub severity: Severity,
     /// One sentence.
     pub summary: String,
-    /// The facts it rests on, by name.
+    /// Who and where it is about.
+    pub who: Who,
+    /// The other facts it rests on, by name.
     pub evidence: BTreeMap<String, serde_json::Value>,
     /// What to do, and why, in terms of what the kernel does.
     pub remedy: String,
     /// The unit or container of the process it names, when known (also in
     /// the evidence as `unit` and `container`).
-    #[serde(skip)]
     pub workload: Option<std::sync::Arc<crate::host::cgroup::Workload>>,
+}
+
+impl Serialize for Finding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Finding", 5)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("severity", &self.severity)?;
+        st.serialize_field("summary", &self.summary)?;
+        st.serialize_field("evidence", &self.rendered_evidence())?;
+        st.serialize_field("remedy", &self.remedy)?;
+        st.end()
+    }
 }
 
 impl Finding {
@@ -231,6 +299,7 @@ impl Finding {
             kind,
             severity,
             summary: summary.into(),
+            who: Who::default(),
             evidence: BTreeMap::new(),
             remedy: String::new(),
             workload: None,
@@ -241,6 +310,16 @@ impl Finding {
         let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
         self.evidence.insert(name.to_owned(), value);
         self
+    }
+
+    /// The evidence as shown to the operator: who and where, then the
+    /// other facts.
+    pub fn rendered_evidence(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut out = self.evidence.clone();
+        for (name, value) in self.who.evidence() {
+            out.entry(name.to_owned()).or_insert(value);
+        }
+        out
     }
 
     pub fn remedy(mut self, remedy: impl Into<String>) -> Self {
@@ -258,7 +337,7 @@ impl Finding {
         let Some(w) = workload else {
             return self;
         };
-        let names_process = self.evidence.contains_key("pid") || self.evidence.contains_key("comm");
+        let names_process = self.who.pid.is_some() || self.who.comm.is_some();
         if !names_process {
             return self;
         }

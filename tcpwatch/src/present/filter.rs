@@ -72,12 +72,9 @@ impl Filter {
     /// For a finding: criteria about what its evidence names; a criterion
     /// the evidence says nothing about excludes it (it is not about that).
     pub fn matches_finding(&self, f: &Finding, netns: u32) -> bool {
-        let num = |name: &str| f.evidence.get(name).and_then(|v| v.as_u64());
-        let lport = num("lport").and_then(|p| u16::try_from(p).ok());
-        let rport = num("rport").and_then(|p| u16::try_from(p).ok());
+        let (lport, rport, pid) = (f.who.lport, f.who.rport, f.who.pid);
         let ports: Vec<u16> = lport.into_iter().chain(rport).collect();
-        let pid = num("pid").and_then(|p| u32::try_from(p).ok());
-        let comm = f.evidence.get("comm").and_then(|v| v.as_str());
+        let comm = f.who.comm.as_deref();
         any_or(&self.ports, &ports)
             && any_or(&self.local_ports, &lport.into_iter().collect::<Vec<_>>())
             && any_or(&self.remote_ports, &rport.into_iter().collect::<Vec<_>>())

@@ -154,7 +154,7 @@ impl Renderer {
     /// Who and where a finding is about, from its evidence: `comm (pid N),
     /// local -> remote, netns I` (the namespace only when not tcpwatch's).
     fn finding_subject(&self, r: &Report) -> String {
-        let e = &r.finding.evidence;
+        let e = &r.finding.rendered_evidence();
         let text = |k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_owned);
         let number = |k: &str| e.get(k).and_then(|v| v.as_u64());
         let mut parts = Vec::new();
@@ -228,8 +228,8 @@ impl Renderer {
                 line.insert("summary".into(), f.summary.clone().into());
                 // Evidence fields (pid, comm, laddr, lport, raddr, rport,
                 // count, age_seconds, ...) at the top level, as documented.
-                for (name, value) in &f.evidence {
-                    line.entry(name.clone()).or_insert_with(|| value.clone());
+                for (name, value) in f.rendered_evidence() {
+                    line.entry(name).or_insert(value);
                 }
                 line.insert("remedy".into(), f.remedy.clone().into());
                 serde_json::to_writer(&mut *out, &line)?;

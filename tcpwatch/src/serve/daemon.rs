@@ -204,7 +204,7 @@ async fn findings(State(shared): State<Shared>) -> Json<Vec<FindingView>> {
             severity: f.severity.name(),
             netns,
             summary: f.summary.clone(),
-            evidence: f.evidence.clone(),
+            evidence: f.rendered_evidence(),
             remedy: f.remedy.clone(),
         })
         .collect();

@@ -26,7 +26,7 @@ mod tw_reuse;
 
 use crate::{
     findings::audit,
-    findings::{Finding, FindingKind, Severity, Subject},
+    findings::{Finding, FindingKind, Severity, Subject, Who},
     host::netns_state::NetnsState,
     kernel::event::{EventKind, TcpEvent, TcpState},
     model::{EndReason, FourTuple, Model, Outcome},
@@ -250,66 +250,13 @@ impl Moved {
 /// (netns, local address, remote address, remote port).
 type PortUseKey = (u32, IpAddr, IpAddr, u16);
 
-/// Evidence common to findings about one process and endpoint.
-#[derive(Clone, Debug, Default)]
-struct Who {
-    pid: Option<u32>,
-    comm: Option<String>,
-    laddr: Option<IpAddr>,
-    lport: Option<u16>,
-    raddr: Option<IpAddr>,
-    rport: Option<u16>,
-    /// Processes holding the socket(s) at the last look (`ss -p`); shown
-    /// when more than one does.
-    holders: Option<u16>,
-    /// The process's cgroup v2 id (0 when unknown): its unit or container,
-    /// named by [`Detectors::observe`].
-    cgroup: u64,
-}
-
-/// Evidence key of the cgroup id, replaced by `unit` and `container` before
-/// a finding leaves the detectors.
-const CGROUP_EVIDENCE: &str = "cgroup";
-
-impl Who {
-    fn apply(self, mut f: Finding) -> Finding {
-        if let Some(n) = self.holders.filter(|n| *n > 1) {
-            f = f.evidence("holders", n);
-        }
-        if self.cgroup != 0 && self.pid.is_some() {
-            f = f.evidence(CGROUP_EVIDENCE, self.cgroup);
-        }
-        if let Some(pid) = self.pid {
-            f = f.evidence("pid", pid);
-        }
-        if let Some(comm) = self.comm {
-            f = f.evidence("comm", comm);
-        }
-        if let Some(a) = self.laddr {
-            f = f.evidence("laddr", a.to_string());
-        }
-        if let Some(p) = self.lport {
-            f = f.evidence("lport", p);
-        }
-        if let Some(a) = self.raddr {
-            f = f.evidence("raddr", a.to_string());
-        }
-        if let Some(p) = self.rport {
-            f = f.evidence("rport", p);
-        }
-        f
-    }
-}
-
-/// Replaces the cgroup id a [`Who`] put in the evidence by what it is:
-/// `unit` and `container`, and the summary starts with it.
-fn name_workload(units: &crate::host::cgroup::Units, mut f: Finding) -> Finding {
-    let id = f
-        .evidence
-        .remove(CGROUP_EVIDENCE)
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0);
-    f.in_workload(units.get(id))
+/// Names the unit or container of the process a finding names, from the
+/// cgroup id its [`Who`] carries.
+fn name_workload(units: &crate::host::cgroup::Units, f: Finding) -> Finding {
+    // Only a finding that names a process names its workload.
+    let id = if f.who.pid.is_some() { f.who.cgroup } else { 0 };
+    let workload = units.get(id);
+    f.in_workload(workload)
 }
 
 impl Who {
@@ -863,10 +810,13 @@ mod tests {
         assert_eq!(kinds(&r), [(FindingKind::ConnectFailed, Status::Raised)]);
         let f = &r[0].finding;
         assert_eq!(
-            (f.evidence["pid"].as_u64(), f.evidence["comm"].as_str()),
+            (
+                f.rendered_evidence()["pid"].as_u64(),
+                f.rendered_evidence()["comm"].as_str()
+            ),
             (Some(7), Some("app"))
         );
-        assert_eq!(f.evidence["rport"].as_u64(), Some(80));
+        assert_eq!(f.rendered_evidence()["rport"].as_u64(), Some(80));
         assert!(f.summary.contains("EADDRNOTAVAIL"), "{}", f.summary);
         // The destination's port finding now says exhausted, critically.
         let r = d.tick(20 * S, &m);
@@ -913,8 +863,8 @@ mod tests {
         assert_eq!(kinds(&r), [(FindingKind::PeerRestarted, Status::Raised)]);
         let f = &r[0].finding;
         assert_eq!(f.evidence["retransmits"].as_u64(), Some(3));
-        assert_eq!(f.evidence["pid"].as_u64(), Some(7));
-        assert_eq!(f.evidence["rport"].as_u64(), Some(6379));
+        assert_eq!(f.rendered_evidence()["pid"].as_u64(), Some(7));
+        assert_eq!(f.rendered_evidence()["rport"].as_u64(), Some(6379));
         // An ordinary reset, no retransmits before it: no finding.
         let reset = TcpEvent {
             kind: EventKind::ResetReceived,
@@ -1001,7 +951,7 @@ mod tests {
         let by_port = |port: u64| {
             r.iter()
                 .map(|r| &r.finding)
-                .find(|f| f.evidence["lport"].as_u64() == Some(port))
+                .find(|f| f.rendered_evidence()["lport"].as_u64() == Some(port))
                 .unwrap_or_else(|| panic!("no finding on {port}: {r:?}"))
         };
         let nginx = by_port(8080);
@@ -1015,7 +965,7 @@ mod tests {
         assert_eq!(nginx.evidence["unit"], "nginx.service");
         assert!(!nginx.evidence.contains_key("container"));
         assert!(
-            !nginx.evidence.contains_key(CGROUP_EVIDENCE),
+            !nginx.rendered_evidence().contains_key("cgroup"),
             "the id stays inside"
         );
         let docker = by_port(9090);
@@ -1069,8 +1019,8 @@ mod tests {
         assert_eq!(
             (
                 f.evidence["count"].as_u64(),
-                f.evidence["pid"].as_u64(),
-                f.evidence["lport"].as_u64()
+                f.rendered_evidence()["pid"].as_u64(),
+                f.rendered_evidence()["lport"].as_u64()
             ),
             (Some(3), Some(7), Some(8080))
         );
@@ -1132,7 +1082,7 @@ mod tests {
             "{}",
             r[0].finding.summary
         );
-        assert_eq!(r[0].finding.evidence["lport"], 80);
+        assert_eq!(r[0].finding.rendered_evidence()["lport"], 80);
         // TIME_WAIT drains after 60 s: resolved.
         m.expire(61 * S);
         assert_eq!(
@@ -1165,7 +1115,7 @@ mod tests {
             kinds(&reports),
             [(FindingKind::ConnectRefused, Status::Raised)]
         );
-        assert_eq!(reports[0].finding.evidence["rport"], 9);
+        assert_eq!(reports[0].finding.rendered_evidence()["rport"], 9);
         let mut rst = st(20 * S + 1, 0x4000, SynSent, SynSent, 40000, 9);
         rst.kind = EventKind::ResetReceived;
         let later = feed(
@@ -1235,7 +1185,7 @@ mod tests {
             ),
             (Some(5), Some(3.2))
         );
-        assert_eq!(f.evidence["rport"], 443);
+        assert_eq!(f.rendered_evidence()["rport"], 443);
         // The connection ends (retransmit timeout): resolved.
         feed(
             &mut m,
@@ -1344,7 +1294,7 @@ mod tests {
         let r = d.tick(6 * S, &m);
         assert_eq!(kinds(&r), [(FindingKind::ZeroWindowStall, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["bytes_waiting"], 65_536);
-        assert_eq!(r[0].finding.evidence["pid"], 7);
+        assert_eq!(r[0].finding.rendered_evidence()["pid"], 7);
         // The peer stops answering the probes: updated with their count.
         let unanswered = crate::host::sock_diag::TcpHealth { probes: 3, ..shut };
         d.set_health([(tuple, Some(unanswered))], 20 * S);
@@ -1435,7 +1385,7 @@ mod tests {
         );
         // 4 ports in 4 s: the 8 left last 8 s.
         assert_eq!(f.evidence["seconds_to_exhaustion"].as_f64(), Some(8.0));
-        assert_eq!(f.evidence["rport"], 80);
+        assert_eq!(f.rendered_evidence()["rport"], 80);
     }
 
     #[test]
@@ -1631,7 +1581,7 @@ mod tests {
         // The oldest went first.
         assert!(d
             .open_findings()
-            .all(|(f, _)| f.evidence["pid"].as_u64() >= Some(1005)));
+            .all(|(f, _)| f.rendered_evidence()["pid"].as_u64() >= Some(1005)));
     }
 
     /// A CLOSE_WAIT socket two processes hold (a forked child that kept
@@ -1683,8 +1633,8 @@ mod tests {
         m.reconcile(1, &[listed], 3 * S, 3 * S);
         let r = d.tick(4 * S, &m);
         assert_eq!(kinds(&r), [(FindingKind::CloseWaitLeak, Status::Raised)]);
-        assert_eq!(r[0].finding.evidence["pid"], 7);
-        assert_eq!(r[0].finding.evidence["holders"], 2);
+        assert_eq!(r[0].finding.rendered_evidence()["pid"], 7);
+        assert_eq!(r[0].finding.rendered_evidence()["holders"], 2);
     }
 }
 

@@ -184,7 +184,7 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
     let f = &r[0].finding;
     assert!(
-        f.evidence.get("pid").is_none_or(|p| p.is_null()),
+        f.rendered_evidence().get("pid").is_none_or(|p| p.is_null()),
         "pid 7 holds its socket, it is no orphan's closer: {}",
         f.summary
     );
@@ -193,7 +193,7 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     d.on_netns(1, &host, 2 * S);
     let r = d.on_orphans(1, &[listed(0)], &m, 2 * S);
     assert_eq!(
-        r[0].finding.evidence["pid"].as_u64(),
+        r[0].finding.rendered_evidence()["pid"].as_u64(),
         Some(7),
         "{}",
         r[0].finding.summary

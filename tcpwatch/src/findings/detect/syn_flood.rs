@@ -966,9 +966,9 @@ mod tests {
         assert_eq!(f.severity, Severity::Warning);
         assert_eq!(
             (
-                &f.evidence["pid"],
-                &f.evidence["comm"],
-                &f.evidence["lport"]
+                &f.rendered_evidence()["pid"],
+                &f.rendered_evidence()["comm"],
+                &f.rendered_evidence()["lport"]
             ),
             (&42.into(), &"nginx".into(), &80.into())
         );
