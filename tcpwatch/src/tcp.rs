@@ -2,6 +2,37 @@
 //! network namespaces, and how an endpoint is written.
 use std::{fmt, net::IpAddr, str::FromStr};
 
+use serde::Serialize;
+
+/// A network namespace, named by its inode number: what `/proc/PID/ns/net`
+/// links to (`net:[4026531840]`), `ls -i /run/netns/NAME` prints, and the
+/// programs read from `net->ns.inum` (an `unsigned int` in the kernel's
+/// `struct ns_common`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NetnsId(pub u32);
+
+impl NetnsId {
+    /// The namespace of a `/proc/PID/ns/net` (or `/run/netns/NAME`) file's
+    /// inode; None for a number the kernel never gives a namespace.
+    pub fn from_inode(inode: u64) -> Option<NetnsId> {
+        u32::try_from(inode).ok().map(NetnsId)
+    }
+}
+
+impl fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for NetnsId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.trim().parse().map(NetnsId)
+    }
+}
+
 /// A state number the kernel does not have (`include/net/tcp_states.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown TCP state {0}")]

@@ -1,5 +1,6 @@
 //! `tcpwatch audit`: the TCP sysctls and TcpExt counters of a network
 //! namespace, and what they make the kernel do.
+use crate::tcp::NetnsId;
 use std::io::{self, IsTerminal, Write};
 
 use anyhow::Context as _;
@@ -27,7 +28,7 @@ pub struct AuditArgs {
 
 #[derive(Serialize)]
 struct Report<'a> {
-    netns: u64,
+    netns: NetnsId,
     sysctls: &'a std::collections::BTreeMap<String, String>,
     tcpext: std::collections::BTreeMap<&'static str, u64>,
     time_wait: u64,
@@ -45,7 +46,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<()> {
     }
 }
 
-fn write(args: &AuditArgs, inode: u64, state: &NetnsState, findings: &[Finding]) -> io::Result<()> {
+fn write(
+    args: &AuditArgs,
+    inode: NetnsId,
+    state: &NetnsState,
+    findings: &[Finding],
+) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if args.json {
         let report = Report {
@@ -73,7 +79,7 @@ fn tcpext(state: &NetnsState) -> std::collections::BTreeMap<&'static str, u64> {
 
 fn write_text(
     out: &mut impl Write,
-    inode: u64,
+    inode: NetnsId,
     state: &NetnsState,
     findings: &[Finding],
     color: bool,

@@ -226,11 +226,11 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
 /// from the same dumps, for the metrics.
 fn apply_dumps(shared: &daemon::Shared, dumps: Dumps) {
     let dumps_complete = dumps.complete;
-    let own_state = netns::current_inode().ok().and_then(|inode| {
+    let own_state = netns::current().ok().and_then(|own| {
         dumps
             .namespaces
             .iter()
-            .find(|n| u64::from(n.netns) == inode)
+            .find(|n| n.netns == own)
             .map(|n| n.contents.0.clone())
     });
     let mut d = daemon::lock(shared);

@@ -1,5 +1,6 @@
 //! `tcpwatch top`: a live terminal view of connections by state, TIME_WAIT
 //! by remote endpoint, CLOSE_WAIT by process and the open findings.
+use crate::tcp::NetnsId;
 use std::{io, time::Duration};
 
 use anyhow::Context as _;
@@ -30,7 +31,7 @@ use crate::{
 pub struct TopArgs {
     /// Only this network namespace, by inode number (repeatable).
     #[arg(long = "netns", value_name = "INODE")]
-    pub netns: Vec<u32>,
+    pub netns: Vec<NetnsId>,
 
     /// How often the screen is redrawn.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::parse_duration)]
@@ -107,7 +108,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         attached: attached.len(),
         ..Default::default()
     };
-    let mut findings: Vec<(Finding, u32)> = Vec::new();
+    let mut findings: Vec<(Finding, NetnsId)> = Vec::new();
     let mut selection = Selection::default();
     let mut summary = Summary::default();
     let mut last_draw = 0u64;
@@ -126,7 +127,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
                             match decode(&item) {
                                 // `--netns`: only those namespaces are modelled.
                                 Ok(ev) if args.netns.is_empty()
-                                    || ev.netns == 0
+                                    || ev.netns == NetnsId(0)
                                     || args.netns.contains(&ev.netns) =>
                                 {
                                     observer.record(ev);
@@ -241,8 +242,8 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
-fn open_findings(observer: &Observer, netns: &[u32]) -> Vec<(Finding, u32)> {
-    let mut open: Vec<(Finding, u32)> = observer
+fn open_findings(observer: &Observer, netns: &[NetnsId]) -> Vec<(Finding, NetnsId)> {
+    let mut open: Vec<(Finding, NetnsId)> = observer
         .detectors
         .iter()
         .flat_map(|d| d.open_findings())
@@ -260,7 +261,7 @@ fn open_findings(observer: &Observer, netns: &[u32]) -> Vec<(Finding, u32)> {
 fn draw(
     terminal: &mut DefaultTerminal,
     s: &Summary,
-    findings: &[(Finding, u32)],
+    findings: &[(Finding, NetnsId)],
     header: &Header,
     selection: &Selection,
 ) -> io::Result<()> {
@@ -280,7 +281,7 @@ fn severity_style(severity: Severity) -> Style {
 fn render(
     frame: &mut Frame,
     s: &Summary,
-    findings: &[(Finding, u32)],
+    findings: &[(Finding, NetnsId)],
     header: &Header,
     selection: &Selection,
 ) {

@@ -1,4 +1,5 @@
 //! `tcpwatch trace`: a live, filtered stream of TCP lifecycle events.
+use crate::tcp::NetnsId;
 use std::{
     io::{self, BufWriter, IsTerminal, Write},
     time::Duration,
@@ -58,7 +59,7 @@ pub struct TraceArgs {
 
     /// Only this network namespace, by inode number as in `ls -L -i /proc/PID/ns/net` (repeatable).
     #[arg(long = "netns", value_name = "INODE")]
-    pub netns: Vec<u32>,
+    pub netns: Vec<NetnsId>,
 
     /// Only events entering, leaving or seen in this state, e.g. SYN_SENT or close-wait (repeatable).
     #[arg(long = "state", value_name = "STATE")]
@@ -167,7 +168,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline {
         renderer: Renderer::new(style, WallClock::now(), reasons)
-            .with_own_netns(crate::host::netns::current_inode().map_or(0, |i| i as u32))
+            .with_own_netns(crate::host::netns::current().unwrap_or_default())
             .with_units(units.clone()),
         filter: args.filter(),
         only_netns: args.netns.clone(),
@@ -266,7 +267,7 @@ struct Tally {
 struct Pipeline<W: Write> {
     renderer: Renderer,
     /// `--netns`: the only namespaces observed (empty: all).
-    only_netns: Vec<u32>,
+    only_netns: Vec<NetnsId>,
     filter: Filter,
     observer: Observer,
     lifecycle: bool,
@@ -305,7 +306,10 @@ impl<W: Write> Pipeline<W> {
         };
         // `--netns`: other namespaces' sockets are neither shown nor
         // modelled (their owners, leaks and reconciliations are not ours).
-        if !self.only_netns.is_empty() && ev.netns != 0 && !self.only_netns.contains(&ev.netns) {
+        if !self.only_netns.is_empty()
+            && ev.netns != NetnsId(0)
+            && !self.only_netns.contains(&ev.netns)
+        {
             return Ok(());
         }
         let observed = self.observer.record(ev);
@@ -497,7 +501,7 @@ mod tests {
         assert_eq!(f.pids, vec![7]);
         assert_eq!(f.comms, vec!["nginx".to_owned()]);
         assert_eq!(f.units, ["nginx.service", "0123456789ab"]);
-        assert_eq!(f.netns, vec![4026531840]);
+        assert_eq!(f.netns, vec![NetnsId(4026531840)]);
         assert_eq!(f.states, vec![TcpState::CloseWait]);
         assert_eq!(f.family, Some(6));
     }

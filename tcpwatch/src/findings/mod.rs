@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod detect;
+use crate::tcp::NetnsId;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
@@ -133,24 +134,35 @@ impl Serialize for FindingKind {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Subject {
     /// A namespace as a whole (a SYN flood no one listener stands out in).
-    Namespace { netns: u32 },
+    Namespace { netns: NetnsId },
     /// A sysctl of a namespace (`net.ipv4.` and its name), or its TIME_WAIT
     /// table overflowing (`None`).
-    Setting { netns: u32, name: Option<String> },
+    Setting {
+        netns: NetnsId,
+        name: Option<String>,
+    },
     /// Orphaned sockets near the host's limit, or aborted because of it.
-    Orphans { netns: u32, aborted: bool },
+    Orphans { netns: NetnsId, aborted: bool },
     /// A local port of a namespace, whoever uses it.
-    LocalPort { netns: u32, port: u16 },
+    LocalPort { netns: NetnsId, port: u16 },
     /// A process's local port: its listener's SYN-ACK retransmits, its
     /// CLOSE_WAIT sockets.
-    ProcessPort { netns: u32, pid: u32, port: u16 },
+    ProcessPort { netns: NetnsId, pid: u32, port: u16 },
     /// A listening address (its accept queue, a SYN flood towards it).
-    Listener { netns: u32, addr: IpAddr, port: u16 },
+    Listener {
+        netns: NetnsId,
+        addr: IpAddr,
+        port: u16,
+    },
     /// A peer, whoever talks to it.
-    Peer { netns: u32, addr: IpAddr, port: u16 },
+    Peer {
+        netns: NetnsId,
+        addr: IpAddr,
+        port: u16,
+    },
     /// A process and one peer it talks to.
     ProcessPeer {
-        netns: u32,
+        netns: NetnsId,
         pid: u32,
         addr: IpAddr,
         port: u16,
@@ -158,14 +170,14 @@ pub enum Subject {
     /// TIME_WAIT sockets of one local endpoint (the server side closed
     /// first: `local`) or towards one remote endpoint.
     TimeWaitGroup {
-        netns: u32,
+        netns: NetnsId,
         local: bool,
         addr: IpAddr,
         port: u16,
     },
     /// The local ports in use from one address to one destination.
     Route {
-        netns: u32,
+        netns: NetnsId,
         from: IpAddr,
         addr: IpAddr,
         port: u16,
@@ -173,14 +185,14 @@ pub enum Subject {
     /// A process's idle connections on one of its local ports (`local`) or
     /// towards one remote port.
     IdleGroup {
-        netns: u32,
+        netns: NetnsId,
         pid: u32,
         local: bool,
         port: u16,
     },
     /// One connection.
     Connection {
-        netns: u32,
+        netns: NetnsId,
         local: IpAddr,
         local_port: u16,
         remote: IpAddr,
@@ -190,7 +202,7 @@ pub enum Subject {
 
 impl Subject {
     /// The network namespace the subject is in.
-    pub fn netns(&self) -> u32 {
+    pub fn netns(&self) -> NetnsId {
         match *self {
             Subject::Namespace { netns }
             | Subject::Setting { netns, .. }

@@ -1,4 +1,5 @@
 //! Reading a network namespace's view of /proc from inside it.
+use crate::tcp::NetnsId;
 use std::{
     fs::{self, File},
     os::{fd::AsFd, unix::fs::MetadataExt},
@@ -65,9 +66,14 @@ impl Target {
     }
 }
 
-/// The inode of the network namespace tcpwatch runs in.
-pub fn current_inode() -> std::io::Result<u64> {
-    fs::metadata(Target::Current.path()).map(|m| m.ino())
+/// The network namespace tcpwatch runs in.
+pub fn current() -> std::io::Result<NetnsId> {
+    fs::metadata(Target::Current.path()).and_then(|m| namespace_of(m.ino()))
+}
+
+fn namespace_of(inode: u64) -> std::io::Result<NetnsId> {
+    NetnsId::from_inode(inode)
+        .ok_or_else(|| std::io::Error::other(format!("inode {inode} is no network namespace's")))
 }
 
 /// Runs `f` inside the network namespace `target`, on a thread of its own
@@ -76,7 +82,7 @@ pub fn current_inode() -> std::io::Result<u64> {
 pub fn in_netns<T: Send>(
     target: &Target,
     f: impl FnOnce() -> Result<T, NetnsError> + Send,
-) -> Result<(u64, T), NetnsError> {
+) -> Result<(NetnsId, T), NetnsError> {
     let path = target.path();
     let file = File::open(&path).map_err(|source| NetnsError::Open {
         path: path.clone(),
@@ -84,7 +90,7 @@ pub fn in_netns<T: Send>(
     })?;
     let inode = file
         .metadata()
-        .map(|m| m.ino())
+        .and_then(|m| namespace_of(m.ino()))
         .map_err(|source| NetnsError::Open {
             path: path.clone(),
             source,
@@ -117,7 +123,7 @@ pub fn in_netns<T: Send>(
 }
 
 /// The namespace's inode, sysctls, TcpExt counters and TIME_WAIT count.
-pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
+pub fn read_state(target: &Target) -> Result<(NetnsId, NetnsState), NetnsError> {
     in_netns(target, || {
         let mut state = read_here()?;
         state.time_wait = time_wait_count(sockets_here()?.0.as_deref());
@@ -127,7 +133,7 @@ pub fn read_state(target: &Target) -> Result<(u64, NetnsState), NetnsError> {
 
 /// Every network namespace in use: those named by `ip netns` and those of
 /// running processes, once each, by inode.
-pub fn all() -> Vec<(u32, Target)> {
+pub fn all() -> Vec<(NetnsId, Target)> {
     let mut seen = std::collections::BTreeMap::new();
     let named = fs::read_dir("/run/netns")
         .into_iter()
@@ -145,8 +151,11 @@ pub fn all() -> Vec<(u32, Target)> {
         })
         .map(|e| e.path().join("ns/net"));
     for path in named.chain(of_processes) {
-        if let Ok(meta) = fs::metadata(&path) {
-            seen.entry(meta.ino() as u32).or_insert(Target::Path(path));
+        if let Some(netns) = fs::metadata(&path)
+            .ok()
+            .and_then(|meta| NetnsId::from_inode(meta.ino()))
+        {
+            seen.entry(netns).or_insert(Target::Path(path));
         }
     }
     seen.into_iter().collect()
@@ -178,7 +187,7 @@ fn read_here() -> Result<NetnsState, NetnsError> {
 /// settings and counters, read from inside it in one visit.
 pub type Observed = (NetnsState, Option<Vec<DiagSocket>>, bool);
 
-pub fn observe(target: &Target) -> Result<(u64, Observed), NetnsError> {
+pub fn observe(target: &Target) -> Result<(NetnsId, Observed), NetnsError> {
     in_netns(target, || {
         let (sockets, sock_diag) = sockets_here()?;
         let mut state = read_here()?;

@@ -7,6 +7,7 @@
 //! namespace's `/proc/PID/net/tcp{,6}`, as `ss -p` does. Listeners seed the
 //! kernel's listener map (so new connections they accept are attributed);
 //! the other sockets are looked up by endpoint when an event has no owner.
+use crate::tcp::NetnsId;
 use std::{collections::HashMap, fs, net::IpAddr, os::unix::fs::MetadataExt};
 
 use crate::host::{
@@ -24,7 +25,7 @@ pub struct Owner {
 }
 
 /// Endpoints of a connection in a namespace: (netns, local, lport, remote, rport).
-pub type Tuple = (u32, IpAddr, u16, IpAddr, u16);
+pub type Tuple = (NetnsId, IpAddr, u16, IpAddr, u16);
 
 /// Who owned which socket when tcpwatch started.
 #[derive(Clone, Debug, Default)]
@@ -32,7 +33,7 @@ pub struct Snapshot {
     /// Every socket with an owner, listeners included (remote `0.0.0.0:0` or `[::]:0`).
     pub connections: HashMap<Tuple, Owner>,
     /// (netns, port, owner) of every listening socket.
-    pub listeners: Vec<(u32, u16, Owner)>,
+    pub listeners: Vec<(NetnsId, u16, Owner)>,
 }
 
 impl Snapshot {
@@ -60,7 +61,7 @@ pub struct Holders {
     /// and how many processes hold it in all.
     by_inode: HashMap<u64, (Vec<Owner>, u32)>,
     /// One process per network namespace, to read that namespace's tables.
-    namespaces: HashMap<u32, u32>,
+    namespaces: HashMap<NetnsId, u32>,
 }
 
 /// Holders remembered per socket (the count goes on).
@@ -84,7 +85,9 @@ impl Holders {
             let Ok(netns) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
                 continue;
             };
-            holders.namespaces.entry(netns.ino() as u32).or_insert(pid);
+            if let Some(netns) = NetnsId::from_inode(netns.ino()) {
+                holders.namespaces.entry(netns).or_insert(pid);
+            }
             let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
                 continue;
             };

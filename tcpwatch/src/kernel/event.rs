@@ -1,4 +1,5 @@
 //! Decoding of the raw events the kernel programs send.
+use crate::tcp::NetnsId;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -123,7 +124,7 @@ pub struct TcpEvent {
     pub pid: u32,
     pub comm: String,
     pub owner: OwnerSource,
-    pub netns: u32,
+    pub netns: NetnsId,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -169,7 +170,7 @@ impl TcpEvent {
             pid: 0,
             comm: String::new(),
             owner: OwnerSource::Unknown,
-            netns: 0,
+            netns: NetnsId(0),
             saddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             sport: 0,
             daddr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -239,7 +240,7 @@ pub fn decode(bytes: &[u8]) -> Result<TcpEvent, DecodeError> {
         pid: raw.pid,
         comm: comm_string(&raw.comm),
         owner: OwnerSource::try_from(raw.owner_source)?,
-        netns: raw.netns,
+        netns: NetnsId(raw.netns),
         saddr,
         sport: raw.sport,
         daddr,

@@ -818,7 +818,7 @@ fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError>
         let value = SockOwner {
             last_change_ns: 0,
             born_ns: 0,
-            netns: *netns,
+            netns: netns.0,
             pid: owner.pid,
             source: owner_source::STARTUP,
             state: tcpwatch_common::tcp_state::LISTEN,
@@ -827,7 +827,7 @@ fn seed_listeners(ebpf: &mut Ebpf, snapshot: &Snapshot) -> Result<(), LoadError>
             cgroup: owner.cgroup,
         };
         let key = ListenerKey {
-            netns: *netns,
+            netns: netns.0,
             port: *port,
             _pad: 0,
         };

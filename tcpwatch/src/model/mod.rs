@@ -9,6 +9,7 @@
 //! the active closer that no reset caused enters the TIME_WAIT table.
 
 pub mod records;
+use crate::tcp::NetnsId;
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
@@ -185,7 +186,7 @@ pub struct Retransmits {
 /// A 4-tuple in a network namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FourTuple {
-    pub netns: u32,
+    pub netns: NetnsId,
     pub local: IpAddr,
     pub local_port: u16,
     pub remote: IpAddr,
@@ -682,11 +683,11 @@ pub struct Model {
     /// namespace's tcp_max_tw_buckets where known: the kernel's own test
     /// for skipping TIME_WAIT (`inet_twsk_alloc()` in
     /// net/ipv4/inet_timewait_sock.c).
-    time_wait_per_netns: HashMap<u32, u64>,
-    max_tw_buckets: HashMap<u32, u64>,
+    time_wait_per_netns: HashMap<NetnsId, u64>,
+    max_tw_buckets: HashMap<NetnsId, u64>,
     /// Namespaces reconciled at least once (the first look is seeding),
     /// with the start of their last dump.
-    reconciled_netns: HashMap<u32, u64>,
+    reconciled_netns: HashMap<NetnsId, u64>,
     /// Listening sockets by socket address (or a key below
     /// [`SEEDED_LISTENER_KEYS`] for those learnt from the kernel's list).
     listeners: HashMap<u64, Listener>,
@@ -755,7 +756,7 @@ impl Model {
 
     /// The listeners that serve connections to `addr:port` in `netns`:
     /// those bound to that address, else those bound to the wildcard.
-    pub fn listeners_serving(&self, netns: u32, addr: IpAddr, port: u16) -> Vec<&Listener> {
+    pub fn listeners_serving(&self, netns: NetnsId, addr: IpAddr, port: u16) -> Vec<&Listener> {
         let on_port = || {
             self.listeners
                 .values()
@@ -778,7 +779,7 @@ impl Model {
 
     /// When the last reconciliation of `netns` started (its owners were
     /// checked against the processes holding the sockets then).
-    pub fn reconciled_at(&self, netns: u32) -> Option<u64> {
+    pub fn reconciled_at(&self, netns: NetnsId) -> Option<u64> {
         self.reconciled_netns.get(&netns).copied()
     }
 
@@ -793,7 +794,7 @@ impl Model {
     }
 
     /// What the namespace's tcp_max_tw_buckets is; `None` forgets it.
-    pub fn set_max_tw_buckets(&mut self, netns: u32, max: Option<u64>) {
+    pub fn set_max_tw_buckets(&mut self, netns: NetnsId, max: Option<u64>) {
         match max {
             Some(max) => self.max_tw_buckets.insert(netns, max),
             None => self.max_tw_buckets.remove(&netns),
@@ -801,7 +802,7 @@ impl Model {
     }
 
     /// True when the kernel would find no room for another timewait socket.
-    fn time_wait_full(&self, netns: u32) -> bool {
+    fn time_wait_full(&self, netns: NetnsId) -> bool {
         self.max_tw_buckets
             .get(&netns)
             .is_some_and(|max| self.time_wait_per_netns.get(&netns).copied().unwrap_or(0) >= *max)
@@ -1384,8 +1385,8 @@ impl Model {
     /// Namespaces whose records changed at or after `since_ns` (a
     /// connection's transition, a listener, a TIME_WAIT entered): they
     /// exist, even if a dump that started before listed none of them.
-    pub fn namespaces_active_since(&self, since_ns: u64) -> Vec<u32> {
-        let mut active: Vec<u32> = self
+    pub fn namespaces_active_since(&self, since_ns: u64) -> Vec<NetnsId> {
+        let mut active: Vec<NetnsId> = self
             .connections
             .values()
             .filter(|c| c.state_since_ns >= since_ns)
@@ -1408,10 +1409,10 @@ impl Model {
         active
     }
 
-    pub fn forget_namespaces_except(&mut self, listed: &[u32]) -> u64 {
+    pub fn forget_namespaces_except(&mut self, listed: &[NetnsId]) -> u64 {
         // A set: every record is looked up, and a host may have thousands.
-        let listed: std::collections::HashSet<u32> = listed.iter().copied().collect();
-        let gone = |netns: u32| !listed.contains(&netns);
+        let listed: std::collections::HashSet<NetnsId> = listed.iter().copied().collect();
+        let gone = |netns: NetnsId| !listed.contains(&netns);
         let connections: Vec<u64> = self
             .connections
             .values()
@@ -1449,7 +1450,7 @@ impl Model {
     /// predates the dump is removed, so changes during it are not undone.
     pub fn reconcile(
         &mut self,
-        netns: u32,
+        netns: NetnsId,
         sockets: &[KernelSocket],
         dump_start_ns: u64,
         now_ns: u64,
@@ -1721,7 +1722,7 @@ impl Model {
     /// `/proc` where known.
     fn reconcile_listeners(
         &mut self,
-        netns: u32,
+        netns: NetnsId,
         sockets: &[KernelSocket],
         dump_start_ns: u64,
         r: &mut Reconciled,
@@ -1910,7 +1911,7 @@ mod tests {
             pid: 42,
             comm: "client".into(),
             owner: OwnerSource::Connect,
-            netns: 7,
+            netns: NetnsId(7),
             saddr: "10.0.0.1".parse().unwrap(),
             sport: if (old, new) == (Close, SynSent) {
                 0
@@ -1955,7 +1956,7 @@ mod tests {
 
     fn tuple() -> FourTuple {
         FourTuple {
-            netns: 7,
+            netns: NetnsId(7),
             local: "10.0.0.1".parse().unwrap(),
             local_port: 40000,
             remote: "10.0.0.2".parse().unwrap(),
@@ -2502,7 +2503,7 @@ mod tests {
     fn a_time_wait_taken_over_during_a_dump_does_not_come_back_when_it_lands() {
         let s = 1_000_000_000;
         let mut m = Model::default();
-        m.reconcile(7, &[], 0, 0);
+        m.reconcile(NetnsId(7), &[], 0, 0);
         // The server closes first: TIME_WAIT is on the server's side.
         run(
             &mut m,
@@ -2521,7 +2522,7 @@ mod tests {
         assert!(matches!(out[..], [Outcome::TimeWaitSynReused { .. }]));
         assert_eq!(m.time_wait().count(), 0);
         // The dump lands at 6 s.
-        m.reconcile(7, &[kernel(tuple(), TimeWait)], 5 * s, 6 * s);
+        m.reconcile(NetnsId(7), &[kernel(tuple(), TimeWait)], 5 * s, 6 * s);
         assert_eq!(
             m.time_wait().count(),
             0,
@@ -2654,12 +2655,12 @@ mod tests {
         let s = 1_000_000_000;
         let mut m = Model::default();
         // The namespace was looked at before (a first look has no history).
-        m.reconcile(7, &[], 0, 0);
+        m.reconcile(NetnsId(7), &[], 0, 0);
         active_close(&mut m, SK, 1);
         // Still there at 2 s, gone at 5 s: killed.
-        m.reconcile(7, &[kernel(tuple(), TimeWait)], 2 * s, 2 * s);
+        m.reconcile(NetnsId(7), &[kernel(tuple(), TimeWait)], 2 * s, 2 * s);
         assert!(m.take_time_wait_deaths().is_empty());
-        m.reconcile(7, &[], 5 * s, 5 * s);
+        m.reconcile(NetnsId(7), &[], 5 * s, 5 * s);
         let deaths = m.take_time_wait_deaths();
         assert_eq!(deaths.len(), 1, "{deaths:?}");
         assert_eq!((deaths[0].tuple, deaths[0].pid), (tuple(), 42));
@@ -2668,22 +2669,22 @@ mod tests {
 
         // A new connection on the 4-tuple (its events still on the way): reuse.
         let mut m = Model::default();
-        m.reconcile(7, &[], 0, 0);
+        m.reconcile(NetnsId(7), &[], 0, 0);
         active_close(&mut m, SK, 1);
-        m.reconcile(7, &[kernel(tuple(), Established)], 5 * s, 5 * s);
+        m.reconcile(NetnsId(7), &[kernel(tuple(), Established)], 5 * s, 5 * s);
         assert!(m.take_time_wait_deaths().is_empty());
 
         // Gone near the end of its 60 s: expired, not killed.
         let mut m = Model::default();
-        m.reconcile(7, &[], 0, 0);
+        m.reconcile(NetnsId(7), &[], 0, 0);
         active_close(&mut m, SK, 1);
-        m.reconcile(7, &[], 58 * s, 58 * s);
+        m.reconcile(NetnsId(7), &[], 58 * s, 58 * s);
         assert!(m.take_time_wait_deaths().is_empty());
 
         // The first look at a namespace reports nothing.
         let mut m = Model::default();
         active_close(&mut m, SK, 1);
-        m.reconcile(7, &[], 5 * s, 5 * s);
+        m.reconcile(NetnsId(7), &[], 5 * s, 5 * s);
         assert!(m.take_time_wait_deaths().is_empty());
     }
 
@@ -2706,7 +2707,7 @@ mod tests {
             kernel(listener_tw, TimeWait),
             kernel(leak, CloseWait),
         ];
-        let r = m.reconcile(7, &sockets, 100 * MS, 200 * MS);
+        let r = m.reconcile(NetnsId(7), &sockets, 100 * MS, 200 * MS);
         assert_eq!(
             r,
             Reconciled {
@@ -2735,18 +2736,24 @@ mod tests {
         assert_eq!(m.stats().corrections.total(), 0);
         // Agreeing again changes nothing.
         assert_eq!(
-            m.reconcile(7, &sockets, 300 * MS, 300 * MS),
+            m.reconcile(NetnsId(7), &sockets, 300 * MS, 300 * MS),
             Reconciled::default()
         );
         // Another namespace's list leaves this one alone.
         assert_eq!(
-            m.reconcile(8, &[], 400 * MS, 400 * MS),
+            m.reconcile(NetnsId(8), &[], 400 * MS, 400 * MS),
             Reconciled::default()
         );
     }
 
     /// `active_close` from local port `port` in namespace `netns`.
-    fn active_close_from(m: &mut Model, sk: u64, t0: u64, port: u16, netns: u32) -> Vec<Outcome> {
+    fn active_close_from(
+        m: &mut Model,
+        sk: u64,
+        t0: u64,
+        port: u16,
+        netns: NetnsId,
+    ) -> Vec<Outcome> {
         let mut out = Vec::new();
         for mut e in [
             st(t0, sk, Close, SynSent),
@@ -2768,21 +2775,21 @@ mod tests {
     #[test]
     fn closes_past_tcp_max_tw_buckets_skip_time_wait() {
         let mut m = Model::default();
-        m.set_max_tw_buckets(7, Some(1));
-        let out = active_close_from(&mut m, SK, 0, 40000, 7);
+        m.set_max_tw_buckets(NetnsId(7), Some(1));
+        let out = active_close_from(&mut m, SK, 0, 40000, NetnsId(7));
         let f = finished(&out)[0];
         assert_eq!((f.end, f.time_wait), (EndReason::NormalClose, true));
         // The namespace's one bucket is taken: the next close skips TIME_WAIT.
-        let out = active_close_from(&mut m, SK + 0x100, 10, 40001, 7);
+        let out = active_close_from(&mut m, SK + 0x100, 10, 40001, NetnsId(7));
         let f = finished(&out)[0];
         assert_eq!((f.end, f.time_wait), (EndReason::TimeWaitOverflow, false));
         assert_eq!(m.time_wait().count(), 1);
         // Once the first expires there is room again.
         m.expire(TIME_WAIT_NS + 15 * MS);
-        let out = active_close_from(&mut m, SK + 0x200, 60_100, 40002, 7);
+        let out = active_close_from(&mut m, SK + 0x200, 60_100, 40002, NetnsId(7));
         assert_eq!(finished(&out)[0].end, EndReason::NormalClose);
         // Another namespace, whose limit is unknown, is never full.
-        let out = active_close_from(&mut m, SK + 0x300, 60_200, 40003, 8);
+        let out = active_close_from(&mut m, SK + 0x300, 60_200, 40003, NetnsId(8));
         assert_eq!(finished(&out)[0].end, EndReason::NormalClose);
     }
 
@@ -2791,7 +2798,7 @@ mod tests {
         let mut m = Model::default();
         let mut tw = kernel(tuple(), TimeWait);
         tw.time_wait_left_ns = Some(45_000 * MS);
-        m.reconcile(7, &[tw], 100_000 * MS, 100_000 * MS);
+        m.reconcile(NetnsId(7), &[tw], 100_000 * MS, 100_000 * MS);
         // 15 s into its 60 s.
         assert_eq!(
             m.time_wait_entry(&tuple()).map(|tw| tw.entered_ns),
@@ -2821,7 +2828,12 @@ mod tests {
             queue_limit: 0,
         };
         // ...until the kernel's list says which substate it is in.
-        let r = m.reconcile(7, std::slice::from_ref(&orphan), 100 * MS, 100 * MS);
+        let r = m.reconcile(
+            NetnsId(7),
+            std::slice::from_ref(&orphan),
+            100 * MS,
+            100 * MS,
+        );
         assert_eq!(r.time_wait_removed, 0);
         assert_eq!(
             m.time_wait_entry(&tuple()).map(|tw| tw.substate),
@@ -2830,7 +2842,7 @@ mod tests {
         assert_eq!(m.connections().count(), 0, "not a live connection either");
         // The peer closes: now it is in TIME_WAIT.
         orphan.state = TimeWait;
-        m.reconcile(7, &[orphan], 200 * MS, 200 * MS);
+        m.reconcile(NetnsId(7), &[orphan], 200 * MS, 200 * MS);
         assert_eq!(
             m.time_wait_entry(&tuple()).map(|tw| tw.substate),
             Some(TimeWait)
@@ -2843,7 +2855,7 @@ mod tests {
         let mut leak = tuple();
         leak.local_port = 80;
         leak.remote_port = 55556;
-        m.reconcile(7, &[kernel(leak, CloseWait)], 0, 0);
+        m.reconcile(NetnsId(7), &[kernel(leak, CloseWait)], 0, 0);
         let mut ev = st(5_000, SK, CloseWait, LastAck);
         ev.sport = 80;
         ev.dport = 55556;
@@ -2861,7 +2873,7 @@ mod tests {
         let mut m = Model::default();
         active_close(&mut m, SK, 1000);
         // The dump started before this TIME_WAIT was entered: keep it.
-        let r = m.reconcile(7, &[], 500 * MS, 2000 * MS);
+        let r = m.reconcile(NetnsId(7), &[], 500 * MS, 2000 * MS);
         assert_eq!(r.time_wait_removed, 0);
         assert_eq!(m.time_wait().count(), 1);
     }
@@ -2900,14 +2912,19 @@ mod tests {
             &[st(0, SK, Close, SynSent), st(1, SK, SynSent, Established)],
         );
         // Without losses a difference is events still on their way: kept.
-        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 50 * MS, 50 * MS);
+        let r = m.reconcile(NetnsId(7), &[kernel(tuple(), CloseWait)], 50 * MS, 50 * MS);
         assert_eq!(r.states_corrected, 0);
         assert_eq!(m.connections().next().map(|c| c.state), Some(Established));
         assert_eq!(m.mark_uncertain(), 1);
         assert!(m.connections().all(|c| c.uncertain));
         // The kernel says CLOSE_WAIT: the event that said so was lost. The
         // dump started at 100 ms and is applied at 200 ms.
-        let r = m.reconcile(7, &[kernel(tuple(), CloseWait)], 100 * MS, 200 * MS);
+        let r = m.reconcile(
+            NetnsId(7),
+            &[kernel(tuple(), CloseWait)],
+            100 * MS,
+            200 * MS,
+        );
         assert_eq!(r.states_corrected, 1);
         let c: Vec<_> = m.connections().collect();
         assert_eq!(
@@ -2927,8 +2944,8 @@ mod tests {
         let out = run(&mut m, &[st(20, SK + 64, Close, SynSent)]);
         assert!(out.is_empty());
         assert_eq!((m.connections().count(), m.time_wait().count()), (1, 1));
-        assert_eq!(m.forget_namespaces_except(&[7]), 0);
-        assert_eq!(m.forget_namespaces_except(&[1, 2]), 2);
+        assert_eq!(m.forget_namespaces_except(&[NetnsId(7)]), 0);
+        assert_eq!(m.forget_namespaces_except(&[NetnsId(1), NetnsId(2)]), 2);
         assert_eq!((m.connections().count(), m.time_wait().count()), (0, 0));
     }
 
@@ -2989,7 +3006,7 @@ mod tests {
                 kernel(t, TimeWait)
             })
             .collect();
-        m.reconcile(7, &sockets, 0, 10 * MS);
+        m.reconcile(NetnsId(7), &sockets, 0, 10 * MS);
         assert_eq!(m.time_wait().count(), 4);
         assert_eq!(m.stats().time_wait_evicted, 96);
     }
@@ -3029,11 +3046,11 @@ mod tests {
         // 6 ms (a reset), before the dump is applied at 8 ms.
         let dump = [kernel(tuple(), Established)];
         run(&mut m, &[st(6, SK, Established, Close)]);
-        m.reconcile(7, &dump, 5 * MS, 8 * MS);
+        m.reconcile(NetnsId(7), &dump, 5 * MS, 8 * MS);
         assert_eq!(m.connections().count(), 0, "a ghost came back");
         // A connection the kernel lists that closed before the dump started
         // is another one on the same 4-tuple: it is learnt.
-        let r = m.reconcile(7, &dump, 9 * MS, 10 * MS);
+        let r = m.reconcile(NetnsId(7), &dump, 9 * MS, 10 * MS);
         assert_eq!(m.connections().count(), 1);
         assert_eq!(r.connections_added, 1);
     }
@@ -3052,7 +3069,7 @@ mod tests {
         let mut other = l[0].tuple;
         other.local_port = 9090;
         let listed = [kernel(l[0].tuple, Listen), kernel(other, Listen)];
-        let r = m.reconcile(7, &listed, 10 * MS, 10 * MS);
+        let r = m.reconcile(NetnsId(7), &listed, 10 * MS, 10 * MS);
         assert_eq!((r.listeners_added, r.listeners_removed), (1, 0));
         assert_eq!(m.listeners().count(), 2);
         // 8080 closes by an event; 9090 vanishes from the kernel's list.
@@ -3062,7 +3079,7 @@ mod tests {
         closed.new_state = Some(Close);
         run(&mut m, &[closed]);
         assert_eq!(m.listeners().count(), 1);
-        let r = m.reconcile(7, &[], 30 * MS, 30 * MS);
+        let r = m.reconcile(NetnsId(7), &[], 30 * MS, 30 * MS);
         assert_eq!(r.listeners_removed, 1);
         assert_eq!(m.listeners().count(), 0);
     }
@@ -3080,17 +3097,17 @@ mod tests {
             holder_count: holders.len() as u32,
             ..kernel(tuple(), Established)
         };
-        let r = m.reconcile(7, &[held_by(&[(77, "handler")])], 10 * MS, 10 * MS);
+        let r = m.reconcile(NetnsId(7), &[held_by(&[(77, "handler")])], 10 * MS, 10 * MS);
         assert_eq!(r.owners_corrected, 1);
         let c = m.connections().next().unwrap();
         assert_eq!((c.pid, &*c.comm, c.holders), (77, "handler", 1));
         // The handler execs: same pid, new comm.
-        m.reconcile(7, &[held_by(&[(77, "sleep")])], 20 * MS, 20 * MS);
+        m.reconcile(NetnsId(7), &[held_by(&[(77, "sleep")])], 20 * MS, 20 * MS);
         assert_eq!(&*m.connections().next().unwrap().comm, "sleep");
         // Shared with another process: the owner the model has is kept
         // while it still holds the socket, and the count says two.
         let r = m.reconcile(
-            7,
+            NetnsId(7),
             &[held_by(&[(12, "master"), (77, "sleep")])],
             30 * MS,
             30 * MS,
@@ -3112,7 +3129,12 @@ mod tests {
             holder_count: 1,
             ..kernel(l, Listen)
         };
-        m.reconcile(7, &[held_by(&[(77, "sleep")]), daemon], 50 * MS, 50 * MS);
+        m.reconcile(
+            NetnsId(7),
+            &[held_by(&[(77, "sleep")]), daemon],
+            50 * MS,
+            50 * MS,
+        );
         let l = m.listeners().next().unwrap();
         assert_eq!((l.pid, &*l.comm), (90, "daemon"));
     }
@@ -3132,7 +3154,7 @@ mod regressions {
             pid: 42,
             comm: "client".into(),
             owner: OwnerSource::Connect,
-            netns: 7,
+            netns: NetnsId(7),
             saddr: "10.0.0.1".parse().unwrap(),
             sport,
             daddr: "10.0.0.2".parse().unwrap(),
@@ -3186,7 +3208,7 @@ mod attribution_regressions {
             pid,
             comm: comm.into(),
             owner: OwnerSource::Connect,
-            netns: 7,
+            netns: NetnsId(7),
             saddr: "10.0.0.1".parse().unwrap(),
             sport: 40000,
             daddr: "10.0.0.2".parse().unwrap(),
@@ -3237,7 +3259,7 @@ mod attribution_regressions {
         m.apply(&listen(0xb000, 20, "worker-b"));
         let tuple = m.listeners().next().unwrap().tuple;
         m.reconcile(
-            7,
+            NetnsId(7),
             &[
                 listed(tuple, Listen, &[(10, "worker-a")], 1),
                 listed(tuple, Listen, &[(20, "worker-b")], 1),
@@ -3267,7 +3289,7 @@ mod attribution_regressions {
             &[(11, "a"), (12, "b"), (13, "c"), (14, "d")],
             6,
         );
-        let r = m.reconcile(7, &[k], 10 * MS, 10 * MS);
+        let r = m.reconcile(NetnsId(7), &[k], 10 * MS, 10 * MS);
         let c = m.connections().next().unwrap();
         assert_eq!(
             (c.pid, r.owners_corrected),
@@ -3289,7 +3311,7 @@ mod attribution_regressions {
         m.apply(&st(MS, 0xd000, (SynSent, Established), 77, "before-exec"));
         let tuple = m.connections().next().unwrap().tuple;
         let k = listed(tuple, Established, &[(77, "after-exec")], 1);
-        let first = m.reconcile(7, std::slice::from_ref(&k), 10 * MS, 10 * MS);
+        let first = m.reconcile(NetnsId(7), std::slice::from_ref(&k), 10 * MS, 10 * MS);
         assert_eq!(first.owners_corrected, 1);
         // The peer's FIN, in softirq: the kernel's remembered comm.
         m.apply(&st(
@@ -3304,7 +3326,7 @@ mod attribution_regressions {
             state: CloseWait,
             ..k
         };
-        let second = m.reconcile(7, &[k], 30 * MS, 30 * MS);
+        let second = m.reconcile(NetnsId(7), &[k], 30 * MS, 30 * MS);
         assert_eq!(
             (comm_after_event.as_str(), second.owners_corrected),
             ("after-exec", 0),

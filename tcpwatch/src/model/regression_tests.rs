@@ -16,7 +16,7 @@ fn ev(ts_ns: u64, kind: EventKind, old: TcpState, new: TcpState) -> TcpEvent {
         pid: 42,
         comm: "client".into(),
         owner: OwnerSource::Connect,
-        netns: 7,
+        netns: NetnsId(7),
         saddr: "10.0.0.1".parse().unwrap(),
         sport: if (old, new) == (Close, SynSent) {
             0
@@ -117,7 +117,7 @@ fn a_fast_retransmit_burst_then_a_peer_abort_is_no_peer_reset() {
 fn an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
     let mut m = Model::default();
     // The namespace was looked at before.
-    m.reconcile(7, &[], 0, 0);
+    m.reconcile(NetnsId(7), &[], 0, 0);
     run(
         &mut m,
         &[
@@ -129,7 +129,7 @@ fn an_orphan_fin_wait2_killed_by_late_data_is_no_time_wait_death() {
         ],
     );
     // 50 ms later the late data killed it; the next dump lists nothing.
-    m.reconcile(7, &[], S, S);
+    m.reconcile(NetnsId(7), &[], S, S);
     let deaths = m.take_time_wait_deaths();
     assert!(
         deaths.is_empty(),

@@ -1,4 +1,5 @@
 //! Which events `tcpwatch trace` shows.
+use crate::tcp::NetnsId;
 use crate::{
     findings::Finding,
     host::cgroup::Workload,
@@ -18,7 +19,7 @@ pub struct Filter {
     pub comms: Vec<String>,
     /// Systemd units, slices or containers of the owner ([`Workload::matches`]).
     pub units: Vec<String>,
-    pub netns: Vec<u32>,
+    pub netns: Vec<NetnsId>,
     /// Matches a transition's old or new state, or the state a retransmit or reset was seen in.
     pub states: Vec<TcpState>,
     /// 4 or 6.
@@ -71,7 +72,7 @@ impl Filter {
 
     /// For a finding: criteria about what its evidence names; a criterion
     /// the evidence says nothing about excludes it (it is not about that).
-    pub fn matches_finding(&self, f: &Finding, netns: u32) -> bool {
+    pub fn matches_finding(&self, f: &Finding, netns: NetnsId) -> bool {
         let (lport, rport, pid) = (f.who.lport, f.who.rport, f.who.pid);
         let ports: Vec<u16> = lport.into_iter().chain(rport).collect();
         let comm = f.who.comm.as_deref();
@@ -90,7 +91,7 @@ impl Filter {
         sport: u16,
         dport: u16,
         (pid, comm, workload): (u32, &str, Option<&Workload>),
-        netns: u32,
+        netns: NetnsId,
         states: &[TcpState],
         family: u8,
     ) -> bool {
@@ -118,7 +119,7 @@ mod tests {
             pid: 100,
             comm: "nginx".into(),
             owner: OwnerSource::Listener,
-            netns: 4026531840,
+            netns: NetnsId(4026531840),
             saddr: "127.0.0.1".parse().unwrap(),
             sport: 80,
             daddr: "127.0.0.1".parse().unwrap(),
@@ -176,7 +177,7 @@ mod tests {
             ..Default::default()
         }));
         assert!(!f(Filter {
-            netns: vec![1],
+            netns: vec![NetnsId(1)],
             ..Default::default()
         }));
         // The unit is unknown: no --unit matches.
@@ -243,8 +244,8 @@ mod tests {
             f.workload = w.workload.clone();
             f
         };
-        assert!(units(&["nginx.service"]).matches_finding(&finding(&nginx), 1));
-        assert!(!units(&["nginx.service"]).matches_finding(&finding(&docker), 1));
-        assert!(!units(&["nginx.service"]).matches_finding(&finding(&ev()), 1));
+        assert!(units(&["nginx.service"]).matches_finding(&finding(&nginx), NetnsId(1)));
+        assert!(!units(&["nginx.service"]).matches_finding(&finding(&docker), NetnsId(1)));
+        assert!(!units(&["nginx.service"]).matches_finding(&finding(&ev()), NetnsId(1)));
     }
 }

@@ -1,5 +1,6 @@
 //! Rendering events for people (aligned columns, colour on terminals) and
 //! for programs (one JSON object per line).
+use crate::tcp::NetnsId;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -37,7 +38,7 @@ struct JsonEvent<'a> {
     /// The owner's container (`runtime`, 12-digit `id`); null when none.
     container: Option<&'a Container>,
     owner: &'static str,
-    netns: u32,
+    netns: NetnsId,
     family: u8,
     saddr: String,
     sport: u16,
@@ -71,7 +72,7 @@ struct JsonLifecycle<'a> {
     comm: &'a str,
     unit: Option<&'a str>,
     container: Option<&'a Container>,
-    netns: u32,
+    netns: NetnsId,
     family: u8,
     saddr: String,
     sport: u16,
@@ -111,7 +112,7 @@ pub struct Renderer {
     clock: WallClock,
     reasons: KernelReasons,
     /// tcpwatch's own network namespace: findings elsewhere name theirs.
-    own_netns: u32,
+    own_netns: NetnsId,
     /// What owners' cgroups are, for finished connections.
     units: Units,
 }
@@ -134,7 +135,7 @@ impl Renderer {
             style,
             clock,
             reasons,
-            own_netns: 0,
+            own_netns: NetnsId(0),
             units: Units::default(),
         }
     }
@@ -146,7 +147,7 @@ impl Renderer {
     }
 
     /// Findings in other namespaces than `inode` name their namespace.
-    pub fn with_own_netns(mut self, inode: u32) -> Self {
+    pub fn with_own_netns(mut self, inode: NetnsId) -> Self {
         self.own_netns = inode;
         self
     }
@@ -177,7 +178,7 @@ impl Renderer {
             (None, Some(r)) => parts.push(format!("-> {r}")),
             (None, None) => {}
         }
-        if r.netns != 0 && r.netns != self.own_netns {
+        if r.netns != NetnsId(0) && r.netns != self.own_netns {
             parts.push(format!("netns {}", r.netns));
         }
         if parts.is_empty() {
@@ -224,7 +225,7 @@ impl Renderer {
                 line.insert("finding".into(), f.kind.name().into());
                 line.insert("status".into(), r.status.name().into());
                 line.insert("severity".into(), f.severity.name().into());
-                line.insert("netns".into(), r.netns.into());
+                line.insert("netns".into(), r.netns.0.into());
                 line.insert("summary".into(), f.summary.clone().into());
                 // Evidence fields (pid, comm, laddr, lport, raddr, rport,
                 // count, age_seconds, ...) at the top level, as documented.
@@ -487,7 +488,7 @@ mod tests {
             pid: 4242,
             comm: "curl".into(),
             owner: OwnerSource::Connect,
-            netns: 4026531840,
+            netns: NetnsId(4026531840),
             saddr: "::1".parse().unwrap(),
             sport: 40000,
             daddr: "::1".parse().unwrap(),
@@ -635,16 +636,17 @@ mod tests {
             .evidence("rport", 9)
             .remedy("start the server"),
         };
-        let r = renderer(Style::Human { color: false }).with_own_netns(7);
+        let r = renderer(Style::Human { color: false }).with_own_netns(NetnsId(7));
         let mut buf = Vec::new();
-        r.write_finding(&mut buf, &report(7)).unwrap();
+        r.write_finding(&mut buf, &report(NetnsId(7))).unwrap();
         let own = String::from_utf8(buf).unwrap();
         assert!(
             own.contains("RAISED warning connect_refused [curl (pid 12), 10.0.0.1:40000 -> [::1]:9]: refused 3 times"),
             "{own}"
         );
         let mut buf = Vec::new();
-        r.write_finding(&mut buf, &report(4026532180)).unwrap();
+        r.write_finding(&mut buf, &report(NetnsId(4026532180)))
+            .unwrap();
         let foreign = String::from_utf8(buf).unwrap();
         assert!(
             foreign.contains("[::1]:9, netns 4026532180]: refused"),

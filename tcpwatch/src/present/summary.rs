@@ -1,6 +1,7 @@
 //! Aggregates of the model for screens and scrapes: sockets by state,
 //! TIME_WAIT by remote endpoint and CLOSE_WAIT by process, each bounded to
 //! the top N with the rest folded into one `other` row. Pure.
+use crate::tcp::NetnsId;
 use std::collections::HashMap;
 
 use crate::{
@@ -59,8 +60,8 @@ fn top_n(mut rows: Vec<Row>, n: usize) -> Vec<Row> {
 }
 
 /// Summarizes the model at `now` for the namespaces in `netns` (all when empty).
-pub fn summarize(model: &Model, now: u64, netns: &[u32], top: usize) -> Summary {
-    let wanted = |ns: u32| netns.is_empty() || netns.contains(&ns);
+pub fn summarize(model: &Model, now: u64, netns: &[NetnsId], top: usize) -> Summary {
+    let wanted = |ns: NetnsId| netns.is_empty() || netns.contains(&ns);
     let mut states: HashMap<TcpState, u64> = HashMap::new();
     let mut close_wait: HashMap<(u32, u16), CloseWaitRow> = HashMap::new();
     let mut ports: HashMap<String, u64> = HashMap::new();
@@ -158,7 +159,7 @@ impl Summary {
 /// most sockets (the rest in `other`): label values stay bounded on hosts
 /// with thousands of containers.
 pub fn by_netns(model: &Model, top: usize) -> Vec<(String, TcpState, u64)> {
-    let mut counts: HashMap<u32, HashMap<TcpState, u64>> = HashMap::new();
+    let mut counts: HashMap<NetnsId, HashMap<TcpState, u64>> = HashMap::new();
     for c in model.connections() {
         *counts
             .entry(c.tuple.netns)
@@ -180,7 +181,7 @@ pub fn by_netns(model: &Model, top: usize) -> Vec<(String, TcpState, u64)> {
             .entry(entry.substate)
             .or_default() += 1;
     }
-    let mut namespaces: Vec<(u32, HashMap<TcpState, u64>)> = counts.into_iter().collect();
+    let mut namespaces: Vec<(NetnsId, HashMap<TcpState, u64>)> = counts.into_iter().collect();
     namespaces.sort_by_key(|(ns, states)| (std::cmp::Reverse(states.values().sum::<u64>()), *ns));
     let mut other: HashMap<TcpState, u64> = HashMap::new();
     let mut rows = Vec::new();
@@ -212,7 +213,7 @@ mod tests {
         new: TcpState,
         sport: u16,
         dport: u16,
-        netns: u32,
+        netns: NetnsId,
     ) -> TcpEvent {
         TcpEvent {
             ts_ns: ts,
@@ -242,7 +243,7 @@ mod tests {
                 (SynRecv, Established),
                 (Established, CloseWait),
             ] {
-                m.apply(&st(i * S, sk, o, n, 80, 50000 + i as u16, 1));
+                m.apply(&st(i * S, sk, o, n, 80, 50000 + i as u16, NetnsId(1)));
             }
         }
         // Three client connections to three endpoints, closed first: TIME_WAIT.
@@ -255,13 +256,21 @@ mod tests {
                 (FinWait1, FinWait2),
                 (FinWait2, Close),
             ] {
-                m.apply(&st(0, sk, o, n, 40000 + i as u16, 8000 + i as u16, 1));
+                m.apply(&st(
+                    0,
+                    sk,
+                    o,
+                    n,
+                    40000 + i as u16,
+                    8000 + i as u16,
+                    NetnsId(1),
+                ));
             }
         }
         // Another namespace's connection.
-        m.apply(&st(0, 0x9000, Close, SynSent, 0, 443, 2));
+        m.apply(&st(0, 0x9000, Close, SynSent, 0, 443, NetnsId(2)));
 
-        let s = summarize(&m, 10 * S, &[1], 2);
+        let s = summarize(&m, 10 * S, &[NetnsId(1)], 2);
         assert_eq!(s.by_state, [(TimeWait, 3), (CloseWait, 2)]);
         assert_eq!(
             s.time_wait,

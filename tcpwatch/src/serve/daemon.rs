@@ -1,6 +1,7 @@
 //! The daemon's shared state and its HTTP interface: `/metrics`,
 //! `/healthz` and a read-only JSON API (`/api/findings`,
 //! `/api/connections`), on axum.
+use crate::tcp::NetnsId;
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard},
@@ -186,7 +187,7 @@ async fn healthz(State(shared): State<Shared>) -> Response {
 struct FindingView {
     kind: crate::findings::FindingKind,
     severity: &'static str,
-    netns: u32,
+    netns: NetnsId,
     summary: String,
     evidence: std::collections::BTreeMap<String, serde_json::Value>,
     remedy: String,
@@ -229,7 +230,7 @@ struct ConnectionFilter {
 
 #[derive(Serialize)]
 struct ConnectionView {
-    netns: u32,
+    netns: NetnsId,
     state: &'static str,
     saddr: String,
     sport: u16,

@@ -2,6 +2,7 @@
 //! and model outcomes, gauges refreshed from the model at scrape time.
 //! Every label is bounded: kernel states and reasons are fixed sets,
 //! endpoints and processes are the top N with the rest in `other`.
+use crate::tcp::NetnsId;
 use std::collections::BTreeMap;
 
 use prometheus::{
@@ -77,9 +78,9 @@ pub struct Metrics {
     /// Per namespace: the last reading of each TcpExt counter, and the
     /// increments counted since start (to rank namespaces for the top N).
     last_tcpext:
-        std::collections::HashMap<u32, ([u64; crate::host::netns_state::TCPEXT.len()], u64)>,
+        std::collections::HashMap<NetnsId, ([u64; crate::host::netns_state::TCPEXT.len()], u64)>,
     /// Namespaces with series of their own in `tcpext` (the top N).
-    tcpext_labelled: std::collections::HashSet<u32>,
+    tcpext_labelled: std::collections::HashSet<NetnsId>,
     last_evicted: (u64, u64),
     /// Corrections and seeding already counted, and namespace records dropped.
     last_corrections: (crate::model::Reconciled, crate::model::Reconciled, u64),
@@ -389,11 +390,11 @@ impl Metrics {
     /// `other` must never go down.
     pub fn count_tcpext(
         &mut self,
-        namespaces: &std::collections::HashMap<u32, NetnsState>,
+        namespaces: &std::collections::HashMap<NetnsId, NetnsState>,
         top_n: usize,
     ) {
         use crate::host::netns_state::TCPEXT;
-        let mut moved: Vec<(u32, [u64; TCPEXT.len()])> = Vec::new();
+        let mut moved: Vec<(NetnsId, [u64; TCPEXT.len()])> = Vec::new();
         for (netns, state) in namespaces {
             let now: [u64; TCPEXT.len()] =
                 std::array::from_fn(|i| state.tcpext.get(TCPEXT[i]).copied().unwrap_or(0));
@@ -408,14 +409,14 @@ impl Metrics {
         }
         // Namespaces gone are forgotten.
         self.last_tcpext.retain(|n, _| namespaces.contains_key(n));
-        let mut busiest: Vec<(u64, u32)> = self
+        let mut busiest: Vec<(u64, NetnsId)> = self
             .last_tcpext
             .iter()
             .filter(|(_, (_, total))| *total > 0)
             .map(|(n, (_, total))| (*total, *n))
             .collect();
         busiest.sort_unstable_by(|a, b| b.cmp(a));
-        let top: std::collections::HashSet<u32> =
+        let top: std::collections::HashSet<NetnsId> =
             busiest.iter().take(top_n).map(|(_, n)| *n).collect();
         // A namespace that is gone or left the top N loses its series (its
         // later counts go to `other`): the series stay bounded.
@@ -696,7 +697,7 @@ struct ListenRow {
 /// of the limit, which both queues share, then length): the top `n` by
 /// namespace and `addr:port`, the rest summed into one `other` row.
 fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
-    let mut rows: Vec<(u32, String, u32, u32, u32)> = model
+    let mut rows: Vec<(NetnsId, String, u32, u32, u32)> = model
         .listeners()
         .map(|l| {
             (
@@ -708,7 +709,8 @@ fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
             )
         })
         .collect();
-    let fill = |r: &(u32, String, u32, u32, u32)| f64::from(r.2.max(r.4)) / f64::from(r.3.max(1));
+    let fill =
+        |r: &(NetnsId, String, u32, u32, u32)| f64::from(r.2.max(r.4)) / f64::from(r.3.max(1));
     rows.sort_by(|a, b| {
         fill(b)
             .total_cmp(&fill(a))
@@ -731,7 +733,7 @@ fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
         })
         .collect();
     if !rest.is_empty() {
-        let add = |f: fn(&(u32, String, u32, u32, u32)) -> u32| {
+        let add = |f: fn(&(NetnsId, String, u32, u32, u32)) -> u32| {
             rest.iter().fold(0u32, |sum, r| sum.saturating_add(f(r)))
         };
         out.push(ListenRow {
@@ -758,7 +760,7 @@ mod tests {
             pid: 1,
             comm: "x".into(),
             owner: OwnerSource::Connect,
-            netns: 1,
+            netns: NetnsId(1),
             saddr: "127.0.0.1".parse().unwrap(),
             sport: 1,
             daddr: "127.0.0.1".parse().unwrap(),
@@ -960,12 +962,12 @@ mod tests {
             s
         };
         let mut namespaces = std::collections::HashMap::new();
-        namespaces.insert(11u32, state(100, 50));
-        namespaces.insert(22u32, state(0, 0));
+        namespaces.insert(NetnsId(11), state(100, 50));
+        namespaces.insert(NetnsId(22), state(0, 0));
         // The first reading is the baseline.
         m.count_tcpext(&namespaces, 1);
-        namespaces.insert(11, state(428, 50));
-        namespaces.insert(22, state(0, 3));
+        namespaces.insert(NetnsId(11), state(428, 50));
+        namespaces.insert(NetnsId(22), state(0, 3));
         m.count_tcpext(&namespaces, 1);
         let text = render_plain(&mut m);
         assert!(
@@ -977,9 +979,9 @@ mod tests {
             "{text}"
         );
         // A namespace that disappears is forgotten.
-        namespaces.remove(&22);
+        namespaces.remove(&NetnsId(22));
         m.count_tcpext(&namespaces, 1);
-        assert!(!m.last_tcpext.contains_key(&22));
+        assert!(!m.last_tcpext.contains_key(&NetnsId(22)));
     }
 
     #[test]
@@ -988,7 +990,7 @@ mod tests {
         let mut model = Model::new(Limits::default());
         let socket = |state: TcpState, port: u16, queue: u32, limit: u32| KernelSocket {
             tuple: FourTuple {
-                netns: 7,
+                netns: NetnsId(7),
                 local: "127.0.0.1".parse().unwrap(),
                 local_port: port,
                 remote: "0.0.0.0".parse().unwrap(),
@@ -1011,7 +1013,7 @@ mod tests {
         };
         let listener = |port, queue, limit| socket(TcpState::Listen, port, queue, limit);
         model.reconcile(
-            7,
+            NetnsId(7),
             &[
                 listener(80, 2, 1),
                 listener(81, 0, 128),
@@ -1090,10 +1092,10 @@ mod regressions {
             let mut state = NetnsState::default();
             state.tcpext.insert("TW".into(), 0);
             let mut namespaces = std::collections::HashMap::new();
-            namespaces.insert(netns, state.clone());
+            namespaces.insert(NetnsId(netns), state.clone());
             m.count_tcpext(&namespaces, top_n);
             state.tcpext.insert("TW".into(), 100);
-            namespaces.insert(netns, state);
+            namespaces.insert(NetnsId(netns), state);
             m.count_tcpext(&namespaces, top_n);
         }
         // All of them are gone now.

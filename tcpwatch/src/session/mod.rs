@@ -11,6 +11,7 @@
 //! [`REPAIR_EVERY_NS`]): one policy for every subcommand.
 
 pub mod observer;
+use crate::tcp::NetnsId;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -44,11 +45,11 @@ pub enum Step<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Scope {
     All,
-    Only(Vec<u32>),
+    Only(Vec<NetnsId>),
 }
 
 impl Scope {
-    fn of(namespaces: &[u32]) -> Self {
+    fn of(namespaces: &[NetnsId]) -> Self {
         if namespaces.is_empty() {
             Scope::All
         } else {
@@ -68,7 +69,7 @@ impl Scope {
         }
     }
 
-    fn namespaces(&self) -> Vec<u32> {
+    fn namespaces(&self) -> Vec<NetnsId> {
         match self {
             Scope::All => Vec::new(),
             Scope::Only(n) => n.clone(),
@@ -82,7 +83,7 @@ pub struct Session {
     ticker: Interval,
     units: Units,
     /// The namespaces the user asked for (`--netns`); empty: all.
-    only: Vec<u32>,
+    only: Vec<NetnsId>,
     reconcile_every_ns: u64,
     last_reconcile_ns: u64,
     last_repair_ns: u64,
@@ -98,7 +99,7 @@ impl Session {
     pub fn new(
         events: RingBuf<MapData>,
         units: Units,
-        only: &[u32],
+        only: &[NetnsId],
         tick: Duration,
         reconcile_every: Duration,
     ) -> std::io::Result<Self> {
@@ -178,7 +179,7 @@ impl Session {
     /// after the dump that is running. Only a dump of everything the user
     /// asked for counts as the periodic one: a namespace confirming its
     /// owners every few seconds must not hold up the others' checks.
-    pub fn reconcile_now(&mut self, namespaces: &[u32]) {
+    pub fn reconcile_now(&mut self, namespaces: &[NetnsId]) {
         let scope = if namespaces.is_empty() {
             Scope::of(&self.only)
         } else {
@@ -229,7 +230,7 @@ impl Session {
 
 /// One dump now, off the runtime thread: the first look at the kernel's
 /// list, before any event is applied.
-pub async fn dump_once(only: &[u32], units: &Units) -> Option<Dumps> {
+pub async fn dump_once(only: &[NetnsId], units: &Units) -> Option<Dumps> {
     let (only, units) = (only.to_vec(), units.clone());
     match tokio::task::spawn_blocking(move || dump_namespaces(&only, &units)).await {
         Ok(dumps) => Some(dumps),
@@ -248,11 +249,11 @@ mod tests {
     fn queued_scopes_merge_into_one_dump() {
         assert_eq!(Scope::of(&[]), Scope::All);
         assert_eq!(
-            Scope::of(&[3, 1]).union(Scope::of(&[1, 2])),
-            Scope::Only(vec![1, 2, 3])
+            Scope::of(&[NetnsId(3), NetnsId(1)]).union(Scope::of(&[NetnsId(1), NetnsId(2)])),
+            Scope::Only(vec![NetnsId(1), NetnsId(2), NetnsId(3)])
         );
-        assert_eq!(Scope::of(&[3]).union(Scope::All), Scope::All);
-        assert_eq!(Scope::All.union(Scope::of(&[3])), Scope::All);
+        assert_eq!(Scope::of(&[NetnsId(3)]).union(Scope::All), Scope::All);
+        assert_eq!(Scope::All.union(Scope::of(&[NetnsId(3)])), Scope::All);
         assert!(Scope::All.namespaces().is_empty());
     }
 }

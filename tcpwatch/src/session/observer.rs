@@ -2,6 +2,7 @@
 //! through attribution of old sockets, the connection model and the
 //! detectors; ticks age the model; reconciliation checks it against the
 //! kernel's socket list. No output here: callers render what comes back.
+use crate::tcp::NetnsId;
 use std::collections::HashMap;
 
 use crate::{
@@ -41,19 +42,19 @@ pub struct Observer {
     pub sock_diag_available: Option<bool>,
     /// How to enter each namespace seen by the last reconciliation, for
     /// the health checks between reconciliations.
-    namespaces: HashMap<u32, netns::Target>,
+    namespaces: HashMap<NetnsId, netns::Target>,
     /// Each namespace's settings and counters from the last reconciliation.
-    pub netns_states: HashMap<u32, crate::host::netns_state::NetnsState>,
+    pub netns_states: HashMap<NetnsId, crate::host::netns_state::NetnsState>,
     /// Owners found exited and looked up again, and when: each is looked
     /// up at most every [`RECHECK_EXITED_NS`] (a socket nobody holds keeps
     /// its last owner).
     exited_rechecked: HashMap<u32, u64>,
     /// When the tick last asked for a reconciliation of each namespace
     /// (entries older than [`TRIGGERED_RECONCILE_EVERY_NS`] are dropped).
-    last_triggered: HashMap<u32, u64>,
+    last_triggered: HashMap<NetnsId, u64>,
     /// Namespaces the tick wants reconciled now (owners to confirm): the
     /// caller runs it, the daemon off its lock, see [`Self::take_reconcile_request`].
-    reconcile_request: Option<Vec<u32>>,
+    reconcile_request: Option<Vec<NetnsId>>,
     /// What owners' cgroups are: resolved as events come in.
     units: Units,
 }
@@ -119,7 +120,7 @@ impl Observer {
         }
         self.exited_rechecked
             .retain(|_, at| now.saturating_sub(*at) < RECHECK_EXITED_NS);
-        let mut owners: HashMap<u32, u32> = HashMap::new();
+        let mut owners: HashMap<u32, NetnsId> = HashMap::new();
         // Sockets a process still holds: an orphan (closed, the kernel
         // finishing it) has no holder to find.
         for c in self.model.connections().filter(|c| {
@@ -135,7 +136,7 @@ impl Observer {
         // the next tick: marked as rechecked only once their look is asked.
         self.last_triggered
             .retain(|_, at| now.saturating_sub(*at) < TRIGGERED_RECONCILE_EVERY_NS);
-        let exited: Vec<(u32, u32)> = owners
+        let exited: Vec<(u32, NetnsId)> = owners
             .into_iter()
             .filter(|(pid, netns)| {
                 *pid != 0
@@ -146,7 +147,7 @@ impl Observer {
             .collect();
         self.exited_rechecked
             .extend(exited.iter().map(|(pid, _)| (*pid, now)));
-        let mut namespaces: Vec<u32> = exited.into_iter().map(|(_, netns)| netns).collect();
+        let mut namespaces: Vec<NetnsId> = exited.into_iter().map(|(_, netns)| netns).collect();
         if namespaces.is_empty() {
             return;
         }
@@ -157,10 +158,10 @@ impl Observer {
 
     /// Asks the caller for a reconciliation of those of `namespaces` not
     /// asked for in the last [`TRIGGERED_RECONCILE_EVERY_NS`].
-    fn request_reconcile(&mut self, now: u64, namespaces: Vec<u32>) {
+    fn request_reconcile(&mut self, now: u64, namespaces: Vec<NetnsId>) {
         self.last_triggered
             .retain(|_, at| now.saturating_sub(*at) < TRIGGERED_RECONCILE_EVERY_NS);
-        let due: Vec<u32> = namespaces
+        let due: Vec<NetnsId> = namespaces
             .into_iter()
             .filter(|n| !self.last_triggered.contains_key(n))
             .collect();
@@ -177,7 +178,7 @@ impl Observer {
     /// The namespaces a tick wants reconciled now, if any: `trace` and
     /// `top` reconcile them at once, the daemon on a blocking thread
     /// without its lock.
-    pub fn take_reconcile_request(&mut self) -> Option<Vec<u32>> {
+    pub fn take_reconcile_request(&mut self) -> Option<Vec<NetnsId>> {
         self.reconcile_request.take()
     }
 
@@ -297,7 +298,7 @@ impl Observer {
 
     /// Checks the model against sock_diag in every namespace (or those in
     /// `only`) and reads each namespace's settings and counters.
-    pub fn reconcile(&mut self, only: &[u32]) -> Vec<Report> {
+    pub fn reconcile(&mut self, only: &[NetnsId]) -> Vec<Report> {
         let dumps = dump_namespaces(only, &self.units);
         self.apply_dumps(dumps)
     }
@@ -402,7 +403,7 @@ impl Observer {
 
 /// One namespace's settings, counters and sockets, dumped from `start_ns`.
 pub struct NetnsDump {
-    pub netns: u32,
+    pub netns: NetnsId,
     /// How it was entered.
     pub target: netns::Target,
     pub start_ns: u64,
@@ -413,7 +414,7 @@ pub struct NetnsDump {
 pub struct Dumps {
     pub namespaces: Vec<NetnsDump>,
     /// Every namespace that exists: the model forgets the others.
-    pub listed: Option<Vec<u32>>,
+    pub listed: Option<Vec<NetnsId>>,
     /// Who holds each socket, scanned right after the dumps.
     pub holders: crate::host::owners::Holders,
     /// When the namespaces were listed, before any was dumped.
@@ -425,7 +426,7 @@ pub struct Dumps {
 /// Dumps every namespace (or those in `only`), and who holds each socket
 /// (their cgroups learnt through `units`). Blocking: sock_diag and /proc
 /// reads, a few milliseconds per thousand sockets.
-pub fn dump_namespaces(only: &[u32], units: &Units) -> Dumps {
+pub fn dump_namespaces(only: &[NetnsId], units: &Units) -> Dumps {
     let started_ns = monotonic_ns();
     let mut dumps = Vec::new();
     let all = netns::all();
@@ -439,7 +440,7 @@ pub fn dump_namespaces(only: &[u32], units: &Units) -> Dumps {
         let start_ns = monotonic_ns();
         match netns::observe(&target) {
             Ok((inode, contents)) => dumps.push(NetnsDump {
-                netns: inode as u32,
+                netns: inode,
                 target,
                 start_ns,
                 contents,
@@ -482,14 +483,14 @@ fn forget_exited_closer(event: &mut TcpEvent) {
 /// has. A namespace that cannot be entered answers nothing (its
 /// connections keep their previous answer).
 fn inspect(
-    namespaces: &HashMap<u32, netns::Target>,
+    namespaces: &HashMap<NetnsId, netns::Target>,
     wanted: &[FourTuple],
 ) -> Vec<(FourTuple, Option<sock_diag::TcpHealth>)> {
-    let mut by_netns: HashMap<u32, Vec<FourTuple>> = HashMap::new();
+    let mut by_netns: HashMap<NetnsId, Vec<FourTuple>> = HashMap::new();
     for t in wanted {
         by_netns.entry(t.netns).or_default().push(*t);
     }
-    let own = netns::current_inode().ok().map(|i| i as u32);
+    let own = netns::current().ok();
     let mut answers = Vec::new();
     for (inode, tuples) in by_netns {
         let target = if Some(inode) == own {
@@ -511,7 +512,7 @@ fn inspect(
         });
         match looked_up {
             // The inode may have been reused by another namespace since.
-            Ok((entered, found)) if entered as u32 == inode => answers.extend(found),
+            Ok((entered, found)) if entered == inode => answers.extend(found),
             Ok(_) => {}
             Err(e) => log::debug!("cannot check connections in namespace {inode}: {e}"),
         }
@@ -529,7 +530,7 @@ mod tests {
         kernel::event::TcpState, model::Limits,
     };
 
-    fn dump(netns: u32, sockets: Option<Vec<sock_diag::DiagSocket>>) -> Dumps {
+    fn dump(netns: NetnsId, sockets: Option<Vec<sock_diag::DiagSocket>>) -> Dumps {
         let sock_diag = sockets.is_some();
         let mut state = NetnsState::default();
         // A risky setting, so the sysctl detector has something to say.
@@ -570,7 +571,7 @@ mod tests {
             Some(Detectors::new(Thresholds::default())),
             Snapshot::default(),
         );
-        let reports = observer.apply_dumps(dump(7, None));
+        let reports = observer.apply_dumps(dump(NetnsId(7), None));
         assert_eq!(observer.sock_diag_available, Some(false));
         // The sysctl findings come from /proc, not from sock_diag.
         assert!(
@@ -582,12 +583,12 @@ mod tests {
         assert_eq!(observer.model.time_wait().count(), 0);
 
         // Once the modules are loaded, the next reconciliation learns the kernel's list.
-        observer.apply_dumps(dump(7, Some(vec![time_wait_socket(40_000)])));
+        observer.apply_dumps(dump(NetnsId(7), Some(vec![time_wait_socket(40_000)])));
         assert_eq!(observer.sock_diag_available, Some(true));
         assert_eq!(observer.model.time_wait().count(), 1);
 
         // And losing it again leaves what the model knows in place.
-        observer.apply_dumps(dump(7, None));
+        observer.apply_dumps(dump(NetnsId(7), None));
         assert_eq!(observer.sock_diag_available, Some(false));
         assert_eq!(observer.model.time_wait().count(), 1);
     }
@@ -613,7 +614,7 @@ mod attribution_regressions {
         ts_ns: u64,
         kind: EventKind,
         sk: u64,
-        netns: u32,
+        netns: NetnsId,
         (pid, comm): (u32, &str),
         (saddr, sport): (&str, u16),
         (daddr, dport): (&str, u16),
@@ -662,7 +663,7 @@ mod attribution_regressions {
                     S,
                     EventKind::State,
                     sk,
-                    7,
+                    NetnsId(7),
                     (pid, comm),
                     (addr, 8080),
                     ("0.0.0.0", 0),
@@ -674,7 +675,7 @@ mod attribution_regressions {
                 2 * S,
                 EventKind::SynackRetransmit,
                 0xb000,
-                7,
+                NetnsId(7),
                 (me + 1, "beta"),
                 ("127.0.0.2", 8080),
                 ("127.0.0.9", 40000),
@@ -704,7 +705,7 @@ mod attribution_regressions {
             S,
             EventKind::State,
             0xa000,
-            7,
+            NetnsId(7),
             (4242, "nginx"),
             ("127.0.0.1", 8080),
             ("0.0.0.0", 0),
@@ -722,7 +723,7 @@ mod attribution_regressions {
             2 * S,
             EventKind::State,
             0xb000,
-            7,
+            NetnsId(7),
             (4243, "curl"),
             ("127.0.0.1", 40000),
             ("127.0.0.1", 8080),
@@ -754,12 +755,12 @@ mod attribution_regressions {
         // sock_diag cannot be read: the socket list comes from /proc.
         o.apply_dumps(Dumps {
             namespaces: vec![NetnsDump {
-                netns: 7,
+                netns: NetnsId(7),
                 target: netns::Target::Current,
                 start_ns: 1,
                 contents: (Default::default(), Some(Vec::new()), false),
             }],
-            listed: Some(vec![7]),
+            listed: Some(vec![NetnsId(7)]),
             holders: Default::default(),
             started_ns: 1,
             complete: true,
@@ -778,7 +779,7 @@ mod attribution_regressions {
                 t,
                 EventKind::State,
                 0xc000,
-                7,
+                NetnsId(7),
                 parent,
                 ("127.0.0.1", 8080),
                 ("127.0.0.1", 40000),
@@ -793,7 +794,7 @@ mod attribution_regressions {
             .map(|r| r.finding.summary.clone())
             .collect();
         assert!(
-            leaks.is_empty() || o.model.reconciled_at(7).is_some(),
+            leaks.is_empty() || o.model.reconciled_at(NetnsId(7)).is_some(),
             "raised with an owner nobody confirmed: {leaks:?}"
         );
     }
@@ -817,7 +818,7 @@ mod session_review {
     fn ev(
         ts_ns: u64,
         sk: u64,
-        netns: u32,
+        netns: NetnsId,
         pid: u32,
         (sport, dport): (u16, u16),
         (old, new): (TcpState, TcpState),
@@ -842,7 +843,7 @@ mod session_review {
         }
     }
 
-    fn empty_dump(netns: u32, start_ns: u64, listed: Vec<u32>) -> Dumps {
+    fn empty_dump(netns: NetnsId, start_ns: u64, listed: Vec<NetnsId>) -> Dumps {
         Dumps {
             namespaces: vec![NetnsDump {
                 netns,
@@ -882,7 +883,7 @@ mod session_review {
             Some(Detectors::new(Thresholds::default())),
             Snapshot::default(),
         );
-        o.apply_dumps(empty_dump(7, 1, vec![7]));
+        o.apply_dumps(empty_dump(NetnsId(7), 1, vec![NetnsId(7)]));
         let first = dead_pid();
         let mut second = std::process::Command::new("sleep")
             .arg("30")
@@ -891,7 +892,7 @@ mod session_review {
         o.record(ev(
             S,
             0xa000,
-            7,
+            NetnsId(7),
             first,
             (8080, 0),
             (Close, Listen),
@@ -900,7 +901,7 @@ mod session_review {
         o.record(ev(
             S,
             0xb000,
-            7,
+            NetnsId(7),
             second.id(),
             (8081, 0),
             (Close, Listen),
@@ -909,7 +910,7 @@ mod session_review {
         o.tick(2 * S);
         assert_eq!(
             o.take_reconcile_request(),
-            Some(vec![7]),
+            Some(vec![NetnsId(7)]),
             "the first exited owner"
         );
         // The second owner exits a second later.
@@ -922,7 +923,7 @@ mod session_review {
         o.tick(5 * S + S / 2);
         let after_limit = o.take_reconcile_request();
         assert!(
-            within_limit == Some(vec![7]) || after_limit == Some(vec![7]),
+            within_limit == Some(vec![NetnsId(7)]) || after_limit == Some(vec![NetnsId(7)]),
             "the exit at 3 s never asked for namespace 7 (within the limit: {within_limit:?}, \
              at 5.5 s: {after_limit:?}); it would be asked for only at 13 s"
         );
@@ -946,7 +947,7 @@ mod session_review {
             Some(Detectors::new(Thresholds::default())),
             Snapshot::default(),
         );
-        o.apply_dumps(empty_dump(7, 1, vec![7]));
+        o.apply_dumps(empty_dump(NetnsId(7), 1, vec![NetnsId(7)]));
         // The dump starts at 9 s: namespace 9 does not exist yet.
         let dump_start = 9 * S;
         // Namespace 9 appears at 10 s; its events are applied while the
@@ -954,7 +955,7 @@ mod session_review {
         o.record(ev(
             10 * S,
             0xa000,
-            9,
+            NetnsId(9),
             me,
             (8080, 0),
             (Close, Listen),
@@ -963,7 +964,7 @@ mod session_review {
         o.record(ev(
             10 * S + 1,
             0xb000,
-            9,
+            NetnsId(9),
             me,
             (40000, 8080),
             (Close, SynSent),
@@ -972,22 +973,31 @@ mod session_review {
         o.record(ev(
             10 * S + 2,
             0xb000,
-            9,
+            NetnsId(9),
             me,
             (40000, 8080),
             (SynSent, Established),
             OwnerSource::Connect,
         ));
         assert_eq!(
-            o.model.connections().filter(|c| c.tuple.netns == 9).count(),
+            o.model
+                .connections()
+                .filter(|c| c.tuple.netns == NetnsId(9))
+                .count(),
             1
         );
         // The dump lands at 11 s.
-        o.apply_dumps(empty_dump(7, dump_start, vec![7]));
+        o.apply_dumps(empty_dump(NetnsId(7), dump_start, vec![NetnsId(7)]));
         assert_eq!(
             (
-                o.model.connections().filter(|c| c.tuple.netns == 9).count(),
-                o.model.listeners().filter(|l| l.tuple.netns == 9).count(),
+                o.model
+                    .connections()
+                    .filter(|c| c.tuple.netns == NetnsId(9))
+                    .count(),
+                o.model
+                    .listeners()
+                    .filter(|l| l.tuple.netns == NetnsId(9))
+                    .count(),
             ),
             (1, 1),
             "a dump listed before namespace 9 existed forgot what its events taught"

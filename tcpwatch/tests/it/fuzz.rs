@@ -136,7 +136,7 @@ proptest! {
                 pid: 1,
                 comm: "fuzz".into(),
                 owner: OwnerSource::Connect,
-                netns: 1,
+                netns: tcpwatch::tcp::NetnsId(1),
                 saddr: if v6 { "::1".parse().unwrap() } else { "127.0.0.1".parse().unwrap() },
                 sport: port,
                 daddr: "127.0.0.2".parse().unwrap(),

@@ -9,6 +9,7 @@
 //! retransmit or reset explains it: the model ends such a connection as
 //! [`EndReason::NoLocalPort`]. The same destination's
 //! `port_exhaustion_risk` then says the range is exhausted, not at risk.
+use crate::tcp::NetnsId;
 use std::{collections::HashMap, net::IpAddr};
 
 use super::{endpoint, Detectors, Driver, Report, Who};
@@ -21,7 +22,7 @@ use crate::{
 const MAX_REMEMBERED: usize = 4096;
 
 /// (netns, remote address, remote port) -> the latest failed connect.
-pub(super) type Failures = HashMap<(u32, IpAddr, u16), u64>;
+pub(super) type Failures = HashMap<(NetnsId, IpAddr, u16), u64>;
 
 impl Detectors {
     /// A connect that found no local port.
@@ -88,7 +89,13 @@ impl Detectors {
 
     /// Whether a connect towards the destination found no local port
     /// within the last `resolve_after`.
-    pub(super) fn ports_exhausted(&self, netns: u32, raddr: IpAddr, rport: u16, now: u64) -> bool {
+    pub(super) fn ports_exhausted(
+        &self,
+        netns: NetnsId,
+        raddr: IpAddr,
+        rport: u16,
+        now: u64,
+    ) -> bool {
         let quiet = self.thresholds.resolve_after.as_nanos() as u64;
         self.no_local_port
             .get(&(netns, raddr, rport))

@@ -7,6 +7,7 @@
 //! FIN_WAIT2 ends after tcp_fin_timeout, a socket still held by its
 //! process waits for as long as the peer does.
 
+use crate::tcp::NetnsId;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{secs, Detectors, Driver, Report, Who};
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// (kind, netns, pid, local port) of sockets waiting in one state.
-type WaitKey = (FindingKind, u32, u32, u16);
+type WaitKey = (FindingKind, NetnsId, u32, u16);
 /// Count, oldest age, comm, local address of such a group, whether
 /// some ages are only lower bounds (sockets older than tcpwatch), the most
 /// holders of one, and the owner's cgroup.

@@ -17,6 +17,7 @@
 //! `tcpi_last_data_sent` and `tcpi_last_data_recv`), a few per tick and
 //! each at most every [`RECHECK_NS`]; the finding groups them by process
 //! and service port, with their count and the longest idle time.
+use crate::tcp::NetnsId;
 use std::collections::{HashMap, HashSet};
 
 use super::{secs, Detectors, Driver, Report, Who};
@@ -44,11 +45,11 @@ pub(super) struct Idle {
     /// When each was last looked up, and how long it had been idle then.
     answers: HashMap<FourTuple, (u64, u64)>,
     /// Keep-alive settings by namespace: (time, interval, probes) in seconds.
-    keepalive: HashMap<u32, (u64, u64, u64)>,
+    keepalive: HashMap<NetnsId, (u64, u64, u64)>,
 }
 
 impl Idle {
-    pub(super) fn forget_namespaces_except(&mut self, alive: &[u32]) {
+    pub(super) fn forget_namespaces_except(&mut self, alive: &[NetnsId]) {
         self.no_timer.retain(|t| alive.contains(&t.netns));
         self.answers.retain(|t, _| alive.contains(&t.netns));
         self.keepalive.retain(|n, _| alive.contains(n));
@@ -56,7 +57,7 @@ impl Idle {
 }
 
 /// (netns, pid, server side, service port) of a group of idle connections.
-type IdleKey = (u32, u32, bool, u16);
+type IdleKey = (NetnsId, u32, bool, u16);
 /// Count, longest idle time and comm of such a group.
 type IdleGroup = (u64, u64, String, u64);
 
@@ -70,7 +71,7 @@ fn service_port(c: &Connection) -> (bool, u16) {
 
 impl Detectors {
     /// A namespace's keep-alive settings, for the finding's arithmetic.
-    pub(super) fn note_keepalive(&mut self, netns: u32, state: &NetnsState) {
+    pub(super) fn note_keepalive(&mut self, netns: NetnsId, state: &NetnsState) {
         if let (Some(time), Some(intvl), Some(probes)) = (
             state.uint("tcp_keepalive_time"),
             state.uint("tcp_keepalive_intvl"),
@@ -82,7 +83,7 @@ impl Detectors {
 
     /// What a reconciliation listed in `netns`: its ESTABLISHED sockets
     /// without a timer replace the namespace's previous ones.
-    pub(super) fn note_idle_candidates(&mut self, netns: u32, sockets: &[DiagSocket]) {
+    pub(super) fn note_idle_candidates(&mut self, netns: NetnsId, sockets: &[DiagSocket]) {
         let idle = &mut self.idle;
         idle.no_timer.retain(|t| t.netns != netns);
         let room = MAX_TRACKED.saturating_sub(idle.no_timer.len());

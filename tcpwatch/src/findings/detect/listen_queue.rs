@@ -13,6 +13,7 @@
 //! `TCP_LISTEN_OVERFLOW`, counted per listener by the model): proof for
 //! that listener even when its queue has drained by the time tcpwatch looks.
 //! Clients whose connects to the listener then timed out are named too.
+use crate::tcp::NetnsId;
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
@@ -41,14 +42,14 @@ pub(super) struct ListenCounters {
 /// connects (at most [`MAX_TIMEOUT_DESTINATIONS`], for [`TIMEOUT_WINDOW_NS`]).
 #[derive(Debug, Default)]
 pub(super) struct ListenState {
-    counters: HashMap<u32, ListenCounters>,
+    counters: HashMap<NetnsId, ListenCounters>,
     /// Overflow drops the model had counted for each listener at the last look.
     overflow_drops: HashMap<ListenerKey, u32>,
     timed_out: HashMap<Destination, TimedOut>,
 }
 
 impl ListenState {
-    pub(super) fn forget_netns(&mut self, gone: impl Fn(u32) -> bool) {
+    pub(super) fn forget_netns(&mut self, gone: impl Fn(NetnsId) -> bool) {
         self.counters.retain(|netns, _| !gone(*netns));
         self.overflow_drops.retain(|k, _| !gone(k.netns));
         self.timed_out.retain(|d, _| !gone(d.netns));
@@ -57,7 +58,7 @@ impl ListenState {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ListenerKey {
-    netns: u32,
+    netns: NetnsId,
     addr: IpAddr,
     port: u16,
 }
@@ -65,7 +66,7 @@ struct ListenerKey {
 /// Where timed-out connects went: the client's namespace and destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Destination {
-    netns: u32,
+    netns: NetnsId,
     addr: IpAddr,
     port: u16,
 }
@@ -118,7 +119,7 @@ impl Destination {
 impl Detectors {
     /// The namespace's `ListenOverflows` and `ListenDrops`, read at a
     /// reconciliation: what moved since the previous one.
-    pub(super) fn note_listen_counters(&mut self, netns: u32, state: &NetnsState) {
+    pub(super) fn note_listen_counters(&mut self, netns: NetnsId, state: &NetnsState) {
         let (overflows, drops) = (
             state.counter("ListenOverflows"),
             state.counter("ListenDrops"),
@@ -205,7 +206,7 @@ impl Detectors {
     /// brought up to date as clients' connects to it time out.
     pub fn on_listen_queues(
         &mut self,
-        netns: u32,
+        netns: NetnsId,
         sockets: &[DiagSocket],
         model: &Model,
         now: u64,
@@ -344,7 +345,7 @@ mod tests {
 
     /// A connect from `sport` in namespace `netns` to `to:port` that timed
     /// out after one SYN retransmit, as the model ends it.
-    fn timed_out(netns: u32, sport: u16, to: &str, port: u16, pid: u32) -> Finished {
+    fn timed_out(netns: NetnsId, sport: u16, to: &str, port: u16, pid: u32) -> Finished {
         let ev = |ts: u64, kind: EventKind, old: TcpState, new: TcpState| TcpEvent {
             ts_ns: ts,
             skaddr: 0x1000 + u64::from(sport),
@@ -389,7 +390,7 @@ mod tests {
         }
     }
 
-    fn listener(netns: u32, addr: &str, port: u16) -> ListenerKey {
+    fn listener(netns: NetnsId, addr: &str, port: u16) -> ListenerKey {
         ListenerKey {
             netns,
             addr: addr.parse().unwrap(),
@@ -400,35 +401,51 @@ mod tests {
     #[test]
     fn timed_out_connects_count_against_the_listener_they_were_for() {
         let mut d = Detectors::new(Default::default());
-        d.note_connect_timeout(&timed_out(1, 40000, "127.0.0.1", 80, 10).connection, 5);
-        d.note_connect_timeout(&timed_out(1, 40001, "127.0.0.1", 80, 11).connection, 6);
+        d.note_connect_timeout(
+            &timed_out(NetnsId(1), 40000, "127.0.0.1", 80, 10).connection,
+            5,
+        );
+        d.note_connect_timeout(
+            &timed_out(NetnsId(1), 40001, "127.0.0.1", 80, 11).connection,
+            6,
+        );
         // Another namespace's loopback is another listener.
-        d.note_connect_timeout(&timed_out(2, 40002, "127.0.0.1", 80, 12).connection, 7);
+        d.note_connect_timeout(
+            &timed_out(NetnsId(2), 40002, "127.0.0.1", 80, 12).connection,
+            7,
+        );
         // Another port.
-        d.note_connect_timeout(&timed_out(1, 40003, "127.0.0.1", 81, 13).connection, 8);
+        d.note_connect_timeout(
+            &timed_out(NetnsId(1), 40003, "127.0.0.1", 81, 13).connection,
+            8,
+        );
         // A remote host's port 80 is not a local wildcard listener's.
-        d.note_connect_timeout(&timed_out(1, 40004, "192.0.2.9", 80, 14).connection, 9);
+        d.note_connect_timeout(
+            &timed_out(NetnsId(1), 40004, "192.0.2.9", 80, 14).connection,
+            9,
+        );
         let model = Model::default();
-        let (count, latest, clients) = d.timed_out_towards(&listener(1, "0.0.0.0", 80), &model, 10);
+        let (count, latest, clients) =
+            d.timed_out_towards(&listener(NetnsId(1), "0.0.0.0", 80), &model, 10);
         assert_eq!(latest, 6);
         assert_eq!(count, 2);
         assert_eq!(clients, ["client (pid 10)", "client (pid 11)"]);
         assert_eq!(
-            d.timed_out_towards(&listener(1, "127.0.0.1", 80), &model, 10)
+            d.timed_out_towards(&listener(NetnsId(1), "127.0.0.1", 80), &model, 10)
                 .0,
             2
         );
         // The listener on that remote address is found by its address,
         // from any namespace (a client elsewhere connecting to it).
         assert_eq!(
-            d.timed_out_towards(&listener(3, "192.0.2.9", 80), &model, 10)
+            d.timed_out_towards(&listener(NetnsId(3), "192.0.2.9", 80), &model, 10)
                 .0,
             1
         );
         // Five minutes on, they no longer count, and are forgotten.
         let later = 10 + TIMEOUT_WINDOW_NS;
         assert_eq!(
-            d.timed_out_towards(&listener(1, "0.0.0.0", 80), &model, later)
+            d.timed_out_towards(&listener(NetnsId(1), "0.0.0.0", 80), &model, later)
                 .0,
             0
         );
@@ -438,12 +455,12 @@ mod tests {
     #[test]
     fn timed_out_connects_are_bounded() {
         let mut d = Detectors::new(Default::default());
-        let one = timed_out(1, 40000, "127.0.0.1", 80, 10);
+        let one = timed_out(NetnsId(1), 40000, "127.0.0.1", 80, 10);
         for i in 0..(2 * MAX_TIMEOUTS as u64) {
             d.note_connect_timeout(&one.connection, i);
         }
         for port in 0..(2 * MAX_TIMEOUT_DESTINATIONS) as u16 {
-            let f = timed_out(1, 40000, "127.0.0.1", 1000 + port, 10);
+            let f = timed_out(NetnsId(1), 40000, "127.0.0.1", 1000 + port, 10);
             d.note_connect_timeout(&f.connection, 1_000_000 + u64::from(port));
         }
         assert_eq!(d.listen.timed_out.len(), MAX_TIMEOUT_DESTINATIONS);

@@ -6,6 +6,7 @@
 //! and endpoint responsible). It is raised once, then updated as its evidence grows
 //! (reported again at most every [`Thresholds::finding_interval`]), and
 //! resolved when the condition is gone.
+use crate::tcp::NetnsId;
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 mod connect_errors;
@@ -115,7 +116,7 @@ impl Status {
 pub struct Report {
     pub status: Status,
     pub ts_ns: u64,
-    pub netns: u32,
+    pub netns: NetnsId,
     pub finding: Finding,
 }
 
@@ -134,7 +135,7 @@ enum Driver {
 #[derive(Debug)]
 struct Open {
     finding: Finding,
-    netns: u32,
+    netns: NetnsId,
     /// The evidence's count now; `finding` is always built from it.
     count: u64,
     /// A second measure of the evidence, where a finding has one (0 else).
@@ -185,11 +186,11 @@ pub struct Detectors {
     thresholds: Thresholds,
     open: HashMap<(FindingKind, Subject), Open>,
     /// TCPTimeWaitOverflow by namespace when first seen, to report its moves.
-    overflow_baseline: HashMap<u32, u64>,
+    overflow_baseline: HashMap<NetnsId, u64>,
     /// tcp_retries2 by network namespace (15, the kernel's default, elsewhere).
-    retries2: HashMap<u32, u64>,
+    retries2: HashMap<NetnsId, u64>,
     /// ip_local_port_range by network namespace (32768-60999 elsewhere).
-    port_range: HashMap<u32, (u32, u32)>,
+    port_range: HashMap<NetnsId, (u32, u32)>,
     /// When each 4-tuple was last taken over from TIME_WAIT.
     recent_reuse: HashMap<FourTuple, u64>,
     /// Ports in use per (netns, local address, remote endpoint) at the last
@@ -248,7 +249,7 @@ impl Moved {
 }
 
 /// (netns, local address, remote address, remote port).
-type PortUseKey = (u32, IpAddr, IpAddr, u16);
+type PortUseKey = (NetnsId, IpAddr, IpAddr, u16);
 
 /// Names the unit or container of the process a finding names, from the
 /// cgroup id its [`Who`] carries.
@@ -263,7 +264,7 @@ impl Who {
     /// The process holding the listener that serves `addr:port`, as the
     /// model knows it (checked against `/proc` by the reconciliation that
     /// listed the listener), and how a sentence names it.
-    fn listener(model: &Model, netns: u32, addr: IpAddr, port: u16) -> (Who, String) {
+    fn listener(model: &Model, netns: NetnsId, addr: IpAddr, port: u16) -> (Who, String) {
         let owner = model
             .listeners_serving(netns, addr, port)
             .into_iter()
@@ -317,14 +318,14 @@ impl Detectors {
 
     /// Tells the detectors a namespace's tcp_retries2, which decides when
     /// the kernel gives up on an unresponsive peer.
-    pub fn set_retries2(&mut self, netns: u32, retries2: u64) {
+    pub fn set_retries2(&mut self, netns: NetnsId, retries2: u64) {
         self.retries2.insert(netns, retries2);
     }
 
     /// A namespace's settings and counters, read periodically: its
     /// tcp_retries2, TCPTimeWaitOverflow moving since tcpwatch started, and
     /// the audit's warnings (its informational notes are for `audit`).
-    pub fn on_netns(&mut self, netns: u32, state: &NetnsState, now: u64) -> Vec<Report> {
+    pub fn on_netns(&mut self, netns: NetnsId, state: &NetnsState, now: u64) -> Vec<Report> {
         let mut out = Vec::new();
         for open in self.open.values_mut() {
             if open.driver == Driver::Settings && open.netns == netns {
@@ -435,7 +436,7 @@ impl Detectors {
         out
     }
 
-    pub fn forget_namespaces_except(&mut self, alive: &[u32], now: u64) -> Vec<Report> {
+    pub fn forget_namespaces_except(&mut self, alive: &[NetnsId], now: u64) -> Vec<Report> {
         let mut out = Vec::new();
         self.resolve(&mut out, now, |o| !alive.contains(&o.netns));
         self.overflow_baseline.retain(|n, _| alive.contains(n));
@@ -463,7 +464,7 @@ impl Detectors {
     }
 
     /// Open findings, for snapshots.
-    pub fn open_findings(&self) -> impl Iterator<Item = (&Finding, u32)> {
+    pub fn open_findings(&self) -> impl Iterator<Item = (&Finding, NetnsId)> {
         self.open.values().map(|o| (&o.finding, o.netns))
     }
 
@@ -671,9 +672,9 @@ impl Detectors {
     /// Namespaces with CLOSE_WAIT or FIN_WAIT2 sockets past their threshold
     /// that no reconciliation has looked at in that state: their owners
     /// are to be confirmed before the next tick reports them.
-    pub fn unconfirmed_waits(&self, model: &Model, now: u64) -> Vec<u32> {
+    pub fn unconfirmed_waits(&self, model: &Model, now: u64) -> Vec<NetnsId> {
         let t = self.thresholds;
-        let mut namespaces: Vec<u32> = model
+        let mut namespaces: Vec<NetnsId> = model
             .connections()
             .filter(|c| {
                 let limit = match c.state {
@@ -749,7 +750,7 @@ mod tests {
             pid: 7,
             comm: "app".into(),
             owner: OwnerSource::Connect,
-            netns: 1,
+            netns: NetnsId(1),
             saddr: "10.0.0.1".parse().unwrap(),
             sport,
             daddr: "10.0.0.2".parse().unwrap(),
@@ -778,7 +779,7 @@ mod tests {
         let mut m = Model::new(Limits::default());
         let mut d = Detectors::new(Thresholds::default());
         // 10 connections hold ports 1..=10 of a 20-port range towards :80.
-        d.port_range.insert(1, (1, 20));
+        d.port_range.insert(NetnsId(1), (1, 20));
         let mut evs = Vec::new();
         for i in 0..10u64 {
             evs.push(st(0, 0x100 + i * 64, Close, SynSent, 0, 80));
@@ -901,24 +902,24 @@ mod tests {
             s.tcpext.insert("TCPAbortOnMemory".into(), aborts);
             s
         };
-        assert!(d.on_netns(1, &host(9), S).is_empty());
-        let r = d.on_orphans(1, &[], &m, S);
+        assert!(d.on_netns(NetnsId(1), &host(9), S).is_empty());
+        let r = d.on_orphans(NetnsId(1), &[], &m, S);
         assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.severity, Severity::Warning);
         assert_eq!(r[0].finding.evidence["tcp_max_orphans"].as_u64(), Some(10));
         // Still near the limit at the next read: stays open, quietly.
-        assert!(d.on_netns(1, &host(9), 2 * S).is_empty());
-        assert!(d.on_orphans(1, &[], &m, 2 * S).is_empty());
+        assert!(d.on_netns(NetnsId(1), &host(9), 2 * S).is_empty());
+        assert!(d.on_orphans(NetnsId(1), &[], &m, 2 * S).is_empty());
         // Another namespace: its aborts move from a baseline of 3 to 8.
-        assert!(d.on_netns(2, &guest(3), 2 * S).is_empty());
-        assert!(d.on_orphans(2, &[], &m, 2 * S).is_empty());
-        d.on_netns(2, &guest(8), 3 * S);
-        let r = d.on_orphans(2, &[], &m, 3 * S);
+        assert!(d.on_netns(NetnsId(2), &guest(3), 2 * S).is_empty());
+        assert!(d.on_orphans(NetnsId(2), &[], &m, 2 * S).is_empty());
+        d.on_netns(NetnsId(2), &guest(8), 3 * S);
+        let r = d.on_orphans(NetnsId(2), &[], &m, 3 * S);
         assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.severity, Severity::Critical);
         assert_eq!(r[0].finding.evidence["count"].as_u64(), Some(5));
         // The host's orphans drop: the pressure finding ends.
-        let r = d.on_netns(1, &host(2), 4 * S);
+        let r = d.on_netns(NetnsId(1), &host(2), 4 * S);
         assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Resolved)]);
     }
 
@@ -1141,7 +1142,7 @@ mod tests {
             peer_unresponsive_after: Duration::from_secs(2),
             ..Default::default()
         });
-        d.set_retries2(1, 4);
+        d.set_retries2(NetnsId(1), 4);
         let mut evs = vec![
             st(0, 0x8000, Close, SynSent, 0, 443),
             st(1, 0x8000, SynSent, Established, 40000, 443),
@@ -1280,7 +1281,7 @@ mod tests {
             send_queue: 65_536,
         };
         let tuple = c.tuple;
-        d.on_kernel_sockets(1, &[listed], S);
+        d.on_kernel_sockets(NetnsId(1), &[listed], S);
         assert_eq!(d.wanted_health(&m), [tuple]);
         let shut = crate::host::sock_diag::TcpHealth {
             timer: Some(crate::host::sock_diag::KernelTimer::ZeroWindowProbe { expires_ms: 800 }),
@@ -1322,14 +1323,14 @@ mod tests {
         state.sysctls.insert("tcp_rfc1337".into(), "0".into());
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 40);
         // Overflows before tcpwatch started are history; info notes are not repeated here.
-        assert!(d.on_netns(9, &state, 0).is_empty());
-        assert_eq!(d.retries2.get(&9), Some(&5));
+        assert!(d.on_netns(NetnsId(9), &state, 0).is_empty());
+        assert_eq!(d.retries2.get(&NetnsId(9)), Some(&5));
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 43);
-        let r = d.on_netns(9, &state, S);
+        let r = d.on_netns(NetnsId(9), &state, S);
         assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 3);
         state.sysctls.insert("tcp_syncookies".into(), "0".into());
-        let r = d.on_netns(9, &state, 2 * S);
+        let r = d.on_netns(NetnsId(9), &state, 2 * S);
         assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Raised)]);
     }
 
@@ -1341,7 +1342,7 @@ mod tests {
         state
             .sysctls
             .insert("ip_local_port_range".into(), "40000 40019".into());
-        d.on_netns(1, &state, 0);
+        d.on_netns(NetnsId(1), &state, 0);
         let close = |m: &mut Model, d: &mut Detectors, i: u64| {
             let (sk, port) = (0x9000 + i * 64, 40000 + i as u16);
             let steps = [
@@ -1513,26 +1514,28 @@ mod tests {
         let mut d = Detectors::new(Thresholds::default());
         let mut risky = NetnsState::default();
         risky.sysctls.insert("tcp_syncookies".into(), "0".into());
-        let r = d.on_netns(9, &risky, S);
+        let r = d.on_netns(NetnsId(9), &risky, S);
         assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Raised)]);
         // Still risky: still open, nothing new.
-        assert!(d.on_netns(9, &risky, 2 * S).is_empty());
+        assert!(d.on_netns(NetnsId(9), &risky, 2 * S).is_empty());
         // Fixed: resolved at the next read of the settings.
         let mut fixed = risky.clone();
         fixed.sysctls.insert("tcp_syncookies".into(), "1".into());
-        let r = d.on_netns(9, &fixed, 3 * S);
+        let r = d.on_netns(NetnsId(9), &fixed, 3 * S);
         assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Resolved)]);
 
         // Another namespace's finding ends with the namespace; its
         // settings are forgotten, so a namespace that gets the inode
         // again starts clean.
-        d.on_netns(12, &risky, 4 * S);
-        d.set_retries2(12, 3);
-        assert!(d.forget_namespaces_except(&[9, 12], 5 * S).is_empty());
-        let r = d.forget_namespaces_except(&[9], 6 * S);
+        d.on_netns(NetnsId(12), &risky, 4 * S);
+        d.set_retries2(NetnsId(12), 3);
+        assert!(d
+            .forget_namespaces_except(&[NetnsId(9), NetnsId(12)], 5 * S)
+            .is_empty());
+        let r = d.forget_namespaces_except(&[NetnsId(9)], 6 * S);
         assert_eq!(kinds(&r), [(FindingKind::SysctlRisk, Status::Resolved)]);
-        assert_eq!(r[0].netns, 12);
-        assert!(!d.retries2.contains_key(&12));
+        assert_eq!(r[0].netns, NetnsId(12));
+        assert!(!d.retries2.contains_key(&NetnsId(12)));
         assert_eq!(d.open_findings().count(), 0);
     }
 
@@ -1544,22 +1547,22 @@ mod tests {
         });
         let mut state = NetnsState::default();
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 10);
-        assert!(d.on_netns(9, &state, 0).is_empty());
+        assert!(d.on_netns(NetnsId(9), &state, 0).is_empty());
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 14);
-        let r = d.on_netns(9, &state, S);
+        let r = d.on_netns(NetnsId(9), &state, S);
         assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         let m = Model::new(Limits::default());
         // The counter stays at 14: resolved after the quiet period, and not
         // raised again by the same 4 overflows.
-        d.on_netns(9, &state, 3 * S);
+        d.on_netns(NetnsId(9), &state, 3 * S);
         let r = d.tick(7 * S, &m);
         assert_eq!(
             kinds(&r),
             [(FindingKind::TimeWaitOverflow, Status::Resolved)]
         );
-        assert!(d.on_netns(9, &state, 8 * S).is_empty());
+        assert!(d.on_netns(NetnsId(9), &state, 8 * S).is_empty());
         state.tcpext.insert("TCPTimeWaitOverflow".into(), 15);
-        let r = d.on_netns(9, &state, 9 * S);
+        let r = d.on_netns(NetnsId(9), &state, 9 * S);
         assert_eq!(kinds(&r), [(FindingKind::TimeWaitOverflow, Status::Raised)]);
         assert_eq!(r[0].finding.evidence["TCPTimeWaitOverflow"], 1);
     }
@@ -1606,7 +1609,7 @@ mod tests {
         );
         let tuple = m.connections().next().unwrap().tuple;
         // A look before the socket reached CLOSE_WAIT does not vouch for it.
-        m.reconcile(1, &[], S / 2, S / 2);
+        m.reconcile(NetnsId(1), &[], S / 2, S / 2);
         assert!(
             d.tick(3 * S, &m).is_empty(),
             "not looked at in CLOSE_WAIT yet"
@@ -1630,7 +1633,7 @@ mod tests {
             queue: 0,
             queue_limit: 0,
         };
-        m.reconcile(1, &[listed], 3 * S, 3 * S);
+        m.reconcile(NetnsId(1), &[listed], 3 * S, 3 * S);
         let r = d.tick(4 * S, &m);
         assert_eq!(kinds(&r), [(FindingKind::CloseWaitLeak, Status::Raised)]);
         assert_eq!(r[0].finding.rendered_evidence()["pid"], 7);
@@ -1660,7 +1663,7 @@ mod regressions {
             pid: 7,
             comm: "app".into(),
             owner: OwnerSource::Connect,
-            netns: 1,
+            netns: NetnsId(1),
             saddr: "10.0.0.1".parse().unwrap(),
             sport,
             daddr: "10.0.0.2".parse().unwrap(),
@@ -1773,7 +1776,7 @@ mod regressions {
                 recv_queue: 0,
                 send_queue: 65_536,
             };
-            d.on_kernel_sockets(netns, &[s], u64::from(netns) * S);
+            d.on_kernel_sockets(NetnsId(netns), &[s], u64::from(netns) * S);
             // The namespace is deleted before the next reconciliation.
             d.forget_namespaces_except(&[], u64::from(netns) * S + 1);
         }

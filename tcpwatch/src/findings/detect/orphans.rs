@@ -10,6 +10,7 @@
 //! `TCPAbortOnMemory` in the socket's namespace (reset reason
 //! `TCP_ABORT_ON_MEMORY`) and log "too many orphaned sockets". The peer
 //! then sees a reset where it expected the end of the data.
+use crate::tcp::NetnsId;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -37,18 +38,18 @@ pub(super) struct Orphans {
     /// The host's orphan count at the last look.
     count: Option<u64>,
     /// The namespace whose settings carry `tcp_max_orphans`: the host's.
-    host_netns: Option<u32>,
+    host_netns: Option<NetnsId>,
     /// TCPAbortOnMemory by namespace: (last value, moved since the look before).
-    aborts: HashMap<u32, Moved>,
+    aborts: HashMap<NetnsId, Moved>,
 }
 
 impl Orphans {
-    pub(super) fn forget_namespaces_except(&mut self, alive: &[u32]) {
+    pub(super) fn forget_namespaces_except(&mut self, alive: &[NetnsId]) {
         self.aborts.retain(|n, _| alive.contains(n));
     }
 }
 
-fn pressure(netns: u32) -> Subject {
+fn pressure(netns: NetnsId) -> Subject {
     Subject::Orphans {
         netns,
         aborted: false,
@@ -57,7 +58,7 @@ fn pressure(netns: u32) -> Subject {
 
 impl Detectors {
     /// A namespace's orphan settings and counters, read at a reconciliation.
-    pub(super) fn note_orphans(&mut self, netns: u32, state: &NetnsState) {
+    pub(super) fn note_orphans(&mut self, netns: NetnsId, state: &NetnsState) {
         let o = &mut self.orphans;
         if let Some(max) = state.uint("tcp_max_orphans") {
             o.max = Some(max);
@@ -82,7 +83,7 @@ impl Detectors {
         }
     }
 
-    fn orphans_near_limit(&self, netns: u32) -> bool {
+    fn orphans_near_limit(&self, netns: NetnsId) -> bool {
         let o = &self.orphans;
         let open = self
             .open
@@ -97,7 +98,7 @@ impl Detectors {
     /// whose closed connections are still being finished.
     pub fn on_orphans(
         &mut self,
-        netns: u32,
+        netns: NetnsId,
         sockets: &[DiagSocket],
         model: &Model,
         now: u64,

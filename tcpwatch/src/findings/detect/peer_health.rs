@@ -10,6 +10,7 @@
 //! [`Detectors::set_health`]) and raises only when the kernel agrees. A
 //! bottleneck that drops segments retransmits too, but its ACKs keep coming:
 //! `tcpi_last_ack_recv` tells the two apart, which events cannot.
+use crate::tcp::NetnsId;
 use std::collections::{HashMap, HashSet};
 
 use super::{endpoint, secs, Detectors, Driver, Who};
@@ -48,7 +49,7 @@ pub(super) struct Health {
 
 impl Health {
     /// Forgets what was learnt of namespaces that no longer exist.
-    pub(super) fn forget_namespaces_except(&mut self, alive: &[u32]) {
+    pub(super) fn forget_namespaces_except(&mut self, alive: &[NetnsId]) {
         self.answers.retain(|t, _| alive.contains(&t.netns));
         self.zero_window_since
             .retain(|t, _| alive.contains(&t.netns));
@@ -162,7 +163,7 @@ impl Detectors {
     /// What a reconciliation listed in `netns`: connections with a pending
     /// zero-window probe or RTO retransmits become candidates; the others
     /// of that namespace stop being ones.
-    pub fn on_kernel_sockets(&mut self, netns: u32, sockets: &[DiagSocket], now: u64) {
+    pub fn on_kernel_sockets(&mut self, netns: NetnsId, sockets: &[DiagSocket], now: u64) {
         self.note_idle_candidates(netns, sockets);
         let h = &mut self.health;
         let mut zero = HashMap::new();

@@ -19,7 +19,7 @@ fn st(ts: u64, sk: u64, old: TcpState, new: TcpState, sport: u16) -> TcpEvent {
         pid: 7,
         comm: "app".into(),
         owner: OwnerSource::Connect,
-        netns: 1,
+        netns: NetnsId(1),
         saddr: "10.0.0.1".parse().unwrap(),
         sport,
         daddr: "10.0.0.2".parse().unwrap(),
@@ -113,8 +113,8 @@ fn a_syn_queue_that_stays_full_is_not_resolved_and_raised_again() {
     let mut reports = Vec::new();
     for step in 0..=70u64 {
         let now = step * 10 * S;
-        reports.extend(d.on_netns(1, &state, now));
-        reports.extend(d.on_syn_queues(1, &sockets, &m, now));
+        reports.extend(d.on_netns(NetnsId(1), &state, now));
+        reports.extend(d.on_syn_queues(NetnsId(1), &sockets, &m, now));
         reports.extend(d.tick(now, &m));
     }
     let syn: Vec<(FindingKind, Status)> = kinds(&reports)
@@ -163,11 +163,11 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
         queue: 0,
         queue_limit: 0,
     };
-    m.reconcile(1, &[held], S, S);
+    m.reconcile(NetnsId(1), &[held], S, S);
     let mut host = NetnsState::default();
     host.sysctls.insert("tcp_max_orphans".into(), "10".into());
     host.orphans = Some(9);
-    d.on_netns(1, &host, 2 * S);
+    d.on_netns(NetnsId(1), &host, 2 * S);
     let listed = |inode: u32| DiagSocket {
         state: FinWait1,
         local: c.tuple.local,
@@ -180,7 +180,7 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
         recv_queue: 0,
         send_queue: 0,
     };
-    let r = d.on_orphans(1, &[listed(77)], &m, 2 * S);
+    let r = d.on_orphans(NetnsId(1), &[listed(77)], &m, 2 * S);
     assert_eq!(kinds(&r), [(FindingKind::OrphanOverflow, Status::Raised)]);
     let f = &r[0].finding;
     assert!(
@@ -190,8 +190,8 @@ fn orphan_overflow_names_no_process_for_a_half_closed_socket_it_holds() {
     );
     // Once closed (listed without an inode), its closer is named.
     let mut d = Detectors::new(Thresholds::default());
-    d.on_netns(1, &host, 2 * S);
-    let r = d.on_orphans(1, &[listed(0)], &m, 2 * S);
+    d.on_netns(NetnsId(1), &host, 2 * S);
+    let r = d.on_orphans(NetnsId(1), &[listed(0)], &m, 2 * S);
     assert_eq!(
         r[0].finding.rendered_evidence()["pid"].as_u64(),
         Some(7),
@@ -216,8 +216,8 @@ fn orphan_pressure_around_the_threshold_does_not_flap() {
     let mut reports = Vec::new();
     for step in 0..10u64 {
         let now = step * 10 * S;
-        reports.extend(d.on_netns(1, &host(if step % 2 == 0 { 8 } else { 7 }), now));
-        reports.extend(d.on_orphans(1, &[], &m, now));
+        reports.extend(d.on_netns(NetnsId(1), &host(if step % 2 == 0 { 8 } else { 7 }), now));
+        reports.extend(d.on_orphans(NetnsId(1), &[], &m, now));
     }
     let raised = reports
         .iter()

@@ -22,7 +22,7 @@ fn st(
         pid: 7,
         comm: "app".into(),
         owner: OwnerSource::Connect,
-        netns: 1,
+        netns: NetnsId(1),
         saddr: src.0.parse().unwrap(),
         sport: src.1,
         daddr: dst.0.parse().unwrap(),
@@ -113,8 +113,8 @@ fn accept_queue_overflow_resolves_though_unrelated_connects_keep_timing_out() {
         // The overflow: 5 handshakes dropped between 0 s and 10 s.
         let overflows = if step >= 1 { 5 } else { 0 };
         let queue = if step == 1 { 4 } else { 0 };
-        reports.extend(d.on_netns(1, &counters(overflows), now));
-        reports.extend(d.on_listen_queues(1, &listed(queue), &m, now));
+        reports.extend(d.on_netns(NetnsId(1), &counters(overflows), now));
+        reports.extend(d.on_listen_queues(NetnsId(1), &listed(queue), &m, now));
         reports.extend(d.tick(now, &m));
         if step >= 2 && step % 7 == 0 {
             i += 1;
@@ -155,8 +155,8 @@ fn accept_queue_overflow_is_not_renewed_by_timeouts_ageing_out() {
         let now = step * 10 * S;
         let overflows = if step >= 1 { 5 } else { 0 };
         let queue = if step == 1 { 4 } else { 0 };
-        reports.extend(d.on_netns(1, &counters(overflows), now));
-        reports.extend(d.on_listen_queues(1, &listed(queue), &m, now));
+        reports.extend(d.on_netns(NetnsId(1), &counters(overflows), now));
+        reports.extend(d.on_listen_queues(NetnsId(1), &listed(queue), &m, now));
         reports.extend(d.tick(now, &m));
     }
     let seen = overflow_reports(&reports);
@@ -200,14 +200,14 @@ fn accept_queue_overflow_names_no_client_of_another_namespaces_listener() {
         ("10.0.0.2", 80),
         ("0.0.0.0", 0),
     );
-    other.netns = 2;
+    other.netns = NetnsId(2);
     other.pid = 8;
     m.apply(&other);
     // The client in namespace 2.
     let sk = 0xffff_0000_2000_0000;
     for (at, old, new) in [(2 * S, Close, SynSent), (5 * S, SynSent, Close)] {
         let mut ev = st(at, sk, old, new, ("10.0.0.2", 41_000), ("10.0.0.2", 80));
-        ev.netns = 2;
+        ev.netns = NetnsId(2);
         ev.pid = 99;
         ev.comm = "ns2-client".into();
         let outcomes = m.apply(&ev);
@@ -217,8 +217,8 @@ fn accept_queue_overflow_names_no_client_of_another_namespaces_listener() {
         let now = step * 10 * S;
         let overflows = if step >= 1 { 5 } else { 0 };
         let queue = if step == 1 { 4 } else { 0 };
-        reports.extend(d.on_netns(1, &counters(overflows), now));
-        reports.extend(d.on_listen_queues(1, &listed(queue), &m, now));
+        reports.extend(d.on_netns(NetnsId(1), &counters(overflows), now));
+        reports.extend(d.on_listen_queues(NetnsId(1), &listed(queue), &m, now));
     }
     let raised: Vec<&Report> = reports
         .iter()

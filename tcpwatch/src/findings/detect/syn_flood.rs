@@ -20,6 +20,7 @@
 //!
 //! The counters are per namespace; each reconciliation reads them and
 //! lists the request sockets, which name the listener.
+use crate::tcp::NetnsId;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -141,17 +142,17 @@ struct NetnsSyn {
 /// What the SYN flood detector keeps between reconciliations.
 #[derive(Debug, Default)]
 pub(super) struct SynState {
-    netns: HashMap<u32, NetnsSyn>,
+    netns: HashMap<NetnsId, NetnsSyn>,
     /// SYN-ACK retransmits by (namespace, local port) since that
     /// namespace's last evaluation.
-    synack_retransmits: HashMap<(u32, u16), u64>,
+    synack_retransmits: HashMap<(NetnsId, u16), u64>,
     /// The open syn_flood finding of each (namespace, port), by key: its
     /// SYN-ACK retransmits are its evidence, not a synack_retransmit.
-    flooded: HashMap<(u32, u16), Subject>,
+    flooded: HashMap<(NetnsId, u16), Subject>,
 }
 
 impl SynState {
-    pub(super) fn forget_namespaces_except(&mut self, alive: &[u32]) {
+    pub(super) fn forget_namespaces_except(&mut self, alive: &[NetnsId]) {
         self.netns.retain(|n, _| alive.contains(n));
         self.synack_retransmits
             .retain(|(n, _), _| alive.contains(n));
@@ -456,7 +457,7 @@ impl Evidence {
 impl Detectors {
     /// The namespace's SYN queue counters and settings, read at a
     /// reconciliation. The first look is the baseline.
-    pub(super) fn note_syn_counters(&mut self, netns: u32, state: &NetnsState) {
+    pub(super) fn note_syn_counters(&mut self, netns: NetnsId, state: &NetnsState) {
         let now = SynCounters::read(state);
         let entry = self.syn.netns.entry(netns).or_insert(NetnsSyn {
             last: now,
@@ -501,7 +502,7 @@ impl Detectors {
     /// the same reconciliation.
     pub fn on_syn_queues(
         &mut self,
-        netns: u32,
+        netns: NetnsId,
         sockets: &[DiagSocket],
         model: &Model,
         now: u64,
@@ -592,7 +593,7 @@ impl Detectors {
     fn supersede_synack_retransmits(
         &mut self,
         out: &mut Vec<Report>,
-        netns: u32,
+        netns: NetnsId,
         port: u16,
         now: u64,
     ) {
@@ -857,19 +858,19 @@ mod tests {
         let mut state = NetnsState::default();
         state.sysctls.insert("tcp_syncookies".into(), "1".into());
         state.tcpext.insert("SyncookiesSent".into(), 100);
-        d.note_syn_counters(7, &state);
+        d.note_syn_counters(NetnsId(7), &state);
         assert_eq!(
-            d.syn.netns[&7].moved,
+            d.syn.netns[&NetnsId(7)].moved,
             SynCounters::default(),
             "the first look is the baseline"
         );
         state.tcpext.insert("SyncookiesSent".into(), 150);
         state.tcpext.insert("TCPReqQFullDoCookies".into(), 60);
-        d.note_syn_counters(7, &state);
+        d.note_syn_counters(NetnsId(7), &state);
         // A dump skipped in between: its moves wait for the next evaluation.
         state.tcpext.insert("SyncookiesSent".into(), 170);
-        d.note_syn_counters(7, &state);
-        let ns = d.syn.netns[&7];
+        d.note_syn_counters(NetnsId(7), &state);
+        let ns = d.syn.netns[&NetnsId(7)];
         assert_eq!(
             (ns.moved.cookies_sent, ns.moved.queue_full_cookies),
             (70, 60)
@@ -901,7 +902,7 @@ mod tests {
         let addr: IpAddr = "10.0.0.2".parse().unwrap();
         let listen = KernelSocket {
             tuple: FourTuple {
-                netns: 7,
+                netns: NetnsId(7),
                 local: addr,
                 local_port: 80,
                 remote: "0.0.0.0".parse().unwrap(),
@@ -918,7 +919,7 @@ mod tests {
             queue: 0,
             queue_limit: 64,
         };
-        model.reconcile(7, &[listen], 1, 1);
+        model.reconcile(NetnsId(7), &[listen], 1, 1);
         let mut sockets = vec![diag(TcpState::Listen, "10.0.0.2", 80, 64)];
         sockets.extend((0..65).map(|_| diag(TcpState::SynRecv, "10.0.0.2", 80, 0)));
         let mut state = NetnsState::default();
@@ -931,8 +932,10 @@ mod tests {
             state.tcpext.insert("TCPReqQFullDoCookies".into(), sent);
             state.clone()
         };
-        assert!(d.on_netns(7, &set(10), 0).is_empty());
-        assert!(d.on_syn_queues(7, &sockets[..1], &model, 0).is_empty());
+        assert!(d.on_netns(NetnsId(7), &set(10), 0).is_empty());
+        assert!(d
+            .on_syn_queues(NetnsId(7), &sockets[..1], &model, 0)
+            .is_empty());
         let synack = TcpEvent {
             ts_ns: S,
             skaddr: 0x5000,
@@ -940,7 +943,7 @@ mod tests {
             pid: 42,
             comm: "nginx".into(),
             owner: OwnerSource::Listener,
-            netns: 7,
+            netns: NetnsId(7),
             saddr: addr,
             sport: 80,
             daddr: "198.51.100.7".parse().unwrap(),
@@ -952,8 +955,8 @@ mod tests {
         let r = d.on_event(&synack, &[], &model);
         assert_eq!(r[0].finding.kind, FindingKind::SynackRetransmit);
 
-        d.on_netns(7, &set(4782), 2 * S);
-        let r = d.on_syn_queues(7, &sockets, &model, 2 * S);
+        d.on_netns(NetnsId(7), &set(4782), 2 * S);
+        let r = d.on_syn_queues(NetnsId(7), &sockets, &model, 2 * S);
         let statuses: Vec<_> = r.iter().map(|r| (r.finding.kind, r.status)).collect();
         assert_eq!(
             statuses,
@@ -999,8 +1002,8 @@ mod tests {
             };
             assert!(d.on_event(&e, &[], &model).is_empty());
         }
-        d.on_netns(7, &set(5782), 4 * S);
-        let r = d.on_syn_queues(7, &sockets, &model, 4 * S);
+        d.on_netns(NetnsId(7), &set(5782), 4 * S);
+        let r = d.on_syn_queues(NetnsId(7), &sockets, &model, 4 * S);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].status, Status::Updated);
         let f = &r[0].finding;
@@ -1011,8 +1014,10 @@ mod tests {
         );
 
         // Over: no cookies, no half-open; resolved once quiet for 30 s.
-        d.on_netns(7, &set(5782), 10 * S);
-        assert!(d.on_syn_queues(7, &sockets[..1], &model, 10 * S).is_empty());
+        d.on_netns(NetnsId(7), &set(5782), 10 * S);
+        assert!(d
+            .on_syn_queues(NetnsId(7), &sockets[..1], &model, 10 * S)
+            .is_empty());
         assert!(d.tick(20 * S, &model).is_empty());
         let r = d.tick(35 * S, &model);
         assert_eq!(r.len(), 1);

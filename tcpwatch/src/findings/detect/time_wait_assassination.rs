@@ -11,6 +11,7 @@
 //! protection is gone. The kernel counts nothing for it; the reconciliation
 //! sees the socket missing from its list long before its timer, with no
 //! new connection on its 4-tuple (the model's [`TimeWaitDeath`]).
+use crate::tcp::NetnsId;
 use std::collections::HashMap;
 
 use super::{endpoint, secs, Detectors, Driver, Moved, Report, Who};
@@ -31,11 +32,11 @@ pub(super) struct TimeWaitGuard {
     paws: Moved,
 }
 
-pub(super) type TimeWaitGuards = HashMap<u32, TimeWaitGuard>;
+pub(super) type TimeWaitGuards = HashMap<NetnsId, TimeWaitGuard>;
 
 impl Detectors {
     /// A namespace's tcp_rfc1337 and counters, read at a reconciliation.
-    pub(super) fn note_time_wait_guard(&mut self, netns: u32, state: &NetnsState) {
+    pub(super) fn note_time_wait_guard(&mut self, netns: NetnsId, state: &NetnsState) {
         let overflows = state.counter("TCPTimeWaitOverflow");
         // PAWSEstab counts PAWS rejects of TIME_WAIT sockets too;
         // PAWSTimewait (6.15+) only those.

@@ -4,6 +4,7 @@
 //! The active closer holds TIME_WAIT (`tcp_time_wait()` in
 //! net/ipv4/tcp_minisocks.c), pinning its 4-tuple.
 
+use crate::tcp::NetnsId;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use super::{endpoint, Detectors, Driver, Report, Who};
@@ -14,7 +15,7 @@ use crate::{
 };
 
 /// (netns, server side, address, port) of a TIME_WAIT group.
-type TimeWaitKey = (u32, bool, IpAddr, u16);
+type TimeWaitKey = (NetnsId, bool, IpAddr, u16);
 
 impl Detectors {
     /// TIME_WAIT counted by local endpoint (server side) or remote endpoint.
