@@ -69,6 +69,10 @@ pub const GLOBAL_WAKEUP_BYTES: &str = "WAKEUP_BYTES";
 /// socket frees the peer's last FIN that way on every close (6.12, 7.2).
 pub const GLOBAL_DROP_NOT_SPECIFIED: &str = "DROP_NOT_SPECIFIED";
 
+/// Name of the global that empties the lifecycle programs, for the
+/// benchmark's measure of the floor attaching alone costs (0 otherwise).
+pub const GLOBAL_EMPTY_LIFECYCLE_PROGRAMS: &str = "EMPTY_LIFECYCLE_PROGRAMS";
+
 /// Default ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 1 << 22;
 /// Default number of sockets whose owner the kernel side remembers.

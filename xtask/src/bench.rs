@@ -307,6 +307,9 @@ fn observed_churn(ns: &Netns, seconds: f64, observer: Observer) -> Result<Run> {
     })
 }
 
+/// Every hook but `inet_sock_set_state`, which tcpwatch cannot run without.
+const ALL_OPTIONAL_HOOKS: &str = "tcp_destroy_sock,tcp_retransmit_skb,tcp_retransmit_synack,tcp_send_reset,tcp_receive_reset,sys_exit_accept4,sys_exit_accept,sock_send_length,sock_recv_length,kfree_skb";
+
 /// Measures every observer mode `runs` times, interleaved, and prints a
 /// Markdown table.
 fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> {
@@ -336,6 +339,27 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
             Mode::DaemonWith {
                 config: "bpf_stats = false\n",
                 env: &[],
+            },
+        ),
+        (
+            "floor: one raw tracepoint program on inet_sock_set_state that returns at once (nothing observed)",
+            Mode::DaemonWith {
+                config: "",
+                env: &[
+                    ("TCPWATCH_BENCH_EMPTY_LIFECYCLE", "1"),
+                    ("TCPWATCH_SKIP_HOOKS", ALL_OPTIONAL_HOOKS),
+                ],
+            },
+        ),
+        (
+            "floor on the classic tracepoint (nothing observed)",
+            Mode::DaemonWith {
+                config: "",
+                env: &[
+                    ("TCPWATCH_BENCH_EMPTY_LIFECYCLE", "1"),
+                    ("TCPWATCH_SKIP_HOOKS", ALL_OPTIONAL_HOOKS),
+                    ("TCPWATCH_CLASSIC_TRACEPOINTS", "1"),
+                ],
             },
         ),
         (

@@ -15,9 +15,9 @@ use aya::{
 use log::{debug, info, warn};
 use tcpwatch_common::{
     counter, hist, owner_source, Layout, ListenerKey, SockOwner, COMM_LEN,
-    GLOBAL_DROP_NOT_SPECIFIED, GLOBAL_LAYOUT, GLOBAL_WAKEUP_BYTES, HIST_SLOTS, MAP_COUNTERS,
-    MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS, OFFSETS_FILES, OFFSETS_SOCK_COMMON,
-    OFFSETS_SOCK_ENDPOINTS,
+    GLOBAL_DROP_NOT_SPECIFIED, GLOBAL_EMPTY_LIFECYCLE_PROGRAMS, GLOBAL_LAYOUT, GLOBAL_WAKEUP_BYTES,
+    HIST_SLOTS, MAP_COUNTERS, MAP_EVENTS, MAP_LISTENERS, MAP_SOCKS, OFFSETS_FILES,
+    OFFSETS_SOCK_COMMON, OFFSETS_SOCK_ENDPOINTS,
 };
 
 use crate::{
@@ -670,8 +670,15 @@ pub fn load(options: LoadOptions) -> Result<Probe, LoadError> {
         ..
     } = discover(&events)?;
 
+    // A developer's knob (`cargo xtask bench`): the floor under tcpwatch's
+    // cost, its lifecycle programs attached but returning at once.
+    let empty_lifecycle = u32::from(std::env::var_os("TCPWATCH_BENCH_EMPTY_LIFECYCLE").is_some());
+    if empty_lifecycle != 0 {
+        warn!("benchmark experiment: the lifecycle programs do nothing; nothing is observed");
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_LAYOUT, &layout, true)
+        .override_global(GLOBAL_EMPTY_LIFECYCLE_PROGRAMS, &empty_lifecycle, true)
         .override_global(GLOBAL_WAKEUP_BYTES, &wakeup_bytes(options.ring_bytes), true)
         .override_global(
             GLOBAL_DROP_NOT_SPECIFIED,
