@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use log::{info, warn};
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,7 +28,7 @@ use crate::{
     serve::metrics::Metrics,
     serve::web::{ServeLimits, Web},
     session::observer::{Dumps, Observer},
-    session::{self, Session, Step},
+    session::{self, Session, Sink, Ticked},
 };
 
 #[derive(Debug, Args)]
@@ -125,7 +126,6 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         last_loop_ns: monotonic_ns(),
         loss_window: VecDeque::new(),
         received: 0,
-        ring_full_seen: 0,
     }));
     // Connections and TIME_WAIT sockets older than tcpwatch, before serving.
     let units = daemon::lock(&shared).observer.units().clone();
@@ -139,12 +139,21 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         Duration::from_secs(1),
         config.reconcile_interval.0,
     )
-    .context("cannot poll the ring buffer")?;
+    .context("cannot poll the ring buffer")?
+    .with_ring_full(daemon::lock(&shared).heartbeat(monotonic_ns()));
 
     // Before announcing readiness: a signal sent after it must be handled.
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    // A reload is applied by the next tick (within a second).
+    let reload_asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asked = reload_asked.clone();
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            asked.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     let router = daemon::router(shared.clone(), web.auth.clone());
     let scheme = if web.tls.is_some() { "https" } else { "http" };
     let server = tokio::spawn(crate::serve::web::serve(
@@ -161,64 +170,96 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut watchdog_usec = 0u64;
     let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
-    let mut last_watchdog = 0u64;
 
-    loop {
+    let mut sink = DaemonSink {
+        shared: shared.clone(),
+        args: &args,
+        config: &mut config,
+        reload_asked,
+        watchdog_every_ns: watchdog.then_some(watchdog_usec * 500),
+        last_watchdog: 0,
+    };
+    let stop = async {
         tokio::select! {
-            step = session.next() => match step.context("cannot poll the ring buffer")? {
-                Step::Ring(ring) => {
-                    let mut d = daemon::lock(&shared);
-                    while let Some(item) = ring.next() {
-                        match decode(&item) {
-                            Ok(ev) => {
-                                let observed = d.observer.record(ev);
-                                d.observed(&observed);
-                            }
-                            Err(_) => d.metrics.malformed(),
-                        }
-                    }
-                }
-                Step::Dumped(dumps) => apply_dumps(&shared, dumps),
-                Step::Tick(now) => {
-                    {
-                        let mut d = daemon::lock(&shared);
-                        let (outcomes, reports) = d.observer.tick(now);
-                        // Owners to confirm: the session dumps their
-                        // namespaces now, off the lock.
-                        if let Some(namespaces) = d.observer.take_reconcile_request() {
-                            session.reconcile_now(&namespaces);
-                        }
-                        d.outcomes(&outcomes);
-                        for r in &reports {
-                            d.metrics.on_report(r.finding.kind, r.status.name());
-                        }
-                        // Lost events leave the model unsure of some
-                        // connections: the kernel's socket list repairs it.
-                        if d.heartbeat(now) {
-                            session.repair(now);
-                            let marked = d.observer.model.mark_uncertain();
-                            info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag (at most every 5 s)");
-                        }
-                    }
-                    if watchdog && now.saturating_sub(last_watchdog) >= watchdog_usec * 500 {
-                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                        last_watchdog = now;
-                    }
-                }
-            },
-            _ = sighup.recv() => {
-                if let Some(every) = reload(&args, &mut config, &shared) {
-                    session.set_reconcile_every(every);
-                }
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
-    }
+    };
+    session
+        .run(&mut sink, stop)
+        .await
+        .context("cannot poll the ring buffer")?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     server.abort();
     info!("stopping; detaching the programs");
     Ok(())
+}
+
+/// The daemon's state fed by the session, under its lock for each step.
+struct DaemonSink<'a> {
+    shared: daemon::Shared,
+    args: &'a RunArgs,
+    config: &'a mut Config,
+    /// SIGHUP arrived: reload the configuration at the next tick.
+    reload_asked: Arc<std::sync::atomic::AtomicBool>,
+    /// Half systemd's watchdog interval, when it watches.
+    watchdog_every_ns: Option<u64>,
+    last_watchdog: u64,
+}
+
+impl Sink for DaemonSink<'_> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<()> {
+        let mut d = daemon::lock(&self.shared);
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => {
+                    let observed = d.observer.record(ev);
+                    d.observed(&observed);
+                }
+                Err(_) => d.metrics.malformed(),
+            }
+        }
+        Ok(())
+    }
+
+    fn dumped(&mut self, dumps: Dumps) -> std::io::Result<()> {
+        apply_dumps(&self.shared, dumps);
+        Ok(())
+    }
+
+    fn tick(&mut self, now: u64) -> std::io::Result<Ticked> {
+        let mut ticked = Ticked::default();
+        {
+            let mut d = daemon::lock(&self.shared);
+            let (outcomes, reports) = d.observer.tick(now);
+            // Owners to confirm: the session dumps their namespaces now,
+            // off the lock.
+            ticked.reconcile = d.observer.take_reconcile_request();
+            d.outcomes(&outcomes);
+            for r in &reports {
+                d.metrics.on_report(r.finding.kind, r.status.name());
+            }
+            ticked.ring_full = d.heartbeat(now);
+        }
+        if self
+            .reload_asked
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            ticked.reconcile_every = reload(self.args, self.config, &self.shared);
+        }
+        if let Some(every) = self.watchdog_every_ns {
+            if now.saturating_sub(self.last_watchdog) >= every {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                self.last_watchdog = now;
+            }
+        }
+        Ok(ticked)
+    }
+
+    fn events_lost(&mut self, _now: u64) {
+        let marked = daemon::lock(&self.shared).observer.model.mark_uncertain();
+        info!("events were lost; {marked} connections marked uncertain; reconciling with sock_diag (at most every 5 s)");
+    }
 }
 
 /// Applies a dump of the kernel's socket list (taken by the session off

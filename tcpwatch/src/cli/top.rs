@@ -4,6 +4,7 @@ use crate::tcp::NetnsId;
 use std::{io, time::Duration};
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use ratatui::{
     crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -23,8 +24,9 @@ use crate::{
     kernel::loader::{self, LoadOptions},
     model::{Limits, Model},
     present::summary::{summarize, Summary},
+    session::observer::Dumps,
     session::observer::Observer,
-    session::{self, Session, Step},
+    session::{self, Session, Sink, Ticked},
 };
 
 #[derive(Debug, Args)]
@@ -95,7 +97,7 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
         observer.apply_dumps(dumps);
     }
     // Keys are read every 100 ms; the screen is redrawn every `--refresh`.
-    let mut session = Session::new(
+    let session = Session::new(
         events,
         observer.units().clone(),
         &args.netns,
@@ -104,81 +106,130 @@ async fn top(args: TopArgs) -> anyhow::Result<()> {
     )
     .context("cannot poll the ring buffer")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut header = Header {
-        attached: attached.len(),
-        ..Default::default()
+    let ring_full = counters.read().map_or(0, |c| c.ringbuf_full);
+    let mut session = session.with_ring_full(ring_full);
+    let mut sink = TopSink {
+        observer,
+        counters,
+        netns: args.netns.clone(),
+        top: args.top,
+        refresh: args.refresh.as_nanos() as u64,
+        header: Header {
+            attached: attached.len(),
+            ..Default::default()
+        },
+        findings: Vec::new(),
+        selection: Selection::default(),
+        summary: Summary::default(),
+        last_draw: 0,
+        events_at_last_draw: 0,
+        terminal: ratatui::init(),
     };
-    let mut findings: Vec<(Finding, NetnsId)> = Vec::new();
-    let mut selection = Selection::default();
-    let mut summary = Summary::default();
-    let mut last_draw = 0u64;
-    let mut events_at_last_draw = 0u64;
-    let mut ring_full_seen = counters.read().map(|c| c.ringbuf_full).unwrap_or(0);
-    let refresh = args.refresh.as_nanos() as u64;
+    let result = session
+        .run(&mut sink, async {
+            sigterm.recv().await;
+        })
+        .await;
+    ratatui::restore();
+    Ok(result?)
+}
 
-    let mut terminal = ratatui::init();
-    let result: anyhow::Result<()> = async {
-        loop {
-            tokio::select! {
-                step = session.next() => match step.context("cannot poll the ring buffer")? {
-                    Step::Ring(ring) => {
-                        while let Some(item) = ring.next() {
-                            header.events += 1;
-                            match decode(&item) {
-                                // `--netns`: only those namespaces are modelled.
-                                Ok(ev) if args.netns.is_empty()
-                                    || ev.netns == NetnsId(0)
-                                    || args.netns.contains(&ev.netns) =>
-                                {
-                                    observer.record(ev);
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    Step::Dumped(dumps) => {
-                        observer.apply_dumps(dumps);
-                    }
-                    Step::Tick(now) => {
-                        let asked = read_keys(&mut selection, findings.len())?;
-                        if matches!(asked, Keys::Quit) {
-                            return Ok(());
-                        }
-                        if now.saturating_sub(last_draw) >= refresh {
-                            observer.tick(now);
-                            if let Some(namespaces) = observer.take_reconcile_request() {
-                                session.reconcile_now(&namespaces);
-                            }
-                            let elapsed = now.saturating_sub(last_draw) as f64 / 1e9;
-                            header.rate = if last_draw == 0 { 0.0 } else { (header.events - events_at_last_draw) as f64 / elapsed };
-                            events_at_last_draw = header.events;
-                            last_draw = now;
-                            let read = counters.read().unwrap_or_default();
-                            header.lost = read.ringbuf_full + read.recursion_misses;
-                            // Lost events leave the model unsure: repair it
-                            // from the kernel's socket list.
-                            if read.ringbuf_full > ring_full_seen {
-                                session.repair(now);
-                                observer.model.mark_uncertain();
-                            }
-                            ring_full_seen = read.ringbuf_full;
-                            findings = open_findings(&observer, &args.netns);
-                            selection.index = selection.index.min(findings.len().saturating_sub(1));
-                            summary = summarize(&observer.model, now, &args.netns, args.top);
-                            summary.name_units(observer.units());
-                            draw(&mut terminal, &summary, &findings, &header, &selection)?;
-                        } else if matches!(asked, Keys::Redraw) {
-                            draw(&mut terminal, &summary, &findings, &header, &selection)?;
-                        }
-                    }
-                },
-                _ = sigterm.recv() => return Ok(()),
+/// The screen fed by the session: the model and findings, redrawn every
+/// `--refresh`, keys read every tick.
+struct TopSink {
+    observer: Observer,
+    counters: loader::CounterReader,
+    /// `--netns`: the only namespaces modelled (empty: all).
+    netns: Vec<NetnsId>,
+    top: usize,
+    refresh: u64,
+    header: Header,
+    findings: Vec<(Finding, NetnsId)>,
+    selection: Selection,
+    summary: Summary,
+    last_draw: u64,
+    events_at_last_draw: u64,
+    terminal: DefaultTerminal,
+}
+
+impl Sink for TopSink {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        while let Some(item) = ring.next() {
+            self.header.events += 1;
+            match decode(&item) {
+                // `--netns`: only those namespaces are modelled.
+                Ok(ev)
+                    if self.netns.is_empty()
+                        || ev.netns == NetnsId(0)
+                        || self.netns.contains(&ev.netns) =>
+                {
+                    self.observer.record(ev);
+                }
+                _ => {}
             }
         }
+        Ok(())
     }
-    .await;
-    ratatui::restore();
-    result
+
+    fn dumped(&mut self, dumps: Dumps) -> io::Result<()> {
+        self.observer.apply_dumps(dumps);
+        Ok(())
+    }
+
+    fn tick(&mut self, now: u64) -> io::Result<Ticked> {
+        let asked = read_keys(&mut self.selection, self.findings.len())?;
+        if matches!(asked, Keys::Quit) {
+            return Ok(Ticked {
+                stop: true,
+                ..Ticked::default()
+            });
+        }
+        let read = self.counters.read().unwrap_or_default();
+        let mut ticked = Ticked {
+            ring_full: read.ringbuf_full,
+            ..Ticked::default()
+        };
+        if now.saturating_sub(self.last_draw) >= self.refresh {
+            self.observer.tick(now);
+            ticked.reconcile = self.observer.take_reconcile_request();
+            let elapsed = now.saturating_sub(self.last_draw) as f64 / 1e9;
+            self.header.rate = if self.last_draw == 0 {
+                0.0
+            } else {
+                (self.header.events - self.events_at_last_draw) as f64 / elapsed
+            };
+            self.events_at_last_draw = self.header.events;
+            self.last_draw = now;
+            self.header.lost = read.ringbuf_full + read.recursion_misses;
+            self.findings = open_findings(&self.observer, &self.netns);
+            self.selection.index = self
+                .selection
+                .index
+                .min(self.findings.len().saturating_sub(1));
+            self.summary = summarize(&self.observer.model, now, &self.netns, self.top);
+            self.summary.name_units(self.observer.units());
+            self.draw()?;
+        } else if matches!(asked, Keys::Redraw) {
+            self.draw()?;
+        }
+        Ok(ticked)
+    }
+
+    fn events_lost(&mut self, _now: u64) {
+        self.observer.model.mark_uncertain();
+    }
+}
+
+impl TopSink {
+    fn draw(&mut self) -> io::Result<()> {
+        draw(
+            &mut self.terminal,
+            &self.summary,
+            &self.findings,
+            &self.header,
+            &self.selection,
+        )
+    }
 }
 
 /// `q` or Ctrl-C quits (raw mode turns Ctrl-C into a key); Up/Down (or

@@ -22,7 +22,7 @@ use crate::{
     present::filter::Filter,
     present::output::{Renderer, Style},
     session::observer::{Dumps, Observer},
-    session::{self, Session, Step},
+    session::{self, Session, Sink, Ticked},
 };
 
 #[derive(Debug, Args)]
@@ -197,7 +197,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         attached.join(", ")
     );
 
-    let mut reported = counters.read().unwrap_or_default();
+    let ring_full = counters.read().map_or(0, |c| c.ringbuf_full);
     let mut session = Session::new(
         events,
         pipeline.observer.units().clone(),
@@ -205,34 +205,25 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         Duration::from_secs(1),
         args.detect.reconcile_every(),
     )
-    .context("cannot poll the ring buffer")?;
-
-    let outcome: io::Result<()> = loop {
+    .context("cannot poll the ring buffer")?
+    .with_ring_full(ring_full);
+    let mut sink = TraceSink {
+        reported: counters.read().unwrap_or_default(),
+        counters,
+        pipeline,
+    };
+    let stop = async {
         tokio::select! {
-            step = session.next() => {
-                let step = step.context("cannot poll the ring buffer")?;
-                let done = match step {
-                    Step::Ring(ring) => pipeline.drain(ring),
-                    Step::Dumped(dumps) => pipeline.apply_dumps(dumps),
-                    Step::Tick(now) => {
-                        let read = counters.read().unwrap_or_default();
-                        report_losses(&reported, &read);
-                        // A ring buffer overflow leaves the model unsure:
-                        // repair it from the kernel's socket list.
-                        if read.ringbuf_full > reported.ringbuf_full {
-                            session.repair(now);
-                            pipeline.observer.model.mark_uncertain();
-                        }
-                        reported = read;
-                        pipeline.tick(now, &mut session)
-                    }
-                };
-                if let Err(e) = done { break Err(e) }
-            }
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
     };
+    let outcome = session.run(&mut sink, stop).await;
+    let TraceSink {
+        mut pipeline,
+        counters,
+        ..
+    } = sink;
     let flushed = outcome
         .and_then(|()| pipeline.drain(session.ring()))
         .and_then(|()| pipeline.finish());
@@ -324,16 +315,15 @@ impl<W: Write> Pipeline<W> {
         self.reports(observed.reports)
     }
 
-    /// Timers and expiries; owners the observer wants confirmed are dumped
-    /// by the session, and what waited for them is reported once applied.
-    fn tick(&mut self, now: u64, session: &mut Session) -> io::Result<()> {
+    /// Timers and expiries; returns the namespaces whose owners the
+    /// observer wants confirmed (the session dumps them, and what waited
+    /// for them is reported once applied).
+    fn tick(&mut self, now: u64) -> io::Result<Option<Vec<NetnsId>>> {
         let (outcomes, reports) = self.observer.tick(now);
-        if let Some(namespaces) = self.observer.take_reconcile_request() {
-            session.reconcile_now(&namespaces);
-        }
         self.outcomes(outcomes)?;
         self.reports(reports)?;
-        self.out.flush()
+        self.out.flush()?;
+        Ok(self.observer.take_reconcile_request())
     }
 
     /// A dump of the kernel's list: corrections, then what they confirmed.
@@ -383,6 +373,41 @@ impl<W: Write> Pipeline<W> {
             }
         }
         Ok(())
+    }
+}
+
+/// The pipeline fed by the session, with the kernel's counters it reports
+/// losses from.
+struct TraceSink<W: Write> {
+    pipeline: Pipeline<W>,
+    counters: loader::CounterReader,
+    /// The counters at the last tick.
+    reported: Counters,
+}
+
+impl<W: Write> Sink for TraceSink<W> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+        self.pipeline.drain(ring)
+    }
+
+    fn dumped(&mut self, dumps: Dumps) -> io::Result<()> {
+        self.pipeline.apply_dumps(dumps)
+    }
+
+    fn tick(&mut self, now: u64) -> io::Result<Ticked> {
+        let read = self.counters.read().unwrap_or_default();
+        report_losses(&self.reported, &read);
+        self.reported = read;
+        let reconcile = self.pipeline.tick(now)?;
+        Ok(Ticked {
+            reconcile,
+            ring_full: read.ringbuf_full,
+            ..Ticked::default()
+        })
+    }
+
+    fn events_lost(&mut self, _now: u64) {
+        self.pipeline.observer.model.mark_uncertain();
     }
 }
 

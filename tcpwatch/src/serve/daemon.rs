@@ -46,8 +46,6 @@ pub struct Daemon {
     /// (time, events received, events lost), one sample a second.
     pub loss_window: VecDeque<(u64, u64, u64)>,
     pub received: u64,
-    /// Ring buffer overflows seen by the last heartbeat.
-    pub ring_full_seen: u64,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -77,16 +75,14 @@ impl Daemon {
     }
 
     /// Records a turn of the event loop and a sample of the loss window;
-    /// true when the ring buffer overflowed since the previous turn (the
-    /// model may then be wrong until reconciled). Programs the kernel
-    /// skipped (BPF recursion) are a small steady background on a busy
-    /// host, left to the periodic reconciliation.
-    pub fn heartbeat(&mut self, now: u64) -> bool {
+    /// returns the ring buffer's overflow count, which the session repairs
+    /// the model after when it grows. Programs the kernel skipped (BPF
+    /// recursion) are a small steady background on a busy host, left to
+    /// the periodic reconciliation.
+    pub fn heartbeat(&mut self, now: u64) -> u64 {
         self.last_loop_ns = now;
         let counters = self.counters.read().unwrap_or_default();
         let lost = counters.ringbuf_full + counters.recursion_misses;
-        let overflowed = counters.ringbuf_full > self.ring_full_seen;
-        self.ring_full_seen = counters.ringbuf_full;
         self.loss_window.push_back((now, self.received, lost));
         while self
             .loss_window
@@ -95,7 +91,7 @@ impl Daemon {
         {
             self.loss_window.pop_front();
         }
-        overflowed
+        counters.ringbuf_full
     }
 
     /// None when healthy, else why not.

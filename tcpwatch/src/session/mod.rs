@@ -1,10 +1,11 @@
-//! One event loop's timing and reconciliation policy, shared by `run`,
-//! `trace` and `top`: the ring buffer to drain, a steady tick, and when the
-//! model is checked against the kernel's socket list.
+//! The one event loop of `run`, `trace` and `top`: [`Session::run`] drains
+//! the ring buffer, ticks, decides when the model is checked against the
+//! kernel's socket list, and feeds a [`Sink`] (the trace printer, the TUI,
+//! the daemon's state), which applies what it is given.
 //!
 //! The kernel's list is dumped on a blocking thread, one dump at a time, so
 //! a slow dump (hundreds of thousands of sockets) never stops the ring
-//! buffer from draining; the caller applies the finished dump to its
+//! buffer from draining; the sink applies the finished dump to its
 //! observer ([`crate::session::observer::Observer::apply_dumps`]). Dumps are made
 //! every `reconcile_every`, when the observer asks for owners to be
 //! confirmed, and after events were lost (at most every
@@ -32,7 +33,7 @@ pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(10);
 pub const REPAIR_EVERY_NS: u64 = 5_000_000_000;
 
 /// What the loop has to do next.
-pub enum Step<'a> {
+enum Step<'a> {
     /// Records are waiting (possibly none, after the drain delay).
     Ring(&'a mut RingBuf<MapData>),
     /// A tick: time for timers, expiries and periodic work.
@@ -77,6 +78,36 @@ impl Scope {
     }
 }
 
+/// What a subcommand does with the session's steps: `trace` prints, `top`
+/// draws, the daemon updates the state its endpoints serve. The session
+/// owns the loop, the timers, the dumps and what to do after losses.
+pub trait Sink {
+    /// Decodes and applies the records waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> std::io::Result<()>;
+    /// Applies a finished dump of the kernel's socket list.
+    fn dumped(&mut self, dumps: Dumps) -> std::io::Result<()>;
+    /// Ages the model and the findings; says what the session is to do.
+    fn tick(&mut self, now: u64) -> std::io::Result<Ticked>;
+    /// Events were lost to a full ring buffer since the last tick: the
+    /// model is unsure of some connections until the repair the session
+    /// has asked for lands.
+    fn events_lost(&mut self, now: u64);
+}
+
+/// What a sink's tick asks of the session.
+#[derive(Debug, Default)]
+pub struct Ticked {
+    /// Namespaces whose owners the observer wants confirmed now.
+    pub reconcile: Option<Vec<NetnsId>>,
+    /// Events the kernel could not put in the ring buffer so far (its
+    /// counter, which only grows).
+    pub ring_full: u64,
+    /// A new interval between periodic reconciliations (a reload).
+    pub reconcile_every: Option<Duration>,
+    /// The sink is done (the user quit).
+    pub stop: bool,
+}
+
 /// The ring buffer, the tick and the reconciliation policy of one loop.
 pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -91,6 +122,8 @@ pub struct Session {
     repair_pending: bool,
     running: Option<JoinHandle<Dumps>>,
     queued: Option<Scope>,
+    /// The ring buffer's overflow count at the last tick.
+    ring_full_seen: u64,
 }
 
 impl Session {
@@ -116,7 +149,53 @@ impl Session {
             repair_pending: false,
             running: None,
             queued: None,
+            ring_full_seen: 0,
         })
+    }
+
+    /// The ring buffer's overflow count when the session starts: losses
+    /// are what it grows by from here.
+    pub fn with_ring_full(mut self, ring_full: u64) -> Self {
+        self.ring_full_seen = ring_full;
+        self
+    }
+
+    /// Feeds `sink` until `stop` completes, the sink stops or fails, or the
+    /// ring buffer cannot be polled. After a tick whose overflow count
+    /// grew, the model is repaired from the kernel's socket list (at most
+    /// every [`REPAIR_EVERY_NS`]), whichever sink it is.
+    pub async fn run(
+        &mut self,
+        sink: &mut impl Sink,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                step = self.next() => match step? {
+                    Step::Ring(ring) => sink.drain(ring)?,
+                    Step::Dumped(dumps) => sink.dumped(dumps)?,
+                    Step::Tick(now) => {
+                        let ticked = sink.tick(now)?;
+                        if let Some(namespaces) = ticked.reconcile {
+                            self.reconcile_now(&namespaces);
+                        }
+                        if let Some(every) = ticked.reconcile_every {
+                            self.set_reconcile_every(every);
+                        }
+                        if ticked.ring_full > self.ring_full_seen {
+                            self.repair(now);
+                            sink.events_lost(now);
+                        }
+                        self.ring_full_seen = self.ring_full_seen.max(ticked.ring_full);
+                        if ticked.stop {
+                            return Ok(());
+                        }
+                    }
+                },
+                () = &mut stop => return Ok(()),
+            }
+        }
     }
 
     /// A new interval between periodic reconciliations (SIGHUP).
@@ -125,7 +204,7 @@ impl Session {
     }
 
     /// Waits for the next thing to do.
-    pub async fn next(&mut self) -> std::io::Result<Step<'_>> {
+    async fn next(&mut self) -> std::io::Result<Step<'_>> {
         let Session {
             ring,
             ticker,
