@@ -1940,3 +1940,5 @@ mod regressions {
 mod regression_tests;
 #[cfg(test)]
 mod review_tests;
+#[cfg(test)]
+mod review2_tests;
