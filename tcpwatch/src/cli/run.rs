@@ -120,6 +120,7 @@ async fn serve(args: RunArgs, mut config: Config, web: Web) -> anyhow::Result<()
         metrics: Metrics::new().context("cannot register the metrics")?,
         reasons,
         counters,
+        counters_seen: Default::default(),
         own_netns: None,
         top_n: config.top_n,
         netns_labels: config.netns_labels,

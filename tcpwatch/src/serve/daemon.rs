@@ -36,6 +36,9 @@ pub struct Daemon {
     pub metrics: Metrics,
     pub reasons: KernelReasons,
     pub counters: CounterReader,
+    /// The last reading of `counters` that succeeded: a failed read
+    /// reports it again rather than zeros (counters never go back).
+    pub counters_seen: Counters,
     /// Settings and counters of tcpwatch's own namespace, from the last reconciliation.
     pub own_netns: Option<NetnsState>,
     pub top_n: usize,
@@ -74,6 +77,15 @@ impl Daemon {
         }
     }
 
+    /// The kernel-side counters now, or as last read when they cannot be.
+    pub fn read_counters(&mut self) -> Counters {
+        match self.counters.read() {
+            Ok(now) => self.counters_seen = now,
+            Err(e) => log::debug!("cannot read the kernel-side counters: {e}"),
+        }
+        self.counters_seen
+    }
+
     /// Records a turn of the event loop and a sample of the loss window;
     /// returns the ring buffer's overflow count, which the session repairs
     /// the model after when it grows. Programs the kernel skipped (BPF
@@ -81,7 +93,7 @@ impl Daemon {
     /// the periodic reconciliation.
     pub fn heartbeat(&mut self, now: u64) -> u64 {
         self.last_loop_ns = now;
-        let counters = self.counters.read().unwrap_or_default();
+        let counters = self.read_counters();
         let lost = counters.ringbuf_full + counters.recursion_misses;
         self.loss_window.push_back((now, self.received, lost));
         while self
@@ -134,7 +146,7 @@ async fn metrics(State(shared): State<Shared>) -> Response {
     if d.netns_labels {
         summary.by_netns = crate::present::summary::by_netns(&d.observer.model, d.top_n);
     }
-    let counters: Counters = d.counters.read().unwrap_or_default();
+    let counters: Counters = d.read_counters();
     // Each scrape reports the ring buffer's peak fill since the previous one.
     if let Err(e) = d.counters.reset_ring_peak() {
         log::warn!("cannot reset the ring buffer's peak fill: {e}");

@@ -206,14 +206,12 @@ impl Detectors {
             } else {
                 format!("{comm} (pid {pid}) has")
             };
-            let (role, portname) = if server {
-                ("on local port", "lport")
-            } else {
-                ("to port", "rport")
-            };
+            let role = if server { "on local port" } else { "to port" };
             let who = Who {
                 pid: (pid != 0).then_some(pid),
                 comm: (pid != 0).then(|| comm.clone()),
+                lport: server.then_some(port),
+                rport: (!server).then_some(port),
                 cgroup,
                 ..Default::default()
             };
@@ -234,7 +232,6 @@ impl Detectors {
                         ),
                     )
                     .evidence("count", count)
-                    .evidence(portname, port)
                     .evidence("longest_idle_seconds", longest_s)
                     .evidence("keepalive_detects_after_seconds", detect_s),
                 )

@@ -1939,6 +1939,6 @@ mod regressions {
 #[cfg(test)]
 mod regression_tests;
 #[cfg(test)]
-mod review_tests;
-#[cfg(test)]
 mod review2_tests;
+#[cfg(test)]
+mod review_tests;
