@@ -235,3 +235,70 @@ fn proc_sockets() -> Option<Vec<DiagSocket>> {
     }
     read_any.then_some(out)
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod review_tests {
+    use super::*;
+
+    /// Refuses this thread (and the threads it starts) NETLINK sockets with
+    /// EACCES, as a seccomp or LSM policy that forbids sock_diag does.
+    fn deny_netlink_sockets() {
+        const LD_ABS_W: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+        const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+        const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+        const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+        const REFUSE: u32 = 0x0005_0000 | libc::EACCES as u32; // SECCOMP_RET_ERRNO
+        let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+        let mut filter = [
+            insn(LD_ABS_W, 0, 0, 4), // seccomp_data.arch
+            insn(JEQ_K, 0, 5, AUDIT_ARCH_X86_64),
+            insn(LD_ABS_W, 0, 0, 0), // seccomp_data.nr
+            insn(JEQ_K, 0, 3, libc::SYS_socket as u32),
+            insn(LD_ABS_W, 0, 0, 16), // seccomp_data.args[0], the domain
+            insn(JEQ_K, 0, 1, libc::AF_NETLINK as u32),
+            insn(RET_K, 0, 0, REFUSE),
+            insn(RET_K, 0, 0, ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_mut_ptr(),
+        };
+        // SAFETY: prctl with integers and a filter program that outlives
+        // the call; both apply to this thread only.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog
+                ),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// review: `tcpwatch audit` (read_state) read only /proc before
+    /// 49d9a52. It now dumps sock_diag for the TIME_WAIT count and, when
+    /// the dump is refused with anything but ENOENT (a seccomp or LSM
+    /// policy, EACCES here), loses the whole audit: sysctls, TcpExt and
+    /// findings, not just the count (/proc/net/tcp is only the fallback
+    /// for ENOENT).
+    #[test]
+    fn review_audit_survives_a_refused_sock_diag() {
+        let read = std::thread::spawn(|| {
+            deny_netlink_sockets();
+            read_state(&Target::Current)
+        })
+        .join()
+        .expect("the reader thread ends");
+        let (_, state) = read.unwrap_or_else(|e| panic!("the whole audit is lost: {e}"));
+        assert!(
+            state.sysctls.contains_key("tcp_max_tw_buckets"),
+            "{state:?}"
+        );
+    }
+}
