@@ -19,7 +19,7 @@ use crate::{
     model::{state_index, Closer, EndReason, Finished, Opener, Retransmits, LIFECYCLE_ORDER},
 };
 
-pub use crate::tcp::endpoint;
+use crate::tcp::endpoint;
 
 fn millis(ns: u64) -> f64 {
     ns as f64 / 1e6

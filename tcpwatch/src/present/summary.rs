@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::{
     kernel::event::TcpState,
     model::{Model, Opener, LIFECYCLE_ORDER},
-    present::output::endpoint,
+    tcp::endpoint,
 };
 
 /// One CLOSE_WAIT group: a process and a local port.

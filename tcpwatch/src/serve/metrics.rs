@@ -702,7 +702,7 @@ fn listen_queues(model: &Model, n: usize) -> Vec<ListenRow> {
         .map(|l| {
             (
                 l.tuple.netns,
-                crate::present::output::endpoint(l.tuple.local, l.tuple.local_port),
+                crate::tcp::endpoint(l.tuple.local, l.tuple.local_port),
                 l.queue,
                 l.queue_limit,
                 l.half_open,
