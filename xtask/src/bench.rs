@@ -307,9 +307,6 @@ fn observed_churn(ns: &Netns, seconds: f64, observer: Observer) -> Result<Run> {
     })
 }
 
-/// Every hook but `inet_sock_set_state`, which tcpwatch cannot run without.
-const ALL_OPTIONAL_HOOKS: &str = "tcp_destroy_sock,tcp_retransmit_skb,tcp_retransmit_synack,tcp_send_reset,tcp_receive_reset,sys_exit_accept4,sys_exit_accept,sock_send_length,sock_recv_length,kfree_skb";
-
 /// Measures every observer mode `runs` times, interleaved, and prints a
 /// Markdown table.
 fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> {
@@ -347,7 +344,7 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
                 config: "",
                 env: &[
                     ("TCPWATCH_BENCH_EMPTY_LIFECYCLE", "1"),
-                    ("TCPWATCH_SKIP_HOOKS", ALL_OPTIONAL_HOOKS),
+                    ("TCPWATCH_SKIP_HOOKS", "optional"),
                 ],
             },
         ),
@@ -357,7 +354,7 @@ fn overhead(binary: &Path, ns: &Netns, seconds: f64, runs: usize) -> Result<()> 
                 config: "",
                 env: &[
                     ("TCPWATCH_BENCH_EMPTY_LIFECYCLE", "1"),
-                    ("TCPWATCH_SKIP_HOOKS", ALL_OPTIONAL_HOOKS),
+                    ("TCPWATCH_SKIP_HOOKS", "optional"),
                     ("TCPWATCH_CLASSIC_TRACEPOINTS", "1"),
                 ],
             },

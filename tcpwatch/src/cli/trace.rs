@@ -197,7 +197,7 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         attached.join(", ")
     );
 
-    let ring_full = counters.read().map_or(0, |c| c.ringbuf_full);
+    let reported = counters.read().unwrap_or_default();
     let mut session = Session::new(
         events,
         pipeline.observer.units().clone(),
@@ -206,9 +206,9 @@ async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         args.detect.reconcile_every(),
     )
     .context("cannot poll the ring buffer")?
-    .with_ring_full(ring_full);
+    .with_ring_full(reported.ringbuf_full);
     let mut sink = TraceSink {
-        reported: counters.read().unwrap_or_default(),
+        reported,
         counters,
         pipeline,
     };

@@ -128,10 +128,7 @@ pub fn read_state(target: &Target) -> Result<(NetnsId, NetnsState), NetnsError> 
         let mut state = read_here()?;
         // A socket list refused (a policy denying sock_diag) costs the
         // count its exactness, not the audit: /proc has the same sockets.
-        let sockets = match sockets_here() {
-            Ok((Some(sockets), _)) => Some(sockets),
-            _ => proc_sockets(),
-        };
+        let sockets = sockets_here().map_or_else(|_| proc_sockets(), |(sockets, _)| sockets);
         state.time_wait = time_wait_count(sockets.as_deref());
         Ok(state)
     })

@@ -584,9 +584,15 @@ pub fn discover(events: &Path) -> Result<Discovery, LoadError> {
         present.retain(|h| h.category != "skb");
     }
     // A developer's knob, for measuring what an optional hook costs
-    // (`cargo xtask bench`): names of tracepoints to leave alone.
+    // (`cargo xtask bench`): names of tracepoints to leave alone, or
+    // `optional` for every one tcpwatch can run without.
     if let Ok(skip) = std::env::var("TCPWATCH_SKIP_HOOKS") {
-        present.retain(|h| h.required || !skip.split(',').any(|name| name.trim() == h.name));
+        present.retain(|h| {
+            h.required
+                || !skip
+                    .split(',')
+                    .any(|name| name.trim() == "optional" || name.trim() == h.name)
+        });
     }
     if present.iter().any(|h| h.category == "skb") {
         if let Some(names) = drop_names {
